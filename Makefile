@@ -1,0 +1,44 @@
+# clockfleet: `make demo` runs the whole system on this machine; `make test` proves it.
+SHELL := /bin/sh
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+DEBS := mosquitto mosquitto-clients chrony faketime prometheus
+STAMP := $(VENV)/.installed-stamp
+
+.PHONY: all setup debs test lint demo bench clean help
+all: help
+
+help:
+	@echo "make demo    install what is missing, run the whole system on loopback (DEMO_FOR=N: N seconds, no terminal)"
+	@echo "make test    install what is missing, run ruff and the test suite against real daemons"
+	@echo "make bench   measure against the references in design.md, write BENCHMARKS.md"
+	@echo "make lint    ruff only"
+
+$(STAMP): pyproject.toml
+	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11))' || { echo "clockfleet needs Python >= 3.11" >&2; exit 1; }
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e '.[test]'
+	touch $@
+
+setup: $(STAMP) debs
+
+debs:
+	@sh scripts/ensure-debs.sh $(DEBS)
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+test: setup lint
+	$(VENV)/bin/pytest -q
+
+demo: setup
+	$(PY) -m clockfleet.demo
+
+bench: setup
+	$(PY) -m bench
+
+clean:
+	rm -rf $(VENV) .pytest_cache run

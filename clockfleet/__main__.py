@@ -1,0 +1,5 @@
+import sys
+
+from clockfleet.cli import main
+
+sys.exit(main())

@@ -1,0 +1,75 @@
+"""`clockfleet` — one entry point, one subcommand per program.
+
+The dispatcher imports only the subcommand asked for, so `clockfleet agent --once` does not
+pay for the collector's imports.
+"""
+
+from __future__ import annotations
+
+import importlib
+import sys
+
+from clockfleet import __version__
+
+# name -> (module, function, one-line help)
+COMMANDS: dict[str, tuple[str, str, str]] = {
+    "publish": (
+        "clockfleet.publisher.cli",
+        "publish_main",
+        "validate config/fleet.yaml, sign and publish changed region lists and profiles",
+    ),
+    "keygen": ("clockfleet.publisher.cli", "keygen_main", "create an Ed25519 key pair for signing"),
+    "agent": ("clockfleet.agent.cli", "main", "run the host service that keeps this host on time"),
+    "collector": (
+        "clockfleet.collector.cli",
+        "main",
+        "export agents' reports as Prometheus metrics on /metrics",
+    ),
+    "status": ("clockfleet.collector.status", "main", "show the fleet as a table (or --json)"),
+}
+
+USAGE = """\
+usage: clockfleet [--version] COMMAND [ARGS...]
+
+Keep a fleet of hosts on the right time and time zone, managed from the centre over MQTT.
+
+commands:
+{commands}
+
+Every command takes --broker mqtt://HOST:PORT (or mqtts://, or a comma-separated cluster;
+env CLOCKFLEET_BROKER), --username, --password-file, --ca-file, --cert, --key, --prefix.
+Run `clockfleet COMMAND --help` for a command's own options.
+"""
+
+
+def _usage() -> str:
+    width = max(len(n) for n in COMMANDS)
+    lines = [f"  {name:<{width}}  {help_}" for name, (_, _, help_) in COMMANDS.items()]
+    return USAGE.format(commands="\n".join(lines))
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = list(sys.argv[1:] if argv is None else argv)
+    if not args or args[0] in ("-h", "--help", "help"):
+        print(_usage(), end="")
+        return 0 if args else 2
+    if args[0] == "--version":
+        print(f"clockfleet {__version__}")
+        return 0
+    name = args[0]
+    if name not in COMMANDS:
+        print(f"clockfleet: unknown command {name!r}; try `clockfleet --help`", file=sys.stderr)
+        return 2
+    module_name, func, _ = COMMANDS[name]
+    try:
+        module = importlib.import_module(module_name)
+    except ModuleNotFoundError as exc:
+        if exc.name == module_name:
+            print(f"clockfleet {name}: not built yet", file=sys.stderr)
+            return 2
+        raise
+    return int(getattr(module, func)(args[1:]) or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""The wire contract shared by publisher, agent and collector (and nothing else)."""

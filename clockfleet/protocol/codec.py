@@ -1,0 +1,184 @@
+"""Strict decoding and canonical encoding of wire messages.
+
+A payload is accepted only when all of it is valid; nothing is clamped, repaired or
+partly applied. Every refusal carries a short machine-readable `reason` (a metric label)
+and a human-readable `detail` (a log line).
+"""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime, timedelta
+from typing import Any, TypeVar
+
+import msgspec
+
+from clockfleet.protocol.ids import host_problem, timezone_problem
+from clockfleet.protocol.messages import (
+    Command,
+    Profile,
+    Report,
+    ServerList,
+    Status,
+)
+
+MAX_PAYLOAD_BYTES = 64 * 1024
+MAX_FUTURE = timedelta(days=1)
+
+# Every reason a reader may count a rejected payload under. Metrics pre-create these.
+REJECT_REASONS = (
+    "oversized",
+    "not-utf8",
+    "malformed-json",
+    "duplicate-key",
+    "not-a-number",
+    "not-an-object",
+    "wrong-schema",
+    "invalid-field",
+    "id-mismatch",
+    "bad-host",
+    "bad-timezone",
+    "future-timestamp",
+    "unsigned",
+    "bad-signature",
+    "unknown-key",
+    "replay",
+    "bad-topic",
+)
+
+T = TypeVar("T", ServerList, Profile, Status, Report, Command)
+
+SCHEMA_OF: dict[type, str] = {
+    ServerList: "clock.servers/1",
+    Profile: "clock.profile/1",
+    Status: "clock.status/1",
+    Report: "clock.report/1",
+    Command: "clock.cmd/1",
+}
+
+
+class Rejected(ValueError):
+    """A payload that must not be applied; `reason` is one of REJECT_REASONS."""
+
+    def __init__(self, reason: str, detail: str) -> None:
+        super().__init__(f"{reason}: {detail}")
+        self.reason = reason
+        self.detail = detail
+
+
+def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    obj = dict(pairs)
+    if len(obj) != len(pairs):
+        seen: set[str] = set()
+        dup = next(k for k, _ in pairs if k in seen or seen.add(k))  # type: ignore[func-returns-value]
+        raise Rejected("duplicate-key", f"duplicate key {dup!r}")
+    return obj
+
+
+def _no_constant(name: str) -> Any:
+    raise Rejected("not-a-number", f"{name} is not a JSON number")
+
+
+def parse_json_object(payload: bytes) -> dict[str, Any]:
+    """Bytes -> JSON object, refusing what the contract refuses before any typing."""
+    if len(payload) > MAX_PAYLOAD_BYTES:
+        raise Rejected("oversized", f"{len(payload)} bytes exceeds {MAX_PAYLOAD_BYTES}")
+    try:
+        text = payload.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise Rejected("not-utf8", str(exc)) from None
+    try:
+        obj = json.loads(text, object_pairs_hook=_no_duplicates, parse_constant=_no_constant)
+    except json.JSONDecodeError as exc:
+        raise Rejected("malformed-json", str(exc)) from None
+    except RecursionError:
+        raise Rejected("malformed-json", "nested too deeply") from None
+    if not isinstance(obj, dict):
+        raise Rejected("not-an-object", f"payload is a JSON {type(obj).__name__}, not an object")
+    return obj
+
+
+def decode(
+    cls: type[T],
+    payload: bytes,
+    *,
+    topic_id: str | None = None,
+    now: datetime | None = None,
+) -> tuple[T, dict[str, Any]]:
+    """Decode `payload` as `cls`; return the message and the raw object (for signatures).
+
+    `topic_id` is the id the topic names: the payload's own id must equal it, so a valid,
+    signed list for region A republished on region B's topic is refused.
+    """
+    obj = parse_json_object(payload)
+    want = SCHEMA_OF[cls]
+    if obj.get("schema") != want:
+        raise Rejected("wrong-schema", f"schema {obj.get('schema')!r}, expected {want!r}")
+    try:
+        msg = msgspec.convert(obj, cls, strict=True)
+    except msgspec.ValidationError as exc:
+        raise Rejected("invalid-field", str(exc)) from None
+    _check_semantics(msg, topic_id, now)
+    return msg, obj
+
+
+def _check_semantics(msg: Any, topic_id: str | None, now: datetime | None) -> None:
+    if topic_id is not None:
+        own = msg.region if isinstance(msg, ServerList) else getattr(msg, "agent", topic_id)
+        if own != topic_id:
+            raise Rejected("id-mismatch", f"payload names {own!r}, topic names {topic_id!r}")
+    if isinstance(msg, ServerList):
+        seen = set()
+        for s in msg.servers:
+            if (problem := host_problem(s.host)) is not None:
+                raise Rejected("bad-host", problem)
+            if (s.host, s.port) in seen:
+                raise Rejected("invalid-field", f"server {s.host}:{s.port} listed twice")
+            seen.add((s.host, s.port))
+    elif isinstance(msg, Report):
+        for t in msg.tried:
+            if (problem := host_problem(t.host)) is not None:
+                raise Rejected("bad-host", problem)
+        if msg.server is not None and (problem := host_problem(msg.server.host)):
+            raise Rejected("bad-host", problem)
+        if msg.ok and (msg.server is None or msg.offset_s is None or msg.delay_s is None):
+            raise Rejected("invalid-field", "ok report without server, offset_s and delay_s")
+        if not msg.ok and msg.server is not None:
+            raise Rejected("invalid-field", "failed report names a server")
+    tz = getattr(msg, "timezone", None)
+    if tz is not None and (problem := timezone_problem(tz)) is not None:
+        raise Rejected("bad-timezone", problem)
+    stamp = _stamp_of(msg)
+    if stamp is not None:
+        limit = (now or datetime.now(UTC)) + MAX_FUTURE
+        if stamp > limit:
+            raise Rejected("future-timestamp", f"{stamp.isoformat()} is more than a day ahead")
+
+
+def _stamp_of(msg: Any) -> datetime | None:
+    for field in ("at", "issued_at", "since"):
+        value = getattr(msg, field, None)
+        if value is not None:
+            return value
+    return None
+
+
+def encode(msg: Any) -> bytes:
+    """The compact JSON a message goes on the wire as (None fields left out)."""
+    return msgspec.json.encode(msg)
+
+
+def to_object(msg: Any) -> dict[str, Any]:
+    return msgspec.to_builtins(msg)
+
+
+def canonical_bytes(obj: dict[str, Any]) -> bytes:
+    """The signed form: the object without `sig`, sorted keys, no spaces, raw UTF-8."""
+    body = {k: v for k, v in obj.items() if k != "sig"}
+    return json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
+
+
+def utcnow_iso(now: datetime | None = None) -> str:
+    """RFC 3339 UTC with milliseconds, as the contract's examples write time."""
+    t = (now or datetime.now(UTC)).astimezone(UTC)
+    return t.strftime("%Y-%m-%dT%H:%M:%S.") + f"{t.microsecond // 1000:03d}Z"

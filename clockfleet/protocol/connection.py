@@ -1,0 +1,225 @@
+"""MQTT connection settings every command shares: broker URLs, identity, TLS, prefix.
+
+paho connects to one host at a time and its reconnect backoff has no jitter, so the
+rotation through a cluster's nodes and the jitter live here.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import os
+import random
+import ssl
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from urllib.parse import urlsplit
+
+import paho.mqtt.client as mqtt
+from paho.mqtt.enums import CallbackAPIVersion
+
+from clockfleet.protocol.topics import DEFAULT_PREFIX
+
+ENV_BROKER = "CLOCKFLEET_BROKER"
+DEFAULT_BROKER = "mqtt://127.0.0.1:1883"
+
+
+class UsageError(ValueError):
+    """A bad command-line value: the command prints it on one line and exits 2."""
+
+
+class BrokerUnreachable(ConnectionError):
+    """No broker in the list accepted a connection (refused, unreachable or timed out)."""
+
+
+@dataclass(frozen=True, slots=True)
+class BrokerAddress:
+    tls: bool
+    host: str
+    port: int
+
+    def __str__(self) -> str:
+        return f"{'mqtts' if self.tls else 'mqtt'}://{self.host}:{self.port}"
+
+
+@dataclass
+class ConnectionSettings:
+    brokers: list[BrokerAddress]
+    username: str | None = None
+    password: str | None = None
+    ca_file: str | None = None
+    cert: str | None = None
+    key: str | None = None
+    prefix: str = DEFAULT_PREFIX
+    connect_timeout_s: float = 5.0
+    extra: dict[str, str] = field(default_factory=dict)
+
+
+def parse_brokers(spec: str) -> list[BrokerAddress]:
+    """'mqtt://h:p,mqtts://h2' -> addresses; a cluster is a comma-separated list."""
+    out = []
+    for part in (p.strip() for p in spec.split(",")):
+        if not part:
+            continue
+        if "://" not in part:
+            part = "mqtt://" + part
+        u = urlsplit(part)
+        if u.scheme not in ("mqtt", "mqtts"):
+            raise UsageError(f"broker {part!r}: scheme must be mqtt:// or mqtts://")
+        if not u.hostname:
+            raise UsageError(f"broker {part!r}: no host")
+        try:
+            port = u.port or (8883 if u.scheme == "mqtts" else 1883)
+        except ValueError:
+            raise UsageError(f"broker {part!r}: bad port") from None
+        out.append(BrokerAddress(u.scheme == "mqtts", u.hostname, port))
+    if not out:
+        raise UsageError("no broker given")
+    return out
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    g = parser.add_argument_group("broker connection")
+    g.add_argument(
+        "--broker",
+        default=None,
+        help=f"mqtt://HOST:PORT or mqtts://HOST:PORT; comma-separate a cluster's nodes "
+        f"(env {ENV_BROKER}; default {DEFAULT_BROKER})",
+    )
+    g.add_argument("--username", help="MQTT user name (the identity the broker's ACL knows)")
+    g.add_argument("--password-file", help="file holding the MQTT password (first line)")
+    g.add_argument("--ca-file", help="CA certificate to verify the broker's TLS certificate")
+    g.add_argument("--cert", help="client certificate for TLS client authentication")
+    g.add_argument("--key", help="private key of --cert")
+    g.add_argument("--prefix", default=None, help=f"topic prefix (default {DEFAULT_PREFIX})")
+
+
+def settings_from_args(
+    args: argparse.Namespace, defaults: dict | None = None
+) -> ConnectionSettings:
+    """Flags over `defaults` (a config file's values) over the environment."""
+    d = defaults or {}
+
+    def pick(name: str) -> str | None:
+        v = getattr(args, name, None)
+        return v if v is not None else d.get(name)
+
+    spec = pick("broker") or os.environ.get(ENV_BROKER) or DEFAULT_BROKER
+    password = None
+    if pw_file := pick("password_file"):
+        try:
+            password = Path(pw_file).read_text().splitlines()[0].strip()
+        except (OSError, IndexError) as exc:
+            raise UsageError(f"--password-file {pw_file}: {exc}") from None
+    for name in ("ca_file", "cert", "key"):
+        v = pick(name)
+        if v and not Path(v).is_file():
+            raise UsageError(f"--{name.replace('_', '-')} {v}: no such file")
+    return ConnectionSettings(
+        brokers=parse_brokers(spec),
+        username=pick("username"),
+        password=password,
+        ca_file=pick("ca_file"),
+        cert=pick("cert"),
+        key=pick("key"),
+        prefix=(pick("prefix") or DEFAULT_PREFIX).rstrip("/"),
+    )
+
+
+def new_client(
+    settings: ConnectionSettings,
+    client_id: str = "",
+    *,
+    clean_session: bool = True,
+    protocol: int = mqtt.MQTTv311,
+    tls: bool | None = None,
+) -> mqtt.Client:
+    """A paho client with identity and TLS configured; not connected yet."""
+    kwargs: dict = {"client_id": client_id, "protocol": protocol}
+    if protocol != mqtt.MQTTv5:
+        kwargs["clean_session"] = clean_session
+    client = mqtt.Client(CallbackAPIVersion.VERSION2, **kwargs)
+    if settings.username is not None:
+        client.username_pw_set(settings.username, settings.password)
+    use_tls = any(b.tls for b in settings.brokers) if tls is None else tls
+    if use_tls:
+        ctx = ssl.create_default_context(cafile=settings.ca_file)
+        if settings.cert:
+            ctx.load_cert_chain(settings.cert, settings.key)
+        client.tls_set_context(ctx)
+    return client
+
+
+def backoff_delay(attempt: int, base: float = 1.0, cap: float = 120.0) -> float:
+    """Capped exponential backoff with full jitter (so a fleet does not retry in step)."""
+    return random.uniform(0, min(cap, base * (2 ** min(attempt, 30))))
+
+
+def rotation(brokers: list[BrokerAddress]) -> list[BrokerAddress]:
+    """The brokers in a random order, so a cluster's clients spread over its nodes."""
+    order = list(brokers)
+    random.shuffle(order)
+    return order
+
+
+def connect_blocking(
+    client: mqtt.Client,
+    settings: ConnectionSettings,
+    *,
+    timeout_s: float | None = None,
+    keepalive: int = 30,
+    clean_start: bool | int = mqtt.MQTT_CLEAN_START_FIRST_ONLY,
+    properties: object | None = None,
+) -> BrokerAddress:
+    """Connect to the first broker that answers with a good CONNACK and start paho's loop.
+
+    Raises BrokerUnreachable naming each broker and why it failed.
+    """
+    timeout = settings.connect_timeout_s if timeout_s is None else timeout_s
+    errors = []
+    for addr in rotation(settings.brokers):
+        done = threading.Event()
+        result: dict = {}
+
+        def on_connect(c, ud, flags, rc, props, _r=result, _d=done):
+            _r["rc"] = rc
+            _d.set()
+
+        previous = client.on_connect
+        client.on_connect = on_connect
+        try:
+            kwargs: dict = {"keepalive": keepalive}
+            if client.protocol == mqtt.MQTTv5:
+                kwargs["clean_start"] = clean_start
+                if properties is not None:
+                    kwargs["properties"] = properties
+            client.connect(addr.host, addr.port, **kwargs)
+        except (OSError, ssl.SSLError) as exc:
+            client.on_connect = previous
+            errors.append(f"{addr}: {exc}")
+            continue
+        client.loop_start()
+        ok = done.wait(timeout)
+        client.on_connect = previous
+        rc = result.get("rc")
+        if ok and rc is not None and not rc.is_failure:
+            if previous is not None:
+                previous(client, client.user_data_get(), None, rc, None)
+            return addr
+        client.loop_stop()
+        with contextlib.suppress(Exception):
+            client.disconnect()
+        errors.append(f"{addr}: {rc if ok else f'no CONNACK within {timeout:g} s'}")
+    raise BrokerUnreachable("; ".join(errors))
+
+
+def wait_for(predicate, timeout_s: float, step_s: float = 0.01) -> bool:
+    """Poll `predicate` until true or timeout; for one-shot commands waiting on callbacks."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(step_s)
+    return bool(predicate())

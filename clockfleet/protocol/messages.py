@@ -1,0 +1,151 @@
+"""Message types of the wire contract, field for field.
+
+Field names are the contract: other programs and dashboards read them. Bounds that JSON
+libraries do not enforce by themselves (2^70 as a version, 1e308 as an offset) are declared
+here as msgspec constraints and checked on every decode.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Annotated, Literal
+
+import msgspec
+
+from clockfleet.protocol.ids import ID_PATTERN
+
+MAX_SERVERS = 64
+MAX_TRIED = 64
+MAX_VERSION = 2**53 - 1
+MAX_OFFSET_S = 2.0**31
+MIN_POLL_INTERVAL_S = 16  # RFC 4330 §10: never poll a server more often than this
+MAX_POLL_INTERVAL_S = 7 * 86400
+MAX_RESYNC_JITTER_S = 3600
+
+SERVERS_SCHEMA = "clock.servers/1"
+PROFILE_SCHEMA = "clock.profile/1"
+STATUS_SCHEMA = "clock.status/1"
+REPORT_SCHEMA = "clock.report/1"
+CMD_SCHEMA = "clock.cmd/1"
+
+Id = Annotated[str, msgspec.Meta(pattern=f"^{ID_PATTERN}$")]
+Version = Annotated[int, msgspec.Meta(ge=0, le=MAX_VERSION)]
+Port = Annotated[int, msgspec.Meta(ge=1, le=65535)]
+Host = Annotated[str, msgspec.Meta(min_length=1, max_length=253)]
+ZoneName = Annotated[str, msgspec.Meta(min_length=1, max_length=64)]
+Text = Annotated[str, msgspec.Meta(max_length=256)]
+Timestamp = Annotated[datetime, msgspec.Meta(tz=True)]
+Seconds = Annotated[float, msgspec.Meta(gt=-MAX_OFFSET_S, lt=MAX_OFFSET_S)]
+NonNegSeconds = Annotated[float, msgspec.Meta(ge=0, lt=MAX_OFFSET_S)]
+PollInterval = Annotated[int, msgspec.Meta(ge=MIN_POLL_INTERVAL_S, le=MAX_POLL_INTERVAL_S)]
+Jitter = Annotated[int, msgspec.Meta(ge=0, le=MAX_RESYNC_JITTER_S)]
+
+Outcome = Literal[
+    "ok",
+    "timeout",
+    "unresolvable",
+    "unreachable",
+    "kod-rate",
+    "kod-deny",
+    "kod-rstr",
+    "kod-other",
+    "unsynchronised",
+    "bad-stratum",
+    "bad-origin",
+    "bad-packet",
+    "too-far",
+    "panic-offset",
+    "falseticker",
+    "not-tried",
+]
+OUTCOMES: tuple[str, ...] = Outcome.__args__  # type: ignore[attr-defined]
+
+Discipline = Literal["observe", "chrony", "timesyncd", "system-step", "system-slew", "none"]
+DISCIPLINES: tuple[str, ...] = Discipline.__args__  # type: ignore[attr-defined]
+
+
+class _Msg(msgspec.Struct, omit_defaults=True, forbid_unknown_fields=False):
+    pass
+
+
+class Server(_Msg, frozen=True):
+    host: Host
+    port: Port = 123
+
+
+class Signature(_Msg, frozen=True):
+    alg: Literal["ed25519"]
+    key_id: Id
+    value: Annotated[str, msgspec.Meta(min_length=1, max_length=200)]
+
+
+class ServerList(_Msg):
+    schema: Literal["clock.servers/1"]
+    region: Id
+    version: Version
+    issued_at: Timestamp
+    servers: Annotated[list[Server], msgspec.Meta(min_length=1, max_length=MAX_SERVERS)]
+    timezone: ZoneName | None = None
+    poll_interval_s: PollInterval | None = None
+    resync_jitter_s: Jitter | None = None
+    sig: Signature | None = None
+
+
+class Profile(_Msg):
+    schema: Literal["clock.profile/1"]
+    agent: Id
+    region: Id
+    timezone: ZoneName
+    version: Version
+    issued_at: Timestamp
+    sig: Signature | None = None
+
+
+class Status(_Msg):
+    schema: Literal["clock.status/1"]
+    agent: Id
+    state: Literal["online", "offline"]
+    software: Text
+    session: Version
+    since: Timestamp
+    region: Id | None = None
+
+
+class Tried(_Msg):
+    host: Host
+    port: Port
+    outcome: Outcome
+    detail: Text | None = None
+    offset_s: Seconds | None = None
+    delay_s: NonNegSeconds | None = None
+
+
+class Report(_Msg):
+    schema: Literal["clock.report/1"]
+    agent: Id
+    region: Id
+    list_version: Version
+    ok: bool
+    discipline: Discipline
+    at: Timestamp
+    tried: Annotated[list[Tried], msgspec.Meta(max_length=MAX_TRIED)]
+    server: Server | None = None
+    offset_s: Seconds | None = None
+    delay_s: NonNegSeconds | None = None
+    stratum: Annotated[int, msgspec.Meta(ge=0, le=16)] | None = None
+    leap: Annotated[int, msgspec.Meta(ge=0, le=3)] | None = None
+    # root delay / 2 + root dispersion of the chosen server: with |offset| it bounds the error.
+    root_distance_s: NonNegSeconds | None = None
+    timezone: ZoneName | None = None
+    profile_version: Version | None = None
+    software: Text | None = None
+    error: Text | None = None
+
+
+class Command(_Msg):
+    schema: Literal["clock.cmd/1"]
+    command: Literal["resync"]
+    issued_at: Timestamp | None = None
+
+
+Message = ServerList | Profile | Status | Report | Command
