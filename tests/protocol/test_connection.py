@@ -1,0 +1,65 @@
+"""Connecting: rotation through a cluster's nodes, and clear failures."""
+
+from __future__ import annotations
+
+import argparse
+
+import pytest
+
+from clockfleet import devstack
+from clockfleet.protocol import connection as conn
+
+
+def settings_for(spec: str, timeout_s: float = 2.0) -> conn.ConnectionSettings:
+    s = conn.ConnectionSettings(brokers=conn.parse_brokers(spec))
+    s.connect_timeout_s = timeout_s
+    return s
+
+
+def test_connects_to_a_live_broker(broker_url: str):
+    client = conn.new_client(settings_for(broker_url))
+    try:
+        addr = conn.connect_blocking(client, settings_for(broker_url))
+        assert str(addr) == broker_url
+        assert client.is_connected()
+    finally:
+        client.disconnect()
+        client.loop_stop()
+
+
+def test_a_dead_node_is_skipped_for_a_live_one(broker_url: str):
+    dead = f"mqtt://127.0.0.1:{devstack.free_port()}"
+    settings = settings_for(f"{dead},{broker_url}")
+    for _ in range(3):  # the order is random: whichever comes first, the live one wins
+        client = conn.new_client(settings)
+        try:
+            assert str(conn.connect_blocking(client, settings)) == broker_url
+        finally:
+            client.disconnect()
+            client.loop_stop()
+
+
+def test_no_live_broker_raises_naming_each_one():
+    dead = f"mqtt://127.0.0.1:{devstack.free_port()}"
+    settings = settings_for(dead)
+    with pytest.raises(conn.BrokerUnreachable, match=r"127\.0\.0\.1"):
+        conn.connect_blocking(conn.new_client(settings), settings)
+
+
+def test_password_file_is_read_and_missing_one_is_a_usage_error(tmp_path):
+    parser = argparse.ArgumentParser()
+    conn.add_arguments(parser)
+    pw = tmp_path / "pw"
+    pw.write_text("s3cret\n")
+    args = parser.parse_args(["--username", "a1", "--password-file", str(pw)])
+    settings = conn.settings_from_args(args)
+    assert (settings.username, settings.password) == ("a1", "s3cret")
+    args = parser.parse_args(["--password-file", str(tmp_path / "nope")])
+    with pytest.raises(conn.UsageError):
+        conn.settings_from_args(args)
+
+
+def test_backoff_is_jittered_and_capped():
+    delays = [conn.backoff_delay(10, base=1.0, cap=8.0) for _ in range(200)]
+    assert max(delays) <= 8.0
+    assert len({round(d, 3) for d in delays}) > 100  # not lock-step
