@@ -27,6 +27,13 @@ def host_problem(host: str) -> str | None:
     """
     if not isinstance(host, str) or not host:
         return "empty host"
+    return _str_host_problem(host)
+
+
+# Readers check every host of every report (the collector: tens of thousands a second) and
+# the same few hosts recur, while ipaddress's parse costs ~5-10 us: remember the answers.
+@lru_cache(maxsize=8192)
+def _str_host_problem(host: str) -> str | None:
     if len(host) > MAX_HOST_LEN:
         return f"host longer than {MAX_HOST_LEN} characters"
     try:
