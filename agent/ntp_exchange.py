@@ -1,0 +1,134 @@
+"""SNTP exchanges with one server address over a connected UDP socket.
+
+The socket is connected, so the kernel delivers only datagrams from the queried address and
+port (and reports an ICMP port-unreachable as ECONNREFUSED). Each request carries a fresh
+random 64-bit nonce in its transmit field; the real send time T1 stays here. T4 is the
+kernel's receive timestamp (SO_TIMESTAMPNS) where Linux offers it.
+"""
+
+from __future__ import annotations
+
+import secrets
+import socket
+import struct
+import sys
+import time
+from dataclasses import dataclass
+
+from clockfleet.agent.ntp_checks import Failure, ProbeSettings, Sample, check_reply, gate
+from clockfleet.agent.ntp_packet import encode_request
+
+# Python 3.11 does not export it; 35 is SO_TIMESTAMPNS(_OLD) on x86_64 and arm64 Linux,
+# delivering a native struct timespec.
+SO_TIMESTAMPNS: int | None = getattr(
+    socket, "SO_TIMESTAMPNS", 35 if sys.platform.startswith("linux") else None
+)
+_TIMESPEC = struct.Struct("@qq")
+_ANC_SIZE = socket.CMSG_SPACE(_TIMESPEC.size)
+_MAX_DATAGRAM = 1024
+
+
+@dataclass(frozen=True)
+class BurstResult:
+    """Best sample of a burst (lowest delay), and the failure that ended it, if any."""
+
+    sample: Sample | None
+    failure: Failure | None
+    requests: int
+
+
+def open_socket(family: int, sockaddr: tuple) -> tuple[socket.socket, bool]:
+    """A UDP socket connected to sockaddr; the flag says whether kernel timestamps are on."""
+    sock = socket.socket(family, socket.SOCK_DGRAM)
+    kernel_ts = False
+    if SO_TIMESTAMPNS is not None:
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, SO_TIMESTAMPNS, 1)
+            kernel_ts = True
+        except OSError:
+            kernel_ts = False
+    try:
+        sock.connect(sockaddr)
+    except OSError:
+        sock.close()
+        raise
+    return sock, kernel_ts
+
+
+def exchange(
+    sock: socket.socket, kernel_ts: bool, deadline: float, settings: ProbeSettings
+) -> Sample | Failure:
+    """Send one request and wait (until the monotonic deadline) for its validated answer.
+
+    Datagrams that are not an answer to this request (unparseable, bad version, wrong origin)
+    are ignored; if nothing else arrives, the last such reason is the result.
+    """
+    nonce = 0
+    while nonce == 0:  # zero would mean "no origin" to a server
+        nonce = secrets.randbits(64)
+    request = encode_request(nonce)
+    t1_ns = time.time_ns()
+    try:
+        sock.send(request)
+    except OSError as e:
+        return Failure("unreachable", f"send failed: {e.strerror or e}")
+    ignored: Failure | None = None
+    while True:
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            return ignored or Failure("timeout", "no answer")
+        sock.settimeout(remaining)
+        try:
+            data, ancdata, _flags, _addr = sock.recvmsg(_MAX_DATAGRAM, _ANC_SIZE)
+        except TimeoutError:
+            continue
+        except ConnectionRefusedError:
+            return Failure("unreachable", "port unreachable (ICMP): connection refused")
+        except OSError as e:
+            return Failure("unreachable", f"receive failed: {e.strerror or e}")
+        t4_ns = _receive_time_ns(ancdata) if kernel_ts else None
+        if t4_ns is None:
+            t4_ns = time.time_ns()
+        verdict = gate(data, nonce)
+        if isinstance(verdict, Failure):
+            ignored = verdict
+            continue
+        return check_reply(verdict, t1_ns, t4_ns, settings)
+
+
+def sample_burst(family: int, sockaddr: tuple, settings: ProbeSettings) -> BurstResult:
+    """Up to settings.samples exchanges back to back within settings.timeout_s.
+
+    The burst stops at the first failure; a kiss-o'-death voids the whole burst (the server
+    told us to go away), any other failure keeps the samples already taken.
+    """
+    deadline = time.monotonic() + settings.timeout_s
+    try:
+        sock, kernel_ts = open_socket(family, sockaddr)
+    except OSError as e:
+        return BurstResult(None, Failure("unreachable", f"cannot connect: {e.strerror or e}"), 0)
+    best: Sample | None = None
+    failure: Failure | None = None
+    requests = 0
+    with sock:
+        for _ in range(max(1, settings.samples)):
+            requests += 1
+            result = exchange(sock, kernel_ts, deadline, settings)
+            if isinstance(result, Failure):
+                failure = result
+                break
+            if best is None or result.delay_s < best.delay_s:
+                best = result
+    if failure is not None and failure.kiss is not None:
+        best = None
+    if failure is not None and failure.outcome == "timeout":
+        failure = Failure("timeout", f"no answer in {float(settings.timeout_s)} s")
+    return BurstResult(best, failure, requests)
+
+
+def _receive_time_ns(ancdata: list[tuple[int, int, bytes]]) -> int | None:
+    for level, kind, data in ancdata:
+        if level == socket.SOL_SOCKET and kind == SO_TIMESTAMPNS and len(data) >= _TIMESPEC.size:
+            seconds, nanoseconds = _TIMESPEC.unpack_from(data)
+            return seconds * 1_000_000_000 + nanoseconds
+    return None
