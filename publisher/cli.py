@@ -1,0 +1,307 @@
+"""`clockfleet publish` and `clockfleet keygen`: the operator's commands.
+
+Exit codes: 0 done (or nothing to do), 1 the broker refused or did not acknowledge a
+publish, 2 a bad argument, an invalid fleet file, a bad key or an unreachable broker.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import ssl
+import sys
+from datetime import UTC, datetime
+from pathlib import Path
+
+from clockfleet.publisher import broker_io, fleetfile, plan
+
+from clockfleet.protocol import signing
+from clockfleet.protocol.connection import (
+    BrokerUnreachable,
+    UsageError,
+    add_arguments,
+    settings_from_args,
+)
+from clockfleet.protocol.topics import TopicError, parse_topic
+
+log = logging.getLogger("clockfleet.publisher")
+
+STATE_FILE_NAME = ".publisher-state.json"
+
+PUBLISH_DESCRIPTION = """\
+Validate the fleet file, then publish every region's NTP server list and every agent's
+profile that differs from what the broker holds, as signed, retained MQTT messages (QoS 1,
+waiting for each PUBACK). An unchanged file publishes nothing. A changed region or profile
+gets version = max(version on the broker, the state file's record, YYYYMMDD00 of today) + 1,
+so versions never go backwards even when the broker lost its retained state.
+
+An invalid file is reported in full (FILE:LINE: PATH: reason per problem) with exit 2, and
+nothing is published.
+"""
+
+PUBLISH_EPILOG = """\
+exit codes: 0 published (or nothing to publish), 1 the broker refused or did not acknowledge
+a publish (e.g. the ACL denies this identity), 2 bad argument, invalid fleet file, bad key,
+or broker unreachable / login refused.
+
+state file: JSON with the highest version issued per prefix, region and profile, written
+before publishing. Default: .publisher-state.json next to the fleet file. Keep it (it is
+what stops versions from going backwards when the broker lost its state); keep it out of git.
+"""
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, but a bad argument is one line on stderr (and exit 2), not usage + error."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        self.exit(2, f"{self.prog}: {message} (see --help)\n")
+
+
+class _StderrHandler(logging.Handler):
+    """Writes to whatever sys.stderr is at the time (tests capture it per test)."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        print(
+            f"clockfleet publish: {record.levelname.lower()}: {self.format(record)}",
+            file=sys.stderr,
+        )
+
+
+def _setup_logging(verbose: bool) -> None:
+    if not any(isinstance(h, _StderrHandler) for h in log.handlers):
+        log.addHandler(_StderrHandler())
+        log.propagate = False
+    log.setLevel(logging.DEBUG if verbose else logging.INFO)
+
+
+def _fail(message: str, code: int = 2) -> int:
+    print(f"clockfleet publish: {message}", file=sys.stderr)
+    return code
+
+
+def publish_parser() -> argparse.ArgumentParser:
+    p = _Parser(
+        prog="clockfleet publish",
+        description=PUBLISH_DESCRIPTION,
+        epilog=PUBLISH_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument(
+        "--config",
+        default="config/fleet.yaml",
+        type=Path,
+        help="the fleet file (default: config/fleet.yaml)",
+    )
+    p.add_argument(
+        "--signing-key",
+        type=Path,
+        help="Ed25519 private key (from `clockfleet keygen`); overrides the file's signing_key. "
+        "Without any key the lists go out unsigned, and agents with a trust key refuse them",
+    )
+    p.add_argument(
+        "--state-file",
+        type=Path,
+        help=f"the publisher's record of issued versions (default: {STATE_FILE_NAME} "
+        "next to the fleet file)",
+    )
+    p.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="print what would change against the broker (old -> new version, fields that "
+        "differ) and publish nothing",
+    )
+    p.add_argument(
+        "--prune",
+        action="store_true",
+        help="withdraw (empty retained message) regions and profiles the broker holds but the "
+        "file no longer has; without it they are left in place and listed",
+    )
+    p.add_argument(
+        "--timeout",
+        type=float,
+        default=10.0,
+        help="seconds to wait for the broker at each step (default: 10)",
+    )
+    p.add_argument("-v", "--verbose", action="store_true", help="log more")
+    add_arguments(p)
+    return p
+
+
+def publish_main(argv: list[str]) -> int:
+    try:
+        args = publish_parser().parse_args(argv)
+    except SystemExit as exc:
+        return int(exc.code or 0)
+    _setup_logging(args.verbose)
+    if args.timeout <= 0:
+        return _fail(f"--timeout {args.timeout}: must be positive")
+
+    try:
+        fleet = fleetfile.load(args.config)
+    except fleetfile.FleetFileError as exc:
+        for line in exc.errors:
+            print(line, file=sys.stderr)
+        n = len(exc.errors)
+        return _fail(f"{args.config}: {n} problem{'s' * (n != 1)}; nothing published")
+
+    try:
+        settings = settings_from_args(args)
+    except UsageError as exc:
+        return _fail(str(exc))
+
+    key_path = args.signing_key or fleet.signing_key
+    key = None
+    if key_path is not None:
+        try:
+            key = signing.load_signing_key(key_path)
+        except signing.KeyError_ as exc:
+            return _fail(str(exc))
+    else:
+        log.warning(
+            "no signing key (--signing-key or signing_key in %s): publishing UNSIGNED; "
+            "agents configured with a trust key will refuse these lists",
+            args.config,
+        )
+
+    state_path = args.state_file or fleet.path.parent / STATE_FILE_NAME
+    try:
+        state = plan.load_state(state_path)
+    except plan.StateError as exc:
+        return _fail(str(exc))
+
+    try:
+        session = broker_io.connect(settings, args.timeout)
+    except BrokerUnreachable as exc:
+        return _fail(f"cannot connect to the broker: {exc}")
+    except (OSError, ssl.SSLError, ValueError) as exc:
+        return _fail(f"cannot set up the connection: {exc}")
+    try:
+        return _publish(args, fleet, settings.prefix, state, key, session)
+    finally:
+        broker_io.close(session)
+
+
+def _on_broker(
+    prefix: str, retained: dict[str, bytes], trust: signing.TrustStore | None
+) -> dict[tuple[plan.Kind, str], plan.Retained]:
+    out: dict[tuple[plan.Kind, str], plan.Retained] = {}
+    for topic, payload in retained.items():
+        if not payload:
+            continue  # an empty retained payload is a withdrawal, not an entry
+        try:
+            ref = parse_topic(prefix, topic)
+        except TopicError as exc:
+            log.warning("ignoring retained message: %s", exc)
+            continue
+        kind: plan.Kind = "region" if ref.kind == "servers" else "profile"
+        have = plan.read_retained(kind, ref.ident, payload, trust)
+        if have.problem:
+            log.warning("%s %s on the broker is invalid (%s)", kind, ref.ident, have.problem)
+        out[(kind, ref.ident)] = have
+    return out
+
+
+def _publish(
+    args: argparse.Namespace,
+    fleet: fleetfile.Fleet,
+    prefix: str,
+    state: plan.State,
+    key: signing.SigningKey | None,
+    session: broker_io.Session,
+) -> int:
+    try:
+        retained = broker_io.read_retained(session, prefix, args.timeout)
+    except broker_io.BrokerError as exc:
+        return _fail(str(exc), 1)
+    trust = signing.TrustStore({key.key_id: key.private.public_key()}) if key else None
+    on_broker = _on_broker(prefix, retained, trust)
+    try:
+        the_plan = plan.make_plan(fleet, prefix, on_broker, state, key, prune=args.prune)
+    except plan.BuildError as exc:
+        return _fail(str(exc))
+
+    to_send = the_plan.of("publish") + the_plan.of("withdraw")
+    unchanged = the_plan.of("unchanged")
+    for change in the_plan.of("keep-unlisted"):
+        print(change.describe())
+    if args.dry_run:
+        for change in to_send:
+            print(f"would publish {change.describe()}")
+        print(
+            f"dry run against {session.version_name} broker: {len(to_send)} to send, "
+            f"{len(unchanged)} unchanged; nothing published"
+        )
+        return 0
+    if not to_send:
+        print(
+            f"nothing changed: {len(unchanged)} region lists and profiles on the broker match "
+            f"{args.config}; nothing published"
+        )
+        return 0
+
+    # Record the versions before sending: a version number is never issued twice, even if
+    # this run dies between the publish and the PUBACK.
+    for change in the_plan.of("publish"):
+        state.record(prefix, change.kind, change.ident, change.new_version or 0)
+    try:
+        state.save()
+    except OSError as exc:
+        return _fail(f"cannot write the state file {state.path}: {exc}")
+
+    outcomes = broker_io.publish_retained(
+        session, [(c.topic, c.payload) for c in to_send], args.timeout
+    )
+    by_topic = {o.topic: o for o in outcomes}
+    failed = 0
+    for change in to_send:
+        outcome = by_topic[change.topic]
+        if outcome.ok:
+            print(
+                f"{'published' if change.action == 'publish' else 'withdrew'} {change.describe()}"
+            )
+        else:
+            failed += 1
+            log.error("%s %s: %s (%s)", change.kind, change.ident, outcome.reason, change.topic)
+    print(
+        f"{len(to_send) - failed} sent, {failed} failed, {len(unchanged)} unchanged "
+        f"({session.version_name})"
+    )
+    return 1 if failed else 0
+
+
+# --- keygen ------------------------------------------------------------------------------
+
+
+def keygen_main(argv: list[str]) -> int:
+    year = datetime.now(UTC).year
+    p = _Parser(
+        prog="clockfleet keygen",
+        description="Create an Ed25519 key pair for signing region lists and profiles. "
+        "The key id is the file name; rotate by adding the new .pub to every agent's "
+        "trust before the publisher signs with the new key.",
+    )
+    p.add_argument("--out", required=True, type=Path, help="directory for KEY_ID.key and .pub")
+    p.add_argument(
+        "--key-id",
+        default=f"ops-{year}",
+        help=f"key id, [A-Za-z0-9_-]{{1,64}} (default: ops-{year})",
+    )
+    try:
+        args = p.parse_args(argv)
+    except SystemExit as exc:
+        return int(exc.code or 0)
+    try:
+        private, public = signing.generate(args.out, args.key_id)
+    except signing.KeyError_ as exc:
+        print(f"clockfleet keygen: {exc}", file=sys.stderr)
+        return 2
+    except OSError as exc:
+        print(f"clockfleet keygen: cannot write to {args.out}: {exc}", file=sys.stderr)
+        return 2
+    print(f"private key: {private}")
+    print("  stays with the publisher (mode 0600): clockfleet publish --signing-key, or")
+    print("  signing_key: in fleet.yaml. Never copy it to agents.")
+    print(f"public key:  {public}")
+    print("  goes to every agent: clockfleet agent --trust-key (agents then refuse unsigned")
+    print("  or wrongly signed lists and profiles).")
+    return 0
