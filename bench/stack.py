@@ -1,0 +1,238 @@
+"""Daemons and helpers every figure shares: a broker sized for a fleet, NTP servers, workers.
+
+Everything starts on loopback in a run directory and is stopped by the ExitStack that
+started it, also when a figure fails half-way.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import queue
+import random
+import resource
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+from clockfleet import devstack
+
+REPO = Path(__file__).resolve().parent.parent
+
+# Persistence off: an autosave every second would charge the broker's disk writes to
+# whatever figure runs at the time. Connection logging off: 3000 connects would too.
+# max_queued_messages lifts Mosquitto's silent cap of 1020 retained messages per QoS 1
+# wildcard subscriber (limits.md), so a backlog figure measures draining, not dropping.
+BENCH_MOSQUITTO_CONF = """\
+per_listener_settings false
+listener @PORT@ @HOST@
+allow_anonymous true
+persistence false
+max_connections -1
+max_queued_messages @MAXQ@
+connection_messages false
+log_type error
+log_type warning
+log_dest file @RUNDIR@/mosquitto.log
+"""
+
+
+def raise_nofile() -> int:
+    """Soft open-file limit up to the hard one: every MQTT client is a socket.
+
+    Child processes (mosquitto, the fleet) inherit it.
+    """
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < hard:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    return resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+
+
+def loopback_block() -> Iterator[str]:
+    """Fresh loopback addresses in a random /16 of 127/8, apart from the tests' 127.0.x.y.
+
+    chrony keys sources by IP, and port-123 servers need an address nobody else holds.
+    """
+    a = random.randint(64, 250)
+    b = random.randint(1, 250)
+    for c in range(2, 250):
+        yield f"127.{a}.{b}.{c}"
+
+
+def python() -> str:
+    return sys.executable
+
+
+def clockfleet_bin() -> str:
+    exe = Path(sys.executable).parent / "clockfleet"
+    return str(exe) if exe.exists() else (shutil.which("clockfleet") or "clockfleet")
+
+
+class Bench(contextlib.ExitStack):
+    """The daemons of one figure's run: cleaned up on exit, whatever happens."""
+
+    def __init__(self, name: str) -> None:
+        super().__init__()
+        self.rundir = Path(tempfile.mkdtemp(prefix=f"cfb-{name}-", dir="/tmp"))
+        self.callback(shutil.rmtree, self.rundir, True)
+        self.addresses = loopback_block()
+        self._n = 0
+
+    def subdir(self, name: str) -> Path:
+        self._n += 1
+        d = self.rundir / f"{self._n}-{name}"
+        d.mkdir(parents=True)
+        return d
+
+    def mosquitto(self, *, max_queued: int = 1_000_000) -> devstack.Daemon:
+        d = devstack.start_mosquitto(
+            self.subdir("mosquitto"),
+            conf_template=BENCH_MOSQUITTO_CONF,
+            values={"MAXQ": max_queued},
+        )
+        self.callback(d.stop)
+        return d
+
+    def chronyd(
+        self, *, port: int | None = None, fake_offset_s: float | None = None
+    ) -> devstack.Daemon:
+        d = devstack.start_chronyd_server(
+            self.subdir("chronyd"),
+            address=next(self.addresses),
+            port=port,
+            fake_offset_s=fake_offset_s,
+        )
+        self.callback(d.stop)
+        return d
+
+    def silent(self) -> tuple[str, int]:
+        s = devstack.silent_udp(next(self.addresses))
+        self.callback(s.close)
+        return s.getsockname()[:2]
+
+    def worker(self, module: str, *args: str) -> Worker:
+        w = Worker([python(), "-m", module, *map(str, args)], self.rundir)
+        self.callback(w.stop)
+        return w
+
+
+class Worker:
+    """A child process speaking JSON lines on stdout (events) and reading commands on stdin.
+
+    Figures run the system under test and its reference in their own processes, so neither
+    shares an interpreter (or a GIL) with the publisher that times them.
+    """
+
+    def __init__(self, argv: list[str], cwd: Path) -> None:
+        env = dict(os.environ)
+        env["PYTHONPATH"] = str(REPO) + os.pathsep + env.get("PYTHONPATH", "")
+        self.stderr_path = cwd / f"worker-{os.getpid()}-{time.monotonic_ns()}.err"
+        self._err = open(self.stderr_path, "wb")  # noqa: SIM115 - closed in stop()
+        self.proc = subprocess.Popen(
+            argv,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=self._err,
+            cwd=str(REPO),
+            env=env,
+            text=True,
+            bufsize=1,
+        )
+        self.events: queue.Queue[dict[str, Any]] = queue.Queue()
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+
+    def _read(self) -> None:
+        assert self.proc.stdout is not None
+        for line in self.proc.stdout:
+            with contextlib.suppress(ValueError):
+                self.events.put(json.loads(line))
+        self.events.put({"event": "exited", "rc": self.proc.wait()})
+
+    def send(self, obj: dict[str, Any]) -> None:
+        assert self.proc.stdin is not None
+        self.proc.stdin.write(json.dumps(obj) + "\n")
+        self.proc.stdin.flush()
+
+    def expect(self, event: str, timeout: float) -> dict[str, Any]:
+        """The next event named `event`; earlier other events are dropped."""
+        deadline = time.monotonic() + timeout
+        while True:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise TimeoutError(f"worker gave no {event!r} within {timeout} s{self.tail()}")
+            try:
+                ev = self.events.get(timeout=left)
+            except queue.Empty:
+                continue
+            if ev.get("event") == event:
+                return ev
+            if ev.get("event") in ("exited", "error"):
+                raise RuntimeError(f"worker {ev}{self.tail()}")
+
+    def tail(self) -> str:
+        with contextlib.suppress(OSError):
+            text = self.stderr_path.read_text(errors="replace")[-3000:]
+            return f"\n--- worker stderr ---\n{text}" if text else ""
+        return ""
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            with contextlib.suppress(OSError, ValueError):
+                self.send({"cmd": "stop"})
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(5)
+        self._err.close()
+
+
+def emit(event: str, **fields: Any) -> None:
+    """Worker side of Worker: one JSON line per event, flushed at once."""
+    sys.stdout.write(json.dumps({"event": event, **fields}) + "\n")
+    sys.stdout.flush()
+
+
+def commands() -> Iterator[dict[str, Any]]:
+    """Worker side: commands from the orchestrator, one JSON object a line."""
+    for line in sys.stdin:
+        with contextlib.suppress(ValueError):
+            yield json.loads(line)
+
+
+def wait_until(predicate: Callable[[], bool], timeout: float, step: float = 0.005) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(step)
+    return predicate()
+
+
+def quantile(values: list[float], q: float) -> float:
+    """Nearest-rank quantile (q in 0..1): p100 is the maximum, never an interpolation."""
+    ordered = sorted(values)
+    if not ordered:
+        raise ValueError("no values")
+    rank = max(1, min(len(ordered), round(q * len(ordered) + 0.4999)))
+    return ordered[rank - 1]
+
+
+def median(values: list[float]) -> float:
+    return statistics.median(values)
+
+
+def timed_run(argv: list[str], timeout: float = 30.0, **kw: Any) -> tuple[float, str, int]:
+    """Wall time of a whole process from spawn to exit, its output and exit code."""
+    t0 = time.monotonic()
+    out = subprocess.run(argv, capture_output=True, text=True, timeout=timeout, **kw)
+    return time.monotonic() - t0, out.stdout + out.stderr, out.returncode
