@@ -1,0 +1,450 @@
+"""`make demo`: the whole system on this machine, on loopback, in one run directory.
+
+Starts Mosquitto (identities + ACL, from broker/), three chronyd NTP servers (one under
+libfaketime with a clock a few seconds ahead) and a silent UDP port, a signing key, the
+collector, Prometheus (config/prometheus.yml + config/alerts.yml), and a handful of agents
+(observe backend: they measure and report, they never touch this machine's clock or time
+zone). Publishes config/fleet.demo.yaml, shows the fleet live, and partway through publishes
+config/fleet.demo.after.yaml so the agents move to the new lists.
+
+Environment:
+  DEMO_FOR=N            run N seconds without a live screen, print the final table, exit 0
+                        only if every agent reported a good sync on the latest list version
+  DEMO_CHANGE_AFTER=S   publish the changed fleet file S seconds after the agents start
+                        (default 20, or 40% of DEMO_FOR when that is shorter)
+  DEMO_RUNDIR=DIR       run directory (default run/demo-<UTC timestamp> in the repository)
+
+Ctrl-C (or any error) stops every process the demo started.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import traceback
+import urllib.request
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+
+import yaml
+
+from clockfleet import devstack
+from clockfleet.demo_fleet import ADDRESSES, AFTER, BEFORE, REPO, SKEW_S, DemoAgent, render
+from clockfleet.demo_fleet import agents as demo_agents
+from clockfleet.demo_procs import Processes, StepFailed, clockfleet_argv, tail
+from clockfleet.demo_view import View, changes, plain_table, problems, table, view_from_status_json
+
+KEY_ID = "demo"
+
+
+def say(message: str) -> None:
+    print(f"{datetime.now(UTC):%H:%M:%S} demo: {message}", flush=True)
+
+
+@dataclass
+class Settings:
+    run_for: float | None  # None: until Ctrl-C, with a live screen
+    change_after: float
+    rundir: Path
+
+    @property
+    def interactive(self) -> bool:
+        return self.run_for is None
+
+
+def _number(env: dict[str, str], name: str) -> float | None:
+    raw = env.get(name, "").strip()
+    if not raw:
+        return None
+    try:
+        value = float(raw)
+    except ValueError:
+        raise SystemExit(f"demo: {name}={raw!r} is not a number of seconds") from None
+    if value <= 0:
+        raise SystemExit(f"demo: {name} must be more than 0 seconds")
+    return value
+
+
+def settings_from_env(env: dict[str, str]) -> Settings:
+    run_for = _number(env, "DEMO_FOR")
+    change_after = _number(env, "DEMO_CHANGE_AFTER")
+    if change_after is None:
+        change_after = 20.0 if run_for is None else min(20.0, 0.4 * run_for)
+    if run_for is not None and change_after >= run_for:
+        raise SystemExit(
+            f"demo: DEMO_CHANGE_AFTER={change_after:g} must be less than DEMO_FOR={run_for:g}"
+        )
+    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
+    base = REPO / "run" if (REPO / "pyproject.toml").exists() else Path.cwd() / "run"
+    rundir = Path(env["DEMO_RUNDIR"]) if env.get("DEMO_RUNDIR") else base / f"demo-{stamp}"
+    return Settings(run_for, change_after, rundir.resolve())
+
+
+@dataclass
+class Stack:
+    """Everything the demo started, and how to reach it."""
+
+    rundir: Path
+    broker_url: str
+    identities: Path
+    signing_key: Path
+    trust_key: Path
+    fleet_file: Path
+    collector_url: str
+    prometheus_url: str
+    servers: dict[str, tuple[str, int]]
+    agents: list[DemoAgent] = field(default_factory=list)
+
+    def as_(self, identity: str) -> list[str]:
+        """Connection flags for one of the broker's identities."""
+        return [
+            "--broker",
+            self.broker_url,
+            "--username",
+            identity,
+            "--password-file",
+            str(self.identities / f"{identity}.password"),
+        ]
+
+    def server_names(self) -> dict[tuple[str, int], str]:
+        return {hp: name.lower().replace("_", "-") for name, hp in self.servers.items()}
+
+
+# --- starting things, one step each -----------------------------------------------------
+
+
+def make_identities(rundir: Path, agents: list[DemoAgent]) -> Path:
+    out = rundir / "identities"
+    script = REPO / "broker" / "clockfleet-identities"
+    argv = [sys.executable, str(script), "--out", str(out), *(a.id for a in agents)]
+    done = subprocess.run(argv, capture_output=True, text=True, timeout=60)
+    if done.returncode != 0:
+        raise StepFailed(f"broker/clockfleet-identities failed: {done.stderr or done.stdout}")
+    say(f"created broker identities (publisher, collector, operator, one per agent) in {out}")
+    return out
+
+
+def start_broker(procs: Processes, rundir: Path, identities: Path) -> str:
+    template = (REPO / "broker" / "mosquitto.demo.conf").read_text()
+    bdir = rundir / "broker"
+    values: dict[str, str | int] = {
+        "PASSWORD_FILE": str(identities / "passwd"),
+        "ACL_FILE": str(REPO / "broker" / "acl"),
+    }
+    d = procs.daemon(
+        "mosquitto (broker/mosquitto.demo.conf: identities and ACL on)",
+        lambda: devstack.start_mosquitto(bdir, conf_template=template, values=values),
+        bdir / "mosquitto.log",
+    )
+    return f"mqtt://{d.host}:{d.port}"
+
+
+def start_ntp_servers(procs: Processes, rundir: Path) -> dict[str, tuple[str, int]]:
+    servers: dict[str, tuple[str, int]] = {}
+    for name, fake in (("GOOD_A", None), ("GOOD_B", None), ("SKEWED", SKEW_S)):
+        sdir = rundir / f"ntp-{name.lower().replace('_', '-')}"
+        what = f"chronyd NTP server {name.lower().replace('_', '-')}" + (
+            f" (libfaketime: clock {fake:+g} s)" if fake else ""
+        )
+        d = procs.daemon(
+            what,
+            lambda sdir=sdir, fake=fake, addr=ADDRESSES[name]: devstack.start_chronyd_server(
+                sdir, address=addr, fake_offset_s=fake
+            ),
+            sdir / "chronyd.log",
+        )
+        servers[name] = (d.host, d.port)
+    servers["SILENT"] = procs.silent_udp(ADDRESSES["SILENT"])
+    return servers
+
+
+def make_key(procs: Processes, rundir: Path) -> tuple[Path, Path]:
+    keys = rundir / "keys"
+    procs.run("keygen", ["keygen", "--out", str(keys), "--key-id", KEY_ID])
+    key, pub = keys / f"{KEY_ID}.key", keys / f"{KEY_ID}.pub"
+    if not key.exists() or not pub.exists():
+        raise StepFailed(f"clockfleet keygen did not write {key} and {pub}")
+    say(f"created the signing key {key} (agents trust {pub})")
+    return key, pub
+
+
+def publish(procs: Processes, stack: Stack, template: Path, step: str) -> None:
+    stack.fleet_file.write_text(render(template, stack.servers))
+    # Keep each rendered version for the curious: diff fleet.before.yaml fleet.after.yaml
+    (stack.rundir / f"fleet.{step}.yaml").write_text(stack.fleet_file.read_text())
+    out = procs.run(
+        f"publish-{step}",
+        [
+            "publish",
+            "--config",
+            str(stack.fleet_file),
+            "--signing-key",
+            str(stack.signing_key),
+            *stack.as_("publisher"),
+        ],
+    )
+    say(f"published {template.relative_to(REPO)} (rendered as {stack.fleet_file}):")
+    for line in out.strip().splitlines():
+        print(f"    {line}", flush=True)
+
+
+def start_collector(procs: Processes, stack_rundir: Path, conn: list[str]) -> str:
+    port = devstack.free_port()
+    child = procs.start("collector", ["collector", "--listen", f"127.0.0.1:{port}", *conn])
+    url = f"http://127.0.0.1:{port}/metrics"
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        if not child.alive():
+            break
+        with contextlib.suppress(OSError), urllib.request.urlopen(url, timeout=1) as r:
+            if r.status == 200:
+                return url
+        time.sleep(0.1)
+    raise StepFailed(f"the collector did not serve {url}\n  log {child.log}:\n{tail(child.log)}")
+
+
+def prometheus_config(collector_port: int) -> str:
+    """config/prometheus.yml with the collector's port and absolute paths to the rules."""
+    conf = yaml.safe_load((REPO / "config" / "prometheus.yml").read_text())
+    conf["rule_files"] = [str((REPO / "config" / "alerts.yml").resolve())]
+    conf.setdefault("global", {})["scrape_interval"] = "2s"
+    conf["global"]["evaluation_interval"] = "2s"
+    jobs = conf.get("scrape_configs") or []
+    if not jobs:
+        raise StepFailed("config/prometheus.yml has no scrape_configs")
+    # The demo runs one collector: point the clockfleet job's targets at it.
+    for job in jobs:
+        for sc in job.get("static_configs") or []:
+            sc["targets"] = [f"127.0.0.1:{collector_port}"]
+    return yaml.safe_dump(conf, sort_keys=False)
+
+
+def start_prometheus(procs: Processes, rundir: Path, collector_url: str) -> str:
+    port = int(collector_url.split(":")[2].split("/")[0])
+    pdir = rundir / "prometheus"
+    text = prometheus_config(port)
+    d = procs.daemon(
+        "prometheus (config/prometheus.yml, rules config/alerts.yml)",
+        lambda: devstack.start_prometheus(pdir, text),
+        pdir / "prometheus.log",
+    )
+    return f"http://{d.host}:{d.port}"
+
+
+def start_agents(procs: Processes, stack: Stack) -> None:
+    for a in stack.agents:
+        adir = stack.rundir / "agents" / a.id
+        (adir / "tz-root" / "etc").mkdir(parents=True, exist_ok=True)
+        procs.start(
+            f"agent-{a.id}",
+            [
+                "agent",
+                "--id",
+                a.id,
+                "--region",
+                a.region,
+                "--backend",
+                "observe",
+                "--state-dir",
+                str(adir / "state"),
+                "--tz-root",
+                str(adir / "tz-root"),
+                "--trust-key",
+                str(stack.trust_key),
+                "--startup-delay",
+                "1",
+                *stack.as_(a.id),
+            ],
+        )
+
+
+def start(procs: Processes, settings: Settings) -> Stack:
+    rundir = settings.rundir
+    agents = demo_agents(BEFORE)
+    identities = make_identities(rundir, agents)
+    broker_url = start_broker(procs, rundir, identities)
+    servers = start_ntp_servers(procs, rundir)
+    key, pub = make_key(procs, rundir)
+    stack = Stack(
+        rundir=rundir,
+        broker_url=broker_url,
+        identities=identities,
+        signing_key=key,
+        trust_key=pub,
+        fleet_file=rundir / "fleet.yaml",
+        collector_url="",
+        prometheus_url="",
+        servers=servers,
+        agents=agents,
+    )
+    publish(procs, stack, BEFORE, "before")
+    stack.collector_url = start_collector(procs, rundir, stack.as_("collector"))
+    stack.prometheus_url = start_prometheus(procs, rundir, stack.collector_url)
+    start_agents(procs, stack)
+    return stack
+
+
+# --- watching ---------------------------------------------------------------------------
+
+
+def read_view(stack: Stack) -> View:
+    """The fleet as `clockfleet status --json` sees it; an empty view if it failed."""
+    argv = clockfleet_argv("status", "--json", *stack.as_("collector"))
+    try:
+        done = subprocess.run(argv, capture_output=True, text=True, timeout=20)
+    except subprocess.TimeoutExpired:
+        return View()
+    if done.returncode != 0:
+        with (stack.rundir / "logs" / "status.log").open("a") as f:
+            f.write(f"exit {done.returncode}: {done.stderr}\n")
+        return View()
+    try:
+        return view_from_status_json(json.loads(done.stdout))
+    except ValueError:
+        return View()
+
+
+def banner(stack: Stack, settings: Settings) -> list[str]:
+    return [
+        f"run directory   {stack.rundir} (every daemon's log is under it)",
+        f"broker          {stack.broker_url} (identities in {stack.identities})",
+        f"metrics         {stack.collector_url}",
+        f"prometheus      {stack.prometheus_url}  (alerts: {stack.prometheus_url}/alerts)",
+        "ntp servers     "
+        + ", ".join(f"{role} {h}:{p}" for (h, p), role in stack.server_names().items()),
+        f"list change     {settings.change_after:g} s after the agents start "
+        f"(config/fleet.demo.after.yaml)",
+    ]
+
+
+def run(settings: Settings) -> int:
+    settings.rundir.mkdir(parents=True, exist_ok=True)
+    say(f"run directory {settings.rundir}")
+    procs = Processes(settings.rundir, say)
+    try:
+        stack = start(procs, settings)
+        for line in banner(stack, settings):
+            say(line)
+        view = watch(procs, stack, settings)
+        return verdict(stack, view, settings)
+    except StepFailed as exc:
+        say(f"FAILED: {exc}")
+        return 1
+    except KeyboardInterrupt:
+        say("interrupted")
+        return 130
+    except Exception:
+        say("FAILED with an unexpected error:")
+        traceback.print_exc()
+        return 1
+    finally:
+        say("stopping every process the demo started")
+        procs.close()
+        say(f"stopped; logs stay in {settings.rundir}")
+
+
+def watch(procs: Processes, stack: Stack, settings: Settings) -> View:
+    """Show the fleet until DEMO_FOR runs out (or Ctrl-C); publish the change on the way."""
+    t0 = time.monotonic()
+    changed = False
+    view = View()
+    names = stack.server_names()
+    live = None
+    if settings.interactive:
+        from rich.console import Group
+        from rich.live import Live
+        from rich.text import Text
+
+        live = Live(table(view, names), refresh_per_second=4, screen=False)
+        live.start()
+    events: list[str] = []
+    try:
+        while True:
+            elapsed = time.monotonic() - t0
+            if settings.run_for is not None and elapsed >= settings.run_for:
+                break
+            if dead := procs.dead():
+                raise StepFailed("a process stopped on its own:\n" + "\n".join(dead))
+            if not changed and elapsed >= settings.change_after:
+                if live is not None:
+                    live.stop()
+                say(
+                    "changing the lists: us-east gets a silent and a skewed server first, "
+                    "eu-west is reordered"
+                )
+                publish(procs, stack, AFTER, "after")
+                changed = True
+                if live is not None:
+                    live.start()
+            new = read_view(stack)
+            lines = changes(view, new)
+            view = new if new.rows or new.published else view
+            for line in lines:
+                stamped = f"{datetime.now(UTC):%H:%M:%S} {line}"
+                if live is None:
+                    print(f"{stamped}", flush=True)
+                events = [*events, stamped][-8:]
+            if live is not None:
+                remaining = (
+                    f"list change in {settings.change_after - elapsed:.0f} s"
+                    if not changed
+                    else "list changed; Ctrl-C stops the demo"
+                )
+                live.update(
+                    Group(
+                        table(view, names),
+                        Text(remaining, style="bold"),
+                        Text("\n".join(events), style="dim"),
+                    )
+                )
+            time.sleep(max(0.0, 1.0 - ((time.monotonic() - t0) % 1.0)))
+    finally:
+        if live is not None:
+            live.stop()
+    return view
+
+
+def verdict(stack: Stack, view: View, settings: Settings) -> int:
+    final = read_view(stack)
+    if final.rows:
+        view = final
+    print(plain_table(view, stack.server_names()), flush=True)
+    (stack.rundir / "final-view.json").write_text(
+        json.dumps(
+            {
+                "published": view.published,
+                "rows": {a: r.__dict__ for a, r in view.rows.items()},
+                "servers": {n: list(hp) for n, hp in stack.servers.items()},
+            },
+            indent=1,
+            default=list,
+        )
+    )
+    wrong = problems(view, [a.id for a in stack.agents])
+    if not wrong:
+        say(f"every agent ({len(stack.agents)}) reported a good sync on its region's latest list")
+        return 0
+    say("NOT every agent is on a good sync with the latest list:")
+    for line in wrong:
+        print(f"    {line}", flush=True)
+    return 1
+
+
+def _sigterm(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
+
+
+def main() -> int:
+    settings = settings_from_env(dict(os.environ))
+    signal.signal(signal.SIGTERM, _sigterm)
+    return run(settings)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

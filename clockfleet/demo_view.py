@@ -1,0 +1,228 @@
+"""What the demo shows: the fleet table, change events, and the final verdict.
+
+The rows come from `clockfleet status --json` (the broker's retained state as the
+collector's status command reads it); this module only turns them into a table, notices what
+changed between two looks, and judges the end state.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from rich.table import Table
+from rich.text import Text
+
+
+@dataclass(frozen=True)
+class Row:
+    """One agent as the table shows it; fields follow the report's contract names."""
+
+    agent: str
+    region: str = ""
+    state: str = ""  # online / offline / "" (no status seen)
+    ok: bool | None = None  # None: no report yet
+    list_version: int | None = None
+    server: str = ""
+    offset_s: float | None = None
+    delay_s: float | None = None
+    stratum: int | None = None
+    timezone: str = ""
+    discipline: str = ""
+    tried: tuple[tuple[str, str], ...] = ()  # (host:port, outcome) in list order
+    age_s: float | None = None
+
+
+@dataclass
+class View:
+    rows: dict[str, Row] = field(default_factory=dict)
+    published: dict[str, int] = field(default_factory=dict)  # region -> list version
+
+
+def _server_text(server: Any) -> str:
+    if isinstance(server, dict) and "host" in server:
+        return f"{server['host']}:{server.get('port', 123)}"
+    return str(server or "")
+
+
+def row_from_json(agent: str, entry: dict[str, Any]) -> Row:
+    """A Row from one agent's entry of `clockfleet status --json`.
+
+    The entry carries the report's fields under their contract names, either at its top level
+    or under `report`, and the status's `state` at the top or under `status`.
+    """
+    report = entry.get("report") if isinstance(entry.get("report"), dict) else entry
+    status = entry.get("status") if isinstance(entry.get("status"), dict) else entry
+    tried = tuple(
+        (f"{t.get('host')}:{t.get('port')}", str(t.get("outcome")))
+        for t in (report.get("tried") or [])
+        if isinstance(t, dict)
+    )
+    ok = report.get("ok")
+    age = entry.get("report_age_s", entry.get("age_s"))
+    return Row(
+        agent=agent,
+        region=str(report.get("region") or entry.get("region") or ""),
+        state=str(status.get("state") or ""),
+        ok=ok if isinstance(ok, bool) else None,
+        list_version=report.get("list_version"),
+        server=_server_text(report.get("server")),
+        offset_s=report.get("offset_s"),
+        delay_s=report.get("delay_s"),
+        stratum=report.get("stratum"),
+        timezone=str(report.get("timezone") or ""),
+        discipline=str(report.get("discipline") or ""),
+        tried=tried,
+        age_s=age if isinstance(age, int | float) else None,
+    )
+
+
+def _fmt_offset(v: float | None) -> str:
+    if v is None:
+        return "-"
+    if abs(v) >= 0.1:
+        return f"{v:+.3f} s"
+    return f"{v * 1000:+.3f} ms"
+
+
+def _outcome_style(outcome: str) -> str:
+    if outcome == "ok":
+        return "green"
+    if outcome == "not-tried":
+        return "dim"
+    if outcome in ("falseticker", "panic-offset", "too-far"):
+        return "magenta"
+    return "yellow"
+
+
+def table(view: View, names: dict[tuple[str, int], str] | None = None) -> Table:
+    """The fleet table; `names` maps (host, port) of the demo's servers to their roles."""
+    t = Table(title="clockfleet demo fleet", expand=False)
+    for col in ("agent", "region", "state", "list", "sync", "server", "offset", "time zone"):
+        t.add_column(col)
+    t.add_column("tried, in list order")
+
+    def label(hostport: str) -> str:
+        if names:
+            host, _, port = hostport.rpartition(":")
+            role = names.get((host, int(port))) if port.isdigit() else None
+            if role:
+                return role
+        return hostport
+
+    for agent in sorted(view.rows):
+        r = view.rows[agent]
+        latest = view.published.get(r.region)
+        if r.list_version is None:
+            version = Text("-", style="dim")
+        else:
+            stale = latest is not None and r.list_version < latest
+            version = Text(str(r.list_version), style="yellow" if stale else "")
+        sync = (
+            Text("waiting", style="dim")
+            if r.ok is None
+            else Text("ok", style="green")
+            if r.ok
+            else Text("FAILED", style="bold red")
+        )
+        drift = r.offset_s is not None and abs(r.offset_s) > 0.5
+        offset = Text(_fmt_offset(r.offset_s), style="bold magenta" if drift else "")
+        tried = Text()
+        for i, (hostport, outcome) in enumerate(r.tried):
+            if i:
+                tried.append("  ")
+            tried.append(f"{label(hostport)}:", style="dim")
+            tried.append(outcome, style=_outcome_style(outcome))
+        t.add_row(
+            agent,
+            r.region,
+            Text(r.state or "-", style="green" if r.state == "online" else "red"),
+            version,
+            sync,
+            label(r.server) if r.server else "-",
+            offset,
+            r.timezone or "-",
+            tried,
+        )
+    return t
+
+
+def plain_table(view: View, names: dict[tuple[str, int], str] | None = None) -> str:
+    """The table as plain text (for logs and `DEMO_FOR` runs)."""
+    from rich.console import Console
+
+    console = Console(width=160, no_color=True, force_terminal=False, record=True)
+    with console.capture() as cap:
+        console.print(table(view, names))
+    return cap.get()
+
+
+def changes(before: View, after: View) -> list[str]:
+    """One line per agent whose report moved on (new version, server, result, or first)."""
+    out = []
+    for agent, r in sorted(after.rows.items()):
+        old = before.rows.get(agent)
+        if r.ok is None:
+            continue
+        key = (r.list_version, r.server, r.ok, r.tried)
+        if old is not None and (old.list_version, old.server, old.ok, old.tried) == key:
+            continue
+        outcomes = ", ".join(f"{hp} {o}" for hp, o in r.tried)
+        result = f"ok via {r.server} offset {_fmt_offset(r.offset_s)}" if r.ok else "FAILED"
+        out.append(f"{agent} ({r.region}) list v{r.list_version}: {result}; tried: {outcomes}")
+    for region, version in sorted(after.published.items()):
+        if before.published.get(region) != version:
+            out.append(f"region {region}: list version {version} is published")
+    return out
+
+
+def problems(view: View, expected: list[str]) -> list[str]:
+    """Why the fleet is not done: every expected agent must have a good sync on the latest
+    published list of its region. Empty when all is well."""
+    out = []
+    for agent in expected:
+        r = view.rows.get(agent)
+        if r is None or r.ok is None:
+            out.append(f"{agent}: no report")
+            continue
+        latest = view.published.get(r.region)
+        if latest is None:
+            out.append(f"{agent}: no published list for its region {r.region!r}")
+        elif r.list_version != latest:
+            out.append(f"{agent}: reported list version {r.list_version}, latest is {latest}")
+        if not r.ok:
+            outcomes = ", ".join(f"{hp} {o}" for hp, o in r.tried) or "nothing"
+            out.append(f"{agent}: last sync failed (tried: {outcomes})")
+    return out
+
+
+def view_from_status_json(obj: Any) -> View:
+    """A View from the output of `clockfleet status --json`.
+
+    Agents come as a list of entries with an `agent` field or as a mapping by id; published
+    list versions as `regions` (a mapping region -> version or -> {version: N}, or a list of
+    {region, version}).
+    """
+    view = View()
+    if not isinstance(obj, dict):
+        return view
+    agents = obj.get("agents") or {}
+    items = (
+        agents.items()
+        if isinstance(agents, dict)
+        else ((e.get("agent"), e) for e in agents if isinstance(e, dict))
+    )
+    for agent, entry in items:
+        if isinstance(agent, str) and isinstance(entry, dict):
+            view.rows[agent] = row_from_json(agent, entry)
+    regions = obj.get("regions") or {}
+    pairs = (
+        regions.items()
+        if isinstance(regions, dict)
+        else ((e.get("region"), e) for e in regions if isinstance(e, dict))
+    )
+    for region, value in pairs:
+        version = value.get("version") if isinstance(value, dict) else value
+        if isinstance(region, str) and isinstance(version, int) and not isinstance(version, bool):
+            view.published[region] = version
+    return view
