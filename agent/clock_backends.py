@@ -275,6 +275,9 @@ class ChronyBackend:
     def _refused(self, rc: int, out: str) -> str | None:
         """chronyc exits 0 on some failures; its reply code is the truth."""
         if rc != 0:
+            if "connection to daemon" in out or "Cannot talk to daemon" in out:
+                where = self.socket or "its default socket"
+                return f"{out} (is chronyd running? tried {where})"
             return out or f"exit code {rc}"
         if out and not out.startswith("200 OK") and re.match(r"\A5\d\d ", out):
             return out

@@ -1,0 +1,84 @@
+"""Agent fixtures: a real chronyd client (-x, never touches the clock) to hand sources to.
+
+`chrony_client` -> ChronyClient: .sourcedir, .socket, .log, .daemon, .chronyc(*args),
+.sources() (addresses chronyd lists), .wait_for_log(text).
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from clockfleet import devstack
+
+
+@dataclass
+class ChronyClient:
+    daemon: devstack.Daemon
+    sourcedir: Path
+    socket: Path
+    log: Path
+
+    def chronyc(self, *args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            ["chronyc", "-h", str(self.socket), *args], capture_output=True, text=True, timeout=30
+        )
+
+    def sources(self) -> list[str]:
+        out = self.chronyc("-c", "-n", "sources").stdout
+        return [line.split(",")[2] for line in out.splitlines() if line.count(",") >= 2]
+
+    def wait_for_log(self, text: str, count: int = 1, timeout_s: float = 30.0) -> str:
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            content = self.log.read_text(errors="replace")
+            if content.count(text) >= count:
+                return content
+            time.sleep(0.1)
+        raise AssertionError(f"{text!r} x{count} not in chronyd's log:\n{content}")
+
+
+def start_chrony_client(rundir: Path, extra: str = "") -> ChronyClient:
+    """chronyd as a client with its own sourcedir and command socket; no NTP port, -x."""
+    rundir.mkdir(parents=True, exist_ok=True)
+    os.chmod(rundir, 0o700)
+    sourcedir = rundir / "sources.d"
+    sourcedir.mkdir(exist_ok=True)
+    sock = rundir / "c.sock"
+    conf = rundir / "chronyd.conf"
+    conf.write_text(
+        "port 0\n"
+        "cmdport 0\n"
+        f"bindcmdaddress {sock}\n"
+        f"pidfile {rundir}/c.pid\n"
+        f"driftfile {rundir}/c.drift\n"
+        f"sourcedir {sourcedir}\n" + extra
+    )
+    args = [devstack.require("chronyd"), "-x", "-d", "-f", str(conf)]
+    if devstack.is_root():
+        args += ["-u", "root"]
+    log = rundir / "chronyd.log"
+    proc = subprocess.Popen(args, stdout=open(log, "ab"), stderr=subprocess.STDOUT)  # noqa: SIM115
+    daemon = devstack.Daemon("chronyd-client", proc, log, 0, files={"conf": conf})
+    client = ChronyClient(daemon, sourcedir, sock, log)
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and proc.poll() is None:
+        if sock.exists() and client.chronyc("tracking").returncode == 0:
+            return client
+        time.sleep(0.02)
+    daemon.stop()
+    raise devstack.DaemonError(f"chronyd client did not start: {daemon.log_tail()}")
+
+
+@pytest.fixture
+def chrony_client(short_tmp: Path) -> Iterator[ChronyClient]:
+    """A running chronyd client (-x) with an empty sourcedir; stopped after the test."""
+    client = start_chrony_client(short_tmp / "client")
+    yield client
+    client.daemon.stop()
