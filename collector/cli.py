@@ -1,0 +1,93 @@
+"""`clockfleet collector`: agents' reports from MQTT as Prometheus metrics on /metrics."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import signal
+import sys
+import threading
+
+from clockfleet.collector.http import parse_listen, serve
+from clockfleet.collector.ingest import Collector
+from clockfleet.collector.metrics import render
+
+from clockfleet.protocol.connection import (
+    BrokerUnreachable,
+    UsageError,
+    add_arguments,
+    settings_from_args,
+)
+
+DESCRIPTION = """\
+Subscribe to every agent's retained report and status and to every region's published list,
+and serve them as Prometheus metrics on http://LISTEN/metrics (clockfleet_agent_*,
+clockfleet_region_*, clockfleet_collector_*).
+
+Every message is decoded strictly; a bad one is logged (rate-limited), counted in
+clockfleet_collector_messages_rejected_total{reason} and never replaces an agent's last good
+values. Retained state is read at QoS 0, so a restarted collector knows the whole fleet at
+once, even on a Mosquitto with default queue limits. On broker loss the collector keeps
+serving the last known state and reconnects with jittered backoff, rotating through the
+--broker list. Exits 2 on a bad argument or when no broker answers at start.
+"""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="clockfleet collector",
+        description=DESCRIPTION,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument(
+        "--listen",
+        default="127.0.0.1:9108",
+        metavar="HOST:PORT",
+        help="address to serve /metrics on, and only that one (default 127.0.0.1:9108; "
+        "[::1]:PORT for IPv6)",
+    )
+    p.add_argument(
+        "--log-level",
+        default="info",
+        choices=["debug", "info", "warning", "error"],
+        help="log verbosity (default info)",
+    )
+    add_arguments(p)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=getattr(logging, args.log_level.upper()),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    try:
+        host, port = parse_listen(args.listen)
+        settings = settings_from_args(args)
+    except (ValueError, UsageError) as exc:
+        print(f"clockfleet collector: {exc}", file=sys.stderr)
+        return 2
+    collector = Collector(settings)
+    try:
+        collector.start()
+    except BrokerUnreachable as exc:
+        print(f"clockfleet collector: no broker reachable: {exc}", file=sys.stderr)
+        return 2
+    try:
+        server, _ = serve(host, port, lambda: render(collector.state, collector.link()))
+    except OSError as exc:
+        collector.stop()
+        print(f"clockfleet collector: cannot listen on {args.listen}: {exc}", file=sys.stderr)
+        return 2
+    logging.getLogger("clockfleet.collector").info(
+        "serving http://%s:%d/metrics", host, server.server_port
+    )
+    done = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: done.set())
+    done.wait()
+    server.shutdown()
+    collector.stop()
+    return 0

@@ -1,0 +1,74 @@
+"""The /metrics endpoint: a small threaded WSGI server bound to one address only."""
+
+from __future__ import annotations
+
+import socket
+import threading
+from collections.abc import Callable, Iterable
+from socketserver import ThreadingMixIn
+from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
+
+from clockfleet.collector.metrics import CONTENT_TYPE
+
+Render = Callable[[], bytes]
+
+INDEX = b"""<html><head><title>clockfleet collector</title></head>
+<body><h1>clockfleet collector</h1><p><a href="/metrics">/metrics</a></p></body></html>
+"""
+
+
+def parse_listen(spec: str) -> tuple[str, int]:
+    """'127.0.0.1:9108' or '[::1]:9108' -> (host, port); ValueError with a clear text."""
+    host, sep, port_text = spec.rpartition(":")
+    if not sep or not host:
+        raise ValueError(f"--listen {spec!r}: expected HOST:PORT, e.g. 127.0.0.1:9108")
+    host = host.removeprefix("[").removesuffix("]")
+    try:
+        port = int(port_text)
+    except ValueError:
+        raise ValueError(f"--listen {spec!r}: port {port_text!r} is not a number") from None
+    if not 0 <= port <= 65535:
+        raise ValueError(f"--listen {spec!r}: port out of range")
+    return host, port
+
+
+def metrics_app(render: Render) -> Callable:
+    def app(environ: dict, start_response: Callable) -> Iterable[bytes]:
+        path = environ.get("PATH_INFO", "")
+        if path == "/metrics":
+            body = render()
+            start_response(
+                "200 OK", [("Content-Type", CONTENT_TYPE), ("Content-Length", str(len(body)))]
+            )
+            return [body]
+        if path in ("", "/"):
+            start_response("200 OK", [("Content-Type", "text/html; charset=utf-8")])
+            return [INDEX]
+        start_response("404 Not Found", [("Content-Type", "text/plain")])
+        return [b"not found: try /metrics\n"]
+
+    return app
+
+
+class _Server(ThreadingMixIn, WSGIServer):
+    daemon_threads = True
+
+
+class _Server6(_Server):
+    address_family = socket.AF_INET6
+
+
+class _QuietHandler(WSGIRequestHandler):
+    def log_message(self, format: str, *args: object) -> None:
+        return  # one line per scrape would drown everything else
+
+
+def serve(host: str, port: int, render: Render) -> tuple[WSGIServer, threading.Thread]:
+    """Start serving in a daemon thread; the server's real port is server.server_port."""
+    server_class = _Server6 if ":" in host else _Server
+    server = make_server(
+        host, port, metrics_app(render), server_class=server_class, handler_class=_QuietHandler
+    )
+    thread = threading.Thread(target=server.serve_forever, name="collector-http", daemon=True)
+    thread.start()
+    return server, thread

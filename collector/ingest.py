@@ -1,0 +1,317 @@
+"""The collector's MQTT side: subscribe to reports, status and region lists; feed FleetState.
+
+Programmatic use (benchmarks drive this in-process)::
+
+    from clockfleet.collector.ingest import Collector
+    from clockfleet.protocol.connection import ConnectionSettings, parse_brokers
+
+    c = Collector(ConnectionSettings(parse_brokers("mqtt://127.0.0.1:PORT")),
+                  on_report=lambda agent, report, t: ...)   # optional hook
+    c.start()            # connects (raises BrokerUnreachable if no broker answers), then
+                         # runs the MQTT loop in a daemon thread
+    c.state              # FleetState: .agents[agent].report / .status, .regions[region]
+    c.link()             # LinkStats: connected, reconnects
+    c.stop()
+
+`on_report(agent, report, t)` is called in the MQTT thread for every accepted report, with the
+decoded `Report` and `t = time.monotonic()` taken when the message was handed to us; keep it
+cheap. `on_message(result, t)` (optional) sees every message's `fleet_state.Result`.
+
+Why it is written this way:
+- Retained state is read at **QoS 0**: Mosquitto hands a new QoS 1 wildcard subscriber at most
+  ~1020 retained messages (max_inflight + max_queued) and drops the rest; at QoS 0 it sends all.
+- A clean session: the retained messages are the state, there is nothing to resume.
+- One paho client over its external-loop API in one thread: we read every packet that is
+  waiting before going back to select(), instead of one select() per message.
+- Broker loss: reconnect with full-jitter backoff (paho's own has none), rotating through the
+  cluster's nodes, and subscribe again on every connect.
+- Rejected messages are logged at most once per reason per LOG_EVERY_S seconds (a flood of bad
+  messages must not flood the log); the counters count every one.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import selectors
+import ssl
+import threading
+import time
+import uuid
+from collections.abc import Callable
+
+import paho.mqtt.client as mqtt
+from clockfleet.collector.fleet_state import FleetState, Outcome, Result
+from clockfleet.collector.metrics import LinkStats
+
+from clockfleet.protocol.connection import (
+    BrokerAddress,
+    BrokerUnreachable,
+    ConnectionSettings,
+    backoff_delay,
+    new_client,
+    rotation,
+)
+from clockfleet.protocol.messages import Report
+from clockfleet.protocol.topics import all_agents_filter, all_servers_filter
+
+log = logging.getLogger("clockfleet.collector")
+
+LOG_EVERY_S = 10.0
+KEEPALIVE_S = 30
+RECONNECT_CAP_S = 30.0
+
+ReportHook = Callable[[str, Report, float], None]
+MessageHook = Callable[[Result, float], None]
+
+
+def subscriptions(prefix: str) -> list[tuple[str, int]]:
+    return [
+        (all_agents_filter(prefix, "report"), 0),
+        (all_agents_filter(prefix, "status"), 0),
+        (all_servers_filter(prefix), 0),
+    ]
+
+
+class RateLimitedLog:
+    """At most one line per key per interval, saying how many were left unsaid."""
+
+    def __init__(self, every_s: float = LOG_EVERY_S) -> None:
+        self.every_s = every_s
+        self._last: dict[str, float] = {}
+        self._suppressed: dict[str, int] = {}
+
+    def warning(self, key: str, msg: str, *args: object) -> None:
+        now = time.monotonic()
+        last = self._last.get(key)
+        if last is not None and now - last < self.every_s:
+            self._suppressed[key] = self._suppressed.get(key, 0) + 1
+            return
+        self._last[key] = now
+        skipped = self._suppressed.pop(key, 0)
+        if skipped:
+            msg += f" (and {skipped} more like it not logged)"
+        log.warning(msg, *args)
+
+
+class Collector:
+    def __init__(
+        self,
+        settings: ConnectionSettings,
+        *,
+        on_report: ReportHook | None = None,
+        on_message: MessageHook | None = None,
+        client_id: str | None = None,
+    ) -> None:
+        self.settings = settings
+        self.state = FleetState(settings.prefix)
+        self.on_report = on_report
+        self.on_message = on_message
+        self.client_id = client_id or f"clockfleet-collector-{uuid.uuid4().hex[:12]}"
+        self._connected = False
+        self._connections = 0
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._rejects = RateLimitedLog()
+        self._client: mqtt.Client | None = None
+        self._brokers = rotation(settings.brokers)
+        self._next_broker = 0
+        self.current_broker: BrokerAddress | None = None
+
+    # --- public --------------------------------------------------------------------------
+
+    def link(self) -> LinkStats:
+        return LinkStats(self._connected, max(0, self._connections - 1))
+
+    @property
+    def connected(self) -> bool:
+        return self._connected
+
+    def start(self, timeout_s: float | None = None) -> Collector:
+        """Connect to the first broker that answers (or raise BrokerUnreachable), subscribe,
+        and keep the MQTT loop running in a daemon thread from then on."""
+        timeout = self.settings.connect_timeout_s if timeout_s is None else timeout_s
+        errors = []
+        for _ in range(len(self._brokers)):
+            addr, err = self._connect_one(timeout)
+            if err is None:
+                break
+            errors.append(f"{addr}: {err}")
+        else:
+            raise BrokerUnreachable("; ".join(errors))
+        self._thread = threading.Thread(target=self._run, name="collector-mqtt", daemon=True)
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(5)
+        client = self._client
+        if client is not None:
+            with contextlib.suppress(Exception):
+                client.disconnect()
+                client.loop_write()
+            with contextlib.suppress(Exception):
+                sock = client.socket()
+                if sock is not None:
+                    sock.close()
+        self._connected = False
+
+    # --- connection ------------------------------------------------------------------------
+
+    def _pick_broker(self) -> BrokerAddress:
+        addr = self._brokers[self._next_broker % len(self._brokers)]
+        self._next_broker += 1
+        return addr
+
+    def _connect_one(self, timeout: float) -> tuple[BrokerAddress, str | None]:
+        """Open a connection and pump it until the CONNACK; None as the error when up."""
+        addr = self._pick_broker()
+        client = new_client(self.settings, self.client_id, clean_session=True)
+        client.on_connect = self._on_connect
+        client.on_subscribe = self._on_subscribe
+        client.on_disconnect = self._on_disconnect
+        client.on_message = self._on_message
+        client.user_data_set({"connack": None})
+        try:
+            client.connect(addr.host, addr.port, keepalive=KEEPALIVE_S)
+        except (OSError, ssl.SSLError) as exc:
+            return addr, str(exc)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            rc = client.loop(timeout=0.1)
+            connack = client.user_data_get()["connack"]
+            if connack is not None:
+                if connack.is_failure:
+                    self._drop(client)
+                    return addr, f"refused: {connack}"
+                self._client = client
+                self.current_broker = addr
+                return addr, None
+            if rc != mqtt.MQTT_ERR_SUCCESS:
+                self._drop(client)
+                return addr, f"connection lost before CONNACK ({mqtt.error_string(rc)})"
+        self._drop(client)
+        return addr, f"no CONNACK within {timeout:g} s"
+
+    @staticmethod
+    def _drop(client: mqtt.Client) -> None:
+        with contextlib.suppress(Exception):
+            sock = client.socket()
+            if sock is not None:
+                sock.close()
+
+    def _on_connect(self, client, userdata, flags, reason_code, properties) -> None:
+        userdata["connack"] = reason_code
+        if reason_code.is_failure:
+            log.warning("broker refused the connection: %s", reason_code)
+            return
+        self._connections += 1
+        log.info("connected to %s; subscribing", self.current_broker or "broker")
+        client.subscribe(subscriptions(self.settings.prefix))
+
+    def _on_subscribe(self, client, userdata, mid, reason_codes, properties) -> None:
+        failed = [rc for rc in reason_codes if rc.is_failure]
+        if failed:
+            # NATS can refuse a SUBSCRIBE for a few seconds after a node dies: try again by
+            # reconnecting (possibly to another node) rather than staying deaf.
+            log.warning("broker refused a subscription (%s); reconnecting", failed[0])
+            client.disconnect()
+            return
+        self._connected = True
+
+    def _on_disconnect(self, client, userdata, flags, reason_code, properties) -> None:
+        self._connected = False
+
+    # --- messages --------------------------------------------------------------------------
+
+    def _on_message(self, client, userdata, msg: mqtt.MQTTMessage) -> None:
+        now = time.monotonic()
+        try:
+            result = self.state.ingest(msg.topic, msg.payload, now)
+        except UnicodeDecodeError:
+            # paho decodes the topic lazily; a non-UTF-8 topic is a bad topic like any other.
+            self.state.messages += 1
+            result = self.state.reject("bad-topic", "topic is not UTF-8", "", "")
+        outcome = result.outcome
+        if outcome is Outcome.APPLIED:
+            if self.on_report is not None and result.kind == "report":
+                self.on_report(result.ident, result.message, now)  # type: ignore[arg-type]
+        elif outcome is Outcome.REJECTED:
+            self._rejects.warning(
+                result.reason,
+                "rejected %s message for %r: %s: %s",
+                result.kind or "unknown",
+                result.ident,
+                result.reason,
+                result.detail[:300],
+            )
+        elif outcome is Outcome.IGNORED:
+            log.info("ignored status for %r: %s", result.ident, result.detail)
+        elif outcome is Outcome.WITHDRAWN:
+            log.info("%s of %r withdrawn", result.kind, result.ident)
+        if self.on_message is not None:
+            self.on_message(result, now)
+
+    # --- the loop --------------------------------------------------------------------------
+
+    def _run(self) -> None:
+        attempt = 0
+        while not self._stop.is_set():
+            client = self._client
+            if client is not None:
+                self._pump(client)
+                self._connected = False
+                self._drop(client)
+                self._client = None
+                if self._stop.is_set():
+                    return
+                log.warning("lost the connection to %s", self.current_broker)
+                attempt = 0
+            delay = backoff_delay(attempt, base=0.5, cap=RECONNECT_CAP_S)
+            if self._stop.wait(delay):
+                return
+            addr, err = self._connect_one(self.settings.connect_timeout_s)
+            if err is not None:
+                attempt += 1
+                log.warning("cannot connect to %s: %s (attempt %d)", addr, err, attempt)
+
+    def _pump(self, client: mqtt.Client) -> None:
+        """Run one connection until it drops or stop() is called."""
+        sock = client.socket()
+        if sock is None:
+            return
+        sel = selectors.DefaultSelector()
+        try:
+            sel.register(sock, selectors.EVENT_READ)
+            state = self.state
+            while not self._stop.is_set():
+                want_write = client.want_write()
+                sel.modify(
+                    sock,
+                    selectors.EVENT_READ | (selectors.EVENT_WRITE if want_write else 0),
+                )
+                events = sel.select(timeout=0.25)
+                for _, mask in events:
+                    if mask & selectors.EVENT_READ:
+                        # Read every packet already waiting: one select() per burst, not per
+                        # message. A read that delivered no PUBLISH means the buffer ran dry
+                        # (or it was an ack); select() tells us if more is there.
+                        while True:
+                            before = state.messages
+                            if client.loop_read() != mqtt.MQTT_ERR_SUCCESS:
+                                return
+                            if state.messages == before or self._stop.is_set():
+                                break
+                    if mask & selectors.EVENT_WRITE and client.loop_write() not in (
+                        mqtt.MQTT_ERR_SUCCESS,
+                        mqtt.MQTT_ERR_AGAIN,
+                    ):
+                        return
+                if client.loop_misc() != mqtt.MQTT_ERR_SUCCESS:
+                    return
+                if client.socket() is None:
+                    return
+        finally:
+            sel.close()
