@@ -1,0 +1,118 @@
+"""Answers no real server gives on purpose (our fake NTP server), each followed in the list
+by a healthy real chronyd: the bad server gets its outcome, the chronyd is used."""
+
+from __future__ import annotations
+
+import shutil
+import socket
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from clockfleet.agent.probe import ProbeSettings, probe
+
+from clockfleet import devstack
+from tests.agent.fakentp import BEHAVIOURS, FakeNtpServer
+from tests.conftest import next_loopback_address
+
+FAST = ProbeSettings(timeout_s=0.3)
+
+
+@pytest.fixture(scope="module")
+def healthy() -> Iterator[tuple[str, int]]:
+    """One real chronyd for the whole module (every test only reads from it)."""
+    rundir = Path(tempfile.mkdtemp(prefix="cf-", dir="/tmp"))
+    daemon = devstack.start_chronyd_server(rundir, address=next_loopback_address(), stratum=3)
+    yield (daemon.host, daemon.port)
+    daemon.stop()
+    shutil.rmtree(rundir, ignore_errors=True)
+
+
+CASES = [
+    ("kod", {"kiss": "RATE"}, "kod-rate"),
+    ("kod", {"kiss": "DENY"}, "kod-deny"),
+    ("kod", {"kiss": "RSTR"}, "kod-rstr"),
+    ("kod", {"kiss": "INIT"}, "kod-other"),
+    ("leap3", {}, "unsynchronised"),
+    ("stratum0", {}, "bad-stratum"),
+    ("stratum16", {}, "bad-stratum"),
+    ("wrong-origin", {}, "bad-origin"),
+    ("truncated", {}, "bad-packet"),
+    ("zero-transmit", {}, "bad-packet"),
+    ("zero-receive", {}, "bad-packet"),
+    ("mode3", {}, "bad-packet"),
+    ("version0", {}, "bad-packet"),
+    ("slow-server", {}, "bad-packet"),
+    ("far", {}, "too-far"),
+    ("offset", {"offset_s": 2000.0}, "panic-offset"),
+    ("silent", {}, "timeout"),
+    ("spoof", {}, "timeout"),
+]
+
+
+def test_every_fake_behaviour_has_a_case() -> None:
+    assert {b for b, _, _ in CASES} | {"ok"} == set(BEHAVIOURS)
+
+
+@pytest.mark.parametrize(
+    ("behaviour", "kwargs", "expected"),
+    CASES,
+    ids=[f"{b}-{kw.get('kiss', '')}".rstrip("-") for b, kw, _ in CASES],
+)
+def test_a_bad_server_gets_its_outcome_and_the_next_server_is_used(
+    healthy: tuple[str, int], behaviour: str, kwargs: dict, expected: str
+) -> None:
+    with FakeNtpServer(behaviour, **kwargs) as fake:
+        result = probe([fake.address, healthy], FAST)
+        assert fake.requests >= 1
+    assert [a.outcome for a in result.tried] == [expected, "ok"]
+    assert result.tried[0].detail
+    assert result.tried[0].sample is None
+    assert result.chosen is result.tried[1]
+    assert result.ok
+
+
+def test_a_healthy_fake_is_ok() -> None:
+    with FakeNtpServer("ok") as fake:
+        result = probe([fake.address], FAST)
+    assert result.ok
+    assert result.chosen is not None and result.chosen.sample is not None
+    assert result.chosen.sample.stratum == 2
+
+
+def test_a_kiss_o_death_ends_the_burst_at_once() -> None:
+    with FakeNtpServer("kod", kiss="INIT") as fake:
+        probe([fake.address], ProbeSettings(timeout_s=0.3, samples=4))
+        assert fake.requests == 1
+
+
+def test_a_spoofed_reply_from_another_port_is_ignored_though_its_origin_is_right() -> None:
+    with FakeNtpServer("spoof") as fake:
+        result = probe([fake.address], FAST)
+    assert [a.outcome for a in result.tried] == ["timeout"]
+
+
+def test_the_spoofing_fake_really_sends_a_reply_a_naive_client_would_take() -> None:
+    # Guards the test above: the forged answer does arrive at an unconnected socket.
+    with FakeNtpServer("spoof") as fake, socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.settimeout(5)
+        s.sendto(bytes([0x23]) + bytes(39) + (12345).to_bytes(8, "big"), fake.address)
+        data, source = s.recvfrom(1024)
+    assert source != fake.address
+    assert int.from_bytes(data[24:32], "big") == 12345
+
+
+def test_a_spoofed_reply_before_the_real_one_does_not_win(healthy: tuple[str, int]) -> None:
+    with FakeNtpServer("spoof", offset_s=50.0) as fake:
+        result = probe([fake.address, healthy], FAST)
+    assert [a.outcome for a in result.tried] == ["timeout", "ok"]
+    assert result.chosen is not None and result.chosen.sample is not None
+    assert abs(result.chosen.sample.offset_s) < 0.005
+
+
+def test_wrong_origin_replies_are_waited_out_not_taken() -> None:
+    with FakeNtpServer("wrong-origin") as fake:
+        result = probe([fake.address], FAST)
+    assert result.tried[0].outcome == "bad-origin"
+    assert "nonce" in (result.tried[0].detail or "")
