@@ -1,0 +1,207 @@
+"""`clockfleet agent`: the host service, or one sync with `--once`.
+
+Exit codes: 0 a good sync (`--once`) or a clean shutdown; 1 a failed sync (`--once`);
+2 a bad argument or config file, or (`--once`) no broker and no cached list.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import signal
+import sys
+import time
+from pathlib import Path
+
+from clockfleet.agent import config as cfgmod
+
+from clockfleet.protocol import connection
+
+log = logging.getLogger("clockfleet.agent")
+
+DESCRIPTION = """\
+Keep this host on time: follow the region's signed NTP server list and this agent's profile
+over MQTT, probe the servers in the operator's order, discipline the clock, set the time
+zone, and report (retained, QoS 1) after every sync. Settings come from the config file;
+flags override it.
+"""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="clockfleet agent", description=DESCRIPTION)
+    p.add_argument("--id", help="this agent's id ([A-Za-z0-9_-]{1,64}); config key `id`")
+    p.add_argument(
+        "--config",
+        type=Path,
+        help=f"YAML config file (default {cfgmod.DEFAULT_CONFIG}, skipped when absent; "
+        "an explicit file must exist); unknown keys are errors",
+    )
+    p.add_argument("--region", help="region to follow until a profile names one")
+    p.add_argument("--timezone", help="time zone when neither profile nor list names one")
+    p.add_argument(
+        "--backend",
+        choices=cfgmod.BACKENDS,
+        help="how to discipline the clock: observe (measure and report only), chrony, "
+        "timesyncd, system (step/slew directly; needs CAP_SYS_TIME)",
+    )
+    p.add_argument(
+        "--state-dir",
+        help=f"where the last good list, profile, session and status.json live "
+        f"(default {cfgmod.DEFAULT_STATE_DIR})",
+    )
+    p.add_argument(
+        "--trust-key",
+        action="append",
+        metavar="FILE_OR_DIR",
+        help="public key (NAME.pub) or a directory of them; with any key, unsigned or badly "
+        "signed lists and profiles are refused (repeatable)",
+    )
+    p.add_argument("--tz-root", help="root under which to set the time zone (default /)")
+    p.add_argument("--no-timezone", action="store_true", help="leave the host's time zone alone")
+    p.add_argument(
+        "--once",
+        action="store_true",
+        help="wait for the retained profile and list (or use the cached list), sync once, "
+        "publish and print the report as JSON; exit 0 on a good sync, 1 otherwise",
+    )
+    p.add_argument(
+        "--timeout", type=float, help="--once: give up after this many seconds (default 10)"
+    )
+    p.add_argument(
+        "--startup-delay",
+        type=float,
+        help="largest random delay before the first sync (RFC 4330; default 30 s)",
+    )
+    p.add_argument("--log-level", choices=("debug", "info", "warning", "error"))
+    connection.add_arguments(p)
+    return p
+
+
+def load_config(args: argparse.Namespace) -> cfgmod.AgentConfig:
+    path = args.config or cfgmod.DEFAULT_CONFIG
+    data = cfgmod.load_file(path, required=args.config is not None)
+    cfg = cfgmod.from_mapping(data, str(path))
+    return cfgmod.validate(cfgmod.apply_flags(cfg, args))
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        cfg = load_config(args)
+    except cfgmod.ConfigError as exc:
+        print(f"clockfleet agent: {exc}", file=sys.stderr)
+        return 2
+    logging.basicConfig(
+        level=getattr(logging, cfg.log_level.upper()),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    try:
+        agent = build_agent(cfg, args)
+    except (connection.UsageError, cfgmod.ConfigError, ValueError) as exc:
+        print(f"clockfleet agent: {exc}", file=sys.stderr)
+        return 2
+    if args.once:
+        return run_once(agent, cfg)
+    return run_service(agent)
+
+
+def build_agent(cfg: cfgmod.AgentConfig, args: argparse.Namespace):
+    from clockfleet.agent.clock_backends import make_backend
+    from clockfleet.agent.probe import ProbeSettings
+    from clockfleet.agent.service import Agent, AgentSettings
+    from clockfleet.agent.state import StateDir
+
+    from clockfleet.protocol import signing
+
+    conn = connection.settings_from_args(args, cfg.connection_defaults())
+    try:
+        trust = signing.load_trust([Path(p) for p in cfg.trust_keys])
+    except signing.KeyError_ as exc:
+        raise cfgmod.ConfigError(f"trust key: {exc}") from None
+    for p in cfg.trust_keys:
+        if not Path(p).exists():
+            raise cfgmod.ConfigError(f"trust key {p}: no such file or directory")
+    if cfg.trust_keys and not trust:
+        raise cfgmod.ConfigError(f"trust keys {cfg.trust_keys}: no *.pub key found")
+    try:
+        probe_settings = ProbeSettings(**cfg.probe) if cfg.probe else None
+    except TypeError as exc:
+        raise cfgmod.ConfigError(f"probe: {exc}") from None
+    backend = make_backend(cfg.backend, **cfg.backend_options)
+    problem = backend.check()
+    if problem is not None:
+        raise cfgmod.ConfigError(f"backend {cfg.backend}: {problem}")
+    settings = AgentSettings(
+        agent_id=cfg.id,  # type: ignore[arg-type]
+        region=cfg.region,
+        timezone=cfg.timezone,
+        trust=trust,
+        probe_settings=probe_settings,
+        tz_root=Path(cfg.tz_root) if cfg.tz_root else None,
+        use_timedatectl=cfg.use_timedatectl,
+        startup_delay_s=cfg.startup_delay_s,
+        poll_interval_s=cfg.poll_interval_s,
+        resync_jitter_s=cfg.resync_jitter_s,
+        retry_min_s=cfg.retry_min_s,
+        retry_max_s=cfg.retry_max_s,
+        reconnect_min_s=cfg.reconnect_min_s,
+        reconnect_max_s=cfg.reconnect_max_s,
+        trust_offset_s=cfg.trust_offset_s,
+        keepalive_s=cfg.keepalive_s,
+        profile_grace_s=cfg.profile_grace_s,
+    )
+    if args.once:
+        conn.connect_timeout_s = min(conn.connect_timeout_s, cfg.once_timeout_s)
+    state = StateDir(Path(cfg.state_dir)) if cfg.state_dir else None
+    return Agent(settings, conn, backend=backend, state=state, once=args.once)
+
+
+def run_once(agent, cfg: cfgmod.AgentConfig) -> int:
+    from clockfleet.agent.fleet import Fleet
+
+    fleet = Fleet(workers=0)
+    fleet.add(agent)
+    done = fleet.run_until(lambda: agent.finished, cfg.once_timeout_s)
+    report = agent.last_report_payload
+    if agent.connected:
+        agent.stop()
+        fleet.run_until(lambda: agent.closed, 1.0)
+    fleet.close()
+    if agent.fatal is not None:
+        print(f"clockfleet agent: {agent.fatal}", file=sys.stderr)
+        return 2 if agent.unreachable else 1
+    if report is None:
+        why = "no sync" if done else f"timed out after {cfg.once_timeout_s:g} s"
+        print(f"clockfleet agent: {why}", file=sys.stderr)
+        return 1
+    if not done:
+        log.error("report not acknowledged by the broker within %g s", cfg.once_timeout_s)
+    elif agent.unreachable:
+        log.warning("report not published (broker unreachable); kept in the state dir")
+    sys.stdout.write(report.decode() + "\n")
+    sys.stdout.flush()
+    return 0 if agent.last_report.ok else 1
+
+
+def run_service(agent) -> int:
+    from clockfleet.agent.fleet import Fleet
+
+    fleet = Fleet(workers=2)
+    stop = {"now": False}
+
+    def on_signal(signum, frame) -> None:
+        stop["now"] = True
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    fleet.add(agent)
+    log.info("agent %s starting (backend %s)", agent.id, agent.backend.name)
+    # The service drives the loop on the main thread; the signal flag is checked between
+    # iterations (run_until wakes at least once a second).
+    while not stop["now"]:
+        fleet.run_until(lambda: stop["now"], 3600.0)
+    log.info("agent %s stopping", agent.id)
+    fleet.stop(timeout_s=3.0)
+    time.sleep(0)  # let log handlers flush in order
+    return 0

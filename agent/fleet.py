@@ -1,0 +1,256 @@
+"""Many agents in one process, on ONE selector thread.
+
+paho's `loop_start()` costs a thread and a `select()` per client and breaks past a few hundred
+clients in one process. A `Fleet` drives every agent's paho client through paho's external
+loop API instead (`on_socket_open/close/register_write/unregister_write` + `loop_read`,
+`loop_write`, `loop_misc`), keeps every timer in one heap, and runs blocking work (NTP
+probes, clock backends, time zones) on a small thread pool so a slow server never stalls
+MQTT. The single-agent service and `--once` run on the same loop with N = 1.
+
+API:
+
+    fleet = Fleet(workers=8)          # workers=0: run blocking work inline (--once)
+    fleet.add(agent)                  # before or after start(); thread-safe
+    fleet.start()                     # the loop on its own thread ("clockfleet-fleet")
+    fleet.call_soon_threadsafe(fn)    # run fn on the loop thread (e.g. agent.sync_now)
+    fleet.stop(timeout_s=5.0)         # agents publish `offline`, disconnect; loop ends
+    fleet.run_until(predicate, timeout_s)  # or drive the loop on the calling thread
+
+Everything an agent does runs on the loop thread; only `add`, `call_soon_threadsafe` and
+`stop` may be called from other threads. Callbacks that raise are logged and the loop goes on.
+"""
+
+from __future__ import annotations
+
+import collections
+import contextlib
+import heapq
+import itertools
+import logging
+import selectors
+import socket
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+import paho.mqtt.client as mqtt
+
+log = logging.getLogger("clockfleet.agent.fleet")
+
+MISC_INTERVAL_S = 1.0  # paho's keepalive and ping bookkeeping; its own loop does it per second
+
+
+class Timer:
+    __slots__ = ("cancelled", "fn", "when")
+
+    def __init__(self, when: float, fn: Callable[[], Any]) -> None:
+        self.when = when
+        self.fn = fn
+        self.cancelled = False
+
+    def cancel(self) -> None:
+        self.cancelled = True
+
+
+class Fleet:
+    def __init__(self, workers: int = 8) -> None:
+        self._sel = selectors.DefaultSelector()
+        self._timers: list[tuple[float, int, Timer]] = []
+        self._seq = itertools.count()
+        self._posted: collections.deque[Callable[[], Any]] = collections.deque()
+        self._wake_r, self._wake_w = socket.socketpair()
+        self._wake_r.setblocking(False)
+        self._wake_w.setblocking(False)
+        self._sel.register(self._wake_r, selectors.EVENT_READ, None)
+        self._clients: set[mqtt.Client] = set()
+        self._executor = None
+        if workers > 0:
+            from concurrent.futures import ThreadPoolExecutor
+
+            self._executor = ThreadPoolExecutor(workers, thread_name_prefix="clockfleet-sync")
+        self.agents: list[Any] = []
+        self._thread: threading.Thread | None = None
+        self._running = False
+        self._stop_requested = False
+        self._loop_thread_id: int | None = None
+        self._next_misc = 0.0
+
+    # --- the host interface agents use ----------------------------------------------------
+
+    def call_later(self, delay_s: float, fn: Callable[[], Any]) -> Timer:
+        t = Timer(time.monotonic() + max(0.0, delay_s), fn)
+        heapq.heappush(self._timers, (t.when, next(self._seq), t))
+        return t
+
+    def run_blocking(
+        self, fn: Callable[[], Any], done: Callable[[Any, BaseException | None], None]
+    ) -> None:
+        if self._executor is None:
+            try:
+                result = fn()
+            except Exception as exc:
+                done(None, exc)
+            else:
+                done(result, None)
+            return
+        future = self._executor.submit(fn)
+
+        def finished(f: Any) -> None:
+            exc = f.exception()
+            self.call_soon_threadsafe(lambda: done(None if exc else f.result(), exc))
+
+        future.add_done_callback(finished)
+
+    def watch(self, client: mqtt.Client) -> None:
+        client.on_socket_open = self._socket_open
+        client.on_socket_close = self._socket_close
+        client.on_socket_register_write = self._want_write
+        client.on_socket_unregister_write = self._no_write
+
+    def call_soon_threadsafe(self, fn: Callable[[], Any]) -> None:
+        self._posted.append(fn)
+        with contextlib.suppress(BlockingIOError, OSError):
+            self._wake_w.send(b"\0")
+
+    # --- agents ---------------------------------------------------------------------------
+
+    def add(self, agent: Any) -> None:
+        """Host `agent`; it starts at once when the loop runs, else with start()."""
+
+        def attach() -> None:
+            agent.attach(self)
+            self.agents.append(agent)
+            if self._running:
+                agent.start()
+
+        if self._running and threading.get_ident() != self._loop_thread_id:
+            self.call_soon_threadsafe(attach)
+        else:
+            attach()
+
+    def start(self) -> None:
+        """Run the loop on a thread of its own."""
+        self._thread = threading.Thread(target=self._run_forever, name="clockfleet-fleet")
+        self._thread.daemon = True
+        self._begin()
+        self._thread.start()
+
+    def _begin(self) -> None:
+        self._running = True
+        for a in list(self.agents):
+            self._guard(a.start)
+
+    def _run_forever(self) -> None:
+        self._loop_thread_id = threading.get_ident()
+        while not (self._stop_requested and self._all_closed()):
+            self._run_once(1.0)
+        self._running = False
+
+    def stop(self, timeout_s: float = 5.0) -> None:
+        """Agents publish `offline` and disconnect; returns when their sockets are closed."""
+
+        def begin_stop() -> None:
+            for a in self.agents:
+                self._guard(a.stop)
+            self._stop_deadline = time.monotonic() + timeout_s
+            self._stop_requested = True
+
+        if self._thread is not None and self._thread.is_alive():
+            self.call_soon_threadsafe(begin_stop)
+            self._thread.join(timeout_s + 1.0)
+        else:
+            begin_stop()
+            self.run_until(self._all_closed, timeout_s)
+        self.close()
+
+    def close(self) -> None:
+        if self._executor is not None:
+            self._executor.shutdown(wait=False, cancel_futures=True)
+        with contextlib.suppress(Exception):
+            self._sel.close()
+        self._wake_r.close()
+        self._wake_w.close()
+
+    def _all_closed(self) -> bool:
+        if getattr(self, "_stop_deadline", None) and time.monotonic() > self._stop_deadline:
+            return True
+        return not self._clients
+
+    def run_until(self, predicate: Callable[[], bool], timeout_s: float) -> bool:
+        """Drive the loop on the calling thread until predicate() or the timeout."""
+        self._loop_thread_id = threading.get_ident()
+        if not self._running:
+            self._begin()
+        deadline = time.monotonic() + timeout_s
+        while not predicate():
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return False
+            self._run_once(min(left, 1.0))
+        return True
+
+    # --- the loop -------------------------------------------------------------------------
+
+    def _run_once(self, max_wait_s: float) -> None:
+        now = time.monotonic()
+        wait = max_wait_s
+        if self._posted:
+            wait = 0.0
+        elif self._timers:
+            wait = min(wait, max(0.0, self._timers[0][0] - now))
+        wait = min(wait, max(0.0, self._next_misc - now))
+        for key, mask in self._sel.select(wait):
+            client = key.data
+            if client is None:
+                with contextlib.suppress(BlockingIOError, OSError):
+                    while self._wake_r.recv(4096):
+                        pass
+                continue
+            if mask & selectors.EVENT_READ:
+                self._guard(client.loop_read)
+                sock = client.socket()
+                # TLS may hold decrypted bytes the selector cannot see
+                while sock is not None and hasattr(sock, "pending") and sock.pending():
+                    self._guard(client.loop_read)
+                    sock = client.socket()
+            if mask & selectors.EVENT_WRITE and client.socket() is key.fileobj:
+                self._guard(client.loop_write)
+        while self._posted:
+            self._guard(self._posted.popleft())
+        now = time.monotonic()
+        while self._timers and self._timers[0][0] <= now:
+            _, _, t = heapq.heappop(self._timers)
+            if not t.cancelled:
+                self._guard(t.fn)
+        if now >= self._next_misc:
+            self._next_misc = now + MISC_INTERVAL_S
+            for c in list(self._clients):
+                self._guard(c.loop_misc)
+
+    def _guard(self, fn: Callable[[], Any]) -> None:
+        try:
+            fn()
+        except Exception:
+            log.exception("callback failed; the loop goes on")
+
+    # --- paho's socket callbacks ----------------------------------------------------------
+
+    def _socket_open(self, client: mqtt.Client, userdata: Any, sock: Any) -> None:
+        self._clients.add(client)
+        with contextlib.suppress(KeyError, ValueError):
+            self._sel.unregister(sock)
+        self._sel.register(sock, selectors.EVENT_READ, client)
+
+    def _socket_close(self, client: mqtt.Client, userdata: Any, sock: Any) -> None:
+        self._clients.discard(client)
+        with contextlib.suppress(KeyError, ValueError):
+            self._sel.unregister(sock)
+
+    def _want_write(self, client: mqtt.Client, userdata: Any, sock: Any) -> None:
+        with contextlib.suppress(KeyError, ValueError):
+            self._sel.modify(sock, selectors.EVENT_READ | selectors.EVENT_WRITE, client)
+
+    def _no_write(self, client: mqtt.Client, userdata: Any, sock: Any) -> None:
+        with contextlib.suppress(KeyError, ValueError):
+            self._sel.modify(sock, selectors.EVENT_READ, client)

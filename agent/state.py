@@ -1,0 +1,136 @@
+"""The agent's state directory: what it must remember across restarts, and its status file.
+
+    STATE_DIR/list.json     last good server list, the raw signed payload (re-verified on load)
+    STATE_DIR/profile.json  last good profile, raw signed payload
+    STATE_DIR/state.json    versions applied per region, profile version, session counter
+    STATE_DIR/report.json   last report as published
+    STATE_DIR/status.json   for local readers (a PBX): is this host's clock trustworthy now?
+
+Every file is written atomically (temp file in the same directory, fsync, rename), so a crash
+leaves the old or the new file, never half of one.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+log = logging.getLogger("clockfleet.agent.state")
+
+
+def write_atomic(path: Path, data: bytes, mode: int = 0o644) -> None:
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.chmod(tmp, mode)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+
+
+@dataclass
+class Remembered:
+    """The small facts in state.json."""
+
+    session: int = 0
+    list_versions: dict[str, int] = field(default_factory=dict)  # region -> last applied
+    profile_version: int | None = None
+
+
+class StateDir:
+    """One agent's state directory. Errors writing it are logged, never fatal: keeping time
+    matters more than remembering."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def ensure(self) -> None:
+        self.path.mkdir(parents=True, exist_ok=True)
+
+    # --- reading -------------------------------------------------------------------------
+
+    def _read(self, name: str) -> bytes | None:
+        try:
+            return (self.path / name).read_bytes()
+        except FileNotFoundError:
+            return None
+        except OSError as exc:
+            log.warning("state %s unreadable: %s", self.path / name, exc)
+            return None
+
+    def load_remembered(self) -> Remembered:
+        raw = self._read("state.json")
+        if raw is None:
+            return Remembered()
+        try:
+            obj = json.loads(raw)
+            versions = {
+                str(k): int(v)
+                for k, v in obj.get("list_versions", {}).items()
+                if isinstance(v, int) and not isinstance(v, bool)
+            }
+            pv = obj.get("profile_version")
+            session = obj.get("session", 0)
+            return Remembered(
+                session=session if isinstance(session, int) and session >= 0 else 0,
+                list_versions=versions,
+                profile_version=pv if isinstance(pv, int) and not isinstance(pv, bool) else None,
+            )
+        except (ValueError, AttributeError, TypeError) as exc:
+            log.warning("state %s is corrupt (%s); starting from scratch", self.path, exc)
+            return Remembered()
+
+    def load_list_payload(self) -> bytes | None:
+        return self._read("list.json")
+
+    def load_profile_payload(self) -> bytes | None:
+        return self._read("profile.json")
+
+    def load_report(self) -> bytes | None:
+        return self._read("report.json")
+
+    # --- writing -------------------------------------------------------------------------
+
+    def _write(self, name: str, data: bytes) -> bool:
+        try:
+            self.ensure()
+            write_atomic(self.path / name, data)
+            return True
+        except OSError as exc:
+            log.error("cannot write state %s: %s", self.path / name, exc)
+            return False
+
+    def save_remembered(self, r: Remembered) -> None:
+        body = {
+            "session": r.session,
+            "list_versions": r.list_versions,
+            "profile_version": r.profile_version,
+        }
+        self._write("state.json", json.dumps(body, sort_keys=True).encode())
+
+    def save_list_payload(self, payload: bytes) -> None:
+        self._write("list.json", payload)
+
+    def save_profile_payload(self, payload: bytes) -> None:
+        self._write("profile.json", payload)
+
+    def save_report(self, payload: bytes) -> None:
+        self._write("report.json", payload)
+
+    def save_status(self, status: dict[str, Any]) -> None:
+        self._write("status.json", json.dumps(status, sort_keys=True, indent=1).encode() + b"\n")
+
+    def read_status(self) -> dict[str, Any] | None:
+        raw = self._read("status.json")
+        return None if raw is None else json.loads(raw)
