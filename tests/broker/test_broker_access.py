@@ -1,0 +1,167 @@
+"""The production broker config: who may connect, and what each identity may read and write.
+
+A publish the ACL denies is dropped silently under MQTT 3.1.1, and a denied read is simply
+never delivered, so these tests assert what a second client receives (and, under MQTT 5,
+the PUBACK's reason code).
+"""
+
+from __future__ import annotations
+
+import ssl
+
+import paho.mqtt.client as mqtt
+import pytest
+
+from tests.broker.brokerstack import Broker
+from tests.broker.mqttclient import ConnectRefused, MqttProbe, connect
+
+REGION = "clock/v1/regions/us-east/servers"
+PROFILE = "clock/v1/agents/{}/profile"
+NOT_AUTHORISED = 135
+
+
+def login(b: Broker, identity: str, **kwargs) -> MqttProbe:
+    return connect(b.daemon.port, identity, b.password(identity), **kwargs)
+
+
+def publish_fixtures(b: Broker) -> None:
+    pub = login(b, "publisher")
+    try:
+        for topic in (REGION, PROFILE.format("acme-01"), PROFILE.format("acme-02")):
+            assert (
+                pub.publish(topic, f"payload of {topic}".encode(), retain=True).is_failure is False
+            )
+    finally:
+        pub.close()
+
+
+def test_anonymous_clients_are_refused(production_broker: Broker):
+    with pytest.raises(ConnectRefused, match=r"Not authorized|Bad user"):
+        connect(production_broker.daemon.port)
+
+
+def test_a_wrong_password_is_refused(production_broker: Broker):
+    with pytest.raises(ConnectRefused, match=r"Not authorized|Bad user"):
+        connect(production_broker.daemon.port, "acme-01", "not-the-password")
+
+
+def test_a_wrong_password_is_refused_under_mqtt_311(production_broker: Broker):
+    with pytest.raises(ConnectRefused):
+        connect(
+            production_broker.daemon.port, "acme-01", "not-the-password", protocol=mqtt.MQTTv311
+        )
+
+
+def test_tls_listener_accepts_a_client_that_trusts_the_test_ca(production_broker: Broker):
+    b = production_broker
+    c = connect(
+        b.tls_port,
+        "acme-01",
+        b.password("acme-01"),
+        host="localhost",
+        ca_file=str(b.certs / "ca.crt"),
+    )
+    try:
+        assert c.subscribe(REGION)[0].value == 0
+    finally:
+        c.close()
+
+
+def test_tls_listener_is_refused_by_a_client_without_the_test_ca(production_broker: Broker):
+    b = production_broker
+    with pytest.raises(ssl.SSLCertVerificationError):
+        connect(b.tls_port, "acme-01", b.password("acme-01"), host="localhost", tls=True)
+
+
+def test_an_agent_cannot_publish_a_region_list(production_broker: Broker):
+    b = production_broker
+    watcher = login(b, "operator")
+    agent = login(b, "acme-01")
+    try:
+        watcher.subscribe("clock/v1/#")
+        assert agent.publish(REGION, b"forged list", retain=True).value == NOT_AUTHORISED
+        watcher.sync("clock/v1/agents/acme-01/cmd")
+        assert watcher.on(REGION) == []
+    finally:
+        agent.close()
+        watcher.close()
+
+
+def test_an_agent_cannot_write_under_another_agent(production_broker: Broker):
+    b = production_broker
+    agent = login(b, "acme-01")
+    try:
+        for kind in ("report", "status", "profile"):
+            topic = f"clock/v1/agents/acme-02/{kind}"
+            assert agent.publish(topic, b"{}").value == NOT_AUTHORISED, topic
+        assert agent.publish(PROFILE.format("acme-01"), b"{}").value == NOT_AUTHORISED
+    finally:
+        agent.close()
+
+
+def test_an_agent_writes_its_own_status_and_report(production_broker: Broker):
+    b = production_broker
+    collector = login(b, "collector")
+    agent = login(b, "acme-01")
+    try:
+        collector.subscribe("clock/v1/agents/+/report", "clock/v1/agents/+/status")
+        for kind in ("report", "status"):
+            assert agent.publish(f"clock/v1/agents/acme-01/{kind}", b"{}").is_failure is False
+        assert collector.wait(
+            lambda: (
+                {"clock/v1/agents/acme-01/report", "clock/v1/agents/acme-01/status"}
+                <= collector.topics()
+            )
+        )
+    finally:
+        agent.close()
+        collector.close()
+
+
+def test_an_agent_reads_its_region_list_and_its_own_profile_only(production_broker: Broker):
+    b = production_broker
+    publish_fixtures(b)
+    agent = login(b, "acme-02")
+    operator = login(b, "operator")
+    try:
+        # A wildcard and a direct subscription to another agent's profile: neither delivers it.
+        agent.subscribe(
+            "clock/v1/regions/+/servers",
+            "clock/v1/agents/+/profile",
+            PROFILE.format("acme-01"),
+            "clock/v1/agents/acme-02/cmd",
+        )
+        # Retained messages were queued at SUBSCRIBE time; a command sent after the SUBACK
+        # arrives after all of them.
+        assert operator.publish("clock/v1/agents/acme-02/cmd", b"sync").is_failure is False
+        assert agent.wait(lambda: agent.on("clock/v1/agents/acme-02/cmd"))
+        assert [m.payload for m in agent.on(REGION)] == [f"payload of {REGION}".encode()]
+        assert len(agent.on(PROFILE.format("acme-02"))) == 1
+        assert agent.on(PROFILE.format("acme-01")) == []
+    finally:
+        agent.close()
+        operator.close()
+
+
+def test_an_agent_cannot_read_another_agents_commands(production_broker: Broker):
+    b = production_broker
+    agent = login(b, "acme-02")
+    operator = login(b, "operator")
+    try:
+        agent.subscribe("clock/v1/agents/+/cmd")
+        operator.publish("clock/v1/agents/acme-01/cmd", b"for acme-01")
+        operator.publish("clock/v1/agents/acme-02/cmd", b"for acme-02")
+        assert agent.wait(lambda: agent.on("clock/v1/agents/acme-02/cmd"))
+        assert agent.on("clock/v1/agents/acme-01/cmd") == []
+    finally:
+        agent.close()
+        operator.close()
+
+
+def test_the_collector_cannot_publish_lists(production_broker: Broker):
+    b = production_broker
+    collector = login(b, "collector")
+    try:
+        assert collector.publish(REGION, b"x", retain=True).value == NOT_AUTHORISED
+    finally:
+        collector.close()
