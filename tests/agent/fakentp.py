@@ -28,6 +28,8 @@ Usage:
         probe([(fake.host, fake.port), ...])
         assert fake.requests == 1      # datagrams received so far
 
+forge_origin=True gives any behaviour a wrong origin (e.g. a forged kiss-o'-death).
+Attributes may be changed while it runs (fake.behaviour = "ok": the server got fixed).
 `wait_for_requests(n, timeout)` waits until n requests have arrived. Stopping (leaving the
 context, or stop()) closes the sockets and joins the thread.
 """
@@ -71,6 +73,7 @@ class FakeNtpServer:
         kiss: str = "RATE",
         offset_s: float = 0.0,
         stratum: int = 2,
+        forge_origin: bool = False,
     ) -> None:
         if behaviour not in BEHAVIOURS:
             raise ValueError(f"unknown behaviour {behaviour!r}; one of {', '.join(BEHAVIOURS)}")
@@ -78,6 +81,7 @@ class FakeNtpServer:
         self.kiss = kiss
         self.offset_ns = round(offset_s * 1e9)
         self.stratum = stratum
+        self.forge_origin = forge_origin
         family = socket.AF_INET6 if ":" in host else socket.AF_INET
         self._sock = socket.socket(family, socket.SOCK_DGRAM)
         self._sock.bind((host, 0))
@@ -164,7 +168,11 @@ class FakeNtpServer:
                 else b"\x7f\x00\x00\x01"
             ),
             reference_ts=unix_ns_to_ntp(t2 - 1_000_000_000),
-            origin_ts=request.transmit_ts ^ 0xFFFF if b == "wrong-origin" else request.transmit_ts,
+            origin_ts=(
+                request.transmit_ts ^ 0xFFFF
+                if b == "wrong-origin" or self.forge_origin
+                else request.transmit_ts
+            ),
             receive_ts=0 if b == "zero-receive" else unix_ns_to_ntp(t2),
             transmit_ts=0 if b == "zero-transmit" else unix_ns_to_ntp(t3),
         )
