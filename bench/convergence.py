@@ -1,0 +1,230 @@
+"""Figure 1: a new list is published -> every agent has reported it, as the collector sees it.
+
+Three processes besides the daemons, so that nobody times itself: this one publishes (and
+notes each PUBACK), a fleet worker runs N real agents on one selector loop, a collector
+worker runs the real collector and notes when each agent's report of the new version came
+in. CLOCK_MONOTONIC is one clock for all of them. The reference, in the same run and on the
+same broker: N bare paho subscribers on one selector receiving the same retained update.
+
+With jitter W the list asks agents to spread their resync over W seconds; a counting relay in
+front of the NTP server records when each query arrives, to check that no second gets much
+more than its share (about 2N/W at most).
+"""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+from bench.listpub import ListPublisher
+from bench.results import figure, row
+from bench.stack import Bench, median, quantile
+from bench.udpcount import CountingRelay, per_second
+
+KEY = "convergence"
+HELP = "new list -> every agent's report of it at the collector, vs bare paho subscribers"
+REGION = "bench"
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--n", type=int, nargs="+", default=[100, 1000, 3000], help="fleet sizes (100 1000 3000)"
+    )
+    p.add_argument("--rounds", type=int, default=3, help="list updates per fleet size (3)")
+    p.add_argument("--jitter-n", type=int, default=1000, help="fleet size of the jitter run")
+    p.add_argument(
+        "--jitter-w", type=int, default=10, help="resync_jitter_s of the jitter run (0: skip)"
+    )
+
+
+def goal_for(n: int) -> float:
+    return 1.0 if n <= 1000 else 3.0
+
+
+def stats(latencies: list[float]) -> dict[str, float]:
+    return {
+        "p50": quantile(latencies, 0.5),
+        "p99": quantile(latencies, 0.99),
+        "p100": max(latencies),
+    }
+
+
+def summarise(rounds: list[list[float]]) -> dict[str, float]:
+    """Median over the rounds of each round's statistic (one slow round is noise)."""
+    per = [stats(r) for r in rounds]
+    return {k: median([p[k] for p in per]) for k in ("p50", "p99", "p100")} | {
+        "worst_p100": max(p["p100"] for p in per)
+    }
+
+
+def measure(
+    n: int, rounds: int, jitter_w: int | None, details: list[str], notes: list[str]
+) -> dict[str, Any]:
+    out: dict[str, Any] = {"n": n}
+    with Bench(f"conv{n}") as b:
+        mosq = b.mosquitto()
+        chrony = b.chronyd()
+        server = [(chrony.host, chrony.port)]
+        pub = ListPublisher(mosq.host, mosq.port, b.subdir("keys"))
+        b.callback(pub.close)
+        version = 1
+        pub.publish_list(REGION, version, server, resync_jitter_s=0)
+
+        collector = b.worker("bench.collector_worker", "--host", mosq.host, "--port", mosq.port)
+        collector.expect("ready", 30)
+        fleet = b.worker(
+            "bench.fleet_worker",
+            *("--host", mosq.host, "--port", mosq.port, "--n", n),
+            *("--region", REGION, "--trust", pub.pub_path),
+        )
+        up = fleet.expect("ready", 240)
+        out["fleet_up_s"] = up["seconds"]
+        out["fleet_rss_mb"] = up["rss"] / 2**20
+        out["fleet_kb_per_agent"] = (up["rss"] - up["rss_before"]) / n / 1024
+        ours: list[list[float]] = []
+        for _ in range(rounds):
+            version += 1
+            collector.send({"cmd": "watch", "version": version, "n": n})
+            collector.expect("ok", 10)
+            t_ack = pub.publish_list(REGION, version, server, resync_jitter_s=0)
+            ev = collector.expect("converged", 60 + n / 50)
+            ours.append([t - t_ack for t in ev["times"]])
+        out["ours"] = summarise(ours)
+
+        if jitter_w:
+            relay = CountingRelay(chrony.host, (chrony.host, chrony.port))
+            b.callback(relay.close)
+            version += 1
+            collector.send({"cmd": "watch", "version": version, "n": n})
+            collector.expect("ok", 10)
+            t_ack = pub.publish_list(REGION, version, [relay.address], resync_jitter_s=jitter_w)
+            ev = collector.expect("converged", jitter_w + 60 + n / 50)
+            latencies = [t - t_ack for t in ev["times"]]
+            queries = [t for t in relay.queries if t >= t_ack]
+            buckets = per_second(queries, t_ack)
+            out["jitter"] = {
+                "w": jitter_w,
+                "p100": max(latencies),
+                "queries": len(queries),
+                "packets": len([t for t in relay.packets if t >= t_ack]),
+                "max_per_s": max(buckets) if buckets else 0,
+                "buckets": buckets,
+                "spread_s": (max(queries) - min(queries)) if queries else 0.0,
+            }
+        fleet.stop()
+        collector.stop()
+
+        reference = b.worker(
+            "bench.ref_subscribers",
+            *("--host", mosq.host, "--port", mosq.port, "--n", n),
+            *("--topic", f"clock/v1/regions/{REGION}/servers", "--initial", version),
+        )
+        ready = reference.expect("ready", 120)
+        out["ref_up_s"] = ready["seconds"]
+        refs: list[list[float]] = []
+        for _ in range(rounds):
+            version += 1
+            t_ack = pub.publish_list(REGION, version, server, resync_jitter_s=0)
+            ev = reference.expect("round", 60)
+            refs.append([t - t_ack for t in ev["times"]])
+        out["reference"] = summarise(refs)
+    o, r = out["ours"], out["reference"]
+    details.append(
+        f"| {n} | {o['p50']:.3f} / {o['p99']:.3f} / {o['p100']:.3f} (worst round "
+        f"{o['worst_p100']:.3f}) | {r['p50']:.3f} / {r['p99']:.3f} / {r['p100']:.3f} | "
+        f"{out['fleet_up_s']:.1f} s, {out['fleet_rss_mb']:.0f} MB "
+        f"({out['fleet_kb_per_agent']:.0f} KB/agent) | {out['ref_up_s']:.2f} s |"
+    )
+    return out
+
+
+def run(args: argparse.Namespace) -> dict[str, Any]:
+    rows: list[dict[str, Any]] = []
+    notes: list[str] = []
+    details = [
+        "Per fleet size (seconds from PUBACK; median over rounds of each round's statistic):",
+        "",
+        "| N | ours p50 / p99 / p100 | bare subscribers p50 / p99 / p100 | fleet start-up "
+        "(connect + first sync of all), RSS | subscribers start-up |",
+        "|---|---|---|---|---|",
+    ]
+    sizes = list(args.n)
+    jitter_n = args.jitter_n if args.jitter_w else None
+    if jitter_n is not None and jitter_n not in sizes:
+        sizes.append(jitter_n)
+    jitter = None
+    for n in sizes:
+        rounds = args.rounds if n in args.n else 0
+        res = measure(n, max(rounds, 1), args.jitter_w if n == jitter_n else None, details, notes)
+        if "jitter" in res:
+            jitter = res["jitter"] | {"n": n}
+        if n not in args.n:
+            continue
+        o, r = res["ours"], res["reference"]
+        rows.append(
+            row(
+                f"p100, N={n}, jitter 0",
+                "s",
+                o["p100"],
+                goal=goal_for(n),
+                reference=f"{n} bare paho subscribers",
+                reference_value=r["p100"],
+            )
+        )
+        for q in ("p50", "p99"):
+            rows.append(
+                row(
+                    f"{q}, N={n}",
+                    "s",
+                    o[q],
+                    reference=f"{n} bare paho subscribers",
+                    reference_value=r[q],
+                )
+            )
+    if jitter is not None:
+        n, w = jitter["n"], jitter["w"]
+        bound = 2 * n / w
+        rows.append(
+            row(
+                f"most NTP queries in one second, N={n}, resync_jitter_s {w}",
+                "queries/s",
+                float(jitter["max_per_s"]),
+                goal=bound,
+                reference="even spread N/W",
+                reference_value=n / w,
+            )
+        )
+        rows.append(
+            row(
+                f"p100 with jitter {w} s, N={n} (expected about {w} s)",
+                "s",
+                jitter["p100"],
+            )
+        )
+        notes.append(
+            f"jitter run: {jitter['queries']} queries ({jitter['packets']} packets, the probe's "
+            f"sample burst) spread over {jitter['spread_s']:.1f} s; queries per second from the "
+            f"PUBACK: {jitter['buckets']}"
+        )
+    return figure(
+        KEY,
+        "Convergence",
+        command="",
+        rows=rows,
+        method=[
+            "a fresh Mosquitto 2.0 (persistence off, max_queued_messages raised) and one chronyd "
+            "(-x) per fleet size; the bench publishes a signed, retained QoS 1 list and notes "
+            "its PUBACK (CLOCK_MONOTONIC)",
+            "ours: N real Agent objects (observe backend, trust key, no start-up delay) on one "
+            "agent.fleet.Fleet selector loop in one process; the real collector (in-process "
+            "API, per-report hook) in another; per agent: the hook's time of its first report "
+            "of the new version minus the PUBACK",
+            "reference: N bare paho clients on one selector in one process subscribed to the "
+            "same list topic at QoS 1, doing json.loads; per client: receive time minus PUBACK",
+            "jitter: the list names a counting UDP relay in front of the same chronyd and sets "
+            "resync_jitter_s W; the relay notes each query's arrival (first packet from a new "
+            "client socket), counted per whole second from the PUBACK",
+        ],
+        notes=notes,
+        details=details,
+    )

@@ -1,0 +1,91 @@
+"""N clockfleet agents in one process on one selector loop (worker for bench.stack.Worker).
+
+Real `clockfleet.agent.service.Agent` objects hosted by `clockfleet.agent.fleet.Fleet`, each
+with its own MQTT connection, the observe backend (measure and report, clock untouched), a
+trust key (so every list's signature is checked) and no state directory. Emits `ready` once
+every agent has made its first report (the fleet is up and synced), then serves `rss`/`stop`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import threading
+import time
+from pathlib import Path
+
+import psutil
+
+from bench.stack import commands, emit, raise_nofile
+
+
+def main() -> int:
+    p = argparse.ArgumentParser()
+    p.add_argument("--host", required=True)
+    p.add_argument("--port", type=int, required=True)
+    p.add_argument("--n", type=int, required=True)
+    p.add_argument("--region", required=True)
+    p.add_argument("--trust", type=Path, required=True)
+    p.add_argument("--workers", type=int, default=8)
+    args = p.parse_args()
+    raise_nofile()
+    from clockfleet.agent.clock_backends import make_backend
+    from clockfleet.agent.fleet import Fleet
+    from clockfleet.agent.service import Agent, AgentSettings
+
+    from clockfleet.protocol import signing
+    from clockfleet.protocol.connection import ConnectionSettings, parse_brokers
+
+    me = psutil.Process()
+    rss_before = me.memory_info().rss
+    trust = signing.load_trust([args.trust])
+    conn = ConnectionSettings(parse_brokers(f"mqtt://{args.host}:{args.port}"))
+    reported: set[str] = set()
+    lock = threading.Lock()
+    all_reported = threading.Event()
+
+    def on_report(agent, report) -> None:
+        with lock:
+            reported.add(agent.id)
+            if len(reported) == args.n:
+                all_reported.set()
+
+    t0 = time.monotonic()
+    fleet = Fleet(workers=args.workers)
+    for i in range(args.n):
+        agent = Agent(
+            AgentSettings(
+                agent_id=f"bench-{i}",
+                region=args.region,
+                trust=trust,
+                tz_root=None,
+                startup_delay_s=0.0,
+            ),
+            conn,
+            backend=make_backend("observe"),
+        )
+        agent.on_report = on_report
+        fleet.add(agent)
+    fleet.start()
+    if not all_reported.wait(120):
+        emit("error", why=f"only {len(reported)} of {args.n} agents reported within 120 s")
+        return 1
+    emit(
+        "ready",
+        seconds=time.monotonic() - t0,
+        agents=args.n,
+        rss=me.memory_info().rss,
+        rss_before=rss_before,
+        threads=me.num_threads(),
+    )
+    for cmd in commands():
+        if cmd.get("cmd") == "stop":
+            break
+        if cmd.get("cmd") == "rss":
+            emit("rss", rss=me.memory_info().rss, cpu=sum(me.cpu_times()[:2]))
+    fleet.stop(timeout_s=10.0)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
