@@ -1,0 +1,99 @@
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+from clockfleet.publisher.cli import publish_main
+
+from clockfleet.protocol import signing
+from tests.broker.brokerstack import Broker, start_broker
+from tests.broker.mqttclient import connect
+
+AGENTS = ["acme-01", "acme-02", "globex-02"]
+
+FLEET = """\
+defaults:
+  poll_interval_s: 3600
+  resync_jitter_s: 30
+regions:
+  us-east:
+    timezone: America/New_York
+    servers:
+      - {host: ntp1.us-east.example.net}
+      - {host: 192.0.2.10, port: 123}
+  eu-west:
+    timezone: Europe/Dublin
+    servers: [{host: ntp1.eu-west.example.net}]
+agents:
+  acme-01: {region: us-east, timezone: America/Chicago}
+  globex-02: {region: eu-west}
+"""
+
+
+@pytest.fixture
+def broker(short_tmp: Path) -> Iterator[Broker]:
+    """Mosquitto from broker/mosquitto.demo.conf: real identities and the real ACL."""
+    b = start_broker(short_tmp, AGENTS)
+    yield b
+    b.daemon.stop()
+
+
+@pytest.fixture
+def keys(tmp_path: Path) -> tuple[Path, Path]:
+    return signing.generate(tmp_path / "keys", "ops-2026")
+
+
+@dataclass
+class Run:
+    rc: int
+    out: str
+    err: str
+
+
+@pytest.fixture
+def publish(broker: Broker, tmp_path: Path, capsys: pytest.CaptureFixture) -> Callable[..., Run]:
+    """publish(*extra_args, fleet=PATH, identity="publisher") -> Run, in process."""
+
+    def run(*extra: str, fleet: Path | None = None, identity: str = "publisher") -> Run:
+        capsys.readouterr()
+        args = [
+            "--config",
+            str(fleet or tmp_path / "fleet.yaml"),
+            "--state-file",
+            str(tmp_path / "state.json"),
+            *broker.login(identity),
+            *extra,
+        ]
+        rc = publish_main(args)
+        captured = capsys.readouterr()
+        return Run(rc, captured.out, captured.err)
+
+    return run
+
+
+@pytest.fixture
+def fleet(tmp_path: Path) -> Callable[[str], Path]:
+    """fleet(yaml_text) -> the fleet file, written where `publish` looks by default."""
+
+    def write(text: str = FLEET) -> Path:
+        path = tmp_path / "fleet.yaml"
+        path.write_text(text)
+        return path
+
+    return write
+
+
+def retained(b: Broker) -> dict[str, dict]:
+    """Every retained list and profile on the broker, as a reader (the operator) sees it."""
+    c = connect(b.daemon.port, "operator", b.password("operator"))
+    try:
+        c.subscribe(
+            "clock/v1/regions/+/servers", "clock/v1/agents/+/profile", "clock/v1/agents/acme-01/cmd"
+        )
+        c.sync("clock/v1/agents/acme-01/cmd")
+        return {m.topic: json.loads(m.payload) for m in c.messages if m.retain and m.payload}
+    finally:
+        c.close()
