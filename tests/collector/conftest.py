@@ -1,0 +1,258 @@
+"""Fixtures for the collector's tests: a plain paho publisher writing the wire contract, the
+collector in-process with its /metrics endpoint, and a real Prometheus scraping it."""
+
+from __future__ import annotations
+
+import json
+import time
+import urllib.parse
+import urllib.request
+from collections.abc import Callable, Iterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import paho.mqtt.client as mqtt
+import pytest
+from clockfleet.collector.http import serve
+from clockfleet.collector.ingest import Collector
+from clockfleet.collector.metrics import render
+from paho.mqtt.enums import CallbackAPIVersion
+from prometheus_client.parser import text_string_to_metric_families
+
+from clockfleet import devstack
+from clockfleet.protocol.connection import ConnectionSettings, parse_brokers
+
+PREFIX = "clock/v1"
+
+# Mosquitto as shipped: no max_queued_messages, so a QoS 1 wildcard subscriber would get at
+# most ~1020 retained messages. The collector must see every agent on it anyway.
+DEFAULT_LIMITS_MOSQUITTO_CONF = """\
+per_listener_settings false
+listener @PORT@ @HOST@
+allow_anonymous true
+persistence false
+log_dest file @RUNDIR@/mosquitto.log
+"""
+
+
+def iso(t: datetime) -> str:
+    return t.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
+
+
+def now_iso(delta_s: float = 0.0) -> str:
+    return iso(datetime.now(UTC) + timedelta(seconds=delta_s))
+
+
+def report(agent: str, **changes: object) -> dict:
+    """A good report in the contract's format, as an agent writes it."""
+    body: dict = {
+        "schema": "clock.report/1",
+        "agent": agent,
+        "region": "us-east",
+        "list_version": 7,
+        "ok": True,
+        "server": {"host": "192.0.2.10", "port": 123},
+        "offset_s": 0.0012,
+        "delay_s": 0.0004,
+        "stratum": 2,
+        "leap": 0,
+        "root_distance_s": 0.003,
+        "discipline": "observe",
+        "timezone": "America/Chicago",
+        "software": "0.1.0",
+        "at": now_iso(),
+        "tried": [
+            {"host": "ntp1.us-east.example.net", "port": 123, "outcome": "timeout"},
+            {"host": "192.0.2.10", "port": 123, "outcome": "ok"},
+        ],
+    }
+    body.update(changes)
+    return {k: v for k, v in body.items() if v is not None}
+
+
+def failed_report(agent: str, **changes: object) -> dict:
+    base = report(agent, ok=False, server=None, offset_s=None, delay_s=None, stratum=None)
+    base.pop("root_distance_s", None)
+    base["discipline"] = "none"
+    base["tried"] = [
+        {"host": "ntp1.us-east.example.net", "port": 123, "outcome": "timeout"},
+        {"host": "192.0.2.10", "port": 123, "outcome": "kod-deny"},
+    ]
+    base.update(changes)
+    return base
+
+
+def status(agent: str, state: str = "online", session: int = 1, **changes: object) -> dict:
+    return {
+        "schema": "clock.status/1",
+        "agent": agent,
+        "state": state,
+        "software": "0.1.0",
+        "region": "us-east",
+        "session": session,
+        "since": now_iso(),
+        **changes,
+    }
+
+
+def servers(region: str, version: int, **changes: object) -> dict:
+    return {
+        "schema": "clock.servers/1",
+        "region": region,
+        "version": version,
+        "issued_at": now_iso(),
+        "poll_interval_s": 3600,
+        "servers": [{"host": "192.0.2.10", "port": 123}],
+        **changes,
+    }
+
+
+def report_topic(agent: str) -> str:
+    return f"{PREFIX}/agents/{agent}/report"
+
+
+def status_topic(agent: str) -> str:
+    return f"{PREFIX}/agents/{agent}/status"
+
+
+def servers_topic(region: str) -> str:
+    return f"{PREFIX}/regions/{region}/servers"
+
+
+def wait_until(predicate: Callable[[], object], timeout_s: float = 20.0, what: str = "") -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        time.sleep(0.02)
+    assert predicate(), f"timed out after {timeout_s} s waiting for {what or predicate}"
+
+
+class Publisher:
+    """A plain paho client publishing retained QoS 1 messages, as agents and publisher do."""
+
+    def __init__(self, host: str, port: int) -> None:
+        self.client = mqtt.Client(CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv311)
+        self.client.max_queued_messages_set(0)
+        self.client.connect(host, port)
+        self.client.loop_start()
+
+    def publish(self, topic: str, payload: dict | bytes | str, *, retain: bool = True) -> None:
+        self.publish_many([(topic, payload)], retain=retain)
+
+    def publish_many(self, items, *, retain: bool = True) -> None:
+        infos = []
+        for topic, payload in items:
+            data = json.dumps(payload) if isinstance(payload, dict) else payload
+            infos.append(self.client.publish(topic, data, qos=1, retain=retain))
+        for info in infos:
+            info.wait_for_publish(30)
+
+    def close(self) -> None:
+        self.client.disconnect()
+        self.client.loop_stop()
+
+
+@pytest.fixture
+def publisher(mosquitto: devstack.Daemon) -> Iterator[Publisher]:
+    p = Publisher(mosquitto.host, mosquitto.port)
+    yield p
+    p.close()
+
+
+class RunningCollector:
+    def __init__(self, broker_url: str) -> None:
+        self.collector = Collector(ConnectionSettings(parse_brokers(broker_url), prefix=PREFIX))
+        self.collector.start()
+        self.server, _ = serve(
+            "127.0.0.1", 0, lambda: render(self.collector.state, self.collector.link())
+        )
+        self.url = f"http://127.0.0.1:{self.server.server_port}/metrics"
+
+    @property
+    def state(self):
+        return self.collector.state
+
+    def scrape_text(self) -> str:
+        with urllib.request.urlopen(self.url, timeout=10) as resp:
+            return resp.read().decode()
+
+    def samples(self) -> dict[tuple[str, frozenset], float]:
+        """/metrics parsed by prometheus_client's parser: (name, labels) -> value."""
+        out = {}
+        for family in text_string_to_metric_families(self.scrape_text()):
+            for s in family.samples:
+                out[(s.name, frozenset(s.labels.items()))] = s.value
+        return out
+
+    def value(self, name: str, **labels: str) -> float | None:
+        return self.samples().get((name, frozenset(labels.items())))
+
+    def stop(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+        self.collector.stop()
+
+
+@pytest.fixture
+def start_collector(broker_url: str) -> Iterator[Callable[[], RunningCollector]]:
+    started: list[RunningCollector] = []
+
+    def start() -> RunningCollector:
+        c = RunningCollector(broker_url)
+        started.append(c)
+        return c
+
+    yield start
+    for c in started:
+        c.stop()
+
+
+@pytest.fixture
+def running_collector(start_collector) -> RunningCollector:
+    c = start_collector()
+    wait_until(lambda: c.collector.connected, what="collector subscribed")
+    return c
+
+
+class Prometheus:
+    def __init__(self, daemon: devstack.Daemon) -> None:
+        self.daemon = daemon
+        self.base = f"http://127.0.0.1:{daemon.port}"
+
+    def query(self, expr: str) -> list[dict]:
+        url = f"{self.base}/api/v1/query?" + urllib.parse.urlencode({"query": expr})
+        with urllib.request.urlopen(url, timeout=10) as resp:
+            body = json.load(resp)
+        assert body["status"] == "success", body
+        return body["data"]["result"]
+
+    def wait_for(self, expr: str, predicate, timeout_s: float = 30.0) -> list[dict]:
+        deadline = time.monotonic() + timeout_s
+        result: list[dict] = []
+        while time.monotonic() < deadline:
+            result = self.query(expr)
+            if predicate(result):
+                return result
+            time.sleep(0.25)
+        raise AssertionError(f"{expr!r} never matched within {timeout_s} s; last: {result}")
+
+
+@pytest.fixture
+def prometheus(short_tmp: Path) -> Iterator[Callable[[str], Prometheus]]:
+    """Factory: prometheus(target 'host:port') -> a real Prometheus scraping it every 1 s."""
+    started: list[devstack.Daemon] = []
+
+    def start(target: str) -> Prometheus:
+        config = (
+            "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\n"
+            "scrape_configs:\n  - job_name: clockfleet-collector\n"
+            f"    static_configs:\n      - targets: ['{target}']\n"
+        )
+        d = devstack.start_prometheus(short_tmp / f"prometheus{len(started)}", config)
+        started.append(d)
+        return Prometheus(d)
+
+    yield start
+    for d in started:
+        d.stop()
