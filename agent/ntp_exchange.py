@@ -26,6 +26,9 @@ SO_TIMESTAMPNS: int | None = getattr(
 _TIMESPEC = struct.Struct("@qq")
 _ANC_SIZE = socket.CMSG_SPACE(_TIMESPEC.size)
 _MAX_DATAGRAM = 1024
+REFUSALS = ("DENY", "RSTR")
+# Scheduling noise allowed on top of the best delay while waiting for a further sample.
+LATE_SLACK_S = 0.01
 
 
 @dataclass(frozen=True)
@@ -99,8 +102,10 @@ def exchange(
 def sample_burst(family: int, sockaddr: tuple, settings: ProbeSettings) -> BurstResult:
     """Up to settings.samples exchanges back to back within settings.timeout_s.
 
-    The burst stops at the first failure; a kiss-o'-death voids the whole burst (the server
-    told us to go away), any other failure keeps the samples already taken.
+    The burst stops at the first failure. DENY or RSTR voids the whole burst (the server
+    refuses us); any other failure, RATE included (as chrony does), keeps the samples already
+    taken. Once a sample is held, a further answer is awaited only as long as it could still
+    beat its delay: a server that drops bursts (ntpd's `limited`) costs no full timeout.
     """
     deadline = time.monotonic() + settings.timeout_s
     try:
@@ -112,14 +117,17 @@ def sample_burst(family: int, sockaddr: tuple, settings: ProbeSettings) -> Burst
     requests = 0
     with sock:
         for _ in range(max(1, settings.samples)):
+            wait_until = deadline
+            if best is not None:
+                wait_until = min(deadline, time.monotonic() + best.delay_s + LATE_SLACK_S)
             requests += 1
-            result = exchange(sock, kernel_ts, deadline, settings)
+            result = exchange(sock, kernel_ts, wait_until, settings)
             if isinstance(result, Failure):
                 failure = result
                 break
             if best is None or result.delay_s < best.delay_s:
                 best = result
-    if failure is not None and failure.kiss is not None:
+    if failure is not None and failure.kiss in REFUSALS:
         best = None
     if failure is not None and failure.outcome == "timeout":
         failure = Failure("timeout", f"no answer in {float(settings.timeout_s)} s")

@@ -23,6 +23,7 @@ from clockfleet.agent.ntp_exchange import sample_burst
 __all__ = ["Attempt", "KodMemory", "ProbeResult", "ProbeSettings", "Sample", "probe"]
 
 MAX_ADDRESSES = 4  # of one name; bounds the time a many-address name can take
+MAX_DETAIL = 256  # the report's Tried.detail bound; host names alone can be 253 long
 
 
 @dataclass
@@ -135,7 +136,9 @@ def probe_server(host: str, port: int, settings: ProbeSettings) -> tuple[Attempt
         requests += burst.requests
         address = str(sockaddr[0])
         if burst.sample is not None:
-            return Attempt(host, port, "ok", None, burst.sample, address, requests), None
+            kiss = burst.failure.kiss if burst.failure is not None else None
+            detail = None if kiss is None else f"kiss code {kiss} received after a good sample"
+            return Attempt(host, port, "ok", detail, burst.sample, address, requests), kiss
         assert burst.failure is not None
         if burst.failure.kiss is not None:  # a KoD speaks for the server, not one address
             return Attempt(
@@ -203,7 +206,15 @@ def probe(
         )
     if len(servers) == 1 and chosen is not None:
         note = f"single server: offset {chosen.sample.offset_s:+.6f} s applied unconfirmed"  # type: ignore[union-attr]
-    return ProbeResult(ok=chosen is not None, chosen=chosen, tried=tried, note=note)
+    for attempt in tried:
+        attempt.detail = _clip(attempt.detail)
+    return ProbeResult(ok=chosen is not None, chosen=chosen, tried=tried, note=_clip(note))
+
+
+def _clip(text: str | None) -> str | None:
+    if text is None or len(text) <= MAX_DETAIL:
+        return text
+    return text[: MAX_DETAIL - 1] + "…"
 
 
 def _name(attempt: Attempt) -> str:

@@ -28,6 +28,9 @@ Usage:
         probe([(fake.host, fake.port), ...])
         assert fake.requests == 1      # datagrams received so far
 
+good_first=N answers the first N requests validly, then behaves (e.g. a RATE kiss or
+silence in the middle of a burst, as ntpd's `limited` does).
+delays_s=(d1, d2, ...) holds request n back d_n seconds before answering (a longer round trip).
 forge_origin=True gives any behaviour a wrong origin (e.g. a forged kiss-o'-death).
 Attributes may be changed while it runs (fake.behaviour = "ok": the server got fixed).
 `wait_for_requests(n, timeout)` waits until n requests have arrived. Stopping (leaving the
@@ -39,6 +42,7 @@ from __future__ import annotations
 import socket
 import threading
 import time
+from collections.abc import Sequence
 
 from clockfleet.agent.ntp_packet import NtpPacket, decode, unix_ns_to_ntp
 
@@ -74,6 +78,8 @@ class FakeNtpServer:
         offset_s: float = 0.0,
         stratum: int = 2,
         forge_origin: bool = False,
+        good_first: int = 0,
+        delays_s: Sequence[float] = (),
     ) -> None:
         if behaviour not in BEHAVIOURS:
             raise ValueError(f"unknown behaviour {behaviour!r}; one of {', '.join(BEHAVIOURS)}")
@@ -82,6 +88,8 @@ class FakeNtpServer:
         self.offset_ns = round(offset_s * 1e9)
         self.stratum = stratum
         self.forge_origin = forge_origin
+        self.good_first = good_first
+        self.delays_s = tuple(delays_s)
         family = socket.AF_INET6 if ":" in host else socket.AF_INET
         self._sock = socket.socket(family, socket.SOCK_DGRAM)
         self._sock.bind((host, 0))
@@ -128,25 +136,27 @@ class FakeNtpServer:
                 continue
             except OSError:
                 return
-            received_ns = time.time_ns()
             self.requests += 1
-            if self.behaviour == "silent":
+            if self.requests <= len(self.delays_s):  # as if the request took longer to come
+                time.sleep(self.delays_s[self.requests - 1])
+            received_ns = time.time_ns()
+            behaviour = "ok" if self.requests <= self.good_first else self.behaviour
+            if behaviour == "silent":
                 continue
             try:
                 request = decode(data)
             except ValueError:
                 continue
-            reply = self._reply(request, received_ns)
+            reply = self._reply(behaviour, request, received_ns)
             try:
-                if self.behaviour == "spoof":
+                if behaviour == "spoof":
                     self._send_spoofed(reply, client)
                 else:
                     self._sock.sendto(reply, client)
             except OSError:
                 continue
 
-    def _reply(self, request: NtpPacket, received_ns: int) -> bytes:
-        b = self.behaviour
+    def _reply(self, b: str, request: NtpPacket, received_ns: int) -> bytes:
         t2 = received_ns + self.offset_ns
         t3 = time.time_ns() + self.offset_ns
         if b == "slow-server":

@@ -167,3 +167,10 @@ def test_replies_carry_a_kernel_receive_timestamp_for_t4() -> None:
     stamp = _receive_time_ns(ancdata)
     assert stamp is not None
     assert after - 1_000_000_000 < stamp <= after
+
+
+def test_details_fit_the_reports_detail_field_even_for_long_names() -> None:
+    long_name = ".".join(["a" * 60] * 4) + ".invalid"  # 252 characters
+    result = probe([(long_name, 123)], FAST)
+    assert result.tried[0].outcome == "unresolvable"
+    assert len(result.tried[0].detail or "") <= 256

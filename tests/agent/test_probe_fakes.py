@@ -6,6 +6,7 @@ from __future__ import annotations
 import shutil
 import socket
 import tempfile
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -116,3 +117,62 @@ def test_wrong_origin_replies_are_waited_out_not_taken() -> None:
         result = probe([fake.address], FAST)
     assert result.tried[0].outcome == "bad-origin"
     assert "nonce" in (result.tried[0].detail or "")
+
+
+def test_a_server_dropping_the_rest_of_a_burst_still_gives_its_sample_without_the_timeout() -> None:
+    # ntpd's `restrict limited` drops back-to-back requests: once a sample is held, a later
+    # answer is awaited only as long as it could still beat that sample's delay.
+    settings = ProbeSettings(timeout_s=5.0, samples=4)
+    with FakeNtpServer("silent", good_first=1) as fake:
+        started = time.monotonic()
+        result = probe([fake.address], settings)
+        elapsed = time.monotonic() - started
+        assert fake.requests == 2
+    assert result.ok
+    assert elapsed < settings.timeout_s / 2
+
+
+def test_a_burst_takes_settings_samples_from_a_healthy_server(healthy: tuple[str, int]) -> None:
+    one = probe([healthy], ProbeSettings(timeout_s=0.3, samples=1))
+    assert one.chosen is not None and one.chosen.requests == 1
+    many = probe([healthy], ProbeSettings(timeout_s=0.3, samples=8))
+    assert many.chosen is not None and many.chosen.requests == 8
+
+
+def test_the_lowest_delay_sample_of_the_burst_is_kept() -> None:
+    # Neither the first (held back 0.2 s) nor the last (held back 9 ms) sample.
+    with FakeNtpServer("ok", delays_s=(0.2, 0.0, 0.009)) as fake:
+        result = probe([fake.address], ProbeSettings(timeout_s=2.0, samples=3))
+        assert fake.requests == 3
+    assert result.chosen is not None and result.chosen.sample is not None
+    assert result.chosen.sample.delay_s < 0.006
+
+
+def test_each_address_of_a_name_is_tried_in_turn(monkeypatch: pytest.MonkeyPatch) -> None:
+    # No DNS server here gives a name two addresses; the resolver's answer is stood in for.
+    with FakeNtpServer("silent") as silent, FakeNtpServer("ok", host="127.0.0.2") as good:
+        answer = [
+            (socket.AF_INET, socket.SOCK_DGRAM, 17, "", ("127.0.0.1", silent.port)),
+            (socket.AF_INET, socket.SOCK_DGRAM, 17, "", ("127.0.0.2", good.port)),
+        ]
+        monkeypatch.setattr(socket, "getaddrinfo", lambda *a, **k: answer)
+        result = probe([("ntp.example.test", 123)], FAST)
+        assert silent.requests == 1
+    assert result.ok
+    assert result.tried[0].address == "127.0.0.2"
+
+
+def test_a_name_whose_addresses_all_fail_reports_the_first_failure(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    with FakeNtpServer("leap3") as a, FakeNtpServer("stratum16", host="127.0.0.2") as b:
+        answer = [
+            (socket.AF_INET, socket.SOCK_DGRAM, 17, "", ("127.0.0.1", a.port)),
+            (socket.AF_INET, socket.SOCK_DGRAM, 17, "", ("127.0.0.2", b.port)),
+        ]
+        monkeypatch.setattr(socket, "getaddrinfo", lambda *a, **k: answer)
+        result = probe([("ntp.example.test", 123)], FAST)
+        assert b.requests >= 1
+    assert result.tried[0].outcome == "unsynchronised"
+    assert (result.tried[0].detail or "").startswith("127.0.0.1: leap indicator 3")
+    assert "and 1 more" in (result.tried[0].detail or "")

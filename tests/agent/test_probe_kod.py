@@ -123,3 +123,21 @@ def test_a_kod_with_a_wrong_origin_is_not_believed() -> None:
         assert result.tried[0].outcome == "bad-origin"
         probe([fake.address], FAST, memory)
         assert fake.requests == 2
+
+
+def test_rate_after_a_good_sample_keeps_the_sample_and_backs_off() -> None:
+    memory = KodMemory()
+    with FakeNtpServer("kod", kiss="RATE", good_first=1) as fake:
+        result = probe([fake.address], ProbeSettings(timeout_s=0.3, samples=4), memory)
+        assert fake.requests == 2  # the RATE ended the burst
+    assert result.ok
+    assert result.tried[0].detail == "kiss code RATE received after a good sample"
+    assert memory.rate_backoff_s(*fake.address) == 16
+
+
+def test_deny_after_a_good_sample_voids_the_burst() -> None:
+    memory = KodMemory()
+    with FakeNtpServer("kod", kiss="DENY", good_first=1) as fake, FakeNtpServer("ok") as good:
+        result = probe([fake.address, good.address], FAST, memory)
+    assert [a.outcome for a in result.tried] == ["kod-deny", "ok"]
+    assert result.chosen is result.tried[1]
