@@ -294,15 +294,17 @@ class ChronyBackend:
             return Applied("chrony", False, f"cannot write {self.path}: {e.strerror or e}")
         done = [f"{'wrote' if changed else 'unchanged'} {self.path} ({len(servers)} servers)"]
 
-        step = abs(offset_s) > self.step_threshold_s
-        if step:
+        # A failed arm still lets the new list in (chronyd then slews), but is a failure.
+        step_failed: str | None = None
+        if abs(offset_s) > self.step_threshold_s:
             rc, out = self._chronyc("makestep", f"{self.step_threshold_s:g}", "1")
-            refused = self._refused(rc, out)
-            if refused is not None:
-                return Applied("chrony", False, "; ".join([*done, f"makestep: {refused}"]))
-            done.append(
-                f"step armed (|offset| {abs(offset_s):.3f} s > {self.step_threshold_s:g} s)"
-            )
+            step_failed = self._refused(rc, out)
+            if step_failed is None:
+                done.append(
+                    f"step armed (|offset| {abs(offset_s):.3f} s > {self.step_threshold_s:g} s)"
+                )
+            else:
+                done.append(f"makestep: {step_failed}")
 
         rc, out = self._chronyc("reload", "sources")
         refused = self._refused(rc, out)
@@ -336,7 +338,7 @@ class ChronyBackend:
                 )
             time.sleep(0.1)
         done.append(f"chronyd lists {_fmt_server(chosen)} (prefer)")
-        return Applied("chrony", True, "; ".join(done))
+        return Applied("chrony", step_failed is None, "; ".join(done))
 
 
 # --- timesyncd ----------------------------------------------------------------------------

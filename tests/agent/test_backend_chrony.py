@@ -214,3 +214,23 @@ def test_sources_file_is_replaced_atomically_leaving_no_temp_files(chrony_client
     backend.apply([chosen], chosen, 0.0)
 
     assert [p.name for p in Path(chrony_client.sourcedir).iterdir()] == ["clockfleet.sources"]
+
+
+def test_refused_step_still_hands_over_the_list_but_is_a_failure(
+    chrony_client, chrony_server, tmp_path
+):
+    # A chronyc that refuses makestep the way chronyd does for an unprivileged client.
+    wrapper = tmp_path / "chronyc"
+    wrapper.write_text(
+        '#!/bin/sh\ncase "$*" in *makestep*) echo "501 Not authorised"; exit 1;; esac\n'
+        'exec chronyc "$@"\n'
+    )
+    wrapper.chmod(0o755)
+    server = chrony_server()
+    chosen = (server.host, server.port)
+
+    applied = backend_for(chrony_client, chronyc=str(wrapper)).apply([chosen], chosen, 3.0)
+
+    assert not applied.ok
+    assert "makestep: 501 Not authorised" in (applied.detail or "")
+    assert server.host in chrony_client.sources()
