@@ -108,6 +108,8 @@ class _Tree:
                     self.lines[child] = key_node.start_mark.line + 1
                     self.error(child, "duplicate key (YAML would silently keep only the last)")
                     continue
+                # A setting's line is its key's line (a block value starts on the next one).
+                self.lines.setdefault(child, key_node.start_mark.line + 1)
                 out[key] = self.build(loader, value_node, child)
             return out
         if isinstance(node, yaml.SequenceNode):
