@@ -118,7 +118,8 @@ class KodMemory:
 def probe_server(host: str, port: int, settings: ProbeSettings) -> tuple[Attempt, str | None]:
     """Resolve host and take a sample burst from its addresses in turn until one passes.
 
-    Returns the Attempt and the kiss code received, if any.
+    Each address gets its own settings.timeout_s (at most MAX_ADDRESSES of them). Returns
+    the Attempt and the kiss code received, if any.
     """
     try:
         infos = socket.getaddrinfo(host, port, type=socket.SOCK_DGRAM)
@@ -204,8 +205,8 @@ def probe(
             f"offset {pending.sample.offset_s:+.6f} s of {_name(pending)} applied unconfirmed: "
             "no later server passed to confirm it"
         )
-    if len(servers) == 1 and chosen is not None:
-        note = f"single server: offset {chosen.sample.offset_s:+.6f} s applied unconfirmed"  # type: ignore[union-attr]
+    if len(servers) == 1 and chosen is not None and chosen.sample is not None:
+        note = f"single server: offset {chosen.sample.offset_s:+.6f} s applied unconfirmed"
     for attempt in tried:
         attempt.detail = _clip(attempt.detail)
     return ProbeResult(ok=chosen is not None, chosen=chosen, tried=tried, note=_clip(note))
