@@ -4,6 +4,7 @@ and agents hosted on a Fleet with jitter and start-up delay 0."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import random
 import threading
@@ -197,6 +198,7 @@ def make_agent(
     )
 
 
+@contextlib.contextmanager
 def hosted(*agents: Agent, workers: int = 2) -> Iterator[Fleet]:
     fleet = Fleet(workers=workers)
     for a in agents:
