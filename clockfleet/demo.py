@@ -38,7 +38,15 @@ from clockfleet import devstack
 from clockfleet.demo_fleet import ADDRESSES, AFTER, BEFORE, REPO, SKEW_S, DemoAgent, render
 from clockfleet.demo_fleet import agents as demo_agents
 from clockfleet.demo_procs import Processes, StepFailed, clockfleet_argv, tail
-from clockfleet.demo_view import View, changes, plain_table, problems, table, view_from_status_json
+from clockfleet.demo_view import (
+    View,
+    changes,
+    plain_table,
+    problems,
+    table,
+    view_from_status_json,
+    with_tried,
+)
 
 KEY_ID = "demo"
 
@@ -239,8 +247,7 @@ def start_prometheus(procs: Processes, rundir: Path, collector_url: str) -> str:
 
 def start_agents(procs: Processes, stack: Stack) -> None:
     for a in stack.agents:
-        adir = stack.rundir / "agents" / a.id
-        (adir / "tz-root" / "etc").mkdir(parents=True, exist_ok=True)
+        adir = agent_dir(stack, a)
         procs.start(
             f"agent-{a.id}",
             [
@@ -294,7 +301,8 @@ def start(procs: Processes, settings: Settings) -> Stack:
 
 
 def read_view(stack: Stack) -> View:
-    """The fleet as `clockfleet status --json` sees it; an empty view if it failed."""
+    """The fleet as `clockfleet status --json` sees it (an empty view if that failed), with
+    each agent's `tried` list from the report its state directory keeps."""
     argv = clockfleet_argv("status", "--json", *stack.as_("collector"))
     try:
         done = subprocess.run(argv, capture_output=True, text=True, timeout=20)
@@ -305,9 +313,18 @@ def read_view(stack: Stack) -> View:
             f.write(f"exit {done.returncode}: {done.stderr}\n")
         return View()
     try:
-        return view_from_status_json(json.loads(done.stdout))
+        view = view_from_status_json(json.loads(done.stdout))
     except ValueError:
         return View()
+    reports = {}
+    for a in stack.agents:
+        with contextlib.suppress(OSError, ValueError):
+            reports[a.id] = json.loads((agent_dir(stack, a) / "state" / "report.json").read_text())
+    return with_tried(view, reports)
+
+
+def agent_dir(stack: Stack, agent: DemoAgent) -> Path:
+    return stack.rundir / "agents" / agent.id
 
 
 def banner(stack: Stack, settings: Settings) -> list[str]:
@@ -383,7 +400,7 @@ def watch(procs: Processes, stack: Stack, settings: Settings) -> View:
                 if live is not None:
                     live.start()
             new = read_view(stack)
-            lines = changes(view, new)
+            lines = changes(view, new, names)
             view = new if new.rows or new.published else view
             for line in lines:
                 stamped = f"{datetime.now(UTC):%H:%M:%S} {line}"

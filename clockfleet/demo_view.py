@@ -7,7 +7,7 @@ changed between two looks, and judges the end state.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from rich.table import Table
@@ -95,20 +95,25 @@ def _outcome_style(outcome: str) -> str:
     return "yellow"
 
 
-def table(view: View, names: dict[tuple[str, int], str] | None = None) -> Table:
+Names = dict[tuple[str, int], str]
+
+
+def label(hostport: str, names: Names | None) -> str:
+    """A server's role in the demo (good-a, skewed, ...) instead of its address, if known."""
+    if names:
+        host, _, port = hostport.rpartition(":")
+        role = names.get((host, int(port))) if port.isdigit() else None
+        if role:
+            return role
+    return hostport
+
+
+def table(view: View, names: Names | None = None) -> Table:
     """The fleet table; `names` maps (host, port) of the demo's servers to their roles."""
     t = Table(title="clockfleet demo fleet", expand=False)
     for col in ("agent", "region", "state", "list", "sync", "server", "offset", "time zone"):
         t.add_column(col)
     t.add_column("tried, in list order")
-
-    def label(hostport: str) -> str:
-        if names:
-            host, _, port = hostport.rpartition(":")
-            role = names.get((host, int(port))) if port.isdigit() else None
-            if role:
-                return role
-        return hostport
 
     for agent in sorted(view.rows):
         r = view.rows[agent]
@@ -131,7 +136,7 @@ def table(view: View, names: dict[tuple[str, int], str] | None = None) -> Table:
         for i, (hostport, outcome) in enumerate(r.tried):
             if i:
                 tried.append("  ")
-            tried.append(f"{label(hostport)}:", style="dim")
+            tried.append(f"{label(hostport, names)}:", style="dim")
             tried.append(outcome, style=_outcome_style(outcome))
         t.add_row(
             agent,
@@ -139,7 +144,7 @@ def table(view: View, names: dict[tuple[str, int], str] | None = None) -> Table:
             Text(r.state or "-", style="green" if r.state == "online" else "red"),
             version,
             sync,
-            label(r.server) if r.server else "-",
+            label(r.server, names) if r.server else "-",
             offset,
             r.timezone or "-",
             tried,
@@ -147,7 +152,7 @@ def table(view: View, names: dict[tuple[str, int], str] | None = None) -> Table:
     return t
 
 
-def plain_table(view: View, names: dict[tuple[str, int], str] | None = None) -> str:
+def plain_table(view: View, names: Names | None = None) -> str:
     """The table as plain text (for logs and `DEMO_FOR` runs)."""
     from rich.console import Console
 
@@ -157,7 +162,7 @@ def plain_table(view: View, names: dict[tuple[str, int], str] | None = None) -> 
     return cap.get()
 
 
-def changes(before: View, after: View) -> list[str]:
+def changes(before: View, after: View, names: Names | None = None) -> list[str]:
     """One line per agent whose report moved on (new version, server, result, or first)."""
     out = []
     for agent, r in sorted(after.rows.items()):
@@ -167,8 +172,9 @@ def changes(before: View, after: View) -> list[str]:
         key = (r.list_version, r.server, r.ok, r.tried)
         if old is not None and (old.list_version, old.server, old.ok, old.tried) == key:
             continue
-        outcomes = ", ".join(f"{hp} {o}" for hp, o in r.tried)
-        result = f"ok via {r.server} offset {_fmt_offset(r.offset_s)}" if r.ok else "FAILED"
+        outcomes = ", ".join(f"{label(hp, names)} {o}" for hp, o in r.tried)
+        server = label(r.server, names)
+        result = f"ok via {server}, offset {_fmt_offset(r.offset_s)}" if r.ok else "FAILED"
         out.append(f"{agent} ({r.region}) list v{r.list_version}: {result}; tried: {outcomes}")
     for region, version in sorted(after.published.items()):
         if before.published.get(region) != version:
@@ -196,33 +202,30 @@ def problems(view: View, expected: list[str]) -> list[str]:
     return out
 
 
-def view_from_status_json(obj: Any) -> View:
-    """A View from the output of `clockfleet status --json`.
-
-    Agents come as a list of entries with an `agent` field or as a mapping by id; published
-    list versions as `regions` (a mapping region -> version or -> {version: N}, or a list of
-    {region, version}).
-    """
+def view_from_status_json(rows: Any) -> View:
+    """A View from the output of `clockfleet status --json`: a list of one object per agent
+    (agent, region, state, published_version, list_version, ok, server, offset_s, ...)."""
     view = View()
-    if not isinstance(obj, dict):
+    if not isinstance(rows, list):
         return view
-    agents = obj.get("agents") or {}
-    items = (
-        agents.items()
-        if isinstance(agents, dict)
-        else ((e.get("agent"), e) for e in agents if isinstance(e, dict))
-    )
-    for agent, entry in items:
-        if isinstance(agent, str) and isinstance(entry, dict):
-            view.rows[agent] = row_from_json(agent, entry)
-    regions = obj.get("regions") or {}
-    pairs = (
-        regions.items()
-        if isinstance(regions, dict)
-        else ((e.get("region"), e) for e in regions if isinstance(e, dict))
-    )
-    for region, value in pairs:
-        version = value.get("version") if isinstance(value, dict) else value
-        if isinstance(region, str) and isinstance(version, int) and not isinstance(version, bool):
-            view.published[region] = version
+    for entry in rows:
+        if not isinstance(entry, dict) or not isinstance(entry.get("agent"), str):
+            continue
+        row = row_from_json(entry["agent"], entry)
+        view.rows[row.agent] = row
+        published = entry.get("published_version")
+        if isinstance(published, int) and not isinstance(published, bool) and row.region:
+            view.published[row.region] = published
     return view
+
+
+def with_tried(view: View, reports: dict[str, dict[str, Any]]) -> View:
+    """The view with each agent's `tried` list taken from its own latest report (the agent's
+    state directory keeps it as report.json), when that report is the one the view shows."""
+    rows = {}
+    for agent, row in view.rows.items():
+        report = reports.get(agent) or {}
+        tried = row_from_json(agent, report).tried
+        same = report.get("list_version") == row.list_version and report.get("ok") == row.ok
+        rows[agent] = replace(row, tried=tried) if tried and same else row
+    return View(rows, dict(view.published))
