@@ -1,0 +1,96 @@
+"""Many agents in one process share one selector thread (paho's external loop API)."""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+
+from clockfleet.agent.fleet import Fleet
+
+from tests.agent.servicekit import (
+    PREFIX,
+    Publisher,
+    Watcher,
+    hosted,
+    make_agent,
+    make_keys,
+    wait_until,
+)
+
+N = 50
+
+
+def test_fifty_agents_on_one_loop_all_report_a_newly_published_list(
+    broker_url, chrony_server, short_tmp: Path
+):
+    keys = make_keys(short_tmp / "keys")
+    ntp = chrony_server()
+    pub = Publisher(broker_url, keys)
+    pub.server_list("r1", 1, [(ntp.host, ntp.port)])
+    reports = Watcher(broker_url, f"{PREFIX}/agents/+/report")
+    agents = [make_agent(broker_url, f"a{i}", keys=keys) for i in range(N)]
+    threads_before = threading.active_count()
+    try:
+        with hosted(*agents, workers=4):
+            wait_until(lambda: all(a.reports_acked >= 1 for a in agents), timeout_s=30)
+            # one loop thread + at most the worker pool, not a thread per client
+            assert threading.active_count() - threads_before <= 1 + 4
+
+            pub.server_list("r1", 2, [(ntp.host, ntp.port)])
+
+            def reported_v2() -> set[str]:
+                return {m["agent"] for m in reports.payloads() if m["list_version"] == 2}
+
+            wait_until(lambda: len(reported_v2()) == N, timeout_s=30)
+    finally:
+        pub.close()
+        reports.close()
+    assert reported_v2() == {f"a{i}" for i in range(N)}
+
+
+def test_timers_run_in_order_and_cancelled_ones_do_not():
+    fleet = Fleet(workers=0)
+    ran: list[str] = []
+    fleet.call_later(0.02, lambda: ran.append("second"))
+    fleet.call_later(0.0, lambda: ran.append("first"))
+    fleet.call_later(0.01, lambda: ran.append("cancelled")).cancel()
+    assert fleet.run_until(lambda: len(ran) == 2, timeout_s=2)
+    fleet.close()
+    assert ran == ["first", "second"]
+
+
+def test_blocking_work_runs_off_the_loop_thread_and_reports_back_on_it():
+    fleet = Fleet(workers=2)
+    seen: dict[str, object] = {}
+
+    def work() -> int:
+        seen["worker"] = threading.get_ident()
+        return 42
+
+    def done(result, error) -> None:
+        seen["result"], seen["error"], seen["loop"] = result, error, threading.get_ident()
+
+    fleet.call_later(0.0, lambda: fleet.run_blocking(work, done))
+    assert fleet.run_until(lambda: "loop" in seen, timeout_s=5)
+    fleet.close()
+    assert seen["result"] == 42 and seen["error"] is None
+    assert seen["loop"] == threading.get_ident() != seen["worker"]
+
+
+def test_a_failing_callback_does_not_stop_the_loop():
+    fleet = Fleet(workers=0)
+    ran: list[int] = []
+    fleet.call_later(0.0, lambda: 1 / 0)
+    fleet.call_later(0.01, lambda: ran.append(1))
+    assert fleet.run_until(lambda: ran, timeout_s=2)
+    fleet.close()
+
+
+def test_an_agent_added_while_running_starts(broker_url, short_tmp: Path):
+    keys = make_keys(short_tmp / "keys")
+    first = make_agent(broker_url, "a1", keys=keys)
+    late = make_agent(broker_url, "a2", keys=keys)
+    with hosted(first) as fleet:
+        wait_until(lambda: first.connected)
+        fleet.add(late)
+        wait_until(lambda: late.connected, timeout_s=10)

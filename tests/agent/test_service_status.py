@@ -1,0 +1,129 @@
+"""Status: `online` on every connect with session = previous + 1 (persisted), `offline` on a
+clean shutdown, and the last will `offline` with the same session when the connection dies.
+Plus the local status file a PBX reads."""
+
+from __future__ import annotations
+
+import json
+import socket
+from pathlib import Path
+
+import pytest
+
+from tests.agent.fakentp import FakeNtpServer
+from tests.agent.servicekit import (
+    PREFIX,
+    Publisher,
+    Watcher,
+    hosted,
+    make_agent,
+    make_keys,
+    wait_until,
+)
+
+
+@pytest.fixture
+def keys(short_tmp: Path):
+    return make_keys(short_tmp / "keys")
+
+
+@pytest.fixture
+def statuses(broker_url: str):
+    w = Watcher(broker_url, f"{PREFIX}/agents/a1/status")
+    yield w
+    w.close()
+
+
+def states(watcher: Watcher) -> list[tuple[str, int]]:
+    return [(m["state"], m["session"]) for m in watcher.payloads()]
+
+
+def test_online_and_offline_carry_a_session_that_grows_across_restarts(
+    broker_url, keys, statuses, short_tmp
+):
+    state = short_tmp / "state"
+    with hosted(make_agent(broker_url, "a1", keys=keys, state_dir=state)):
+        wait_until(lambda: ("online", 1) in states(statuses))
+    wait_until(lambda: ("offline", 1) in states(statuses))
+
+    with hosted(make_agent(broker_url, "a1", keys=keys, state_dir=state)):
+        wait_until(lambda: ("online", 2) in states(statuses))
+    wait_until(lambda: ("offline", 2) in states(statuses))
+    assert states(statuses) == [("online", 1), ("offline", 1), ("online", 2), ("offline", 2)]
+
+
+def test_the_will_says_offline_with_the_session_when_the_connection_dies(
+    broker_url, keys, statuses, short_tmp
+):
+    agent = make_agent(broker_url, "a1", keys=keys, state_dir=short_tmp / "state")
+    with hosted(agent) as fleet:
+        wait_until(lambda: ("online", 1) in states(statuses))
+
+        # Cut the TCP connection under the agent, as a crash or a network fault would.
+        fleet.call_soon_threadsafe(lambda: agent.client.socket().shutdown(socket.SHUT_RDWR))
+
+        wait_until(lambda: ("offline", 1) in states(statuses))
+        # ... and it comes back by itself with the next session
+        wait_until(lambda: ("online", 2) in states(statuses))
+    assert states(statuses)[:3] == [("online", 1), ("offline", 1), ("online", 2)]
+
+
+def test_status_message_is_retained_with_software_and_region(broker_url, keys, short_tmp):
+    with hosted(make_agent(broker_url, "a1", keys=keys, state_dir=short_tmp / "s")):
+        later = Watcher(broker_url, f"{PREFIX}/agents/a1/status")
+        try:
+            status = later.wait_for(lambda m: m["state"] == "online")
+        finally:
+            later.close()
+    assert status["schema"] == "clock.status/1"
+    assert status["region"] == "r1"
+    assert status["software"]
+
+
+def test_status_file_says_trustworthy_after_a_good_sync(broker_url, keys, chrony_server, short_tmp):
+    ntp = chrony_server()
+    pub = Publisher(broker_url, keys)
+    pub.server_list("r1", 3, [(ntp.host, ntp.port)], poll_interval_s=60)
+    agent = make_agent(broker_url, "a1", keys=keys, state_dir=short_tmp / "s")
+    with hosted(agent):
+        wait_until(lambda: agent.reports_acked >= 1)
+    pub.close()
+    status = json.loads((short_tmp / "s" / "status.json").read_text())
+    assert status["trustworthy"] is True
+    assert status["synced"] is True
+    assert status["list_version"] == 3
+    assert status["server"] == f"{ntp.host}:{ntp.port}"
+    assert "reason" not in status
+    assert status["valid_until"] > status["at"]
+
+
+def test_status_file_says_untrustworthy_with_a_reason_when_the_offset_is_large(
+    broker_url, keys, short_tmp
+):
+    pub = Publisher(broker_url, keys)
+    with FakeNtpServer("offset", offset_s=2.0) as far:
+        pub.server_list("r1", 3, [(far.host, far.port)])
+        agent = make_agent(broker_url, "a1", keys=keys, state_dir=short_tmp / "s")
+        with hosted(agent):
+            wait_until(lambda: agent.reports_acked >= 1)
+    pub.close()
+    status = json.loads((short_tmp / "s" / "status.json").read_text())
+    assert status["synced"] is True  # observe: measured, not corrected
+    assert status["trustworthy"] is False
+    assert "exceeds" in status["reason"]
+
+
+def test_status_file_says_never_synced_before_any_good_sync(broker_url, keys, short_tmp):
+    pub = Publisher(broker_url, keys)
+    with FakeNtpServer("silent") as silent:
+        pub.server_list("r1", 3, [(silent.host, silent.port)])
+        agent = make_agent(
+            broker_url, "a1", keys=keys, state_dir=short_tmp / "s", probe_timeout_s=0.1
+        )
+        with hosted(agent):
+            wait_until(lambda: agent.reports_acked >= 1)
+    pub.close()
+    status = json.loads((short_tmp / "s" / "status.json").read_text())
+    assert status["trustworthy"] is False
+    assert status["synced"] is False
+    assert status["reason"]
