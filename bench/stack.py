@@ -147,6 +147,7 @@ class Worker:
             bufsize=1,
         )
         self.events: queue.Queue[dict[str, Any]] = queue.Queue()
+        self._unclaimed: list[dict[str, Any]] = []
         self._reader = threading.Thread(target=self._read, daemon=True)
         self._reader.start()
 
@@ -163,20 +164,21 @@ class Worker:
         self.proc.stdin.flush()
 
     def expect(self, event: str, timeout: float) -> dict[str, Any]:
-        """The next event named `event`; earlier other events are dropped."""
+        """The oldest event named `event` not yet taken; other events wait their turn."""
         deadline = time.monotonic() + timeout
         while True:
+            for i, ev in enumerate(self._unclaimed):
+                if ev.get("event") == event:
+                    return self._unclaimed.pop(i)
+                if ev.get("event") in ("exited", "error"):
+                    raise RuntimeError(f"worker {ev}{self.tail()}")
             left = deadline - time.monotonic()
             if left <= 0:
                 raise TimeoutError(f"worker gave no {event!r} within {timeout} s{self.tail()}")
             try:
-                ev = self.events.get(timeout=left)
+                self._unclaimed.append(self.events.get(timeout=left))
             except queue.Empty:
                 continue
-            if ev.get("event") == event:
-                return ev
-            if ev.get("event") in ("exited", "error"):
-                raise RuntimeError(f"worker {ev}{self.tail()}")
 
     def tail(self) -> str:
         with contextlib.suppress(OSError):
