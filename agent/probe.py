@@ -121,6 +121,8 @@ def probe_server(host: str, port: int, settings: ProbeSettings) -> tuple[Attempt
     Each address gets its own settings.timeout_s (at most MAX_ADDRESSES of them). Returns
     the Attempt and the kiss code received, if any.
     """
+    if not 1 <= port <= 65535:  # getaddrinfo would wrap 65536 + n around to n
+        return Attempt(host, port, "unreachable", f"port {port} outside 1..65535"), None
     try:
         infos = socket.getaddrinfo(host, port, type=socket.SOCK_DGRAM)
     except (OSError, UnicodeError, ValueError, OverflowError) as e:

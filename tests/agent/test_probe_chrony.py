@@ -174,3 +174,10 @@ def test_details_fit_the_reports_detail_field_even_for_long_names() -> None:
     result = probe([(long_name, 123)], FAST)
     assert result.tried[0].outcome == "unresolvable"
     assert len(result.tried[0].detail or "") <= 256
+
+
+@pytest.mark.parametrize("port", [0, 65536 + 123, -1])
+def test_a_port_outside_1_to_65535_is_not_asked(port: int) -> None:
+    result = probe([("127.0.0.1", port)], FAST)
+    assert result.tried[0].outcome == "unreachable"
+    assert result.tried[0].detail == f"port {port} outside 1..65535"
