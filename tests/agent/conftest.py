@@ -2,6 +2,10 @@
 
 `chrony_client` -> ChronyClient: .sourcedir, .socket, .log, .daemon, .chronyc(*args),
 .sources() (addresses chronyd lists), .wait_for_log(text).
+
+Also, for every test under tests/agent: a guard that makes the `system` backend's real
+syscalls fail in the test process (which runs as root with CAP_SYS_TIME), so no test can
+move this machine's clock by accident.
 """
 
 from __future__ import annotations
@@ -14,8 +18,18 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from clockfleet.agent import clock_backends
 
 from clockfleet import devstack
+
+
+@pytest.fixture(autouse=True)
+def _never_touch_the_real_clock(monkeypatch: pytest.MonkeyPatch) -> None:
+    def refuse(self, offset_s: float) -> None:
+        raise OSError(1, "tests never change this machine's clock (tests/agent/conftest.py)")
+
+    monkeypatch.setattr(clock_backends.KernelClock, "step", refuse)
+    monkeypatch.setattr(clock_backends.KernelClock, "slew", refuse)
 
 
 @dataclass

@@ -179,3 +179,11 @@ def test_observe_backend_reports_without_touching_anything():
 
     assert (applied.discipline, applied.ok) == ("observe", True)
     assert "+0.250000" in (applied.detail or "")
+
+
+def test_in_process_the_real_syscalls_are_guarded():
+    # tests/agent/conftest.py: even a test that forgets to inject a clock cannot move it.
+    applied = SystemBackend().apply([CHOSEN], CHOSEN, 5.0)
+
+    assert not applied.ok
+    assert "tests never change this machine's clock" in (applied.detail or "")
