@@ -187,3 +187,21 @@ def test_in_process_the_real_syscalls_are_guarded():
 
     assert not applied.ok
     assert "tests never change this machine's clock" in (applied.detail or "")
+
+
+def test_every_discipline_a_backend_reports_is_in_the_wire_contract(tmp_path):
+    from clockfleet.protocol.messages import DISCIPLINES
+
+    reported = {
+        make_backend("observe").apply([CHOSEN], CHOSEN, 0.0).report_discipline,
+        SystemBackend(syscalls=RecordingClock()).apply([CHOSEN], CHOSEN, 1.0).discipline,
+        SystemBackend(syscalls=RecordingClock()).apply([CHOSEN], CHOSEN, 0.0).discipline,
+        make_backend("chrony", sourcedir=tmp_path).name,
+        make_backend("timesyncd", dropin_dir=tmp_path).name,
+        SystemBackend(syscalls=RecordingClock(OSError(1, "x")))
+        .apply([CHOSEN], CHOSEN, 0.0)
+        .report_discipline,
+    }
+
+    assert reported <= set(DISCIPLINES)
+    assert reported == {"observe", "system-step", "system-slew", "chrony", "timesyncd", "none"}
