@@ -156,12 +156,6 @@ def publish_main(argv: list[str]) -> int:
             key = signing.load_signing_key(key_path)
         except signing.KeyError_ as exc:
             return _fail(str(exc))
-    else:
-        log.warning(
-            "no signing key (--signing-key or signing_key in %s): publishing UNSIGNED; "
-            "agents configured with a trust key will refuse these lists",
-            args.config,
-        )
 
     state_path = args.state_file or fleet.path.parent / STATE_FILE_NAME
     try:
@@ -221,6 +215,12 @@ def _publish(
         return _fail(str(exc))
 
     to_send = the_plan.of("publish") + the_plan.of("withdraw")
+    if key is None and the_plan.of("publish"):
+        log.warning(
+            "no signing key (--signing-key or signing_key in %s): publishing UNSIGNED; "
+            "agents configured with a trust key will refuse these lists",
+            args.config,
+        )
     unchanged = the_plan.of("unchanged")
     for change in the_plan.of("keep-unlisted"):
         print(change.describe())
