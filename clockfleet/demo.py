@@ -226,8 +226,11 @@ def prometheus_config(collector_port: int) -> str:
     jobs = conf.get("scrape_configs") or []
     if not jobs:
         raise StepFailed("config/prometheus.yml has no scrape_configs")
-    # The demo runs one collector: point the clockfleet job's targets at it.
+    # The demo runs one collector: point the clockfleet job's targets at it, and scrape
+    # often so the fleet's changes show within seconds.
     for job in jobs:
+        if "scrape_timeout" in job:
+            job["scrape_timeout"] = "2s"  # may not exceed the scrape interval
         for sc in job.get("static_configs") or []:
             sc["targets"] = [f"127.0.0.1:{collector_port}"]
     return yaml.safe_dump(conf, sort_keys=False)
