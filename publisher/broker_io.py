@@ -34,6 +34,7 @@ _FINAL = ("Errno", "SSL", "certificate", "ot authori", "Bad user name", "Banned"
 class Session:
     client: mqtt.Client
     protocol: int
+    client_id: str
     lock: threading.Lock = field(default_factory=threading.Lock)
     retained: dict[str, bytes] = field(default_factory=dict)
     last_retained_at: float = 0.0
@@ -54,7 +55,7 @@ def connect(settings: ConnectionSettings, timeout_s: float) -> Session:
     first_error = ""
     for protocol in (mqtt.MQTTv5, mqtt.MQTTv311):
         client = new_client(settings, client_id, protocol=protocol)
-        session = Session(client, protocol)
+        session = Session(client, protocol, client_id)
         _install_callbacks(session)
         try:
             connect_blocking(client, settings, timeout_s=timeout_s)
@@ -121,7 +122,7 @@ def read_retained(
     (an ACL without the publisher's own topic), a quiet period after the last retained
     message ends the wait instead.
     """
-    s.sentinel = f"{prefix}/publisher/{s.client._client_id.decode()}/sync"
+    s.sentinel = f"{prefix}/publisher/{s.client_id}/sync"
     filters = [all_servers_filter(prefix), all_agents_filter(prefix, "profile")]
     rc, mid = s.client.subscribe([(s.sentinel, 0), *[(f, 0) for f in filters]])
     if rc != mqtt.MQTT_ERR_SUCCESS:

@@ -226,7 +226,7 @@ def _publish(
         print(change.describe())
     if args.dry_run:
         for change in to_send:
-            print(f"would publish {change.describe()}")
+            print(f"would {change.verb[0]} {change.describe()}")
         print(
             f"dry run against {session.version_name} broker: {len(to_send)} to send, "
             f"{len(unchanged)} unchanged; nothing published"
@@ -256,9 +256,7 @@ def _publish(
     for change in to_send:
         outcome = by_topic[change.topic]
         if outcome.ok:
-            print(
-                f"{'published' if change.action == 'publish' else 'withdrew'} {change.describe()}"
-            )
+            print(f"{change.verb[1]} {change.describe()}")
         else:
             failed += 1
             log.error("%s %s: %s (%s)", change.kind, change.ident, outcome.reason, change.topic)

@@ -178,19 +178,25 @@ class Change:
     payload: bytes = b""
 
     def describe(self) -> str:
+        """One line for the operator: what it is, and what happens (or happened) to it."""
         name = f"{self.kind} {self.ident}"
         old = "absent" if self.old_version is None else str(self.old_version)
         if self.action == "publish":
             why = f" ({', '.join(self.fields)})" if self.fields else ""
             return f"{name}: {old} -> {self.new_version}{why}"
         if self.action == "withdraw":
-            return f"{name}: withdraw (version {old} on the broker, not in the file)"
+            return f"{name} (version {old} on the broker, not in the file)"
         if self.action == "keep-unlisted":
             return (
                 f"{name}: on the broker (version {old}) but not in the file; "
                 f"left in place (--prune withdraws it)"
             )
         return f"{name}: unchanged (version {old})"
+
+    @property
+    def verb(self) -> tuple[str, str]:
+        """(what it would do, what it did)."""
+        return ("publish", "published") if self.action == "publish" else ("withdraw", "withdrew")
 
 
 @dataclass

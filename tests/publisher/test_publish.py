@@ -266,6 +266,20 @@ def test_prune_withdraws_a_removed_region_and_profile(broker: Broker, fleet, pub
     assert set(retained(broker)) == {US_EAST, ACME}
 
 
+def test_dry_run_with_prune_names_the_withdrawal_and_withdraws_nothing(
+    broker: Broker, fleet, publish
+):
+    fleet()
+    assert publish().rc == 0
+    before = retained(broker)
+    fleet(FLEET_WITHOUT_EU)
+    run = publish("--dry-run", "--prune")
+    assert run.rc == 0
+    assert "would withdraw region eu-west (version " in run.out
+    assert "would withdraw profile globex-02 (version " in run.out
+    assert retained(broker) == before
+
+
 def test_a_refused_publish_is_reported_and_exits_1(broker: Broker, fleet, publish):
     """An agent's identity may not write lists: under MQTT 5 the PUBACK says so."""
     fleet()
