@@ -53,8 +53,32 @@ class Timer:
         self.cancelled = True
 
 
+class VerifiedCache:
+    """Payloads an agent of this process already decoded and verified, by (type, topic id,
+    bytes, trust store): the same bytes under the same keys get the same verdict. Bounded
+    LRU; only accepted payloads are kept (a rejection is still logged and counted by each
+    agent). Used from the loop thread only."""
+
+    def __init__(self, size: int = 256) -> None:
+        self._size = size
+        self._items: collections.OrderedDict[Any, Any] = collections.OrderedDict()
+
+    def get(self, key: Any) -> Any:
+        value = self._items.get(key)
+        if value is not None:
+            self._items.move_to_end(key)
+        return value
+
+    def put(self, key: Any, value: Any) -> None:
+        self._items[key] = value
+        self._items.move_to_end(key)
+        while len(self._items) > self._size:
+            self._items.popitem(last=False)
+
+
 class Fleet:
     def __init__(self, workers: int = 8) -> None:
+        self.verified = VerifiedCache()
         self._sel = selectors.DefaultSelector()
         self._timers: list[tuple[float, int, Timer]] = []
         self._seq = itertools.count()
