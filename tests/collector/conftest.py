@@ -220,6 +220,13 @@ class Prometheus:
         self.daemon = daemon
         self.base = f"http://127.0.0.1:{daemon.port}"
 
+    def ready(self) -> bool:
+        try:
+            with urllib.request.urlopen(f"{self.base}/-/ready", timeout=5) as resp:
+                return resp.status == 200
+        except OSError:  # 503 while it starts up
+            return False
+
     def query(self, expr: str) -> list[dict]:
         url = f"{self.base}/api/v1/query?" + urllib.parse.urlencode({"query": expr})
         with urllib.request.urlopen(url, timeout=10) as resp:
@@ -251,7 +258,9 @@ def prometheus(short_tmp: Path) -> Iterator[Callable[[str], Prometheus]]:
         )
         d = devstack.start_prometheus(short_tmp / f"prometheus{len(started)}", config)
         started.append(d)
-        return Prometheus(d)
+        prom = Prometheus(d)
+        wait_until(prom.ready, what="Prometheus ready")
+        return prom
 
     yield start
     for d in started:

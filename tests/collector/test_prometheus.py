@@ -1,0 +1,180 @@
+"""A real Prometheus scrapes the collector: every agent is queryable, every expression of the
+Grafana dashboard returns data, the alert rules load; promtool checks and unit-tests them."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import yaml
+
+from clockfleet import devstack
+from tests.collector.conftest import (
+    Prometheus,
+    Publisher,
+    RunningCollector,
+    failed_report,
+    now_iso,
+    report,
+    report_topic,
+    servers,
+    servers_topic,
+    status,
+    status_topic,
+    wait_until,
+)
+
+CONFIG = Path(__file__).resolve().parents[2] / "config"
+PROMTOOL = shutil.which("promtool")
+
+# A fleet in which every dashboard panel has something to show: two regions, an agent on an
+# old list, a failing one, an offline one, one silent for three hours, a drifting one.
+FLEET = {
+    "ok-east": ("us-east", report("ok-east", offset_s=0.002, list_version=8)),
+    "drift-east": ("us-east", report("drift-east", offset_s=-0.75, list_version=8)),
+    "behind-east": ("us-east", report("behind-east", offset_s=0.01, list_version=7)),
+    "fail-east": ("us-east", failed_report("fail-east", list_version=8)),
+    "ok-west": (
+        "eu-west",
+        report(
+            "ok-west",
+            region="eu-west",
+            list_version=3,
+            offset_s=0.0003,
+            server={"host": "192.0.2.20", "port": 123},
+            timezone="Europe/Dublin",
+        ),
+    ),
+    "silent-west": (
+        "eu-west",
+        report("silent-west", region="eu-west", list_version=3, at=now_iso(-3 * 3600)),
+    ),
+}
+OFFLINE = "ok-west"
+
+
+@pytest.fixture(scope="module")
+def live() -> Iterator[tuple[RunningCollector, Prometheus]]:
+    rundir = Path(tempfile.mkdtemp(prefix="cf-prom-", dir="/tmp"))
+    broker = devstack.start_mosquitto(rundir / "mosquitto")
+    prom = collector = None
+    try:
+        pub = Publisher(broker.host, broker.port)
+        pub.publish(servers_topic("us-east"), servers("us-east", 8))
+        pub.publish(servers_topic("eu-west"), servers("eu-west", 3))
+        for agent, (region, body) in FLEET.items():
+            pub.publish(report_topic(agent), body)
+            state = "offline" if agent == OFFLINE else "online"
+            pub.publish(status_topic(agent), status(agent, state, 4, region=region))
+        pub.publish(report_topic("ghost"), b"{not json")  # one rejection for rate()
+        pub.close()
+        collector = RunningCollector(f"mqtt://{broker.host}:{broker.port}")
+        wait_until(lambda: len(collector.state.agents) == len(FLEET), what="the fleet")
+
+        # The committed config, pointed at this collector, scraping every second.
+        config = yaml.safe_load((CONFIG / "prometheus.yml").read_text())
+        config["global"] = {"scrape_interval": "1s", "evaluation_interval": "1s"}
+        config["rule_files"] = [str(CONFIG / "alerts.yml")]
+        job = config["scrape_configs"][0]
+        job["scrape_timeout"] = "1s"
+        job["static_configs"] = [{"targets": [f"127.0.0.1:{collector.server.server_port}"]}]
+        daemon = devstack.start_prometheus(rundir / "prometheus", yaml.safe_dump(config))
+        prom = Prometheus(daemon)
+        wait_until(prom.ready, what="Prometheus ready")
+        yield collector, prom
+    finally:
+        if prom is not None:
+            prom.daemon.stop()
+        if collector is not None:
+            collector.stop()
+        broker.stop()
+        shutil.rmtree(rundir, ignore_errors=True)
+
+
+def test_prometheus_returns_the_offset_of_every_agent_with_its_region(live):
+    _, prom = live
+    with_offset = {a: r for a, (r, body) in FLEET.items() if "offset_s" in body}
+    result = prom.wait_for("clockfleet_agent_offset_seconds", lambda r: len(r) == len(with_offset))
+    got = {s["metric"]["agent"]: s["metric"]["region"] for s in result}
+    assert got == with_offset
+    values = {s["metric"]["agent"]: float(s["value"][1]) for s in result}
+    assert values["drift-east"] == -0.75
+
+
+def dashboard_queries() -> list[tuple[str, str]]:
+    board = json.loads((CONFIG / "grafana" / "dashboards" / "clockfleet.json").read_text())
+    out = []
+    for panel in board["panels"]:
+        for target in panel.get("targets", []):
+            expr = target["expr"].replace("$__rate_interval", "1m").replace("$region", ".*")
+            out.append((f"{panel['title']} [{target['refId']}]", expr))
+    return out
+
+
+def test_every_dashboard_expression_returns_data_from_the_live_prometheus(live):
+    _, prom = live
+    queries = dashboard_queries()
+    assert len(queries) >= 15
+    prom.wait_for("clockfleet_agent_offset_seconds", lambda r: len(r) > 0)
+    empty = []
+    for title, expr in queries:
+        try:
+            prom.wait_for(expr, lambda r: len(r) > 0, timeout_s=10)
+        except AssertionError:
+            empty.append(f"{title}: {expr}")
+    assert not empty, "dashboard queries without data:\n" + "\n".join(empty)
+
+
+def test_the_alert_rules_load_into_the_live_prometheus_and_evaluate(live):
+    _, prom = live
+    url = f"{prom.base}/api/v1/rules"
+
+    def rules() -> list[dict]:
+        import urllib.request
+
+        with urllib.request.urlopen(url, timeout=10) as resp:
+            groups = json.load(resp)["data"]["groups"]
+        return [r for g in groups for r in g["rules"]]
+
+    wait_until(lambda: all(r.get("lastEvaluation", "").startswith("2") for r in rules()))
+    loaded = rules()
+    assert {r["name"] for r in loaded} >= {"ClockfleetAgentDrift", "ClockfleetAgentOffline"}
+    assert all(r["health"] == "ok" for r in loaded), [r for r in loaded if r["health"] != "ok"]
+    # drift-east is 0.75 s off: its drift alert is pending (for: 5m), nobody else's
+    wait_until(lambda: next(r for r in rules() if r["name"] == "ClockfleetAgentDrift")["alerts"])
+    drift = next(r for r in rules() if r["name"] == "ClockfleetAgentDrift")
+    assert [a["labels"]["agent"] for a in drift["alerts"]] == ["drift-east"]
+
+
+@pytest.mark.skipif(PROMTOOL is None, reason="promtool is not installed")
+@pytest.mark.parametrize(
+    "args",
+    [
+        ("check", "config", "prometheus.yml"),
+        ("check", "rules", "alerts.yml"),
+        ("test", "rules", "alerts_test.yml"),
+    ],
+    ids=["check-config", "check-rules", "test-rules"],
+)
+def test_promtool_accepts_the_config_and_every_alert_unit_test_passes(args):
+    r = subprocess.run([PROMTOOL, *args], cwd=CONFIG, capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r.stdout + r.stderr
+
+
+def test_every_alert_rule_has_a_promtool_unit_test():
+    rules = yaml.safe_load((CONFIG / "alerts.yml").read_text())
+    names = {r["alert"] for g in rules["groups"] for r in g["rules"]}
+    tests = yaml.safe_load((CONFIG / "alerts_test.yml").read_text())
+    tested = {t["alertname"] for case in tests["tests"] for t in case["alert_rule_test"]}
+    assert names == tested
+    for name in names:
+        cases = [
+            t for case in tests["tests"] for t in case["alert_rule_test"] if t["alertname"] == name
+        ]
+        assert any(t["exp_alerts"] for t in cases), f"{name}: no firing case"
+        assert any(not t["exp_alerts"] for t in cases), f"{name}: no quiet case"
