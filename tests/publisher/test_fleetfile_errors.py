@@ -199,6 +199,7 @@ CASES: dict[str, tuple[str, str, str]] = {
     ),
     "yaml-syntax-error": ("regions:\n  r1: {servers: [\n", "fleet.yaml:3: ", "YAML syntax error"),
     "empty-file": ("", "fleet.yaml: ", "the file is empty"),
+    "recursive-alias": ("regions: &a\n  r1: *a\n", "fleet.yaml: ", "nested too deeply"),
     "only-comments": ("# nothing yet\n", "fleet.yaml: ", "the file is empty"),
 }
 
@@ -248,6 +249,14 @@ def test_a_missing_file_is_refused(shared_broker: Broker, tmp_path: Path, capsys
     rc, err = run(shared_broker, tmp_path / "nope.yaml", capsys)
     assert rc == 2
     assert f"{tmp_path / 'nope.yaml'}: no such file" in err
+
+
+def test_a_file_that_is_not_utf8_is_refused(shared_broker: Broker, tmp_path: Path, capsys):
+    config = tmp_path / "fleet.yaml"
+    config.write_bytes(b"regions: caf\xe9\n")
+    rc, err = run(shared_broker, config, capsys)
+    assert rc == 2
+    assert f"{config}: cannot read" in err
 
 
 def test_every_problem_in_a_file_is_reported_at_once(shared_broker: Broker, tmp_path, capsys):
