@@ -10,7 +10,6 @@ import argparse
 import logging
 import signal
 import sys
-import time
 from pathlib import Path
 
 from clockfleet.agent import config as cfgmod
@@ -192,16 +191,15 @@ def run_service(agent) -> int:
 
     def on_signal(signum, frame) -> None:
         stop["now"] = True
+        fleet.call_soon_threadsafe(lambda: None)  # wake the selector at once
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
     fleet.add(agent)
     log.info("agent %s starting (backend %s)", agent.id, agent.backend.name)
-    # The service drives the loop on the main thread; the signal flag is checked between
-    # iterations (run_until wakes at least once a second).
+    # The service drives the loop on the main thread; a signal wakes it to stop.
     while not stop["now"]:
         fleet.run_until(lambda: stop["now"], 3600.0)
     log.info("agent %s stopping", agent.id)
     fleet.stop(timeout_s=3.0)
-    time.sleep(0)  # let log handlers flush in order
     return 0

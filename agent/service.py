@@ -355,8 +355,11 @@ class Agent:
     def _no_connack(self, addr: str) -> None:
         self._connack_timer = None
         if not self.connected and not self.stopping:
+            self._refused = f"{addr}: no CONNACK within {self.conn.connect_timeout_s:g} s"
             self.client.disconnect()
-            self._connect_failed(f"{addr}: no CONNACK within {self.conn.connect_timeout_s:g} s")
+            if self._connect_timer is None:  # on_disconnect may have scheduled it already
+                self._connect_failed(self._refused)
+            self._refused = None
 
     def _connect_failed(self, why: str) -> None:
         self._connect_attempt += 1
@@ -557,7 +560,15 @@ class Agent:
         if sl is None:
             return
         last = self.memory.list_versions.get(region)
-        if last is not None and sl.version <= last:
+        # Equal versions: the publisher never signs two lists with one version, so this is
+        # the list we applied when we last followed this region (a move back after a
+        # profile change), unless that region's list is the one in force already.
+        rejoined = (
+            last is not None
+            and sl.version == last
+            and (self.server_list is None or self.server_list.region != region)
+        )
+        if last is not None and sl.version <= last and not rejoined:
             self._reject(
                 f"list for region {region}",
                 "replay",

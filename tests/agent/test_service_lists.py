@@ -168,3 +168,16 @@ def test_a_replayed_profile_is_rejected(running, publisher, reports):
 
     wait_until(lambda: running.counters["replay"] == 1, timeout_s=10)
     assert running.profile.timezone == "Europe/Dublin"
+
+
+def test_moving_back_to_a_region_readopts_its_list(running, publisher, two_servers, reports):
+    _, second = two_servers
+    publisher.server_list("r2", 11, [(second.host, second.port)])
+    publisher.profile("a1", "r2", "Europe/Dublin", 1)
+    reports.wait_for(lambda m: m["region"] == "r2", timeout_s=10)
+
+    publisher.profile("a1", "r1", "Europe/Dublin", 2)
+
+    back = reports.wait_for(lambda m: m["region"] == "r1" and m.get("profile_version") == 2)
+    assert back["list_version"] == 5
+    assert running.counters["replay"] == 0
