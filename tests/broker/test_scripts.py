@@ -2,10 +2,17 @@
 
 from __future__ import annotations
 
+import os
+import pwd
+import shutil
 import subprocess
 from pathlib import Path
 
-from tests.broker.brokerstack import IDENTITIES, MAKE_TEST_CA
+import pytest
+
+from clockfleet import devstack
+from tests.broker.brokerstack import ACL, BROKER_DIR, IDENTITIES, MAKE_TEST_CA
+from tests.broker.mqttclient import connect
 
 
 def identities(out: Path, *args: str) -> subprocess.CompletedProcess:
@@ -30,6 +37,7 @@ def test_identities_writes_roles_and_agents_with_private_password_files(tmp_path
     ]
     for name in ("passwd", "publisher.password", "acme-01.password"):
         assert (tmp_path / name).stat().st_mode & 0o777 == 0o600, name
+    assert tmp_path.stat().st_mode & 0o777 == 0o711  # openable by name, not listable
     # Hashed, never the clear password.
     password = (tmp_path / "acme-01.password").read_text().strip()
     assert len(password) >= 24 and password not in (tmp_path / "passwd").read_text()
@@ -99,3 +107,27 @@ def test_make_test_ca_writes_a_server_certificate_for_localhost(tmp_path: Path):
     ).stdout
     assert "DNS:localhost" in text and "IP Address:127.0.0.1" in text
     assert (tmp_path / "server.key").stat().st_mode & 0o777 == 0o600
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to let Mosquitto drop to its user")
+def test_mosquitto_reads_the_identities_after_dropping_root(short_tmp: Path):
+    """Mosquitto opens password_file as user mosquitto: the layout must allow that."""
+    try:
+        pwd.getpwnam("mosquitto")
+    except KeyError:
+        pytest.skip("no mosquitto user")
+    os.chmod(short_tmp, 0o711)
+    ids = short_tmp / "ids"
+    assert identities(ids, "acme-01", "--passwd-owner", "mosquitto").returncode == 0
+    rundir = short_tmp / "mosquitto"
+    rundir.mkdir()
+    shutil.chown(rundir, "mosquitto")
+    template = (BROKER_DIR / "mosquitto.demo.conf").read_text() + "user mosquitto\n"
+    d = devstack.start_mosquitto(
+        rundir, conf_template=template, values={"PASSWORD_FILE": ids / "passwd", "ACL_FILE": ACL}
+    )
+    try:
+        c = connect(d.port, "acme-01", (ids / "acme-01.password").read_text().strip())
+        c.close()
+    finally:
+        d.stop()
