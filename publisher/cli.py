@@ -40,6 +40,12 @@ nothing is published.
 """
 
 PUBLISH_EPILOG = """\
+fleet file: `signing_key` (optional, relative to the file), `defaults` (poll_interval_s
+16..604800, resync_jitter_s 0..3600), `regions` (id -> timezone, servers [{host, port}] in
+the order agents try them, optional poll_interval_s/resync_jitter_s) and `agents` (id ->
+region, optional timezone; default: the region's). Ids: [A-Za-z0-9_-]{1,64}. Unknown keys are
+errors. Example: config/fleet.yaml.
+
 exit codes: 0 published (or nothing to publish), 1 the broker refused or did not acknowledge
 a publish (e.g. the ACL denies this identity), 2 bad argument, invalid fleet file, bad key,
 or broker unreachable / login refused.
@@ -88,18 +94,21 @@ def publish_parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--config",
+        metavar="FILE",
         default="config/fleet.yaml",
         type=Path,
         help="the fleet file (default: config/fleet.yaml)",
     )
     p.add_argument(
         "--signing-key",
+        metavar="FILE",
         type=Path,
         help="Ed25519 private key (from `clockfleet keygen`); overrides the file's signing_key. "
         "Without any key the lists go out unsigned, and agents with a trust key refuse them",
     )
     p.add_argument(
         "--state-file",
+        metavar="FILE",
         type=Path,
         help=f"the publisher's record of issued versions (default: {STATE_FILE_NAME} "
         "next to the fleet file)",
@@ -118,6 +127,7 @@ def publish_parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--timeout",
+        metavar="SECONDS",
         type=float,
         default=10.0,
         help="seconds to wait for the broker at each step (default: 10)",
@@ -278,9 +288,12 @@ def keygen_main(argv: list[str]) -> int:
         "The key id is the file name; rotate by adding the new .pub to every agent's "
         "trust before the publisher signs with the new key.",
     )
-    p.add_argument("--out", required=True, type=Path, help="directory for KEY_ID.key and .pub")
+    p.add_argument(
+        "--out", metavar="DIR", required=True, type=Path, help="directory for KEY_ID.key and .pub"
+    )
     p.add_argument(
         "--key-id",
+        metavar="ID",
         default=f"ops-{year}",
         help=f"key id, [A-Za-z0-9_-]{{1,64}} (default: ops-{year})",
     )
