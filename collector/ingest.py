@@ -286,12 +286,12 @@ class Collector:
         try:
             sel.register(sock, selectors.EVENT_READ)
             state = self.state
+            writing = False
             while not self._stop.is_set():
-                want_write = client.want_write()
-                sel.modify(
-                    sock,
-                    selectors.EVENT_READ | (selectors.EVENT_WRITE if want_write else 0),
-                )
+                if client.want_write() != writing:
+                    writing = not writing
+                    events_wanted = selectors.EVENT_READ | (selectors.EVENT_WRITE if writing else 0)
+                    sel.modify(sock, events_wanted)
                 events = sel.select(timeout=0.25)
                 for _, mask in events:
                     if mask & selectors.EVENT_READ:
