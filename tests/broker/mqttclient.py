@@ -111,7 +111,12 @@ def connect(
             tc.subacks[mid] = list(rcs)
             tc.cond.notify_all()
 
+    def on_disconnect(c, ud, flags, rc, props):
+        with tc.cond:
+            tc.cond.notify_all()
+
     client.on_connect = on_connect
+    client.on_disconnect = on_disconnect
     client.on_message = on_message
     client.on_publish = on_publish
     client.on_subscribe = on_subscribe

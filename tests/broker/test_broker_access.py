@@ -12,6 +12,7 @@ import ssl
 import paho.mqtt.client as mqtt
 import pytest
 
+from clockfleet import devstack
 from tests.broker.brokerstack import Broker
 from tests.broker.mqttclient import ConnectRefused, MqttProbe, connect
 
@@ -165,3 +166,38 @@ def test_the_collector_cannot_publish_lists(production_broker: Broker):
         assert collector.publish(REGION, b"x", retain=True).value == NOT_AUTHORISED
     finally:
         collector.close()
+
+
+def test_retained_lists_survive_a_broker_restart(production_broker: Broker):
+    b = production_broker
+    publish_fixtures(b)
+    b.daemon.stop()
+    b.daemon = devstack.restart(b.daemon)
+    agent = login(b, "acme-01")
+    try:
+        agent.subscribe(REGION, "clock/v1/agents/acme-01/cmd")
+        operator = login(b, "operator")
+        try:
+            operator.publish("clock/v1/agents/acme-01/cmd", b"sync")
+        finally:
+            operator.close()
+        assert agent.wait(lambda: agent.on("clock/v1/agents/acme-01/cmd"))
+        assert [m.payload for m in agent.on(REGION)] == [f"payload of {REGION}".encode()]
+    finally:
+        agent.close()
+
+
+def test_a_packet_over_the_size_limit_is_refused(production_broker: Broker):
+    """max_packet_size: a payload beyond the contract's 64 KiB never reaches a reader."""
+    b = production_broker
+    watcher = login(b, "operator")
+    sender = login(b, "publisher", protocol=mqtt.MQTTv311)
+    try:
+        watcher.subscribe(REGION, "clock/v1/agents/acme-01/cmd")
+        sender.client.publish(REGION, b"x" * 80_000, qos=1, retain=True)
+        assert sender.wait(lambda: not sender.client.is_connected())  # the broker hung up
+        watcher.sync("clock/v1/agents/acme-01/cmd")
+        assert watcher.on(REGION) == []
+    finally:
+        sender.close()
+        watcher.close()
