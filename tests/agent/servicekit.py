@@ -114,8 +114,8 @@ class Publisher:
         )
 
     def close(self) -> None:
+        self.client.disconnect()  # first: it wakes paho's loop thread, so loop_stop is quick
         self.client.loop_stop()
-        self.client.disconnect()
 
 
 @dataclass
@@ -159,8 +159,8 @@ class Watcher:
         )
 
     def close(self) -> None:
+        self.client.disconnect()  # first: it wakes paho's loop thread, so loop_stop is quick
         self.client.loop_stop()
-        self.client.disconnect()
 
 
 def make_agent(

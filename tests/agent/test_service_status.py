@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from clockfleet import devstack
 from tests.agent.fakentp import FakeNtpServer
 from tests.agent.servicekit import (
     PREFIX,
@@ -127,3 +128,11 @@ def test_status_file_says_never_synced_before_any_good_sync(broker_url, keys, sh
     assert status["trustworthy"] is False
     assert status["synced"] is False
     assert status["reason"]
+
+
+def test_the_agent_rotates_to_a_live_broker_of_the_cluster(broker_url, keys, statuses):
+    dead = f"mqtt://127.0.0.1:{devstack.free_port()}"
+    agent = make_agent(f"{dead},{broker_url}", "a1", keys=keys)
+    with hosted(agent):
+        statuses.wait_for(lambda m: m["state"] == "online")
+        assert agent.connected
