@@ -174,6 +174,7 @@ class Collector:
         client.on_disconnect = self._on_disconnect
         client.on_message = self._on_message
         client.user_data_set({"connack": None})
+        self.current_broker = addr
         try:
             client.connect(addr.host, addr.port, keepalive=KEEPALIVE_S)
         except (OSError, ssl.SSLError) as exc:
@@ -187,7 +188,6 @@ class Collector:
                     self._drop(client)
                     return addr, f"refused: {connack}"
                 self._client = client
-                self.current_broker = addr
                 return addr, None
             if rc != mqtt.MQTT_ERR_SUCCESS:
                 self._drop(client)

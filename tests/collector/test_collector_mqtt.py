@@ -4,8 +4,10 @@ contract's format become on /metrics, and what a bad message does not do."""
 from __future__ import annotations
 
 import json
+import logging
 import subprocess
 import sys
+import time
 import urllib.request
 from datetime import datetime
 from pathlib import Path
@@ -15,6 +17,7 @@ from clockfleet.collector.ingest import Collector
 
 from clockfleet import devstack
 from clockfleet.protocol.connection import ConnectionSettings, parse_brokers
+from clockfleet.protocol.messages import Report
 from tests.collector.conftest import (
     DEFAULT_LIMITS_MOSQUITTO_CONF,
     PREFIX,
@@ -82,6 +85,26 @@ def test_reports_status_and_lists_become_series_with_values_and_labels(
     assert s[("clockfleet_collector_messages_received_total", frozenset({("kind", "report")}))] == 2
     assert s[("clockfleet_collector_broker_connected", frozenset())] == 1
     assert s[("clockfleet_collector_broker_reconnects_total", frozenset())] == 0
+
+
+def test_the_report_hook_gets_agent_decoded_report_and_monotonic_receive_time(
+    broker_url, publisher
+):
+    seen: list[tuple[str, Report, float]] = []
+    collector = Collector(
+        ConnectionSettings(parse_brokers(broker_url)),
+        on_report=lambda agent, rep, t: seen.append((agent, rep, t)),
+    )
+    before = time.monotonic()
+    collector.start()
+    try:
+        publisher.publish(report_topic("acme-01"), report("acme-01", offset_s=0.25))
+        publisher.publish(report_topic("acme-02"), b"not json")
+        wait_until(lambda: collector.state.rejected["malformed-json"] == 1)
+    finally:
+        collector.stop()
+    assert [(agent, rep.offset_s) for agent, rep, _ in seen] == [("acme-01", 0.25)]
+    assert before <= seen[0][2] <= time.monotonic()
 
 
 def test_a_newer_report_replaces_the_values_of_the_older(running_collector, publisher):
@@ -319,3 +342,31 @@ def test_collector_cli_serves_metrics_on_the_listen_address(broker_url, publishe
         proc.terminate()
         proc.wait(10)
     assert proc.returncode == 0
+
+
+def test_a_flood_of_bad_messages_is_counted_in_full_but_logged_once(
+    running_collector, publisher, caplog
+):
+    c = running_collector
+    caplog.set_level(logging.WARNING, logger="clockfleet.collector")
+    publisher.publish_many((report_topic(f"bad-{i}"), b"{oops") for i in range(50))
+    wait_until(
+        lambda: (
+            c.value("clockfleet_collector_messages_rejected_total", reason="malformed-json") == 50
+        )
+    )
+    lines = [r for r in caplog.records if "malformed-json" in r.getMessage()]
+    assert len(lines) == 1
+
+
+def test_start_rotates_past_a_dead_broker_in_the_list(broker_url, publisher, monkeypatch):
+    monkeypatch.setattr("clockfleet.collector.ingest.rotation", list)  # the dead one first
+    dead = f"mqtt://127.0.0.1:{devstack.free_port()}"
+    collector = Collector(ConnectionSettings(parse_brokers(f"{dead},{broker_url}")))
+    collector.start()
+    try:
+        publisher.publish(report_topic("acme-01"), report("acme-01"))
+        wait_until(lambda: "acme-01" in collector.state.agents)
+        assert str(collector.current_broker) == broker_url
+    finally:
+        collector.stop()
