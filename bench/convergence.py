@@ -35,6 +35,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--jitter-w", type=int, default=10, help="resync_jitter_s of the jitter run (0: skip)"
     )
+    p.add_argument(
+        "--fleet-workers",
+        type=int,
+        default=8,
+        help="Fleet(workers=...) of the agents' process: threads for probes (default 8, "
+        "the Fleet's own default)",
+    )
 
 
 def goal_for(n: int) -> float:
@@ -58,7 +65,7 @@ def summarise(rounds: list[list[float]]) -> dict[str, float]:
 
 
 def measure(
-    n: int, rounds: int, jitter_w: int | None, details: list[str], notes: list[str]
+    n: int, rounds: int, jitter_w: int | None, workers: int, details: list[str]
 ) -> dict[str, Any]:
     out: dict[str, Any] = {"n": n}
     with Bench(f"conv{n}") as b:
@@ -75,7 +82,7 @@ def measure(
         fleet = b.worker(
             "bench.fleet_worker",
             *("--host", mosq.host, "--port", mosq.port, "--n", n),
-            *("--region", REGION, "--trust", pub.pub_path),
+            *("--region", REGION, "--trust", pub.pub_path, "--workers", workers),
         )
         up = fleet.expect("ready", 240)
         out["fleet_up_s"] = up["seconds"]
@@ -155,7 +162,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     jitter = None
     for n in sizes:
         rounds = args.rounds if n in args.n else 0
-        res = measure(n, max(rounds, 1), args.jitter_w if n == jitter_n else None, details, notes)
+        jw = args.jitter_w if n == jitter_n else None
+        res = measure(n, max(rounds, 1), jw, args.fleet_workers, details)
         if "jitter" in res:
             jitter = res["jitter"] | {"n": n}
         if n not in args.n:

@@ -124,6 +124,29 @@ class Bench(contextlib.ExitStack):
         return w
 
 
+PROFILE_ENV = "BENCH_PROFILE_DIR"
+
+
+def start_profiler(pid: int, argv: list[str]) -> subprocess.Popen | None:
+    """With BENCH_PROFILE_DIR set, py-spy records the worker's whole life (raw folded stacks).
+
+    `python -m bench.profile_summary FILE` turns such a file into the costliest functions.
+    """
+    out_dir = os.environ.get(PROFILE_ENV)
+    spy = Path(sys.executable).parent / "py-spy"
+    if not out_dir or not spy.exists():
+        return None
+    name = next((a for a in argv if a.startswith("bench.")), "worker").removeprefix("bench.")
+    out = Path(out_dir) / f"{name}-{pid}.txt"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    return subprocess.Popen(
+        [str(spy), "record", "--format", "raw", "--rate", "250", "--threads", "--nonblocking",
+         "--output", str(out), "--pid", str(pid)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+
+
 class Worker:
     """A child process speaking JSON lines on stdout (events) and reading commands on stdin.
 
@@ -146,6 +169,7 @@ class Worker:
             text=True,
             bufsize=1,
         )
+        self.profiler = start_profiler(self.proc.pid, argv)
         self.events: queue.Queue[dict[str, Any]] = queue.Queue()
         self._unclaimed: list[dict[str, Any]] = []
         self._reader = threading.Thread(target=self._read, daemon=True)
@@ -196,6 +220,8 @@ class Worker:
                 self.proc.kill()
                 self.proc.wait(5)
         self._err.close()
+        if self.profiler is not None:
+            self.profiler.wait(30)
 
 
 def emit(event: str, **fields: Any) -> None:

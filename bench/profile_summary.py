@@ -1,0 +1,67 @@
+"""`python -m bench.profile_summary FILE [--top N] [--under SUBSTRING]`: the costliest
+functions in a py-spy raw (folded) profile, by own time and by time including callees.
+
+Profiles come from running a figure with BENCH_PROFILE_DIR=DIR set (bench.stack.Worker
+attaches `py-spy record` to every worker process).
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import re
+import sys
+from pathlib import Path
+
+_LINE = re.compile(r"\s*\(([^()]*):\d+\)$")
+
+
+def frame_name(frame: str) -> str:
+    """'fn (path/to/file.py:12)' -> 'fn (file.py)': one entry per function, not per line."""
+    m = _LINE.search(frame)
+    if not m:
+        return frame.strip()
+    path = m.group(1)
+    short = "/".join(path.split("/")[-2:])
+    return f"{frame[: m.start()].strip()} ({short})"
+
+
+def summarise(path: Path, top: int = 15, under: str | None = None) -> str:
+    own: collections.Counter[str] = collections.Counter()
+    incl: collections.Counter[str] = collections.Counter()
+    total = 0
+    for line in path.read_text(errors="replace").splitlines():
+        stack, _, count = line.rpartition(" ")
+        if not stack or not count.isdigit():
+            continue
+        frames = [frame_name(f) for f in stack.split(";")]
+        if under is not None and not any(under in f for f in frames):
+            continue
+        n = int(count)
+        total += n
+        own[frames[-1]] += n
+        for f in set(frames):
+            incl[f] += n
+    if not total:
+        return f"{path.name}: no samples"
+    lines = [f"{path.name}: {total} samples" + (f" under {under!r}" if under else "")]
+    lines.append("  own time:")
+    lines += [f"    {100 * n / total:5.1f} %  {f}" for f, n in own.most_common(top)]
+    lines.append("  including callees:")
+    lines += [f"    {100 * n / total:5.1f} %  {f}" for f, n in incl.most_common(top)]
+    return "\n".join(lines)
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__)
+    p.add_argument("files", type=Path, nargs="+")
+    p.add_argument("--top", type=int, default=15)
+    p.add_argument("--under", help="only stacks through a frame containing this text")
+    args = p.parse_args()
+    for f in args.files:
+        print(summarise(f, args.top, args.under))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
