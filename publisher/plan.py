@@ -20,7 +20,7 @@ from typing import Any, Literal
 from clockfleet.publisher.fleetfile import AgentProfile, Fleet, Region
 
 from clockfleet.protocol import signing
-from clockfleet.protocol.codec import Rejected, decode, encode, utcnow_iso
+from clockfleet.protocol.codec import Rejected, decode, encode, parse_json_object, utcnow_iso
 from clockfleet.protocol.messages import (
     MAX_VERSION,
     PROFILE_SCHEMA,
@@ -92,7 +92,7 @@ def read_retained(
     try:
         msg, obj = decode(cls, payload, topic_id=ident)
     except Rejected as exc:
-        return Retained(None, None, f"{exc.reason}: {exc.detail}")
+        return Retained(_raw_version(payload), None, f"{exc.reason}: {exc.detail}")
     ok = False
     if trust:
         try:
@@ -101,6 +101,21 @@ def read_retained(
         except Rejected:
             ok = False
     return Retained(msg.version, obj, None, ok)
+
+
+def _raw_version(payload: bytes) -> int | None:
+    """The version field of a payload that does not decode, when it is a plausible one.
+
+    Agents refuse such a payload today, but one refused for a time-dependent reason (a
+    timestamp ahead of the clock) may have been applied somewhere: never issue below it.
+    """
+    try:
+        version = parse_json_object(payload).get("version")
+    except Rejected:
+        return None
+    if isinstance(version, int) and not isinstance(version, bool) and 0 <= version < MAX_VERSION:
+        return version
+    return None
 
 
 # --- the publisher's own record ----------------------------------------------------------
