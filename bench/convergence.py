@@ -30,7 +30,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--n", type=int, nargs="+", default=[100, 1000, 3000], help="fleet sizes (100 1000 3000)"
     )
-    p.add_argument("--rounds", type=int, default=3, help="list updates per fleet size (3)")
+    p.add_argument("--rounds", type=int, default=5, help="list updates per fleet size (5)")
     p.add_argument("--jitter-n", type=int, default=1000, help="fleet size of the jitter run")
     p.add_argument(
         "--jitter-w", type=int, default=10, help="resync_jitter_s of the jitter run (0: skip)"

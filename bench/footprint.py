@@ -46,6 +46,16 @@ def wait_for_report(host: str, port: int, timeout: float) -> bool:
         c.loop_stop()
 
 
+def biggest_mappings(ps: psutil.Process, top: int = 8) -> str:
+    """Where the RSS lives: anonymous memory (Python objects) or which shared libraries."""
+    by: dict[str, int] = {}
+    for m in ps.memory_maps(grouped=True):
+        name = m.path.rsplit("/", 1)[-1] or m.path
+        by[name] = by.get(name, 0) + m.rss
+    ranked = sorted(by.items(), key=lambda kv: -kv[1])[:top]
+    return ", ".join(f"{name} {rss / 2**20:.1f} MB" for name, rss in ranked)
+
+
 def run(args: argparse.Namespace) -> dict[str, Any]:
     with Bench(KEY) as b:
         chrony = b.chronyd()
@@ -77,6 +87,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         window = time.monotonic() - t0
         cpu = sum(ps.cpu_times()[:2]) - cpu0
         info = ps.memory_full_info()
+        biggest = biggest_mappings(ps)
         threads = ps.num_threads()
         ctx = ps.num_ctx_switches()
         proc.terminate()
@@ -112,6 +123,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         notes=[
             f"USS {info.uss / 2**20:.1f} MB, {threads} threads, context switches "
             f"voluntary {ctx.voluntary} / involuntary {ctx.involuntary} in its lifetime; "
-            f"exit code on SIGTERM {rc}"
+            f"exit code on SIGTERM {rc}",
+            f"PSS {info.pss / 2**20:.1f} MB; resident by mapping: {biggest}",
         ],
     )
