@@ -52,7 +52,10 @@ KEY_ID = "demo"
 
 
 def say(message: str) -> None:
-    print(f"{datetime.now(UTC):%H:%M:%S} demo: {message}", flush=True)
+    # Never let a closed terminal (Ctrl-C in `script`, a closed ssh session) stop the
+    # clean-up that follows: lost log lines are better than orphaned daemons.
+    with contextlib.suppress(OSError):
+        print(f"{datetime.now(UTC):%H:%M:%S} demo: {message}", flush=True)
 
 
 @dataclass
@@ -364,6 +367,8 @@ def run(settings: Settings) -> int:
         traceback.print_exc()
         return 1
     finally:
+        # A second Ctrl-C must not cut the clean-up short.
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
         say("stopping every process the demo started")
         procs.close()
         say(f"stopped; logs stay in {settings.rundir}")
@@ -382,6 +387,7 @@ def watch(procs: Processes, stack: Stack, settings: Settings) -> View:
         from rich.text import Text
 
         live = Live(table(view, names), refresh_per_second=4, screen=False)
+        width = live.console.width
         live.start()
     events: list[str] = []
     try:
@@ -418,7 +424,7 @@ def watch(procs: Processes, stack: Stack, settings: Settings) -> View:
                 )
                 live.update(
                     Group(
-                        table(view, names),
+                        table(view, names, width=width),
                         Text(remaining, style="bold"),
                         Text("\n".join(events), style="dim"),
                     )
@@ -426,7 +432,8 @@ def watch(procs: Processes, stack: Stack, settings: Settings) -> View:
             time.sleep(max(0.0, 1.0 - ((time.monotonic() - t0) % 1.0)))
     finally:
         if live is not None:
-            live.stop()
+            with contextlib.suppress(OSError):
+                live.stop()
     return view
 
 
@@ -456,13 +463,16 @@ def verdict(stack: Stack, view: View, settings: Settings) -> int:
     return 1
 
 
-def _sigterm(signum: int, frame: object) -> None:
+def _stop_signal(signum: int, frame: object) -> None:
     raise KeyboardInterrupt
 
 
 def main() -> int:
     settings = settings_from_env(dict(os.environ))
-    signal.signal(signal.SIGTERM, _sigterm)
+    # SIGTERM (kill) and SIGHUP (the terminal went away) stop the demo like Ctrl-C does:
+    # through the `finally` that stops every process it started.
+    signal.signal(signal.SIGTERM, _stop_signal)
+    signal.signal(signal.SIGHUP, _stop_signal)
     return run(settings)
 
 

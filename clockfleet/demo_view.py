@@ -108,11 +108,17 @@ def label(hostport: str, names: Names | None) -> str:
     return hostport
 
 
-def table(view: View, names: Names | None = None) -> Table:
-    """The fleet table; `names` maps (host, port) of the demo's servers to their roles."""
+def table(view: View, names: Names | None = None, width: int = 160) -> Table:
+    """The fleet table; `names` maps (host, port) of the demo's servers to their roles.
+    Narrow terminals (under 120 columns) get no time zone column; the agent's name is
+    green while it is online either way."""
+    wide = width >= 120
     t = Table(title="clockfleet demo fleet", expand=False)
-    for col in ("agent", "region", "state", "list", "sync", "server", "offset", "time zone"):
-        t.add_column(col)
+    columns = ["agent", "region", "list", "sync", "server", "offset"]
+    if wide:
+        columns += ["time zone"]
+    for col in columns:
+        t.add_column(col, no_wrap=True)
     t.add_column("tried, in list order")
 
     for agent in sorted(view.rows):
@@ -138,17 +144,20 @@ def table(view: View, names: Names | None = None) -> Table:
                 tried.append("  ")
             tried.append(f"{label(hostport, names)}:", style="dim")
             tried.append(outcome, style=_outcome_style(outcome))
-        t.add_row(
-            agent,
+        cells = [
+            Text(
+                agent if r.state == "online" else f"{agent} ({r.state or 'no status'})",
+                style="green" if r.state == "online" else "red",
+            ),
             r.region,
-            Text(r.state or "-", style="green" if r.state == "online" else "red"),
             version,
             sync,
             label(r.server, names) if r.server else "-",
             offset,
-            r.timezone or "-",
-            tried,
-        )
+        ]
+        if wide:
+            cells.append(r.timezone or "-")
+        t.add_row(*cells, tried)
     return t
 
 

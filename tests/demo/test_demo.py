@@ -6,19 +6,17 @@ agents; about 40 s) serves every test in this module; each test checks one promi
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import subprocess
 import sys
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
-import psutil
 import pytest
 
 from tests.conftest import REPO
+from tests.demo.procwatch import Descendants
 
 RUN_FOR_S = 30
 CHANGE_AFTER_S = 10
@@ -29,7 +27,7 @@ class DemoRun:
     returncode: int
     output: str
     rundir: Path
-    descendants: dict[int, float]  # pid -> create time, every process seen under the demo
+    tree: Descendants  # every process seen under the demo
     final: dict
 
     def rows(self, region: str) -> list[dict]:
@@ -40,16 +38,6 @@ class DemoRun:
             if f"{host}:{port}" == hostport:
                 return name
         return hostport
-
-
-def _watch_descendants(proc: subprocess.Popen, seen: dict[int, float]) -> None:
-    parent = psutil.Process(proc.pid)
-    while proc.poll() is None:
-        with contextlib.suppress(psutil.Error):
-            for child in parent.children(recursive=True):
-                with contextlib.suppress(psutil.Error):
-                    seen.setdefault(child.pid, child.create_time())
-        time.sleep(0.2)  # sampling the process tree; there is no event to wait for
 
 
 @pytest.fixture(scope="module")
@@ -75,20 +63,20 @@ def demo(tmp_path_factory: pytest.TempPathFactory) -> DemoRun:
         stderr=subprocess.STDOUT,
         start_new_session=True,
     )
-    seen: dict[int, float] = {}
+    tree = Descendants(proc.pid)
     try:
-        _watch_descendants(proc, seen)
         proc.wait(timeout=RUN_FOR_S + 90)
     finally:
         if proc.poll() is None:
             os.killpg(proc.pid, 9)
             proc.wait()
+    tree.join()
     out.seek(0)
     output = out.read()
     out.close()
     final_file = rundir / "run" / "final-view.json"
     final = json.loads(final_file.read_text()) if final_file.exists() else {}
-    return DemoRun(proc.returncode, output, rundir / "run", seen, final)
+    return DemoRun(proc.returncode, output, rundir / "run", tree, final)
 
 
 @pytest.mark.timeout(RUN_FOR_S + 120)
@@ -102,14 +90,8 @@ def test_demo_exits_0_with_every_agent_on_a_good_sync_of_the_latest_list(demo: D
 
 def test_demo_leaves_no_process_running(demo: DemoRun):
     # Broker, three chronyd, Prometheus, collector, five agents at least.
-    assert len(demo.descendants) >= 11, demo.descendants
-    survivors = []
-    for pid, created in demo.descendants.items():
-        with contextlib.suppress(psutil.NoSuchProcess):
-            p = psutil.Process(pid)
-            if p.create_time() == created and p.status() != psutil.STATUS_ZOMBIE:
-                survivors.append(f"{pid} {' '.join(p.cmdline())}")
-    assert survivors == []
+    assert len(demo.tree.seen) >= 11, demo.tree.seen
+    assert demo.tree.survivors() == []
 
 
 def test_demo_prints_where_metrics_and_prometheus_are(demo: DemoRun):
