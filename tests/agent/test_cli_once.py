@@ -225,3 +225,13 @@ def test_once_uses_the_list_time_zone_when_no_profile_names_one(
     assert done.returncode == 0, done.stderr
     assert json.loads(done.stdout)["timezone"] == "Europe/Dublin"
     assert (root / "etc/timezone").read_text() == "Europe/Dublin\n"
+
+
+def test_once_with_no_list_on_the_broker_and_no_cache_exits_1(broker_url, keys, short_tmp):
+    config = short_tmp / "agent.yaml"
+    config.write_text("profile_grace_s: 0.2\n")
+    done = run_agent(*once_args(broker_url, keys, short_tmp / "s", "--config", str(config)))
+
+    assert done.returncode == 1
+    assert "no server list for region r1" in done.stderr
+    assert done.stdout == ""

@@ -62,3 +62,26 @@ def test_reports_made_while_the_broker_is_down_arrive_when_it_is_back(
                 restarted.stop()
     finally:
         mosquitto.stop()
+
+
+def test_a_restarted_agent_with_no_broker_keeps_time_from_its_cache(
+    mosquitto, broker_url, chrony_server, short_tmp: Path
+):
+    keys = make_keys(short_tmp / "keys")
+    ntp = chrony_server()
+    pub = Publisher(broker_url, keys)
+    pub.server_list("r1", 4, [(ntp.host, ntp.port)])
+    state = short_tmp / "state"
+    first = make_agent(broker_url, "a1", keys=keys, state_dir=state)
+    with hosted(first):
+        wait_until(lambda: first.reports_acked >= 1)
+    pub.close()
+    mosquitto.stop()
+
+    again = make_agent(broker_url, "a1", keys=keys, state_dir=state)
+    with hosted(again):
+        wait_until(lambda: again.last_report is not None)
+        assert not again.connected
+    assert again.last_report.ok
+    assert again.last_report.list_version == 4
+    assert again.last_report.server.host == ntp.host
