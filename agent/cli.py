@@ -53,7 +53,8 @@ def build_parser() -> argparse.ArgumentParser:
         action="append",
         metavar="FILE_OR_DIR",
         help="public key (NAME.pub) or a directory of them; with any key, unsigned or badly "
-        "signed lists and profiles are refused (repeatable)",
+        "signed lists and profiles are refused (repeatable); without any, signatures are "
+        "not checked",
     )
     p.add_argument("--tz-root", help="root under which to set the time zone (default /)")
     p.add_argument("--no-timezone", action="store_true", help="leave the host's time zone alone")
@@ -71,7 +72,9 @@ def build_parser() -> argparse.ArgumentParser:
         type=float,
         help="largest random delay before the first sync (RFC 4330; default 30 s)",
     )
-    p.add_argument("--log-level", choices=("debug", "info", "warning", "error"))
+    p.add_argument(
+        "--log-level", choices=("debug", "info", "warning", "error"), help="default info"
+    )
     connection.add_arguments(p)
     return p
 
@@ -100,6 +103,8 @@ def main(argv: list[str] | None = None) -> int:
     except (connection.UsageError, cfgmod.ConfigError, ValueError) as exc:
         print(f"clockfleet agent: {exc}", file=sys.stderr)
         return 2
+    if not agent.settings.trust:
+        log.warning("no trust key configured: lists and profiles are accepted unsigned")
     if args.once:
         return run_once(agent, cfg)
     return run_service(agent)
