@@ -27,6 +27,7 @@ import subprocess
 import sys
 import time
 import traceback
+import urllib.parse
 import urllib.request
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -333,6 +334,33 @@ def agent_dir(stack: Stack, agent: DemoAgent) -> Path:
     return stack.rundir / "agents" / agent.id
 
 
+def prometheus_view(url: str) -> str:
+    """One line: does Prometheus scrape the collector, and which alerts are pending/firing."""
+
+    def get(path: str) -> dict:
+        with urllib.request.urlopen(url + path, timeout=2) as r:
+            return json.loads(r.read())
+
+    try:
+        up = get("/api/v1/query?query=" + urllib.parse.quote('up{job="clockfleet-collector"}'))
+        alerts = get("/api/v1/alerts")["data"]["alerts"]
+    except (OSError, ValueError, KeyError) as exc:
+        return f"prometheus: not answering ({exc})"
+    samples = up.get("data", {}).get("result", [])
+    if not samples:
+        scraping = "no scrape of the collector yet"
+    else:
+        scraping = "scraping the collector" if samples[0]["value"][1] == "1" else "collector DOWN"
+    if not alerts:
+        return f"prometheus: {scraping}; no alerts"
+    names = sorted(
+        f"{a['labels'].get('alertname')} {a['state']}"
+        + (f" ({a['labels']['agent']})" if "agent" in a["labels"] else "")
+        for a in alerts
+    )
+    return f"prometheus: {scraping}; alerts: {', '.join(names)}"
+
+
 def banner(stack: Stack, settings: Settings) -> list[str]:
     return [
         f"run directory   {stack.rundir} (every daemon's log is under it)",
@@ -390,6 +418,7 @@ def watch(procs: Processes, stack: Stack, settings: Settings) -> View:
         width = live.console.width
         live.start()
     events: list[str] = []
+    prom_line, prom_at = "prometheus: (first scrape within ~5 s)", 0.0
     try:
         while True:
             elapsed = time.monotonic() - t0
@@ -408,6 +437,8 @@ def watch(procs: Processes, stack: Stack, settings: Settings) -> View:
                 changed = True
                 if live is not None:
                     live.start()
+            if live is not None and time.monotonic() - prom_at >= 5:
+                prom_line, prom_at = prometheus_view(stack.prometheus_url), time.monotonic()
             new = read_view(stack)
             lines = changes(view, new, names)
             view = new if new.rows or new.published else view
@@ -426,6 +457,7 @@ def watch(procs: Processes, stack: Stack, settings: Settings) -> View:
                     Group(
                         table(view, names, width=width),
                         Text(remaining, style="bold"),
+                        Text(prom_line),
                         Text("\n".join(events), style="dim"),
                     )
                 )
@@ -442,6 +474,7 @@ def verdict(stack: Stack, view: View, settings: Settings) -> int:
     if final.rows:
         view = final
     print(plain_table(view, stack.server_names()), flush=True)
+    say(prometheus_view(stack.prometheus_url))
     (stack.rundir / "final-view.json").write_text(
         json.dumps(
             {

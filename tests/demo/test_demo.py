@@ -121,3 +121,10 @@ def test_single_server_region_follows_the_skewed_clock_and_shows_the_drift(demo:
     (row,) = demo.rows("ap-south")
     assert demo.role(row["server"]) == "SKEWED"
     assert row["offset_s"] == pytest.approx(3.0, abs=0.1)
+
+
+def test_prometheus_scrapes_the_collector_and_evaluates_the_drift_alert(demo: DemoRun):
+    assert "prometheus: scraping the collector" in demo.output, demo.output[-3000:]
+    # ap-south's agent follows a clock 3 s ahead: ClockfleetAgentDrift (|offset| > 0.5 s)
+    # is pending (it fires after its `for: 5m`, longer than the demo runs).
+    assert "ClockfleetAgentDrift pending (pbx-mum-1)" in demo.output
