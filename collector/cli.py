@@ -10,7 +10,7 @@ import threading
 
 from clockfleet.collector.http import parse_listen, serve
 from clockfleet.collector.ingest import Collector
-from clockfleet.collector.metrics import render
+from clockfleet.collector.metrics import MetricsRenderer
 
 from clockfleet.protocol.connection import (
     BrokerUnreachable,
@@ -76,7 +76,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"clockfleet collector: no broker reachable: {exc}", file=sys.stderr)
         return 2
     try:
-        server, _ = serve(host, port, lambda: render(collector.state, collector.link()))
+        server, _ = serve(host, port, MetricsRenderer(collector.state, collector.link).render)
     except OSError as exc:
         collector.stop()
         print(f"clockfleet collector: cannot listen on {args.listen}: {exc}", file=sys.stderr)

@@ -15,7 +15,7 @@ import paho.mqtt.client as mqtt
 import pytest
 from clockfleet.collector.http import serve
 from clockfleet.collector.ingest import Collector
-from clockfleet.collector.metrics import render
+from clockfleet.collector.metrics import MetricsRenderer
 from paho.mqtt.enums import CallbackAPIVersion
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -164,9 +164,8 @@ class RunningCollector:
     def __init__(self, broker_url: str) -> None:
         self.collector = Collector(ConnectionSettings(parse_brokers(broker_url), prefix=PREFIX))
         self.collector.start()
-        self.server, _ = serve(
-            "127.0.0.1", 0, lambda: render(self.collector.state, self.collector.link())
-        )
+        self.renderer = MetricsRenderer(self.collector.state, self.collector.link)
+        self.server, _ = serve("127.0.0.1", 0, self.renderer.render)
         self.url = f"http://127.0.0.1:{self.server.server_port}/metrics"
 
     @property
