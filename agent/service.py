@@ -198,6 +198,7 @@ class Agent:
 
         # --once bookkeeping
         self.settled = False  # retained profile/list seen (or known absent)
+        self._grace_pending = False
         self.unreachable: str | None = None  # why no broker could be reached
         self.finished = False
         self.fatal: str | None = None
@@ -637,8 +638,13 @@ class Agent:
             self._sync_at(0.0, "command")
 
     def _changed(self, why: str) -> None:
-        if self.once or not self._startup_done:
-            return  # --once syncs once settled; the start-up sync will use what is new
+        if self.once:
+            if self._grace_pending:  # the list came late (async retained replay): go now
+                self._grace_pending = False
+                self._once_grace_over()
+            return  # otherwise --once syncs once settled
+        if not self._startup_done:
+            return  # the start-up sync will use what is new
         self._sync_at(schedule.resync_delay(self.rng, self.resync_jitter_s), why)
 
     def _once_settled(self) -> None:
@@ -650,6 +656,7 @@ class Agent:
             return
         if self.server_list is None:
             # Some brokers (NATS) replay retained messages asynchronously: a short grace.
+            self._grace_pending = True
             self._call_later(self.settings.profile_grace_s, self._once_grace_over)
             return
         self.settled = True

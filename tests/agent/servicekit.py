@@ -171,6 +171,7 @@ def make_agent(
     keys: Keys | None = None,
     state_dir: Path | None = None,
     probe_timeout_s: float = 0.3,
+    once: bool = False,
     **overrides: Any,
 ) -> Agent:
     """An agent with the observe backend, jitter 0, start-up delay 0, quick reconnects."""
@@ -195,6 +196,7 @@ def make_agent(
         conn,
         backend=make_backend("observe"),
         state=StateDir(state_dir) if state_dir else None,
+        once=once,
     )
 
 
