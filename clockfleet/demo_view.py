@@ -141,7 +141,7 @@ def table(view: View, names: Names | None = None, width: int = 160) -> Table:
         tried = Text()
         for i, (hostport, outcome) in enumerate(r.tried):
             if i:
-                tried.append("  ")
+                tried.append(" ")
             tried.append(f"{label(hostport, names)}:", style="dim")
             tried.append(outcome, style=_outcome_style(outcome))
         cells = [
