@@ -769,6 +769,8 @@ class Agent:
                 report.delay_s,
                 report.discipline,
             )
+            if outcome.applied is not None and outcome.applied.detail:
+                log.info("%s: %s: %s", self.id, self.backend.name, outcome.applied.detail)
         else:
             self._failures += 1
             self.counters["sync-failures"] += 1

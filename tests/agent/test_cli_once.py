@@ -235,3 +235,26 @@ def test_once_with_no_list_on_the_broker_and_no_cache_exits_1(broker_url, keys, 
     assert done.returncode == 1
     assert "no server list for region r1" in done.stderr
     assert done.stdout == ""
+
+
+def test_once_with_the_chrony_backend_hands_the_list_to_chronyd(
+    broker_url, keys, publisher, chrony_server, chrony_client, short_tmp
+):
+    first, second = chrony_server(), chrony_server()
+    publisher.server_list("r1", 8, [(first.host, first.port), (second.host, second.port)])
+    config = short_tmp / "agent.yaml"
+    config.write_text(
+        "backend_options:\n"
+        f"  sourcedir: {chrony_client.sourcedir}\n"
+        f"  socket: {chrony_client.socket}\n"
+    )
+    args = once_args(broker_url, keys, short_tmp / "s", "--config", str(config))
+    args[args.index("observe")] = "chrony"
+
+    done = run_agent(*args)
+
+    assert done.returncode == 0, done.stderr
+    report = json.loads(done.stdout)
+    assert report["discipline"] == "chrony"
+    assert report["server"]["host"] == first.host
+    assert first.host in chrony_client.sources()
