@@ -11,9 +11,11 @@ build context.
 from __future__ import annotations
 
 import json
+import os
 import re
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import jsonschema
@@ -237,3 +239,78 @@ def test_image_copies_every_package_the_project_installs():
     assert package_dirs, "pyproject.toml's package-dir mapping moved"
     for d in package_dirs:
         assert f"COPY {d}/ {d}/" in text
+
+
+SETUP_MOUNTS = (
+    "/broker-acl",
+    "/identities",
+    "/broker-auth",
+    "/certs",
+    "/signing",
+    "/trust",
+    "/secrets",
+    "/mosquitto-data",
+    "/mosquitto-log",
+)
+
+
+def _setup_script_under(compose: dict, root: Path) -> str:
+    """The setup service's script as the container runs it (Compose turns $$ into $), with
+    its mount points moved under `root`."""
+    script = "\n".join(str(w) for w in _services(compose)["setup"]["command"])
+    script = script.replace("$$", "$")
+    for mount in sorted(SETUP_MOUNTS, key=len, reverse=True):
+        script = re.sub(rf"(?<![\w/.-]){re.escape(mount)}(?=[/\s]|$)", str(root) + mount, script)
+    return script
+
+
+@pytest.mark.skipif(shutil.which("openssl") is None, reason="openssl is not installed")
+def test_setup_script_runs_twice_and_hands_each_service_only_its_secret(
+    compose: dict, short_tmp: Path
+):
+    # Every path the script touches lives under a volume mount point; moved under a
+    # temporary root, the script runs here for real (it needs root for its chown calls).
+    root = short_tmp / "vol"
+    svc = _services(compose)["setup"]
+    for vol in svc["volumes"]:
+        target = vol.split(":")[1]
+        if target == "/broker-acl":
+            continue
+        (root / target.lstrip("/")).mkdir(parents=True)
+    shutil.copy(REPO / "broker/acl", root / "broker-acl")
+    bindir = short_tmp / "bin"
+    bindir.mkdir()
+    (bindir / "clockfleet-identities").symlink_to(REPO / "broker/clockfleet-identities")
+    (bindir / "clockfleet").symlink_to(Path(sys.executable).parent / "clockfleet")
+    env = {**os.environ, "PATH": f"{bindir}:{os.environ['PATH']}"}
+    script = _setup_script_under(compose, root)
+    run = ["/bin/sh", "-ec", script]
+    done = subprocess.run(run, capture_output=True, text=True, env=env, timeout=60)
+    assert done.returncode == 0, done.stderr
+    key = (root / "signing/ops-2026.key").read_bytes()
+    # Every `docker compose up` runs setup again: it must keep keys and passwords.
+    again = subprocess.run(run, capture_output=True, text=True, env=env, timeout=60)
+    assert again.returncode == 0, again.stderr
+    assert (root / "signing/ops-2026.key").read_bytes() == key
+    assert sorted(p.name for p in (root / "broker-auth").iterdir()) == ["acl", "passwd"]
+    assert (root / "broker-auth/passwd").stat().st_uid == 1883
+    for who in ("publisher", "collector", "pbx-sample-1", "pbx-sample-2"):
+        secret = root / "secrets" / who / "password"
+        assert secret.stat().st_uid == 10001 and secret.stat().st_mode & 0o077 == 0
+        assert secret.read_text() == (root / "identities" / f"{who}.password").read_text()
+    assert (root / "trust/ops-2026.pub").is_file() and (root / "trust/ca.crt").is_file()
+    assert not (root / "trust/ops-2026.key").exists()
+    verify = subprocess.run(
+        [
+            "openssl",
+            "x509",
+            "-in",
+            str(root / "certs/server.crt"),
+            "-noout",
+            "-ext",
+            "subjectAltName",
+        ],
+        capture_output=True,
+        text=True,
+    )
+    assert "DNS:mosquitto" in verify.stdout
