@@ -1,0 +1,69 @@
+"""The agent against the production broker config (broker/): TLS, its own identity, the ACL.
+The list comes from the `publisher` identity; the agent reads it over TLS, syncs, and its
+retained report is readable by the `collector` identity (the ACL let it write there)."""
+
+from __future__ import annotations
+
+import json
+import ssl
+import subprocess
+import sys
+from pathlib import Path
+
+import paho.mqtt.client as mqtt
+from paho.mqtt.enums import CallbackAPIVersion
+
+from clockfleet.protocol import signing
+from tests.agent.servicekit import PREFIX, list_object, make_keys, wait_until
+from tests.broker.brokerstack import Broker, start_broker
+
+
+def tls_client(broker: Broker, identity: str) -> mqtt.Client:
+    c = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=f"test-{identity}")
+    c.username_pw_set(identity, broker.password(identity))
+    c.tls_set_context(ssl.create_default_context(cafile=str(broker.certs / "ca.crt")))
+    return c
+
+
+def test_agent_once_over_tls_with_its_own_identity_under_the_acl(chrony_server, short_tmp: Path):
+    broker = start_broker(short_tmp / "b", ["acme-01"], production=True)
+    keys = make_keys(short_tmp / "keys")
+    ntp = chrony_server()
+    try:
+        pub = tls_client(broker, "publisher")
+        pub.connect("localhost", broker.tls_port)
+        pub.loop_start()
+        signed = signing.sign(list_object("r1", 2, [(ntp.host, ntp.port)]), keys.key)
+        pub.publish(f"{PREFIX}/regions/r1/servers", json.dumps(signed), 1, True).wait_for_publish(
+            10
+        )
+        pub.disconnect()
+        pub.loop_stop()
+
+        done = subprocess.run(
+            [
+                sys.executable, "-m", "clockfleet", "agent", "--id", "acme-01", "--region", "r1",
+                "--once", "--backend", "observe", "--no-timezone",
+                "--state-dir", str(short_tmp / "state"), "--trust-key", str(keys.pub),
+                "--broker", broker.tls_url, "--username", "acme-01",
+                "--password-file", str(broker.password_file("acme-01")),
+                "--ca-file", str(broker.certs / "ca.crt"),
+            ],
+            capture_output=True, text=True, timeout=30,
+        )  # fmt: skip
+        assert done.returncode == 0, done.stderr
+
+        got: list[bytes] = []
+        coll = tls_client(broker, "collector")
+        coll.on_connect = lambda c, u, f, rc, p: c.subscribe(f"{PREFIX}/agents/+/report", 0)
+        coll.on_message = lambda c, u, m: got.append(m.payload)
+        coll.connect("localhost", broker.tls_port)
+        coll.loop_start()
+        try:
+            wait_until(lambda: got, timeout_s=10)
+        finally:
+            coll.disconnect()
+            coll.loop_stop()
+        assert json.loads(got[-1]) == json.loads(done.stdout)
+    finally:
+        broker.daemon.stop()
