@@ -11,10 +11,12 @@ import sys
 from pathlib import Path
 
 import paho.mqtt.client as mqtt
+from clockfleet.agent.service import Agent
 from paho.mqtt.enums import CallbackAPIVersion
 
 from clockfleet.protocol import signing
-from tests.agent.servicekit import PREFIX, list_object, make_keys, wait_until
+from clockfleet.protocol.connection import ConnectionSettings
+from tests.agent.servicekit import PREFIX, hosted, list_object, make_agent, make_keys, wait_until
 from tests.broker.brokerstack import Broker, start_broker
 
 
@@ -67,3 +69,42 @@ def test_agent_once_over_tls_with_its_own_identity_under_the_acl(chrony_server, 
         assert json.loads(got[-1]) == json.loads(done.stdout)
     finally:
         broker.daemon.stop()
+
+
+def test_hosted_agent_over_tls_says_online_and_reports(chrony_server, short_tmp: Path):
+    broker = start_broker(short_tmp / "b", ["acme-02"], production=True)
+    keys = make_keys(short_tmp / "keys")
+    ntp = chrony_server()
+    seen: list[dict] = []
+    coll = tls_client(broker, "collector")
+    coll.on_connect = lambda c, u, f, rc, p: c.subscribe(f"{PREFIX}/agents/acme-02/+", 1)
+    coll.on_message = lambda c, u, m: seen.append(json.loads(m.payload)) if m.payload else None
+    coll.connect("localhost", broker.tls_port)
+    coll.loop_start()
+    try:
+        pub = tls_client(broker, "publisher")
+        pub.connect("localhost", broker.tls_port)
+        pub.loop_start()
+        signed = signing.sign(list_object("r1", 3, [(ntp.host, ntp.port)]), keys.key)
+        pub.publish(f"{PREFIX}/regions/r1/servers", json.dumps(signed), 1, True).wait_for_publish(
+            10
+        )
+        pub.disconnect()
+        pub.loop_stop()
+
+        template = make_agent(broker.tls_url, "acme-02", keys=keys)
+        conn = ConnectionSettings(
+            brokers=template.conn.brokers,
+            username="acme-02",
+            password=broker.password("acme-02"),
+            ca_file=str(broker.certs / "ca.crt"),
+        )
+        agent = Agent(template.settings, conn, backend=template.backend)
+        with hosted(agent):
+            wait_until(lambda: any(m.get("state") == "online" for m in seen), timeout_s=10)
+            wait_until(lambda: any(m.get("list_version") == 3 for m in seen), timeout_s=10)
+    finally:
+        coll.disconnect()
+        coll.loop_stop()
+        broker.daemon.stop()
+    assert [m["session"] for m in seen if m.get("state") == "online"] == [1]
