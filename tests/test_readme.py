@@ -10,6 +10,7 @@ they name. Metric, alert and outcome names are compared with the code and config
 
 from __future__ import annotations
 
+import json
 import re
 import shlex
 import shutil
@@ -186,26 +187,62 @@ def test_keygen_as_shown_writes_the_key_pair(operator_dir: Path):
     assert (operator_dir / out / f"{key_id}.pub").is_file()
 
 
+def _publish(dry_run: bool, prune: bool) -> list[str]:
+    (args,) = [
+        a
+        for a in of("clockfleet")
+        if a[0] == "publish" and ("--dry-run" in a) == dry_run and ("--prune" in a) == prune
+    ]
+    return args
+
+
 def test_publish_dry_run_then_publish_then_status_as_shown(operator_dir: Path, broker_url: str):
     (keygen,) = [a for a in of("clockfleet") if a[0] == "keygen"]
     assert _run(keygen, operator_dir).returncode == 0
-    dry, real = [a for a in of("clockfleet") if a[0] == "publish"]
-    assert "--dry-run" in dry and "--dry-run" not in real
+    dry = _local(_publish(dry_run=True, prune=False), broker_url)
+    real = _local(_publish(dry_run=False, prune=False), broker_url)
 
-    done = _run(_local(dry, broker_url), operator_dir)
+    done = _run(dry, operator_dir)
     assert done.returncode == 0, done.stderr
     assert "would publish region us-east" in done.stdout
-    done = _run(_local(dry, broker_url), operator_dir)
+    done = _run(dry, operator_dir)
     assert "would publish region us-east" in done.stdout  # the dry run published nothing
 
-    done = _run(_local(real, broker_url), operator_dir)
+    done = _run(real, operator_dir)
     assert done.returncode == 0, done.stderr
-    done = _run(_local(dry, broker_url), operator_dir)
+    done = _run(dry, operator_dir)
     assert done.returncode == 0 and "would publish" not in done.stdout, done.stdout
 
     for status in (a for a in of("clockfleet") if a[0] == "status"):
         done = _run(_local(status, broker_url), operator_dir)
         assert done.returncode == 0, done.stderr
+        # Lists are published but no agent has reported yet.
+        if "--json" in status:
+            assert json.loads(done.stdout) == []
+        else:
+            assert "0 agents" in done.stdout
+
+
+def test_prune_as_shown_withdraws_a_region_removed_from_the_file(
+    operator_dir: Path, broker_url: str
+):
+    (keygen,) = [a for a in of("clockfleet") if a[0] == "keygen"]
+    assert _run(keygen, operator_dir).returncode == 0
+    assert _run(_local(_publish(False, False), broker_url), operator_dir).returncode == 0
+    fleet = operator_dir / "config/fleet.yaml"
+    data = yaml.safe_load(fleet.read_text())
+    del data["regions"]["eu-west"]
+    data["agents"] = {a: p for a, p in data["agents"].items() if p["region"] != "eu-west"}
+    fleet.write_text(yaml.safe_dump(data))
+    prune_dry = _local(_publish(dry_run=True, prune=True), broker_url)
+    prune = _local(_publish(dry_run=False, prune=True), broker_url)
+
+    done = _run(prune_dry, operator_dir)
+    assert done.returncode == 0 and "would withdraw region eu-west" in done.stdout, done.stdout
+    done = _run(prune, operator_dir)
+    assert done.returncode == 0 and "withdrew region eu-west" in done.stdout, done.stdout
+    done = _run(prune_dry, operator_dir)
+    assert "withdraw" not in done.stdout, done.stdout
 
 
 # --- names --------------------------------------------------------------------------------
