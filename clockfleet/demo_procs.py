@@ -116,6 +116,7 @@ class Processes:
             raise StepFailed(
                 f"`clockfleet {' '.join(args)}` exited {done.returncode}\n  log {log}:\n{tail(log)}"
             )
+        self.say(f"ran `clockfleet {args[0]}` (exit 0); log {log}")
         return done.stdout
 
     def start(self, name: str, args: list[str]) -> Child:
