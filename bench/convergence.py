@@ -138,7 +138,7 @@ def measure(
     o, r = out["ours"], out["reference"]
     details.append(
         f"| {n} | {o['p50']:.3f} / {o['p99']:.3f} / {o['p100']:.3f} (worst round "
-        f"{o['worst_p100']:.3f}) | {r['p50']:.3f} / {r['p99']:.3f} / {r['p100']:.3f} | "
+        f"{o['worst_p100']:.3f}) | {r['p50']:.4f} / {r['p99']:.4f} / {r['p100']:.4f} | "
         f"{out['fleet_up_s']:.1f} s, {out['fleet_rss_mb']:.0f} MB "
         f"({out['fleet_kb_per_agent']:.0f} KB/agent) | {out['ref_up_s']:.2f} s |"
     )
@@ -228,7 +228,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             "API, per-report hook) in another; per agent: the hook's time of its first report "
             "of the new version minus the PUBACK",
             "reference: N bare paho clients on one selector in one process subscribed to the "
-            "same list topic at QoS 1, doing json.loads; per client: receive time minus PUBACK",
+            "same list topic at QoS 1, doing json.loads; per client: receive time minus PUBACK "
+            "(negative when a subscriber had the list before the publisher had its PUBACK: "
+            "Mosquitto writes to the subscribers first)",
             "jitter: the list names a counting UDP relay in front of the same chronyd and sets "
             "resync_jitter_s W; the relay notes each query's arrival (first packet from a new "
             "client socket), counted per whole second from the PUBACK",

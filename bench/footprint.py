@@ -17,7 +17,7 @@ import paho.mqtt.client as mqtt
 import psutil
 from paho.mqtt.enums import CallbackAPIVersion
 
-from bench.agentproc import REGION, agent_argv
+from bench.agentproc import REGION, agent_argv, agent_env
 from bench.listpub import ListPublisher
 from bench.results import figure, row
 from bench.stack import Bench
@@ -70,7 +70,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         )  # fmt: skip
         log = open(d / "agent.log", "wb")  # noqa: SIM115 - closed by the ExitStack
         b.callback(log.close)
-        proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT)
+        proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, env=agent_env())
         b.callback(lambda: proc.poll() is None and (proc.terminate(), proc.wait(10)))
         t_spawn = time.monotonic()
         if not wait_for_report(mosq.host, mosq.port, 30):

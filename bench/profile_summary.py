@@ -26,6 +26,13 @@ def frame_name(frame: str) -> str:
     return f"{frame[: m.start()].strip()} ({short})"
 
 
+def _scaffolding(frame: str) -> bool:
+    """Frames every stack of a thread passes through: they say nothing about cost."""
+    return frame.startswith("thread (") or any(
+        part in frame for part in ("(threading.py)", "<frozen runpy>", "(futures/thread.py)")
+    )
+
+
 def summarise(path: Path, top: int = 15, under: str | None = None) -> str:
     own: collections.Counter[str] = collections.Counter()
     incl: collections.Counter[str] = collections.Counter()
@@ -41,7 +48,8 @@ def summarise(path: Path, top: int = 15, under: str | None = None) -> str:
         total += n
         own[frames[-1]] += n
         for f in set(frames):
-            incl[f] += n
+            if not _scaffolding(f):
+                incl[f] += n
     if not total:
         return f"{path.name}: no samples"
     lines = [f"{path.name}: {total} samples" + (f" under {under!r}" if under else "")]

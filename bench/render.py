@@ -129,4 +129,11 @@ def render(data: dict[str, Any]) -> str:
             lines += [f"- {n}" for n in fig["notes"]]
         if fig["details"]:
             lines += [""] + fig["details"]
+        if fig.get("profile"):
+            lines += [
+                "",
+                "Where the time goes (py-spy, in a pass of its own after the measured one):",
+                "",
+            ]
+            lines += fig["profile"]
     return "\n".join(lines) + "\n"

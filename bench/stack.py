@@ -23,6 +23,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+from bench import profiling
 from clockfleet import devstack
 
 REPO = Path(__file__).resolve().parent.parent
@@ -118,33 +119,10 @@ class Bench(contextlib.ExitStack):
         self.callback(s.close)
         return s.getsockname()[:2]
 
-    def worker(self, module: str, *args: str) -> Worker:
-        w = Worker([python(), "-m", module, *map(str, args)], self.rundir)
+    def worker(self, module: str, *args: Any, profile_to: Path | None = None) -> Worker:
+        w = Worker([python(), "-m", module, *map(str, args)], self.rundir, profile_to)
         self.callback(w.stop)
         return w
-
-
-PROFILE_ENV = "BENCH_PROFILE_DIR"
-
-
-def start_profiler(pid: int, argv: list[str]) -> subprocess.Popen | None:
-    """With BENCH_PROFILE_DIR set, py-spy records the worker's whole life (raw folded stacks).
-
-    `python -m bench.profile_summary FILE` turns such a file into the costliest functions.
-    """
-    out_dir = os.environ.get(PROFILE_ENV)
-    spy = Path(sys.executable).parent / "py-spy"
-    if not out_dir or not spy.exists():
-        return None
-    name = next((a for a in argv if a.startswith("bench.")), "worker").removeprefix("bench.")
-    out = Path(out_dir) / f"{name}-{pid}.txt"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    return subprocess.Popen(
-        [str(spy), "record", "--format", "raw", "--rate", "250", "--threads", "--nonblocking",
-         "--output", str(out), "--pid", str(pid)],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )  # fmt: skip
 
 
 class Worker:
@@ -154,7 +132,7 @@ class Worker:
     shares an interpreter (or a GIL) with the publisher that times them.
     """
 
-    def __init__(self, argv: list[str], cwd: Path) -> None:
+    def __init__(self, argv: list[str], cwd: Path, profile_to: Path | None = None) -> None:
         env = dict(os.environ)
         env["PYTHONPATH"] = str(REPO) + os.pathsep + env.get("PYTHONPATH", "")
         self.stderr_path = cwd / f"worker-{os.getpid()}-{time.monotonic_ns()}.err"
@@ -169,7 +147,7 @@ class Worker:
             text=True,
             bufsize=1,
         )
-        self.profiler = start_profiler(self.proc.pid, argv)
+        self.profiler = profiling.attach(self.proc.pid, argv, profile_to)
         self.events: queue.Queue[dict[str, Any]] = queue.Queue()
         self._unclaimed: list[dict[str, Any]] = []
         self._reader = threading.Thread(target=self._read, daemon=True)

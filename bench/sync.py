@@ -8,16 +8,18 @@ import argparse
 import json
 import os
 import shlex
+import sys
 import time
 from typing import Any
 
-from bench import ntp_tools
-from bench.agentproc import REGION, agent_argv
+from bench import ntp_tools, profiling
+from bench.agentproc import REGION, agent_argv, agent_env
 from bench.listpub import ListPublisher
 from bench.results import figure, row
 from bench.stack import Bench, median, quantile, timed_run
 
 KEY = "sync"
+ONCE_GOAL_S = 0.3
 HELP = "whole `agent --once` process vs chronyd -Q and ntpdig; probe() vs ntplib request()"
 
 
@@ -50,13 +52,32 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             argv = agent_argv(
                 "bench-once", broker, pub.pub_path, d / "state", d / "agent.yaml", once=True
             )
-            seconds, out, rc = timed_run(argv)
+            seconds, out, rc = timed_run(argv, env=agent_env())
             if rc != 0:
                 raise RuntimeError(f"agent --once exited {rc}: {out[-1500:]}")
             report = json.loads(out.strip().splitlines()[-1])
             if i:
                 once_times.append(seconds)
                 once_offsets.append(report["offset_s"])
+        python_times = [
+            timed_run([sys.executable, "-c", "pass"], env=agent_env())[0] for _ in range(args.runs)
+        ]
+        help_times = [
+            timed_run([argv[0], "agent", "--help"], env=agent_env())[0] for _ in range(args.runs)
+        ]
+        profile: list[str] = []
+        if median(once_times) > ONCE_GOAL_S:
+            out_path = b.rundir / "once-profile.txt"
+            d = b.subdir("once-profiled")
+            timed_run(
+                profiling.record_command(
+                    agent_argv("bench-once", broker, pub.pub_path, d / "state",
+                               d / "agent.yaml", once=True),
+                    out_path,
+                ),
+                env=agent_env(),
+            )  # fmt: skip
+            profile = profiling.summary(out_path, top=20)
         chrony_times = [
             ntp_tools.chronyd_query(server.host, server.port).wall_s for _ in range(args.runs)
         ]
@@ -85,7 +106,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             f"whole `agent --once` process, median of {args.runs}",
             "s",
             once,
-            goal=0.3,
+            goal=ONCE_GOAL_S,
             reference="chronyd -Q maxsamples 1",
             reference_value=median(chrony_times),
         )
@@ -96,11 +117,20 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 f"whole `agent --once` process, median of {args.runs}",
                 "s",
                 once,
-                goal=0.3,
+                goal=ONCE_GOAL_S,
                 reference="ntpdig (no MQTT)",
                 reference_value=median(dig_times),
             )
         )
+    rows.append(
+        row(
+            "interpreter start and the CLI module imports alone (`clockfleet agent --help`)",
+            "s",
+            median(help_times),
+            reference="python -c pass",
+            reference_value=median(python_times),
+        )
+    )
     rows += [
         row(
             f"one probe() of {settings.samples} samples, median of {args.probes}",
@@ -131,7 +161,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         + f"; chronyd -Q: {', '.join(f'{t:.3f}' for t in chrony_times)}"
         + (f"; ntpdig: {', '.join(f'{t:.3f}' for t in dig_times)}" if dig_times else "")
     )
-    return figure(
+    fig = figure(
         KEY,
         "One sync",
         command="",
@@ -141,10 +171,13 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             + ("" if ntpdig_problem else " and port 123 (ntpdig has no port option)")
             + "; a Mosquitto holding the signed, retained list and profile",
             f"agent --once, timed from spawn to exit: `{shlex.join(argv)}` (fresh state dir "
-            "per run; one warm-up run not counted)",
+            "per run; one warm-up run not counted; byte code cached as in an installed agent, even "
+            "where the shell sets PYTHONDONTWRITEBYTECODE)",
             "chronyd -Q -f /dev/null 'server ADDR port P iburst maxsamples 1'; ntpdig -j -t 2 "
             "ADDR; both timed from spawn to exit",
             "probe() and ntplib request() alternately in this process, after one warm-up call each",
         ],
         notes=notes,
     )
+    fig["profile"] = profile
+    return fig
