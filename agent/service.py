@@ -198,6 +198,11 @@ class Agent:
 
         # --once bookkeeping
         self.settled = False  # retained profile/list seen (or known absent)
+        # No remembered session (a lost or absent state dir): learn it from our own retained
+        # status before announcing `online`, so the counter never goes backwards.
+        self._learning_session = False
+        self._seen_session: int | None = None
+        self._quiet_reconnect = False
         self._grace_pending = False
         self.unreachable: str | None = None  # why no broker could be reached
         self.finished = False
@@ -261,6 +266,7 @@ class Agent:
         assert self.host is not None, "attach() the agent to a host first"
         self._started = True
         self._load_cache()
+        self._learning_session = not self.once and self.memory.session == 0
         self._connect()
         if self.once:
             return  # --once syncs when the retained state has settled (or from the cache)
@@ -401,7 +407,10 @@ class Agent:
             self.memory.session,
         )
         self._subscribe_all()
-        if not self.once:
+        if self._learning_session:
+            self._subscribe([self._t_status])
+            self._barrier()  # online is announced once the retained status has been seen
+        elif not self.once:
             self._publish_status("online", self.memory.session)
         while self._backlog:
             self._send_report(self._backlog.popleft())
@@ -412,6 +421,10 @@ class Agent:
         self._barrier_mid = None
         self._sub_mids.clear()
         if self.stopping:
+            return
+        if self._quiet_reconnect:
+            self._quiet_reconnect = False
+            self._connect_timer = self._call_later(0.0, self._connect)
             return
         if was:
             self.counters["broker-lost"] += 1
@@ -477,7 +490,10 @@ class Agent:
             )
         if mid == self._barrier_mid:
             self._barrier_mid = None
-            self._once_settled()
+            if self._learning_session:
+                self._session_learned()
+            else:
+                self._once_settled()
 
     def _switch_region(self, region: str) -> None:
         old = self.list_region
@@ -492,6 +508,32 @@ class Agent:
         if self.once and not self.settled:
             self._barrier()
 
+    def _on_own_status(self, payload: bytes) -> None:
+        if not payload or not self._learning_session:
+            return
+        try:
+            status, _ = codec.decode(Status, payload, topic_id=self.id, now=self._now_dt())
+        except Rejected as r:
+            self._reject("own retained status", r.reason, r.detail)
+            return
+        self._seen_session = max(self._seen_session or 0, status.session)
+
+    def _session_learned(self) -> None:
+        """The retained status (if any) is in: go on from its session, never below it."""
+        self._learning_session = False
+        self.client.unsubscribe(self._t_status)
+        seen = self._seen_session
+        if seen is None or seen < self.memory.session:
+            self._publish_status("online", self.memory.session)
+            return
+        # This connection's will already carries a session that is too low: reconnect so
+        # that will and online both carry seen + 1.
+        log.info("%s: session counter recovered from the broker: %d", self.id, seen)
+        self.memory.session = seen
+        self._save_memory()
+        self._quiet_reconnect = True
+        self.client.disconnect()
+
     # --- incoming --------------------------------------------------------------------------
 
     def _on_message(self, client, userdata, msg: mqtt.MQTTMessage) -> None:
@@ -500,6 +542,8 @@ class Agent:
             self._on_profile(msg.payload)
         elif topic == self._t_cmd:
             self._on_cmd(msg.payload)
+        elif topic == self._t_status:
+            self._on_own_status(msg.payload)
         elif topic.startswith(self._list_prefix):
             try:
                 ref = topics.parse_topic(self.prefix, topic)

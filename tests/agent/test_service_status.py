@@ -136,3 +136,18 @@ def test_the_agent_rotates_to_a_live_broker_of_the_cluster(broker_url, keys, sta
     with hosted(agent):
         statuses.wait_for(lambda m: m["state"] == "online")
         assert agent.connected
+
+
+def test_an_agent_that_lost_its_state_resumes_the_session_from_the_broker(
+    broker_url, keys, statuses
+):
+    with hosted(make_agent(broker_url, "a1", keys=keys)):  # no state dir at all
+        wait_until(lambda: ("online", 1) in states(statuses))
+    wait_until(lambda: ("offline", 1) in states(statuses))
+
+    again = make_agent(broker_url, "a1", keys=keys)
+    with hosted(again):
+        wait_until(lambda: ("online", 2) in states(statuses))
+        assert again.counters["broker-lost"] == 0
+    wait_until(lambda: ("offline", 2) in states(statuses))
+    assert states(statuses) == [("online", 1), ("offline", 1), ("online", 2), ("offline", 2)]
