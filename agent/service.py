@@ -19,6 +19,12 @@ anything else is logged with its reason, counted in `counters` and ignored, the 
 list and profile staying in force. A new list or profile -> sync after 0..resync_jitter_s;
 then every poll_interval_s (jittered); failures retry with capped exponential backoff.
 Every sync publishes a retained QoS 1 `clock.report/1` and rewrites the local status file.
+
+Status: on every connect a retained `online` with session = previous + 1 (kept in the state
+dir, or learnt from the agent's own retained status when there is none), a last will
+`offline` with the same session, and `offline` on a clean stop. Reports made while the broker
+is away are kept (the latest REPORT_BACKLOG) and sent on reconnect; paho resends those in
+flight (persistent session, client id `clockfleet-agent-{id}`).
 """
 
 from __future__ import annotations
