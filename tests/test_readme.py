@@ -278,3 +278,57 @@ def test_files_and_links_the_readme_names_exist():
     ]
     named = {*links, *paths, "BENCHMARKS.md"}
     assert [p for p in sorted(named) if not (REPO / p).exists()] == []
+
+
+def test_try_once_as_shown_syncs_with_the_example_agent_yaml(
+    short_tmp: Path, broker_url: str, chrony_server
+):
+    """The install section's `--once` line, with agent/agent.yaml pointed at a test broker
+    (no TLS, no password) and a real chronyd, after a signed list was published."""
+    ntp = chrony_server()
+    keys = short_tmp / "keys"
+    assert _run(["keygen", "--out", str(keys), "--key-id", "ops-2026"], short_tmp).returncode == 0
+    fleet = short_tmp / "fleet.yaml"
+    fleet.write_text(
+        yaml.safe_dump(
+            {
+                "regions": {
+                    "us-east": {
+                        "timezone": "America/New_York",
+                        "servers": [{"host": ntp.host, "port": ntp.port}],
+                    }
+                },
+                "agents": {"acme-01": {"region": "us-east"}},
+            }
+        )
+    )
+    publish = ["publish", "--config", str(fleet), "--signing-key", str(keys / "ops-2026.key")]
+    assert _run([*publish, "--broker", broker_url], short_tmp).returncode == 0
+
+    config = yaml.safe_load((REPO / "agent/agent.yaml").read_text())
+    assert config["id"] == "acme-01"
+    # tz_root under the test's directory: the machine's own time zone is never at stake,
+    # even if --no-timezone were ignored.
+    config.update(
+        broker=broker_url,
+        username=None,
+        password_file=None,
+        ca_file=None,
+        trust_keys=[str(keys)],
+        tz_root=str(short_tmp / "tzroot"),
+    )
+    (short_tmp / "agent.yaml").write_text(yaml.safe_dump(config))
+    (once,) = [a for a in of("clockfleet") if a[0] == "agent"]
+    args = [
+        str(short_tmp / "agent.yaml")
+        if a == "/etc/clockfleet/agent.yaml"
+        else str(short_tmp / "try")
+        if a == "/tmp/clockfleet-try"
+        else a
+        for a in once
+    ]
+    done = _run(args, short_tmp)
+    assert done.returncode == 0, done.stderr[-2000:]
+    report = json.loads(done.stdout)
+    assert report["ok"] is True and report["tried"][0]["outcome"] == "ok"
+    assert not (short_tmp / "tzroot").exists()  # --no-timezone: the zone is left alone
