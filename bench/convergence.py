@@ -14,8 +14,11 @@ more than its share (about 2N/W at most).
 from __future__ import annotations
 
 import argparse
+import tempfile
+from pathlib import Path
 from typing import Any
 
+from bench import profiling
 from bench.listpub import ListPublisher
 from bench.results import figure, row
 from bench.stack import Bench, median, quantile
@@ -34,6 +37,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--jitter-n", type=int, default=1000, help="fleet size of the jitter run")
     p.add_argument(
         "--jitter-w", type=int, default=10, help="resync_jitter_s of the jitter run (0: skip)"
+    )
+    p.add_argument(
+        "--what-if-n",
+        type=int,
+        default=100,
+        help="fleet size of the what-if run with Nagle off on broker and agents (0: skip)",
     )
     p.add_argument(
         "--fleet-workers",
@@ -65,11 +74,17 @@ def summarise(rounds: list[list[float]]) -> dict[str, float]:
 
 
 def measure(
-    n: int, rounds: int, jitter_w: int | None, workers: int, details: list[str]
+    n: int,
+    rounds: int,
+    jitter_w: int | None,
+    workers: int,
+    details: list[str],
+    profile_to: Path | None = None,
+    nodelay: bool = False,
 ) -> dict[str, Any]:
     out: dict[str, Any] = {"n": n}
     with Bench(f"conv{n}") as b:
-        mosq = b.mosquitto()
+        mosq = b.mosquitto(nodelay=nodelay)
         chrony = b.chronyd()
         server = [(chrony.host, chrony.port)]
         pub = ListPublisher(mosq.host, mosq.port, b.subdir("keys"))
@@ -83,6 +98,8 @@ def measure(
             "bench.fleet_worker",
             *("--host", mosq.host, "--port", mosq.port, "--n", n),
             *("--region", REGION, "--trust", pub.pub_path, "--workers", workers),
+            *(["--nodelay"] if nodelay else []),
+            profile_to=profile_to,
         )
         up = fleet.expect("ready", 240)
         out["fleet_up_s"] = up["seconds"]
@@ -214,7 +231,34 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             f"sample burst) spread over {jitter['spread_s']:.1f} s; queries per second from the "
             f"PUBACK: {jitter['buckets']}"
         )
-    return figure(
+    if args.what_if_n:
+        n = args.what_if_n
+        res = measure(n, args.rounds, None, args.fleet_workers, [], nodelay=True)
+        rows.append(
+            row(
+                f"what-if: p100, N={n}, with TCP_NODELAY on agents and broker",
+                "s",
+                res["ours"]["p100"],
+                reference=f"{n} bare paho subscribers, same broker",
+                reference_value=res["reference"]["p100"],
+            )
+        )
+        notes.append(
+            "what-if run: Mosquitto with `set_tcp_nodelay true` and each agent's socket with "
+            "TCP_NODELAY (set by the bench from outside, through the socket-open callback): "
+            "neither clockfleet's agent nor broker/mosquitto.conf sets it, so a report written "
+            "right after the list's PUBACK waits for a delayed ACK (Nagle, ~40 ms per hop)"
+        )
+    profile: list[str] = []
+    missed = [r for r in rows if r["verdict"] == "miss" and r["unit"] == "s"]
+    if missed:
+        n = max(s for s in args.n if f"N={s}," in missed[0]["measure"])
+        with tempfile.TemporaryDirectory(prefix="cfb-prof-") as d:
+            out = Path(d) / "fleet.txt"
+            measure(n, 2, None, args.fleet_workers, [], profile_to=out)
+            profile = [f"The agents' process at N={n} (start-up and 2 list updates):", ""]
+            profile += profiling.summary(out, top=20)
+    fig = figure(
         KEY,
         "Convergence",
         command="",
@@ -238,3 +282,5 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         notes=notes,
         details=details,
     )
+    fig["profile"] = profile
+    return fig

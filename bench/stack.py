@@ -93,10 +93,11 @@ class Bench(contextlib.ExitStack):
         d.mkdir(parents=True)
         return d
 
-    def mosquitto(self, *, max_queued: int = 1_000_000) -> devstack.Daemon:
+    def mosquitto(self, *, max_queued: int = 1_000_000, nodelay: bool = False) -> devstack.Daemon:
+        conf = BENCH_MOSQUITTO_CONF + ("set_tcp_nodelay true\n" if nodelay else "")
         d = devstack.start_mosquitto(
             self.subdir("mosquitto"),
-            conf_template=BENCH_MOSQUITTO_CONF,
+            conf_template=conf,
             values={"MAXQ": max_queued},
         )
         self.callback(d.stop)

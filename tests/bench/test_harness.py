@@ -15,7 +15,18 @@ from bench import render, results
 REPO = Path(__file__).resolve().parents[2]
 
 TINY = {
-    "convergence": ["--n", "5", "--rounds", "1", "--jitter-n", "5", "--jitter-w", "1"],
+    "convergence": [
+        "--n",
+        "5",
+        "--rounds",
+        "1",
+        "--jitter-n",
+        "5",
+        "--jitter-w",
+        "1",
+        "--what-if-n",
+        "5",
+    ],
     "ingest": ["--reports", "300", "--fleet", "30"],
     "sync": ["--runs", "1", "--probes", "5"],
     "failover": ["--runs", "1"],
