@@ -167,7 +167,7 @@ def run_once(agent, cfg: cfgmod.AgentConfig) -> int:
     fleet = Fleet(workers=0)
     fleet.add(agent)
     done = fleet.run_until(lambda: agent.finished, cfg.once_timeout_s)
-    report = agent.last_report_payload
+    report = agent.last_report_payload if agent.reports_made else None
     if agent.connected:
         agent.stop()
         fleet.run_until(lambda: agent.closed, 1.0)

@@ -276,6 +276,7 @@ class Agent:
         self._connect()
         if self.once:
             return  # --once syncs when the retained state has settled (or from the cache)
+        self._write_status()
         delay = schedule.startup_delay(self.rng, self.settings.startup_delay_s)
         if delay > 0:
             log.info("%s: start-up delay %.1f s before the first sync", self.id, delay)
@@ -321,6 +322,8 @@ class Agent:
             except Rejected as r:
                 self._count(r.reason)
                 log.warning("%s: cached profile refused (%s): %s", self.id, r.reason, r.detail)
+        if not self.once:
+            self._restore_last_report()
         raw = self.state.load_list_payload()
         if raw:
             try:
@@ -338,6 +341,30 @@ class Agent:
             except Rejected as r:
                 self._count(r.reason)
                 log.warning("%s: cached list refused (%s): %s", self.id, r.reason, r.detail)
+
+    def _restore_last_report(self) -> None:
+        """The last report before a restart: a sync that is still recent keeps the host
+        trustworthy in status.json until it goes stale, instead of flapping on restart."""
+        assert self.state is not None
+        raw = self.state.load_report()
+        if not raw:
+            return
+        try:
+            rep, _ = codec.decode(Report, raw, topic_id=self.id, now=self._now_dt())
+        except Rejected as r:
+            log.warning("%s: cached report ignored (%s): %s", self.id, r.reason, r.detail)
+            return
+        self.last_report, self.last_report_payload = rep, raw
+        if rep.ok:
+            age = max(0.0, self.wall_clock() - rep.at.timestamp())
+            self._last_good = (time.monotonic() - age, self._residual(rep), rep)
+
+    @staticmethod
+    def _residual(rep: Report) -> float:
+        """|offset| left after the discipline: a step (chrony, system-step) removes it."""
+        if rep.discipline in ("system-step", "chrony"):
+            return 0.0
+        return abs(rep.offset_s or 0.0)
 
     def _save_memory(self) -> None:
         if self.state is not None:
@@ -807,8 +834,7 @@ class Agent:
         self.reports_made += 1
         if report.ok:
             self._failures = 0
-            residual = 0.0 if report.discipline in ("system-step", "chrony") else report.offset_s
-            self._last_good = (time.monotonic(), abs(residual or 0.0), report)
+            self._last_good = (time.monotonic(), self._residual(report), report)
             log.info(
                 "%s: synced to %s:%d (list v%d): offset %+.6f s, delay %.6f s, %s",
                 self.id,

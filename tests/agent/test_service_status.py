@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import socket
+import time
 from pathlib import Path
 
 import pytest
@@ -151,3 +152,48 @@ def test_an_agent_that_lost_its_state_resumes_the_session_from_the_broker(
         assert again.counters["broker-lost"] == 0
     wait_until(lambda: ("offline", 2) in states(statuses))
     assert states(statuses) == [("online", 1), ("offline", 1), ("online", 2), ("offline", 2)]
+
+
+def test_a_restart_keeps_a_recent_good_sync_trustworthy_until_it_goes_stale(
+    broker_url, keys, chrony_server, short_tmp
+):
+    ntp = chrony_server()
+    pub = Publisher(broker_url, keys)
+    pub.server_list("r1", 3, [(ntp.host, ntp.port)], poll_interval_s=60)
+    first = make_agent(broker_url, "a1", keys=keys, state_dir=short_tmp / "s")
+    with hosted(first):
+        wait_until(lambda: first.reports_acked >= 1)
+    pub.close()
+    before = json.loads((short_tmp / "s" / "status.json").read_text())
+
+    # restarted, its first sync still far off (start-up delay): the file is rewritten from
+    # what the state dir remembers, not reset to "never synced"
+    again = make_agent(broker_url, "a1", keys=keys, state_dir=short_tmp / "s", startup_delay_s=600)
+    with hosted(again):
+        wait_until(lambda: again.connected)
+        after = json.loads((short_tmp / "s" / "status.json").read_text())
+    assert after["written_at"] > before["written_at"]
+    assert after["trustworthy"] is True
+    assert after["last_good_at"] == before["last_good_at"]
+    assert again.reports_made == 0
+
+
+def test_a_restart_long_after_the_last_good_sync_is_not_trustworthy(
+    broker_url, keys, chrony_server, short_tmp
+):
+    ntp = chrony_server()
+    pub = Publisher(broker_url, keys)
+    pub.server_list("r1", 3, [(ntp.host, ntp.port)], poll_interval_s=60)
+    first = make_agent(broker_url, "a1", keys=keys, state_dir=short_tmp / "s")
+    with hosted(first):
+        wait_until(lambda: first.reports_acked >= 1)
+    pub.close()
+
+    later = time.time() + 3 * 60  # three poll intervals later
+    again = make_agent(broker_url, "a1", keys=keys, state_dir=short_tmp / "s", startup_delay_s=600)
+    again.wall_clock = lambda: later
+    with hosted(again):
+        wait_until(lambda: again.connected)
+    status = json.loads((short_tmp / "s" / "status.json").read_text())
+    assert status["trustworthy"] is False
+    assert "last good sync" in status["reason"]
