@@ -21,8 +21,10 @@ Why it is written this way:
 - Retained state is read at **QoS 0**: Mosquitto hands a new QoS 1 wildcard subscriber at most
   ~1020 retained messages (max_inflight + max_queued) and drops the rest; at QoS 0 it sends all.
 - A clean session: the retained messages are the state, there is nothing to resume.
-- One paho client over its external-loop API in one thread: we read every packet that is
-  waiting before going back to select(), instead of one select() per message.
+- One paho client over its external-loop API in one thread, over a BufferedLink whose own
+  thread drains the socket into memory as fast as the broker sends: Mosquitto drops QoS 0
+  messages, too, for a subscriber that has more than max_queued_messages (default 1000)
+  packets waiting, and decoding is slower than the retained burst arrives.
 - Broker loss: reconnect with full-jitter backoff (paho's own has none), rotating through the
   cluster's nodes, and subscribe again on every connect.
 - Rejected messages are logged at most once per reason per LOG_EVERY_S seconds (a flood of bad
@@ -33,7 +35,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import selectors
 import ssl
 import threading
 import time
@@ -42,6 +43,7 @@ from collections.abc import Callable
 
 import paho.mqtt.client as mqtt
 from clockfleet.collector.fleet_state import FleetState, Outcome, Result
+from clockfleet.collector.link import BufferedLink
 from clockfleet.collector.metrics import LinkStats
 
 from clockfleet.protocol.connection import (
@@ -166,7 +168,7 @@ class Collector:
         return addr
 
     def _connect_one(self, timeout: float) -> tuple[BrokerAddress, str | None]:
-        """Open a connection and pump it until the CONNACK; None as the error when up."""
+        """Open a connection and serve it until the CONNACK; None as the error when up."""
         addr = self._pick_broker()
         client = new_client(self.settings, self.client_id, clean_session=True)
         client.on_connect = self._on_connect
@@ -179,9 +181,12 @@ class Collector:
             client.connect(addr.host, addr.port, keepalive=KEEPALIVE_S)
         except (OSError, ssl.SSLError) as exc:
             return addr, str(exc)
+        # paho 2.x keeps its socket in `_sock` and calls only recv/send/close/pending on it
+        # once connected: hand it the buffered link (see link.py for why).
+        client._sock = BufferedLink(client._sock)  # type: ignore[attr-defined]
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            rc = client.loop(timeout=0.1)
+            alive = self._serve(client, 0.05)
             connack = client.user_data_get()["connack"]
             if connack is not None:
                 if connack.is_failure:
@@ -189,9 +194,9 @@ class Collector:
                     return addr, f"refused: {connack}"
                 self._client = client
                 return addr, None
-            if rc != mqtt.MQTT_ERR_SUCCESS:
+            if not alive:
                 self._drop(client)
-                return addr, f"connection lost before CONNACK ({mqtt.error_string(rc)})"
+                return addr, "connection lost before CONNACK"
         self._drop(client)
         return addr, f"no CONNACK within {timeout:g} s"
 
@@ -278,40 +283,25 @@ class Collector:
                 log.warning("cannot connect to %s: %s (attempt %d)", addr, err, attempt)
 
     def _pump(self, client: mqtt.Client) -> None:
-        """Run one connection until it drops or stop() is called."""
-        sock = client.socket()
-        if sock is None:
-            return
-        sel = selectors.DefaultSelector()
-        try:
-            sel.register(sock, selectors.EVENT_READ)
-            state = self.state
-            writing = False
-            while not self._stop.is_set():
-                if client.want_write() != writing:
-                    writing = not writing
-                    events_wanted = selectors.EVENT_READ | (selectors.EVENT_WRITE if writing else 0)
-                    sel.modify(sock, events_wanted)
-                events = sel.select(timeout=0.25)
-                for _, mask in events:
-                    if mask & selectors.EVENT_READ:
-                        # Read every packet already waiting: one select() per burst, not per
-                        # message. A read that delivered no PUBLISH means the buffer ran dry
-                        # (or it was an ack); select() tells us if more is there.
-                        while True:
-                            before = state.messages
-                            if client.loop_read() != mqtt.MQTT_ERR_SUCCESS:
-                                return
-                            if state.messages == before or self._stop.is_set():
-                                break
-                    if mask & selectors.EVENT_WRITE and client.loop_write() not in (
-                        mqtt.MQTT_ERR_SUCCESS,
-                        mqtt.MQTT_ERR_AGAIN,
-                    ):
-                        return
-                if client.loop_misc() != mqtt.MQTT_ERR_SUCCESS:
-                    return
-                if client.socket() is None:
-                    return
-        finally:
-            sel.close()
+        """Serve one connection until it drops or stop() is called."""
+        while not self._stop.is_set() and self._serve(client, 0.25):
+            pass
+
+    def _serve(self, client: mqtt.Client, wait_s: float) -> bool:
+        """Write what paho queued, wait up to wait_s for input, let paho read all of it.
+        False once the connection is gone."""
+        link = client.socket()
+        if not isinstance(link, BufferedLink):
+            return False
+        if client.want_write() and client.loop_write() not in (
+            mqtt.MQTT_ERR_SUCCESS,
+            mqtt.MQTT_ERR_AGAIN,
+        ):
+            return False
+        link.wait(wait_s)
+        while link.readable():
+            if client.loop_read() != mqtt.MQTT_ERR_SUCCESS:
+                return False
+            if self._stop.is_set():
+                break
+        return client.loop_misc() == mqtt.MQTT_ERR_SUCCESS and client.socket() is not None

@@ -1,0 +1,184 @@
+"""A socket stand-in for paho whose reads and writes happen in a thread of its own.
+
+Why: a fresh QoS 0 subscriber to `clock/v1/agents/+/report` is sent every retained report in
+one burst. Mosquitto drops QoS 0 messages too once more than `max_queued_messages` (1000 by
+default) packets wait for a subscriber's socket, and decoding a report takes ~20-50 us, so a
+reader that decodes as it reads falls behind the burst and loses reports (measured: ~8,800 of
+10,000 known). This link drains the socket into memory at memory speed (recv releases the
+GIL) while paho parses and we decode from the buffer at our own pace: the broker always sees
+an empty socket. Memory: the burst itself, once (a few MB for 10,000 reports).
+
+paho sees an ordinary non-blocking socket: `recv()` serves buffered bytes or raises
+BlockingIOError, `send()` queues bytes for the I/O thread, `close()` ends it. TLS sockets
+work too: every call on the real socket is made by the I/O thread alone.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import selectors
+import socket
+import ssl
+import threading
+from collections import deque
+from typing import Any
+
+CHUNK = 256 * 1024
+
+
+class BufferedLink:
+    # No locks on the hot path: the I/O thread appends whole chunks to a deque (atomic under
+    # the GIL) and paho's thread pops them; paho calls recv() three or four times a message.
+
+    def __init__(self, sock: socket.socket | ssl.SSLSocket) -> None:
+        self._sock = sock
+        self._chunks: deque[bytes] = deque()
+        self._cur = b""  # the chunk paho is reading, from _off on (paho's thread only)
+        self._off = 0
+        self._out: deque[bytes] = deque()
+        self._eof = False
+        self._error: OSError | None = None
+        self._closing = False
+        self._arrived = threading.Event()
+        self._wake_r, self._wake_w = socket.socketpair()
+        self._wake_r.setblocking(False)
+        self._wake_w.setblocking(False)
+        self._thread = threading.Thread(target=self._run, name="collector-socket", daemon=True)
+        self._thread.start()
+
+    # --- what paho calls -------------------------------------------------------------------
+
+    def recv(self, bufsize: int) -> bytes:
+        cur, off = self._cur, self._off
+        if off >= len(cur):
+            try:
+                cur = self._cur = self._chunks.popleft()
+            except IndexError:
+                if self._error is not None:
+                    raise self._error from None
+                if self._eof:
+                    return b""
+                raise BlockingIOError from None
+            off = 0
+        end = off + bufsize
+        self._off = end
+        return cur[off:end]
+
+    def send(self, data: bytes | bytearray | memoryview) -> int:
+        if self._error is not None:
+            raise self._error
+        if self._eof or self._closing:
+            raise BrokenPipeError("connection closed")
+        self._out.append(bytes(data))
+        self._wake()
+        return len(data)
+
+    def close(self) -> None:
+        self._closing = True
+        self._wake()
+        if threading.current_thread() is not self._thread:
+            self._thread.join(5)
+        with contextlib.suppress(OSError):
+            self._sock.close()
+        for s in (self._wake_r, self._wake_w):
+            with contextlib.suppress(OSError):
+                s.close()
+
+    def pending(self) -> int:
+        return max(0, len(self._cur) - self._off) + sum(len(c) for c in self._chunks)
+
+    def fileno(self) -> int:
+        return self._sock.fileno()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._sock, name)
+
+    # --- what the collector's loop calls ---------------------------------------------------
+
+    def readable(self) -> bool:
+        """Buffered bytes, or an end or error paho has yet to see."""
+        return (
+            self._off < len(self._cur) or bool(self._chunks) or self._eof or self._error is not None
+        )
+
+    def wait(self, timeout: float) -> bool:
+        self._arrived.clear()  # before the check: an arrival after it sets the event again
+        if self.readable():
+            return True
+        return self._arrived.wait(timeout)
+
+    # --- the I/O thread --------------------------------------------------------------------
+
+    def _wake(self) -> None:
+        with contextlib.suppress(BlockingIOError, OSError):
+            self._wake_w.send(b"\0")
+
+    def _run(self) -> None:
+        sel = selectors.DefaultSelector()
+        unsent = b""
+        try:
+            sel.register(self._sock, selectors.EVENT_READ)
+            sel.register(self._wake_r, selectors.EVENT_READ)
+            writing = False
+            while True:
+                while self._out:
+                    unsent += self._out.popleft()
+                if self._closing:
+                    self._send(unsent)  # a last DISCONNECT, if paho queued one
+                    return
+                if bool(unsent) != writing:
+                    writing = not writing
+                    sel.modify(
+                        self._sock,
+                        selectors.EVENT_READ | (selectors.EVENT_WRITE if writing else 0),
+                    )
+                for key, mask in sel.select(timeout=1.0):
+                    if key.fileobj is self._wake_r:
+                        with contextlib.suppress(BlockingIOError, OSError):
+                            self._wake_r.recv(4096)
+                        continue
+                    if mask & selectors.EVENT_READ and not self._read():
+                        return
+                    if mask & selectors.EVENT_WRITE:
+                        unsent = self._send(unsent)
+                        if self._error is not None:
+                            return
+        except OSError as exc:
+            self._fail(exc)
+        finally:
+            sel.close()
+
+    def _read(self) -> bool:
+        try:
+            # Loop: a TLS socket can hold decrypted bytes that select() does not report.
+            while True:
+                chunk = self._sock.recv(CHUNK)
+                if not chunk:
+                    self._eof = True
+                    self._arrived.set()
+                    return False
+                self._chunks.append(chunk)
+                self._arrived.set()
+        except (BlockingIOError, ssl.SSLWantReadError, ssl.SSLWantWriteError):
+            return True
+        except OSError as exc:
+            self._fail(exc)
+            return False
+
+    def _send(self, data: bytes) -> bytes:
+        """Send what the socket takes now; return the rest."""
+        if not data:
+            return data
+        try:
+            n = self._sock.send(data)
+        except (BlockingIOError, ssl.SSLWantReadError, ssl.SSLWantWriteError):
+            return data
+        except OSError as exc:
+            self._fail(exc)
+            return b""
+        return data[n:]
+
+    def _fail(self, exc: OSError) -> None:
+        if self._error is None:
+            self._error = exc
+        self._arrived.set()
