@@ -271,6 +271,10 @@ class Fleet:
 
     def _socket_open(self, client: mqtt.Client, userdata: Any, sock: Any) -> None:
         self._clients.add(client)
+        # MQTT packets are small and answered one by one (SUBSCRIBE, PUBLISH after PUBACK):
+        # with Nagle on, each waits for the broker's delayed ACK (~40 ms on Linux).
+        with contextlib.suppress(OSError, AttributeError):
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         with contextlib.suppress(KeyError, ValueError):
             self._sel.unregister(sock)
         self._sel.register(sock, selectors.EVENT_READ, client)

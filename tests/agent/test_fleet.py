@@ -94,3 +94,13 @@ def test_an_agent_added_while_running_starts(broker_url, short_tmp: Path):
         wait_until(lambda: first.connected)
         fleet.add(late)
         wait_until(lambda: late.connected, timeout_s=10)
+
+
+def test_agent_sockets_do_not_wait_for_delayed_acks(broker_url, short_tmp: Path):
+    import socket
+
+    agent = make_agent(broker_url, "a1", keys=make_keys(short_tmp / "keys"))
+    with hosted(agent):
+        wait_until(lambda: agent.connected)
+        sock = agent.client.socket()
+        assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) != 0
