@@ -16,6 +16,7 @@ import re
 import shutil
 import subprocess
 import sys
+import zipfile
 from pathlib import Path
 
 import jsonschema
@@ -23,6 +24,7 @@ import pytest
 import yaml
 from clockfleet.publisher import fleetfile
 
+from clockfleet.cli import COMMANDS
 from tests.compose.cli_check import clockfleet_lines, problem
 from tests.conftest import REPO
 
@@ -314,3 +316,34 @@ def test_setup_script_runs_twice_and_hands_each_service_only_its_secret(
         text=True,
     )
     assert "DNS:mosquitto" in verify.stdout
+
+
+@pytest.mark.timeout(180)
+def test_what_the_dockerfile_copies_builds_a_package_with_every_subcommand(short_tmp: Path):
+    """Copy exactly what the Dockerfile copies before `pip install .`, build the wheel there
+    as pip install would, and find every subcommand's module in it."""
+    src = short_tmp / "src"
+    src.mkdir()
+    for line in (REPO / "Dockerfile").read_text().splitlines():
+        if line.startswith("RUN pip install"):
+            break
+        if line.startswith("COPY "):
+            for item in line.split()[1:-1]:
+                path = REPO / item
+                if path.is_dir():
+                    shutil.copytree(path, src / item, ignore=shutil.ignore_patterns("__pycache__"))
+                else:
+                    shutil.copy(path, src / item)
+    done = subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", "-w", str(short_tmp / "w"), "."],
+        cwd=src,
+        capture_output=True,
+        text=True,
+        timeout=170,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    (wheel,) = (short_tmp / "w").glob("clockfleet-*.whl")
+    names = set(zipfile.ZipFile(wheel).namelist())
+    for module, _, _ in COMMANDS.values():
+        assert module.replace(".", "/") + ".py" in names, module
+    assert "clockfleet/agent/clockfleet-agent.service" in names
