@@ -60,6 +60,26 @@ def summarise(path: Path, top: int = 15, under: str | None = None) -> str:
     return "\n".join(lines)
 
 
+def shares(path: Path, needles: dict[str, str], under: str | None = None) -> dict[str, float]:
+    """Fraction of samples whose stack passes through a frame containing each needle."""
+    hits = dict.fromkeys(needles, 0)
+    total = 0
+    try:
+        text = path.read_text(errors="replace")
+    except OSError:
+        return {}
+    for line in text.splitlines():
+        stack, _, count = line.rpartition(" ")
+        if not stack or not count.isdigit() or (under is not None and under not in stack):
+            continue
+        n = int(count)
+        total += n
+        for label, needle in needles.items():
+            if needle in stack:
+                hits[label] += n
+    return {label: hits[label] / total for label in needles} if total else {}
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__)
     p.add_argument("files", type=Path, nargs="+")

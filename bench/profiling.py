@@ -11,7 +11,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from bench.profile_summary import summarise
+from bench.profile_summary import shares, summarise
 
 PROFILE_ENV = "BENCH_PROFILE_DIR"
 RATE = 250  # samples/s
@@ -56,3 +56,12 @@ def summary(path: Path, *, under: str | None = None, top: int = 12) -> list[str]
     if not path.exists():
         return ["(no profile: py-spy is not installed or could not attach)"]
     return ["```", *summarise(path, top, under).splitlines(), "```"]
+
+
+def breakdown(path: Path, needles: dict[str, str], under: str | None = None) -> list[str]:
+    """One line: the share of samples spent under each named frame."""
+    found = shares(path, needles, under)
+    if not found:
+        return []
+    parts = [f"{label} {100 * share:.0f} %" for label, share in found.items()]
+    return ["Share of samples: " + "; ".join(parts) + ".", ""]

@@ -77,7 +77,18 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 ),
                 env=agent_env(),
             )  # fmt: skip
-            profile = profiling.summary(out_path, top=20)
+            profile = profiling.breakdown(
+                out_path,
+                {
+                    "importing modules": "_find_and_load",
+                    "of which compiling source (no byte code cache)": "source_to_code",
+                    "the sync itself (Fleet.run_until: connect, retained list, probe, report)": (
+                        "Fleet.run_until"
+                    ),
+                    "the probe": "probe (agent/probe.py",
+                },
+            )
+            profile += profiling.summary(out_path, top=20)
         chrony_times = [
             ntp_tools.chronyd_query(server.host, server.port).wall_s for _ in range(args.runs)
         ]
