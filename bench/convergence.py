@@ -42,7 +42,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "--what-if-n",
         type=int,
         default=100,
-        help="fleet size of the what-if run with Nagle off on broker and agents (0: skip)",
+        help="fleet size of the what-if run with the broker's Nagle off (0: skip)",
     )
     p.add_argument(
         "--fleet-workers",
@@ -98,7 +98,6 @@ def measure(
             "bench.fleet_worker",
             *("--host", mosq.host, "--port", mosq.port, "--n", n),
             *("--region", REGION, "--trust", pub.pub_path, "--workers", workers),
-            *(["--nodelay"] if nodelay else []),
             profile_to=profile_to,
         )
         up = fleet.expect("ready", 240)
@@ -236,7 +235,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         res = measure(n, args.rounds, None, args.fleet_workers, [], nodelay=True)
         rows.append(
             row(
-                f"what-if: p100, N={n}, with TCP_NODELAY on agents and broker",
+                f"what-if: p100, N={n}, broker with set_tcp_nodelay true",
                 "s",
                 res["ours"]["p100"],
                 reference=f"{n} bare paho subscribers, same broker",
@@ -244,10 +243,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             )
         )
         notes.append(
-            "what-if run: Mosquitto with `set_tcp_nodelay true` and each agent's socket with "
-            "TCP_NODELAY (set by the bench from outside, through the socket-open callback): "
-            "neither clockfleet's agent nor broker/mosquitto.conf sets it, so a report written "
-            "right after the list's PUBACK waits for a delayed ACK (Nagle, ~40 ms per hop)"
+            "what-if run: the same with Mosquitto's `set_tcp_nodelay true` (broker/mosquitto.conf "
+            "does not set it; Mosquitto's default leaves Nagle on, so a small packet to an agent "
+            "or to the collector can wait for a delayed ACK, ~40 ms)"
         )
     profile: list[str] = []
     missed = [r for r in rows if r["verdict"] == "miss" and r["unit"] == "s"]

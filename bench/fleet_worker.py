@@ -9,7 +9,6 @@ every agent has made its first report (the fleet is up and synced), then serves 
 from __future__ import annotations
 
 import argparse
-import socket
 import sys
 import threading
 import time
@@ -20,17 +19,6 @@ import psutil
 from bench.stack import commands, emit, raise_nofile
 
 
-def nodelay_on_open(client) -> None:
-    """Wrap the socket-open callback the Fleet installed to switch Nagle off first."""
-    installed = client.on_socket_open
-
-    def on_open(c, userdata, sock) -> None:
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        installed(c, userdata, sock)
-
-    client.on_socket_open = on_open
-
-
 def main() -> int:
     p = argparse.ArgumentParser()
     p.add_argument("--host", required=True)
@@ -39,11 +27,6 @@ def main() -> int:
     p.add_argument("--region", required=True)
     p.add_argument("--trust", type=Path, required=True)
     p.add_argument("--workers", type=int, default=8)
-    p.add_argument(
-        "--nodelay",
-        action="store_true",
-        help="what-if: TCP_NODELAY on every agent's socket (clockfleet does not set it)",
-    )
     args = p.parse_args()
     raise_nofile()
     from clockfleet.agent.clock_backends import make_backend
@@ -83,8 +66,6 @@ def main() -> int:
         )
         agent.on_report = on_report
         fleet.add(agent)
-        if args.nodelay:
-            nodelay_on_open(agent.client)
     fleet.start()
     if not all_reported.wait(120):
         emit("error", why=f"only {len(reported)} of {args.n} agents reported within 120 s")
