@@ -472,11 +472,11 @@ class Agent:
     def _give_up_broker(self, why: str) -> None:
         """--once: no broker answered. Sync from the cache if there is one."""
         self.unreachable = why
-        log.warning("%s: no broker reachable: %s", self.id, why)
         if self.server_list is None:
             self.fatal = f"broker unreachable and no cached server list ({why})"
             self.finished = True
-            return
+            return  # the caller prints `fatal` as its one line
+        log.warning("%s: no broker reachable: %s", self.id, why)
         log.info("%s: syncing from the cached list", self.id)
         self.settled = True
         self._sync_at(0.0, "cached list")

@@ -183,9 +183,9 @@ def test_once_without_a_broker_or_a_cache_exits_2_with_one_line(keys, short_tmp)
     done = run_agent(*once_args(f"mqtt://127.0.0.1:{port}", keys, short_tmp / "empty"))
 
     assert done.returncode == 2
-    lines = [line for line in done.stderr.splitlines() if line.startswith("clockfleet agent:")]
-    assert len(lines) == 1
-    assert "broker unreachable and no cached server list" in lines[0]
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1, done.stderr
+    assert lines[0].startswith("clockfleet agent: broker unreachable and no cached server list")
     assert done.stdout == ""
 
 
