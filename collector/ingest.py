@@ -112,6 +112,9 @@ class Collector:
         self.client_id = client_id or f"clockfleet-collector-{uuid.uuid4().hex[:12]}"
         self._connected = False
         self._connections = 0
+        # Set once the broker has sent everything retained for our subscriptions (see
+        # _on_subscribe); cleared on every disconnect.
+        self.retained_loaded = threading.Event()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._rejects = RateLimitedLog()
@@ -174,6 +177,7 @@ class Collector:
         client.on_connect = self._on_connect
         client.on_subscribe = self._on_subscribe
         client.on_disconnect = self._on_disconnect
+        client.on_unsubscribe = self._on_unsubscribe
         client.on_message = self._on_message
         client.user_data_set({"connack": None})
         self.current_broker = addr
@@ -225,9 +229,22 @@ class Collector:
             client.disconnect()
             return
         self._connected = True
+        # A fence: Mosquitto handles a client's packets in order and queues the retained
+        # messages of a SUBSCRIBE before it reads the next packet, so the answer to this
+        # UNSUBSCRIBE (of a topic never subscribed) comes after the whole retained snapshot.
+        client.unsubscribe(f"{self.settings.prefix}/collector-fence/{self.client_id}")
+
+    def _on_unsubscribe(self, client, userdata, mid, reason_codes, properties) -> None:
+        log.info(
+            "retained state delivered: %d agents, %d regions",
+            len(self.state.agents),
+            len(self.state.regions),
+        )
+        self.retained_loaded.set()
 
     def _on_disconnect(self, client, userdata, flags, reason_code, properties) -> None:
         self._connected = False
+        self.retained_loaded.clear()
 
     # --- messages --------------------------------------------------------------------------
 

@@ -1,35 +1,33 @@
 """`clockfleet status`: the fleet as a table (or JSON) from the broker's retained state.
 
-Reads the same topics as the collector into the same FleetState, at QoS 0 (Mosquitto hands
-a QoS 1 wildcard subscriber at most ~1020 retained messages). Knowing when the retained
-snapshot is complete: after the SUBACK, an UNSUBSCRIBE of a topic we never subscribed to is
-answered only after the broker has queued every retained message of the SUBSCRIBE before it
-(Mosquitto handles a client's packets in order), and then we still wait for a short quiet
-period, bounded by --wait, for brokers that deliver later.
+Reads the broker with the collector's own `Collector` (QoS 0, the socket drained by its own
+thread: Mosquitto hands a QoS 1 wildcard subscriber at most ~1020 retained messages and drops
+QoS 0 ones for a slow reader). The snapshot is complete once the collector's fence (an
+UNSUBSCRIBE answered after every retained message, on Mosquitto) is answered and then no
+message has come for --settle seconds (for brokers that deliver later), bounded by --wait.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import logging
 import sys
-import threading
 import time
 from collections import Counter
 from dataclasses import asdict, dataclass
 
-from clockfleet.collector.fleet_state import AgentEntry, FleetState, Snapshot
-from clockfleet.collector.ingest import subscriptions
+from clockfleet.collector.fleet_state import AgentEntry, FleetState, Result, Snapshot
+from clockfleet.collector.ingest import Collector
 from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
 from clockfleet.protocol.connection import (
     BrokerUnreachable,
+    ConnectionSettings,
     UsageError,
     add_arguments,
-    connect_blocking,
-    new_client,
     settings_from_args,
 )
 
@@ -131,43 +129,28 @@ def build_rows(
     return rows
 
 
-def read_fleet(settings, *, wait_s: float, settle_s: float) -> FleetState:
-    """Subscribe at QoS 0 and return once the retained snapshot has been delivered."""
-    state = FleetState(settings.prefix)
-    lock = threading.Lock()
+def read_fleet(settings: ConnectionSettings, *, wait_s: float, settle_s: float) -> FleetState:
+    """Read the broker's retained state the way the collector does (QoS 0, socket drained
+    by its own thread); return once the snapshot has been delivered."""
     last_message = [time.monotonic()]
-    acks: dict[str, threading.Event] = {"sub": threading.Event(), "unsub": threading.Event()}
 
-    def on_message(client, userdata, msg) -> None:
-        with lock:
-            try:
-                state.ingest(msg.topic, msg.payload, time.monotonic())
-            except UnicodeDecodeError:
-                state.reject("bad-topic", "topic is not UTF-8", "", "")
-            last_message[0] = time.monotonic()
+    def on_message(result: Result, t: float) -> None:
+        last_message[0] = t
 
-    client = new_client(settings, clean_session=True)
-    client.on_message = on_message
-    client.on_subscribe = lambda *a: acks["sub"].set()
-    client.on_unsubscribe = lambda *a: acks["unsub"].set()
-    connect_blocking(client, settings, timeout_s=min(wait_s, settings.connect_timeout_s))
+    collector = Collector(settings, on_message=on_message)
+    deadline = time.monotonic() + wait_s
+    collector.start(timeout_s=min(wait_s, settings.connect_timeout_s))
     try:
-        deadline = time.monotonic() + wait_s
-        client.subscribe(subscriptions(settings.prefix))
-        acks["sub"].wait(max(0.0, deadline - time.monotonic()))
-        client.unsubscribe(f"{settings.prefix}/status-fence")
-        acks["unsub"].wait(max(0.0, deadline - time.monotonic()))
+        collector.retained_loaded.wait(max(0.0, deadline - time.monotonic()))
         last_message[0] = max(last_message[0], time.monotonic())
         while time.monotonic() < deadline:
-            with lock:
-                quiet = time.monotonic() - last_message[0]
+            quiet = time.monotonic() - last_message[0]
             if quiet >= settle_s:
                 break
             time.sleep(min(settle_s - quiet, 0.05))
     finally:
-        client.disconnect()
-        client.loop_stop()
-    return state
+        collector.stop()
+    return collector.state
 
 
 def _fmt_seconds(value: float | None, scale: float = 1e3, unit: str = "ms") -> str:
@@ -277,6 +260,8 @@ def main(argv: list[str] | None = None) -> int:
     except UsageError as exc:
         print(f"clockfleet status: {exc}", file=sys.stderr)
         return 2
+    # Refused messages are counted under the table; a log line for each would bury it.
+    logging.getLogger("clockfleet.collector").setLevel(logging.ERROR)
     try:
         state = read_fleet(settings, wait_s=args.wait, settle_s=args.settle)
     except BrokerUnreachable as exc:
