@@ -308,21 +308,22 @@ def start(procs: Processes, settings: Settings) -> Stack:
 
 
 def read_view(stack: Stack) -> View:
-    """The fleet as `clockfleet status --json` sees it (an empty view if that failed), with
-    each agent's `tried` list from the report its state directory keeps."""
+    """The fleet as `clockfleet status --json` sees it, with each agent's `tried` list from
+    the report its state directory keeps; an empty view with `error` set if status failed."""
     argv = clockfleet_argv("status", "--json", *stack.as_("collector"))
     try:
         done = subprocess.run(argv, capture_output=True, text=True, timeout=20)
     except subprocess.TimeoutExpired:
-        return View()
+        return View(error="`clockfleet status --json` did not answer within 20 s")
     if done.returncode != 0:
         with (stack.rundir / "logs" / "status.log").open("a") as f:
             f.write(f"exit {done.returncode}: {done.stderr}\n")
-        return View()
+        last = (done.stderr.strip().splitlines() or [""])[-1]
+        return View(error=f"`clockfleet status --json` exited {done.returncode}: {last}")
     try:
         view = view_from_status_json(json.loads(done.stdout))
-    except ValueError:
-        return View()
+    except ValueError as exc:
+        return View(error=f"`clockfleet status --json` printed no JSON list: {exc}")
     reports = {}
     for a in stack.agents:
         with contextlib.suppress(OSError, ValueError):
@@ -382,8 +383,8 @@ def run(settings: Settings) -> int:
         stack = start(procs, settings)
         for line in banner(stack, settings):
             say(line)
-        view = watch(procs, stack, settings)
-        return verdict(stack, view, settings)
+        watch(procs, stack, settings)
+        return verdict(stack, settings)
     except StepFailed as exc:
         say(f"FAILED: {exc}")
         return 1
@@ -418,6 +419,7 @@ def watch(procs: Processes, stack: Stack, settings: Settings) -> View:
         width = live.console.width
         live.start()
     events: list[str] = []
+    last_error = ""
     prom_line, prom_at = "prometheus: (first scrape within ~5 s)", 0.0
     try:
         while True:
@@ -440,8 +442,13 @@ def watch(procs: Processes, stack: Stack, settings: Settings) -> View:
             if live is not None and time.monotonic() - prom_at >= 5:
                 prom_line, prom_at = prometheus_view(stack.prometheus_url), time.monotonic()
             new = read_view(stack)
-            lines = changes(view, new, names)
-            view = new if new.rows or new.published else view
+            if new.error:
+                lines = [new.error] if new.error != last_error else []
+                last_error = new.error
+            else:
+                last_error = ""
+                lines = changes(view, new, names)
+                view = new
             for line in lines:
                 stamped = f"{datetime.now(UTC):%H:%M:%S} {line}"
                 if live is None:
@@ -469,10 +476,11 @@ def watch(procs: Processes, stack: Stack, settings: Settings) -> View:
     return view
 
 
-def verdict(stack: Stack, view: View, settings: Settings) -> int:
-    final = read_view(stack)
-    if final.rows:
-        view = final
+def verdict(stack: Stack, settings: Settings) -> int:
+    view = read_view(stack)
+    if view.error:
+        say(f"FAILED: cannot read the fleet's final state: {view.error}")
+        return 1
     print(plain_table(view, stack.server_names()), flush=True)
     say(prometheus_view(stack.prometheus_url))
     (stack.rundir / "final-view.json").write_text(

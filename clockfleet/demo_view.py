@@ -37,6 +37,7 @@ class Row:
 class View:
     rows: dict[str, Row] = field(default_factory=dict)
     published: dict[str, int] = field(default_factory=dict)  # region -> list version
+    error: str = ""  # why the view could not be read (then it is empty)
 
 
 def _server_text(server: Any) -> str:
