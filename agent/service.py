@@ -35,13 +35,13 @@ import random
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Protocol
 
 import paho.mqtt.client as mqtt
 from clockfleet.agent import schedule
-from clockfleet.agent.state import Remembered, StateDir
+from clockfleet.agent.state import LastGood, Remembered, StateDir, local_status, residual_offset
 
 from clockfleet import __version__
 from clockfleet.protocol import codec, signing, topics
@@ -184,7 +184,7 @@ class Agent:
         self._syncing = False
         self._sync_again = False
         self._failures = 0
-        self._last_good: tuple[float, float, Report] | None = None  # (monotonic, residual, rep)
+        self._last_good: LastGood | None = None
         self._stale_timer: Any = None
 
         # connection
@@ -357,14 +357,7 @@ class Agent:
         self.last_report, self.last_report_payload = rep, raw
         if rep.ok:
             age = max(0.0, self.wall_clock() - rep.at.timestamp())
-            self._last_good = (time.monotonic() - age, self._residual(rep), rep)
-
-    @staticmethod
-    def _residual(rep: Report) -> float:
-        """|offset| left after the discipline: a step (chrony, system-step) removes it."""
-        if rep.discipline in ("system-step", "chrony"):
-            return 0.0
-        return abs(rep.offset_s or 0.0)
+            self._last_good = LastGood(time.monotonic() - age, residual_offset(rep), rep)
 
     def _save_memory(self) -> None:
         if self.state is not None:
@@ -834,7 +827,7 @@ class Agent:
         self.reports_made += 1
         if report.ok:
             self._failures = 0
-            self._last_good = (time.monotonic(), self._residual(report), report)
+            self._last_good = LastGood(time.monotonic(), residual_offset(report), report)
             log.info(
                 "%s: synced to %s:%d (list v%d): offset %+.6f s, delay %.6f s, %s",
                 self.id,
@@ -975,43 +968,19 @@ class Agent:
     # --- local status file -----------------------------------------------------------------
 
     def local_status(self) -> dict[str, Any]:
-        """What status.json says: can a local reader (a PBX) trust this host's clock now?"""
-        rep = self.last_report
-        out: dict[str, Any] = {
-            "agent": self.id,
-            "synced": bool(rep and rep.ok),
-            "trustworthy": False,
-            "region": self.region,
-            "list_version": rep.list_version if rep else None,
-            "offset_s": rep.offset_s if rep else None,
-            "server": f"{rep.server.host}:{rep.server.port}" if rep and rep.server else None,
-            "at": codec.utcnow_iso(rep.at) if rep else None,
-            "timezone": rep.timezone if rep else self.desired_timezone(),
-            "discipline": rep.discipline if rep else None,
-            "counters": dict(self.counters),
-            "written_at": codec.utcnow_iso(self._now_dt()),
-        }
-        limit = 2 * self.poll_interval_s
-        if self._last_good is None:
-            out["reason"] = rep.error if rep and rep.error else "never synced"
-            return out
-        when, residual, good = self._last_good
-        age = time.monotonic() - when
-        valid_until = self._now_dt() + timedelta(seconds=limit - age)
-        out["last_good_at"] = codec.utcnow_iso(good.at)
-        out["valid_until"] = codec.utcnow_iso(valid_until)
-        if age > limit:
-            out["reason"] = f"last good sync {age:.0f} s ago (limit 2 x poll = {limit:.0f} s)"
-        elif residual > self.settings.trust_offset_s:
-            out["reason"] = (
-                f"offset {residual:.3f} s after discipline exceeds "
-                f"{self.settings.trust_offset_s:g} s"
-            )
-        else:
-            out["trustworthy"] = True
-            if rep is not None and not rep.ok:
-                out["note"] = f"last sync failed ({rep.error}); last good sync still recent"
-        return out
+        """What status.json says (see clockfleet.agent.state.local_status)."""
+        return local_status(
+            agent=self.id,
+            region=self.region,
+            report=self.last_report,
+            last_good=self._last_good,
+            poll_interval_s=self.poll_interval_s,
+            trust_offset_s=self.settings.trust_offset_s,
+            timezone=self.desired_timezone(),
+            counters=self.counters,
+            now=self._now_dt(),
+            monotonic=time.monotonic(),
+        )
 
     def _write_status(self) -> None:
         if self.state is None:
@@ -1021,7 +990,7 @@ class Agent:
             self._stale_timer.cancel()
             self._stale_timer = None
         if self._last_good is not None and not self.once:
-            left = 2 * self.poll_interval_s - (time.monotonic() - self._last_good[0])
+            left = 2 * self.poll_interval_s - (time.monotonic() - self._last_good.monotonic)
             if left > 0:
                 # Rewrite the file when the last good sync goes stale, so it never lies.
                 self._stale_timer = self._call_later(left + 0.001, self._write_status)

@@ -17,9 +17,14 @@ import json
 import logging
 import os
 import tempfile
+from collections.abc import Mapping
 from dataclasses import dataclass, field
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
+
+from clockfleet.protocol.codec import utcnow_iso
+from clockfleet.protocol.messages import Report
 
 log = logging.getLogger("clockfleet.agent.state")
 
@@ -134,3 +139,77 @@ class StateDir:
     def read_status(self) -> dict[str, Any] | None:
         raw = self._read("status.json")
         return None if raw is None else json.loads(raw)
+
+
+# --- the local status file ------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class LastGood:
+    """The last good sync: when (monotonic), the |offset| left after the discipline, the report."""
+
+    monotonic: float
+    residual_s: float
+    report: Report
+
+
+def residual_offset(report: Report) -> float:
+    """|offset| left after the discipline: a step (chrony, system-step) removes it; observe
+    and slew leave it (a slew takes a while)."""
+    if report.discipline in ("system-step", "chrony"):
+        return 0.0
+    return abs(report.offset_s or 0.0)
+
+
+def local_status(
+    *,
+    agent: str,
+    region: str | None,
+    report: Report | None,
+    last_good: LastGood | None,
+    poll_interval_s: float,
+    trust_offset_s: float,
+    timezone: str | None,
+    counters: Mapping[str, int],
+    now: datetime,
+    monotonic: float,
+) -> dict[str, Any]:
+    """What status.json says: can a local reader (a PBX) trust this host's clock now?
+
+    Trustworthy while the last good sync is within 2 x the poll interval and the offset left
+    after the discipline is within `trust_offset_s`; otherwise `reason` says why. The file
+    also says until when (`valid_until`), so a reader can judge a file nobody rewrote.
+    """
+    server = report.server if report else None
+    out: dict[str, Any] = {
+        "agent": agent,
+        "synced": bool(report and report.ok),
+        "trustworthy": False,
+        "region": region,
+        "list_version": report.list_version if report else None,
+        "offset_s": report.offset_s if report else None,
+        "server": f"{server.host}:{server.port}" if server else None,
+        "at": utcnow_iso(report.at) if report else None,
+        "timezone": report.timezone if report else timezone,
+        "discipline": report.discipline if report else None,
+        "counters": dict(counters),
+        "written_at": utcnow_iso(now),
+    }
+    if last_good is None:
+        out["reason"] = report.error if report and report.error else "never synced"
+        return out
+    limit = 2 * poll_interval_s
+    age = monotonic - last_good.monotonic
+    out["last_good_at"] = utcnow_iso(last_good.report.at)
+    out["valid_until"] = utcnow_iso(now + timedelta(seconds=limit - age))
+    if age > limit:
+        out["reason"] = f"last good sync {age:.0f} s ago (limit 2 x poll = {limit:.0f} s)"
+    elif last_good.residual_s > trust_offset_s:
+        out["reason"] = (
+            f"offset {last_good.residual_s:.3f} s after discipline exceeds {trust_offset_s:g} s"
+        )
+    else:
+        out["trustworthy"] = True
+        if report is not None and not report.ok:
+            out["note"] = f"last sync failed ({report.error}); last good sync still recent"
+    return out
