@@ -22,6 +22,8 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import shlex
+import shutil
 import signal
 import subprocess
 import sys
@@ -372,7 +374,16 @@ def banner(stack: Stack, settings: Settings) -> list[str]:
         + ", ".join(f"{role} {h}:{p}" for (h, p), role in stack.server_names().items()),
         f"list change     {settings.change_after:g} s after the agents start "
         f"(config/fleet.demo.after.yaml)",
+        f"try, meanwhile  {shlex.join([_clockfleet_command(), 'status', *stack.as_('collector')])}",
     ]
+
+
+def _clockfleet_command() -> str:
+    """How to type `clockfleet` in another terminal (the venv's, when not on PATH)."""
+    beside = Path(sys.executable).parent / "clockfleet"
+    if beside.exists() and shutil.which("clockfleet") != str(beside):
+        return str(beside)
+    return "clockfleet"
 
 
 def run(settings: Settings) -> int:
