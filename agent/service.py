@@ -49,6 +49,7 @@ from clockfleet.protocol.codec import Rejected
 from clockfleet.protocol.connection import ConnectionSettings, new_client, rotation
 from clockfleet.protocol.messages import (
     MAX_OFFSET_S,
+    MAX_TRIED,
     Command,
     Profile,
     Report,
@@ -123,6 +124,75 @@ def _seconds(value: float | None) -> float | None:
     if value is None or value != value or abs(value) >= MAX_OFFSET_S:
         return None
     return float(value)
+
+
+def build_report(
+    agent_id: str, job: SyncJob, o: SyncOutcome, wall_now: float, software: str
+) -> Report:
+    """The `clock.report/1` of one sync, checked against the strict decoder before it goes
+    out: readers must never refuse what an agent publishes."""
+    res = o.result
+    tried = []
+    for a in res.tried if res is not None else []:
+        s = a.sample
+        tried.append(
+            Tried(
+                host=a.host,
+                port=a.port,
+                outcome=a.outcome,
+                detail=_clip(a.detail),
+                offset_s=_seconds(s.offset_s) if s else None,
+                delay_s=_seconds(s.delay_s) if s and s.delay_s >= 0 else None,
+            )
+        )
+    ok = bool(res is not None and res.ok and o.applied is not None and o.applied.ok)
+    at = wall_now
+    fields: dict[str, Any] = {}
+    if ok:
+        s = res.chosen.sample
+        fields = {
+            "server": Server(res.chosen.host, res.chosen.port),
+            "offset_s": _seconds(s.offset_s),
+            "delay_s": _seconds(max(s.delay_s, 0.0)),
+            "stratum": s.stratum,
+            "leap": s.leap,
+            "root_distance_s": _seconds(max(s.root_distance_s, 0.0)),
+        }
+        if o.applied.discipline == "observe" and fields["offset_s"] is not None:
+            at += fields["offset_s"]  # `at` is written from the corrected clock
+    errors = [e for e in (o.error, o.tz_error) if e]
+    report = Report(
+        schema="clock.report/1",
+        agent=agent_id,
+        region=job.server_list.region,
+        list_version=job.server_list.version,
+        ok=ok,
+        discipline=o.applied.discipline if ok else "none",
+        at=datetime.fromtimestamp(at, UTC),
+        tried=tried[:MAX_TRIED],
+        timezone=o.timezone,
+        profile_version=job.profile.version if job.profile else None,
+        software=_clip(software),
+        error=_clip("; ".join(errors)) if errors else None,
+        **fields,
+    )
+    try:
+        codec.decode(Report, codec.encode(report), topic_id=agent_id)
+    except Rejected as r:
+        # Our own bug; never publish what readers would refuse.
+        log.error("%s: built an invalid report (%s): %s", agent_id, r.reason, r.detail)
+        report = Report(
+            schema="clock.report/1",
+            agent=agent_id,
+            region=job.server_list.region,
+            list_version=job.server_list.version,
+            ok=False,
+            discipline="none",
+            at=datetime.fromtimestamp(wall_now, UTC),
+            tried=[],
+            error=_clip(f"internal: invalid report ({r.reason}: {r.detail})"),
+        )
+    return report
 
 
 class Agent:
@@ -873,68 +943,7 @@ class Agent:
             )
 
     def _build_report(self, job: SyncJob, o: SyncOutcome) -> Report:
-        res = o.result
-        tried = []
-        for a in res.tried if res is not None else []:
-            s = a.sample
-            tried.append(
-                Tried(
-                    host=a.host,
-                    port=a.port,
-                    outcome=a.outcome,
-                    detail=_clip(a.detail),
-                    offset_s=_seconds(s.offset_s) if s else None,
-                    delay_s=_seconds(s.delay_s) if s and s.delay_s >= 0 else None,
-                )
-            )
-        ok = bool(res is not None and res.ok and o.applied is not None and o.applied.ok)
-        now = self.wall_clock()
-        fields: dict[str, Any] = {}
-        if ok:
-            s = res.chosen.sample
-            fields = {
-                "server": Server(res.chosen.host, res.chosen.port),
-                "offset_s": _seconds(s.offset_s),
-                "delay_s": _seconds(max(s.delay_s, 0.0)),
-                "stratum": s.stratum,
-                "leap": s.leap,
-                "root_distance_s": _seconds(max(s.root_distance_s, 0.0)),
-            }
-            if o.applied.discipline == "observe" and fields["offset_s"] is not None:
-                now += fields["offset_s"]  # `at` is written from the corrected clock
-        errors = [e for e in (o.error, o.tz_error) if e]
-        report = Report(
-            schema="clock.report/1",
-            agent=self.id,
-            region=job.server_list.region,
-            list_version=job.server_list.version,
-            ok=ok,
-            discipline=o.applied.discipline if ok else "none",
-            at=datetime.fromtimestamp(now, UTC),
-            tried=tried[:64],
-            timezone=o.timezone,
-            profile_version=job.profile.version if job.profile else None,
-            software=_clip(self.settings.software),
-            error=_clip("; ".join(errors)) if errors else None,
-            **fields,
-        )
-        try:
-            codec.decode(Report, codec.encode(report), topic_id=self.id)
-        except Rejected as r:
-            # Our own bug; never publish what readers would refuse.
-            log.error("%s: built an invalid report (%s): %s", self.id, r.reason, r.detail)
-            report = Report(
-                schema="clock.report/1",
-                agent=self.id,
-                region=job.server_list.region,
-                list_version=job.server_list.version,
-                ok=False,
-                discipline="none",
-                at=datetime.fromtimestamp(self.wall_clock(), UTC),
-                tried=[],
-                error=_clip(f"internal: invalid report ({r.reason}: {r.detail})"),
-            )
-        return report
+        return build_report(self.id, job, o, self.wall_clock(), self.settings.software)
 
     # --- outgoing --------------------------------------------------------------------------
 
