@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import shlex
 import sys
 import time
@@ -99,6 +100,7 @@ def run_figure(
     command = command_of(name, sp, args)
     print(f"== {name}: {command}", flush=True)
     t0 = time.monotonic()
+    load = os.getloadavg()[0]
     ok = True
     try:
         fig = _module(name).run(args)
@@ -109,6 +111,9 @@ def run_figure(
         fig = failed_figure(name, command, last[:500])
         ok = False
     fig["duration_s"] = round(time.monotonic() - t0, 1)
+    # Other work on the machine skews every figure: say how busy it was.
+    fig["load_before"] = round(load, 2)
+    fig["load_after"] = round(os.getloadavg()[0], 2)
     data = results.store_figure(results_path, fig, host, top_command)
     out.write_text(render.render(data))
     for r in fig["rows"]:

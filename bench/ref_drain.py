@@ -2,8 +2,8 @@
 
 The least a Python reader of the report stream can do (limits.md: 17k/s at QoS 1, 28k/s at
 QoS 0 from a backlog). Same protocol as bench.collector_worker: `ready`, `count` {n} ->
-`counted`; with --expect N, `known` once N messages have arrived, timed from before the
-client was created.
+`counted`, `seen` -> how many messages so far; with --expect N, `known` once N messages
+have arrived, timed from before the client was created.
 """
 
 from __future__ import annotations
@@ -65,6 +65,8 @@ def main() -> int:
             cmd = json.loads(sys.stdin.readline() or '{"cmd": "stop"}')
             if cmd.get("cmd") == "stop":
                 break
+            if cmd.get("cmd") == "seen":
+                emit("seen", n=state["seen"])
             if cmd.get("cmd") == "count":
                 state["count"], state["target"] = 0, cmd["n"]
                 emit("ok", cmd="count")

@@ -116,10 +116,13 @@ def render(data: dict[str, Any]) -> str:
         if fig is None:
             lines.append("Not measured yet.")
             continue
-        lines += [
-            f"Measured {fig['measured_at']} by `{fig['command']}`.",
-            "",
-        ]
+        lines.append(f"Measured {fig['measured_at']} by `{fig['command']}`.")
+        if "load_before" in fig:
+            lines.append(
+                f"It took {fig['duration_s']} s; 1-minute load average {fig['load_before']} "
+                f"before, {fig['load_after']} after (on {machine.get('cores', '?')} cores)."
+            )
+        lines.append("")
         lines += _table(fig["rows"])
         if fig["method"]:
             lines += ["", "How:", ""]
