@@ -4,6 +4,8 @@ collector in-process with its /metrics endpoint, and a real Prometheus scraping 
 from __future__ import annotations
 
 import json
+import shutil
+import tempfile
 import time
 import urllib.parse
 import urllib.request
@@ -13,6 +15,7 @@ from pathlib import Path
 
 import paho.mqtt.client as mqtt
 import pytest
+import yaml
 from clockfleet.collector.http import serve
 from clockfleet.collector.ingest import Collector
 from clockfleet.collector.metrics import MetricsRenderer
@@ -244,18 +247,30 @@ class Prometheus:
         raise AssertionError(f"{expr!r} never matched within {timeout_s} s; last: {result}")
 
 
-@pytest.fixture
-def prometheus(short_tmp: Path) -> Iterator[Callable[[str], Prometheus]]:
-    """Factory: prometheus(target 'host:port') -> a real Prometheus scraping it every 1 s."""
+CONFIG = Path(__file__).resolve().parents[2] / "config"
+
+
+def scraping_config(target: str) -> str:
+    """The committed config/prometheus.yml (job, rules) pointed at `target`, every second."""
+    config = yaml.safe_load((CONFIG / "prometheus.yml").read_text())
+    config["global"] = {"scrape_interval": "1s", "evaluation_interval": "1s"}
+    config["rule_files"] = [str(CONFIG / "alerts.yml")]
+    job = config["scrape_configs"][0]
+    job["scrape_timeout"] = "1s"
+    job["static_configs"] = [{"targets": [target]}]
+    return yaml.safe_dump(config)
+
+
+@pytest.fixture(scope="module")
+def prometheus() -> Iterator[Callable[[str], Prometheus]]:
+    """Factory: prometheus('host:port') -> a real Prometheus running the committed config
+    and alert rules, scraping that target every second (module scope: it takes ~5 s to the
+    first scrape)."""
+    rundir = Path(tempfile.mkdtemp(prefix="cf-prom-", dir="/tmp"))
     started: list[devstack.Daemon] = []
 
     def start(target: str) -> Prometheus:
-        config = (
-            "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\n"
-            "scrape_configs:\n  - job_name: clockfleet-collector\n"
-            f"    static_configs:\n      - targets: ['{target}']\n"
-        )
-        d = devstack.start_prometheus(short_tmp / f"prometheus{len(started)}", config)
+        d = devstack.start_prometheus(rundir / f"prometheus{len(started)}", scraping_config(target))
         started.append(d)
         prom = Prometheus(d)
         wait_until(prom.ready, what="Prometheus ready")
@@ -264,3 +279,4 @@ def prometheus(short_tmp: Path) -> Iterator[Callable[[str], Prometheus]]:
     yield start
     for d in started:
         d.stop()
+    shutil.rmtree(rundir, ignore_errors=True)

@@ -59,10 +59,10 @@ OFFLINE = "ok-west"
 
 
 @pytest.fixture(scope="module")
-def live() -> Iterator[tuple[RunningCollector, Prometheus]]:
-    rundir = Path(tempfile.mkdtemp(prefix="cf-prom-", dir="/tmp"))
+def live(prometheus) -> Iterator[tuple[RunningCollector, Prometheus]]:
+    rundir = Path(tempfile.mkdtemp(prefix="cf-live-", dir="/tmp"))
     broker = devstack.start_mosquitto(rundir / "mosquitto")
-    prom = collector = None
+    collector = None
     try:
         pub = Publisher(broker.host, broker.port)
         pub.publish(servers_topic("us-east"), servers("us-east", 8))
@@ -75,21 +75,8 @@ def live() -> Iterator[tuple[RunningCollector, Prometheus]]:
         pub.close()
         collector = RunningCollector(f"mqtt://{broker.host}:{broker.port}")
         wait_until(lambda: len(collector.state.agents) == len(FLEET), what="the fleet")
-
-        # The committed config, pointed at this collector, scraping every second.
-        config = yaml.safe_load((CONFIG / "prometheus.yml").read_text())
-        config["global"] = {"scrape_interval": "1s", "evaluation_interval": "1s"}
-        config["rule_files"] = [str(CONFIG / "alerts.yml")]
-        job = config["scrape_configs"][0]
-        job["scrape_timeout"] = "1s"
-        job["static_configs"] = [{"targets": [f"127.0.0.1:{collector.server.server_port}"]}]
-        daemon = devstack.start_prometheus(rundir / "prometheus", yaml.safe_dump(config))
-        prom = Prometheus(daemon)
-        wait_until(prom.ready, what="Prometheus ready")
-        yield collector, prom
+        yield collector, prometheus(f"127.0.0.1:{collector.server.server_port}")
     finally:
-        if prom is not None:
-            prom.daemon.stop()
         if collector is not None:
             collector.stop()
         broker.stop()
