@@ -1,0 +1,60 @@
+"""The collector through the production broker config: TLS listener, its own identity, ACL."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+
+import paho.mqtt.client as mqtt
+import pytest
+from clockfleet.collector.ingest import Collector
+from paho.mqtt.enums import CallbackAPIVersion
+
+from clockfleet.protocol.connection import ConnectionSettings, parse_brokers
+from tests.broker.brokerstack import Broker, start_broker
+from tests.collector.conftest import report, report_topic, wait_until
+
+
+@pytest.fixture
+def tls_broker(short_tmp: Path) -> Iterator[Broker]:
+    b = start_broker(short_tmp, ["acme-01"], production=True)
+    yield b
+    b.daemon.stop()
+
+
+def publish_as_agent(b: Broker, agent: str, body: dict) -> None:
+    client = mqtt.Client(CallbackAPIVersion.VERSION2)
+    client.username_pw_set(agent, b.password(agent))
+    client.connect(b.daemon.host, b.daemon.port)
+    client.loop_start()
+    try:
+        client.publish(report_topic(agent), json.dumps(body), qos=1, retain=True).wait_for_publish(
+            10
+        )
+    finally:
+        client.disconnect()
+        client.loop_stop()
+
+
+def test_collector_reads_retained_and_live_reports_over_tls_as_its_own_identity(tls_broker):
+    b = tls_broker
+    publish_as_agent(b, "acme-01", report("acme-01", offset_s=0.011))
+    settings = ConnectionSettings(
+        parse_brokers(b.tls_url),
+        username="collector",
+        password=b.password("collector"),
+        ca_file=str(b.certs / "ca.crt"),
+    )
+    collector = Collector(settings).start()
+    try:
+        wait_until(lambda: "acme-01" in collector.state.agents, what="retained report")
+        assert collector.state.agents["acme-01"].report.offset_s == 0.011
+        publish_as_agent(b, "acme-01", report("acme-01", offset_s=-0.022))
+        wait_until(
+            lambda: collector.state.agents["acme-01"].report.offset_s == -0.022,
+            what="live report over TLS",
+        )
+        assert collector.connected
+    finally:
+        collector.stop()
