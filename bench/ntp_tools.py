@@ -38,10 +38,6 @@ def chronyd_query(address: str, port: int, *, options: str = "iburst maxsamples 
     return OneShot(wall, float(m.group(1)) if m else None, text)
 
 
-def chronyd_query_command(address: str, port: int) -> str:
-    return f"chronyd -Q -f /dev/null 'server {address} port {port} iburst maxsamples 1'"
-
-
 def ntpdig_available() -> str | None:
     """None when ntpdig can run, else why not."""
     if shutil.which("ntpdig") is None:

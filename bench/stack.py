@@ -19,7 +19,7 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -66,10 +66,6 @@ def loopback_block() -> Iterator[str]:
     b = random.randint(1, 250)
     for c in range(2, 250):
         yield f"127.{a}.{b}.{c}"
-
-
-def python() -> str:
-    return sys.executable
 
 
 def clockfleet_bin() -> str:
@@ -121,7 +117,7 @@ class Bench(contextlib.ExitStack):
         return s.getsockname()[:2]
 
     def worker(self, module: str, *args: Any, profile_to: Path | None = None) -> Worker:
-        w = Worker([python(), "-m", module, *map(str, args)], self.rundir, profile_to)
+        w = Worker([sys.executable, "-m", module, *map(str, args)], self.rundir, profile_to)
         self.callback(w.stop)
         return w
 
@@ -214,15 +210,6 @@ def commands() -> Iterator[dict[str, Any]]:
     for line in sys.stdin:
         with contextlib.suppress(ValueError):
             yield json.loads(line)
-
-
-def wait_until(predicate: Callable[[], bool], timeout: float, step: float = 0.005) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(step)
-    return predicate()
 
 
 def quantile(values: list[float], q: float) -> float:
