@@ -562,6 +562,16 @@ class Agent:
         rc, mid = self.client.subscribe([(t, 1) for t in wanted])
         if rc == mqtt.MQTT_ERR_SUCCESS and mid is not None:
             self._sub_mids[mid] = wanted
+            # A NATS node that just lost a peer can leave a SUBSCRIBE unanswered: ask again.
+            self._call_later(self.conn.connect_timeout_s, lambda: self._no_suback(mid))
+
+    def _no_suback(self, mid: int) -> None:
+        wanted = self._sub_mids.pop(mid, None)
+        if wanted is None or not self.connected or self.stopping:
+            return
+        self.counters["subscribe-failures"] += 1
+        log.warning("%s: no SUBACK for %s; subscribing again", self.id, ", ".join(wanted))
+        self._subscribe(wanted)
 
     def _barrier(self) -> None:
         """A second SUBSCRIBE whose SUBACK proves the first one's retained messages are in.
