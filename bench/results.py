@@ -36,8 +36,8 @@ def row(
     (a rate). `ratio` is ours / reference, whatever the direction.
     """
     ratio = None
-    if ours is not None and reference_value not in (None, 0):
-        ratio = ours / reference_value  # type: ignore[operator]
+    if ours is not None and reference_value is not None and reference_value > 0:
+        ratio = ours / reference_value  # a negative reference (before the PUBACK) has none
     verdict: str
     if goal is None:
         verdict = "info"

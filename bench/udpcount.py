@@ -4,7 +4,8 @@ chronyd's own `serverstats` counts packets but not when they came, so the jitter
 puts this relay between the agents and chronyd: it notes the CLOCK_MONOTONIC time of every
 request, forwards it, and routes the answer back by the request's transmit nonce (which the
 server echoes as origin). A probe opens one socket per server and sends its whole sample
-burst from it, so the first packet from a new source port is one NTP query of one agent.
+burst from it, so the first packet from a source port (not heard for QUERY_GAP_S) is one
+NTP query of one agent.
 """
 
 from __future__ import annotations
@@ -14,6 +15,10 @@ import selectors
 import socket
 import threading
 import time
+
+# A sample burst is back to back; the kernel may hand a later agent the same source port,
+# so a port silent this long starts a new query.
+QUERY_GAP_S = 0.5
 
 
 class CountingRelay:
@@ -26,7 +31,7 @@ class CountingRelay:
         self.address: tuple[str, int] = self.down.getsockname()[:2]
         self.packets: list[float] = []  # receive time of every request
         self.queries: list[float] = []  # first request of each client socket
-        self._sources: set[tuple[str, int]] = set()
+        self._last_from: dict[tuple[str, int], float] = {}
         self._pending: dict[bytes, tuple[str, int]] = {}
         self._stop = False
         self._thread = threading.Thread(target=self._run, name="udp-relay", daemon=True)
@@ -43,9 +48,10 @@ class CountingRelay:
                         data, addr = self.down.recvfrom(2048)
                         now = time.monotonic()
                         self.packets.append(now)
-                        if addr not in self._sources:
-                            self._sources.add(addr)
+                        last = self._last_from.get(addr)
+                        if last is None or now - last > QUERY_GAP_S:
                             self.queries.append(now)
+                        self._last_from[addr] = now
                         if len(data) >= 48:
                             self._pending[data[40:48]] = addr
                             self.up.send(data)
