@@ -88,6 +88,6 @@ def main(argv: list[str] | None = None) -> int:
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: done.set())
     done.wait()
-    server.shutdown()
     collector.stop()
+    server.shutdown()
     return 0
