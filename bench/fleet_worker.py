@@ -3,7 +3,9 @@
 Real `clockfleet.agent.service.Agent` objects hosted by `clockfleet.agent.fleet.Fleet`, each
 with its own MQTT connection, the observe backend (measure and report, clock untouched), a
 trust key (so every list's signature is checked) and no state directory. Emits `ready` once
-every agent has made its first report (the fleet is up and synced), then serves `rss`/`stop`.
+every agent has made its first report (the fleet is up and synced), then serves `made`
+{version} (when each agent made its report of that list version: the agents' side of the
+convergence time), `rss` and `stop`.
 """
 
 from __future__ import annotations
@@ -44,8 +46,12 @@ def main() -> int:
     lock = threading.Lock()
     all_reported = threading.Event()
 
+    made: dict[int, list[float]] = {}  # list version -> when each agent's report was made
+
     def on_report(agent, report) -> None:
+        now = time.monotonic()
         with lock:
+            made.setdefault(report.list_version, []).append(now)
             reported.add(agent.id)
             if len(reported) == args.n:
                 all_reported.set()
@@ -81,6 +87,9 @@ def main() -> int:
     for cmd in commands():
         if cmd.get("cmd") == "stop":
             break
+        if cmd.get("cmd") == "made":
+            with lock:
+                emit("made", times=list(made.get(cmd["version"], [])))
         if cmd.get("cmd") == "rss":
             emit("rss", rss=me.memory_info().rss, cpu=sum(me.cpu_times()[:2]))
     fleet.stop(timeout_s=10.0)
