@@ -18,7 +18,7 @@ import paho.mqtt.client as mqtt
 import psutil
 from paho.mqtt.enums import CallbackAPIVersion
 
-from bench.agentproc import REGION, agent_argv, agent_env
+from bench.agentproc import DEPENDENCIES, REGION, agent_argv, agent_env
 from bench.listpub import ListPublisher
 from bench.results import figure, row
 from bench.stack import Bench
@@ -56,13 +56,6 @@ def biggest_mappings(ps: psutil.Process, top: int = 8) -> str:
         by[name] = by.get(name, 0) + m.rss
     ranked = sorted(by.items(), key=lambda kv: -kv[1])[:top]
     return ", ".join(f"{name} {rss / 2**20:.1f} MB" for name, rss in ranked)
-
-
-DEPENDENCIES = (
-    "import paho.mqtt.client, msgspec, "
-    "cryptography.hazmat.primitives.asymmetric.ed25519, "
-    "cryptography.hazmat.primitives.serialization"
-)
 
 
 def rss_of_imports(code: str) -> tuple[float, float]:

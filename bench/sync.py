@@ -13,7 +13,7 @@ import time
 from typing import Any
 
 from bench import ntp_tools, profiling
-from bench.agentproc import REGION, agent_argv, agent_env
+from bench.agentproc import DEPENDENCIES, REGION, agent_argv, agent_env
 from bench.listpub import ListPublisher
 from bench.results import figure, row
 from bench.stack import Bench, median, quantile, timed_run
@@ -59,8 +59,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             if i:
                 once_times.append(seconds)
                 once_offsets.append(report["offset_s"])
-        python_times = [
-            timed_run([sys.executable, "-c", "pass"], env=agent_env())[0] for _ in range(args.runs)
+        deps_times = [
+            timed_run([sys.executable, "-c", DEPENDENCIES], env=agent_env())[0]
+            for _ in range(args.runs)
         ]
         help_times = [
             timed_run([argv[0], "agent", "--help"], env=agent_env())[0] for _ in range(args.runs)
@@ -138,8 +139,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             "interpreter start and the CLI module imports alone (`clockfleet agent --help`)",
             "s",
             median(help_times),
-            reference="python -c pass",
-            reference_value=median(python_times),
+            reference="an interpreter importing only paho, msgspec and cryptography",
+            reference_value=median(deps_times),
         )
     )
     rows += [
