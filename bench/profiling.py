@@ -64,4 +64,4 @@ def breakdown(path: Path, needles: dict[str, str], under: str | None = None) -> 
     if not found:
         return []
     parts = [f"{label} {100 * share:.0f} %" for label, share in found.items()]
-    return ["Share of samples: " + "; ".join(parts) + ".", ""]
+    return ["Share of samples (one sample can count under several): " + "; ".join(parts) + ".", ""]
