@@ -101,10 +101,13 @@ def test_hosted_agent_over_tls_says_online_and_reports(chrony_server, short_tmp:
         )
         agent = Agent(template.settings, conn, backend=template.backend)
         with hosted(agent):
-            wait_until(lambda: any(m.get("state") == "online" for m in seen), timeout_s=10)
-            wait_until(lambda: any(m.get("list_version") == 3 for m in seen), timeout_s=10)
+            try:
+                wait_until(lambda: any(m.get("state") == "online" for m in seen), timeout_s=20)
+                wait_until(lambda: any(m.get("list_version") == 3 for m in seen), timeout_s=20)
+            except AssertionError as exc:
+                raise AssertionError(f"{exc}; seen {seen}; agent {dict(agent.counters)}") from None
     finally:
         coll.disconnect()
         coll.loop_stop()
         broker.daemon.stop()
-    assert [m["session"] for m in seen if m.get("state") == "online"] == [1]
+    assert [m["session"] for m in seen if m.get("state") == "online"] == [1], seen
