@@ -24,6 +24,10 @@ from collections import deque
 from typing import Any
 
 CHUNK = 256 * 1024
+# The kernel's own buffer, as a second line: it holds a whole burst of ~10,000 reports even
+# while this process's threads wait for the GIL. Linux caps it at net.core.rmem_max (and
+# doubles what it grants); asking for more than the cap is harmless.
+RCVBUF = 8 * 1024 * 1024
 
 
 class BufferedLink:
@@ -32,6 +36,8 @@ class BufferedLink:
 
     def __init__(self, sock: socket.socket | ssl.SSLSocket) -> None:
         self._sock = sock
+        with contextlib.suppress(OSError):
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, RCVBUF)
         self._chunks: deque[bytes] = deque()
         self._cur = b""  # the chunk paho is reading, from _off on (paho's thread only)
         self._off = 0
