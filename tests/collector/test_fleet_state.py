@@ -85,3 +85,19 @@ def test_a_list_for_another_region_on_this_regions_topic_is_refused():
     r = put(state, servers_topic("us-east"), servers("eu-west", 9))
     assert r.reason == "id-mismatch"
     assert state.regions["us-east"].version == 8
+
+
+def test_a_bad_status_is_rejected_and_the_last_good_status_kept():
+    state = FleetState(PREFIX)
+    put(state, status_topic("a"), status("a", "online", session=5))
+    r = put(state, status_topic("a"), status("a", "sleeping", session=6))
+    assert r.outcome is Outcome.REJECTED and r.reason == "invalid-field"
+    assert state.agents["a"].status.session == 5
+
+
+def test_failed_report_without_a_server_leaves_no_offset_but_counts_as_failing():
+    state = FleetState(PREFIX)
+    put(state, report_topic("a"), failed_report("a"))
+    entry = state.agents["a"]
+    assert entry.report.ok is False and entry.report.offset_s is None
+    assert entry.last_ok_at is None
