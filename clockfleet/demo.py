@@ -226,7 +226,8 @@ def start_collector(procs: Processes, stack_rundir: Path, conn: list[str]) -> st
 def prometheus_config(collector_port: int) -> str:
     """config/prometheus.yml with the collector's port and absolute paths to the rules."""
     conf = yaml.safe_load((REPO / "config" / "prometheus.yml").read_text())
-    conf["rule_files"] = [str((REPO / "config" / "alerts.yml").resolve())]
+    # Relative rule files are relative to the config file, which the demo writes elsewhere.
+    conf["rule_files"] = [str(REPO / "config" / f) for f in conf.get("rule_files") or []]
     conf.setdefault("global", {})["scrape_interval"] = "2s"
     conf["global"]["evaluation_interval"] = "2s"
     jobs = conf.get("scrape_configs") or []
@@ -243,7 +244,7 @@ def prometheus_config(collector_port: int) -> str:
 
 
 def start_prometheus(procs: Processes, rundir: Path, collector_url: str) -> str:
-    port = int(collector_url.split(":")[2].split("/")[0])
+    port = urllib.parse.urlsplit(collector_url).port or 0
     pdir = rundir / "prometheus"
     text = prometheus_config(port)
     d = procs.daemon(
