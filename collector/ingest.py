@@ -10,8 +10,13 @@ Programmatic use (benchmarks drive this in-process)::
     c.start()            # connects (raises BrokerUnreachable if no broker answers), then
                          # runs the MQTT loop in a daemon thread
     c.state              # FleetState: .agents[agent].report / .status, .regions[region]
+    c.retained_loaded    # threading.Event: the broker has sent the whole retained snapshot
     c.link()             # LinkStats: connected, reconnects
     c.stop()
+
+    # /metrics as `clockfleet collector` serves it (cached per agent between scrapes):
+    from clockfleet.collector.metrics import MetricsRenderer
+    body = MetricsRenderer(c.state, c.link).render()
 
 `on_report(agent, report, t)` is called in the MQTT thread for every accepted report, with the
 decoded `Report` and `t = time.monotonic()` taken when the message was handed to us; keep it
@@ -25,6 +30,9 @@ Why it is written this way:
   thread drains the socket into memory as fast as the broker sends: Mosquitto drops QoS 0
   messages, too, for a subscriber that has more than max_queued_messages (default 1000)
   packets waiting, and decoding is slower than the retained burst arrives.
+- `retained_loaded`: after the SUBACK we UNSUBSCRIBE a topic we never subscribed; Mosquitto
+  answers it only after queueing every retained message (it handles a client's packets in
+  order). Other brokers may deliver later: `clockfleet status` also waits for a quiet spell.
 - Broker loss: reconnect with full-jitter backoff (paho's own has none), rotating through the
   cluster's nodes, and subscribe again on every connect.
 - Rejected messages are logged at most once per reason per LOG_EVERY_S seconds (a flood of bad
