@@ -493,14 +493,15 @@ class Agent:
             return
         self.connected = True
         self._connect_attempt = 0
-        self.memory.session = self._pending_session or self.memory.session + 1
-        self._save_memory()
+        if not self.once:  # --once announces no status, so it takes no session number
+            self.memory.session = self._pending_session or self.memory.session + 1
+            self._save_memory()
         log.info(
-            "%s: connected to %s:%s (session %d)",
+            "%s: connected to %s:%s%s",
             self.id,
             client.host,
             client.port,
-            self.memory.session,
+            "" if self.once else f" (session {self.memory.session})",
         )
         self._subscribe_all()
         if self._learning_session:
