@@ -247,6 +247,7 @@ SETUP_MOUNTS = (
     "/broker-acl",
     "/identities",
     "/broker-auth",
+    "/ca",
     "/certs",
     "/signing",
     "/trust",
@@ -301,6 +302,7 @@ def test_setup_script_runs_twice_and_hands_each_service_only_its_secret(
         assert secret.stat().st_uid == 10001 and secret.stat().st_mode & 0o077 == 0
         assert secret.read_text() == (root / "identities" / f"{who}.password").read_text()
     assert (root / "trust/ops-2026.pub").is_file() and (root / "trust/ca.crt").is_file()
+    assert sorted(p.name for p in (root / "certs").iterdir()) == ["server.crt", "server.key"]
     assert not (root / "trust/ops-2026.key").exists()
     verify = subprocess.run(
         [
@@ -316,6 +318,13 @@ def test_setup_script_runs_twice_and_hands_each_service_only_its_secret(
         text=True,
     )
     assert "DNS:mosquitto" in verify.stdout
+    ca, server = str(root / "trust/ca.crt"), str(root / "certs/server.crt")
+    chain = subprocess.run(
+        ["openssl", "verify", "-CAfile", ca, server],
+        capture_output=True,
+        text=True,
+    )
+    assert chain.returncode == 0, chain.stdout + chain.stderr
 
 
 @pytest.mark.timeout(180)
