@@ -201,3 +201,27 @@ def test_status_decodes_and_round_trips():
 def test_canonical_bytes_sort_keys_drop_sig_and_keep_unicode():
     obj = {"b": 1, "a": "Zürich", "sig": {"value": "x"}}
     assert canonical_bytes(obj) == '{"a":"Zürich","b":1}'.encode()
+
+
+def test_compact_duplicate_key_is_refused():
+    payload = json.dumps(GOOD_LIST, separators=(",", ":")).encode()
+    payload = payload.replace(b'"version":7', b'"version":7,"version":8')
+    assert reason_of(ServerList, payload) == "duplicate-key"
+
+
+def test_duplicate_key_hidden_behind_an_escaped_quote_in_a_value_is_refused():
+    # '\":' inside a value adds one to the raw count of key endings; a repeated key
+    # with a space before its colon must not balance it out.
+    body = json.dumps({**GOOD_LIST, "note": 'a":b'}, separators=(",", ":")).encode()
+    payload = body.replace(b'"version":7', b'"version":7,"version" :8')
+    assert reason_of(ServerList, payload) == "duplicate-key"
+
+
+def test_pretty_printed_json_is_accepted():
+    msg, _ = decode(ServerList, json.dumps(GOOD_LIST, indent=2).encode())
+    assert msg.version == 7
+
+
+def test_a_value_containing_an_escaped_quote_and_colon_is_accepted():
+    _, obj = decode(ServerList, json.dumps({**GOOD_LIST, "note": 'x":y'}).encode())
+    assert obj["note"] == 'x":y'
