@@ -52,19 +52,34 @@ def _str_host_problem(host: str) -> str | None:
     return None
 
 
-@lru_cache(maxsize=1)
-def _zones() -> frozenset[str]:
-    return frozenset(zoneinfo.available_timezones())
+# IANA names: letters, digits, '_', '+', '-' in '/'-separated parts ("America/Argentina/
+# Buenos_Aires", "Etc/GMT+5"). Never '.', so never '..' or a path.
+_ZONE_RE = re.compile(r"\A[A-Za-z0-9_+-]{1,30}(?:/[A-Za-z0-9_+-]{1,30}){0,3}\Z")
+# Files in the tz directory that are not zones a host should be set to ("localtime" on
+# Debian links back to /etc/localtime: setting it would make a loop).
+_NOT_ZONES = frozenset({"localtime", "posixrules", "Factory"})
 
 
 def timezone_problem(name: str) -> str | None:
     """Why `name` is not an existing IANA zone name, or None when it is one.
 
-    Only names from the installed tz database count, so a path such as
-    '../../etc/passwd' can never reach /etc/localtime.
+    The name must look like an IANA name (so '../../etc/passwd' or '/etc/localtime' never
+    reaches /etc/localtime) and the installed tz database must hold it as a zone file.
+    Reading one zone is far cheaper than listing the whole database, which an agent's
+    `--once` would otherwise pay at start-up.
     """
     if not isinstance(name, str) or not name:
         return "empty time zone"
-    if name not in _zones():
-        return f"unknown time zone {name!r} (not in the IANA tz database)"
+    return _zone_problem(name)
+
+
+@lru_cache(maxsize=1024)
+def _zone_problem(name: str) -> str | None:
+    unknown = f"unknown time zone {name!r} (not in the IANA tz database)"
+    if not _ZONE_RE.match(name) or name in _NOT_ZONES:
+        return unknown
+    try:
+        zoneinfo.ZoneInfo(name)
+    except (zoneinfo.ZoneInfoNotFoundError, ValueError, OSError):
+        return unknown
     return None

@@ -155,7 +155,9 @@ def test_duplicate_servers_are_refused():
     assert reason_of(ServerList, with_(GOOD_LIST, servers=[s, s])) == "invalid-field"
 
 
-@pytest.mark.parametrize("tz", ["Mars/Olympus", "../../etc/passwd", "/etc/localtime"])
+@pytest.mark.parametrize(
+    "tz", ["Mars/Olympus", "../../etc/passwd", "/etc/localtime", "localtime", "America", "UTC."]
+)
 def test_unknown_time_zones_are_refused(tz: str):
     assert reason_of(ServerList, with_(GOOD_LIST, timezone=tz)) == "bad-timezone"
 
