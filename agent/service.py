@@ -174,6 +174,7 @@ def build_report(
         profile_version=job.profile.version if job.profile else None,
         software=_clip(software),
         error=_clip("; ".join(errors)) if errors else None,
+        note=_clip(res.note) if ok and res.note else None,
         **fields,
     )
     try:

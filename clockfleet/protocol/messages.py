@@ -140,6 +140,9 @@ class Report(_Msg):
     profile_version: Version | None = None
     software: Text | None = None
     error: Text | None = None
+    # What the agent wants an operator to know about a good sync, e.g. that a single-server
+    # list, or a large offset no later server could confirm, was applied unconfirmed.
+    note: Text | None = None
 
 
 class Command(_Msg):

@@ -95,3 +95,17 @@ def test_a_backend_failure_makes_the_sync_fail_but_keeps_the_measurement_in_trie
 def test_long_details_are_clipped_so_readers_accept_the_report():
     rep = build(probed(detail="x" * 5000), Applied("observe", True))
     assert len(rep.tried[0].detail) == 256
+
+
+def test_a_good_sync_applied_unconfirmed_says_so_in_the_report():
+    result = probed()
+    result.note = "single server: offset 3.2 s applied unconfirmed"
+    rep = build(result, Applied("observe", True))
+    assert rep.ok and rep.note == "single server: offset 3.2 s applied unconfirmed"
+
+
+def test_a_failed_sync_carries_no_note_only_its_error():
+    result = probed(ok=False)
+    result.note = "no server passed"
+    rep = build(result, None, err="no server passed")
+    assert not rep.ok and rep.note is None and rep.error == "no server passed"
