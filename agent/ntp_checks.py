@@ -50,7 +50,13 @@ class Sample:
 
 @dataclass(frozen=True)
 class ProbeSettings:
-    timeout_s: float = 1.0  # per server (whole sample burst)
+    # Per server, whole sample burst. Short, because a silent server costs all of it
+    # (no ICMP shortcut) and the list is tried one by one; a slow but live server is still
+    # reached by the second pass below.
+    timeout_s: float = 0.3
+    # When the first pass found no server and some only timed out, the list is probed once
+    # more with this per-server timeout (0 turns the second pass off).
+    retry_timeout_s: float = 2.0
     samples: int = 4  # SNTP samples per server; keep the lowest-delay one
     max_distance_s: float = 3.0  # chrony maxdistance
     max_delay_s: float = 3.0  # chrony maxdelay

@@ -15,7 +15,7 @@ import socket
 import threading
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from clockfleet.agent.ntp_checks import ProbeSettings, Sample
 from clockfleet.agent.ntp_exchange import sample_burst
@@ -162,8 +162,26 @@ def probe(
     settings: ProbeSettings = ProbeSettings(),  # noqa: B008 - frozen, so sharing is safe
     kod: KodMemory | None = None,
 ) -> ProbeResult:
-    """Probe servers in order; see the module docstring for the rules."""
+    """Probe servers in order; see the module docstring for the rules.
+
+    A first pass uses the short settings.timeout_s so that silent servers early in the
+    list cost little; when it finds no server and some of them only timed out, one more
+    pass with settings.retry_timeout_s gives slow (far, loaded) servers their chance.
+    """
     kod = kod if kod is not None else KodMemory()
+    first = _probe_pass(servers, settings, kod)
+    slow = settings.retry_timeout_s
+    if first.ok or slow <= settings.timeout_s or all(a.outcome != "timeout" for a in first.tried):
+        return first
+    second = _probe_pass(servers, replace(settings, timeout_s=slow), kod)
+    retried = f"no server answered within {settings.timeout_s:g} s; retried at {slow:g} s"
+    second.note = _clip(f"{retried}; {second.note}" if second.note else retried)
+    return second
+
+
+def _probe_pass(
+    servers: Sequence[tuple[str, int]], settings: ProbeSettings, kod: KodMemory
+) -> ProbeResult:
     tried: list[Attempt] = []
     chosen: Attempt | None = None
     pending: Attempt | None = None  # a passing server with a large offset, awaiting a second
