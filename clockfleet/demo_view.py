@@ -30,6 +30,7 @@ class Row:
     timezone: str = ""
     discipline: str = ""
     tried: tuple[tuple[str, str], ...] = ()  # (host:port, outcome) in list order
+    note: str = ""  # the report's note, e.g. a single-server list applied unconfirmed
     age_s: float | None = None
 
 
@@ -74,6 +75,7 @@ def row_from_json(agent: str, entry: dict[str, Any]) -> Row:
         timezone=str(report.get("timezone") or ""),
         discipline=str(report.get("discipline") or ""),
         tried=tried,
+        note=str(report.get("note") or ""),
         age_s=age if isinstance(age, int | float) else None,
     )
 
@@ -145,6 +147,8 @@ def table(view: View, names: Names | None = None, width: int = 160) -> Table:
                 tried.append(" ")
             tried.append(f"{label(hostport, names)}:", style="dim")
             tried.append(outcome, style=_outcome_style(outcome))
+        if r.note:
+            tried.append(f" ({r.note})", style="dim")
         cells = [
             Text(
                 agent if r.state == "online" else f"{agent} ({r.state or 'no status'})",
@@ -182,10 +186,13 @@ def changes(before: View, after: View, names: Names | None = None) -> list[str]:
         key = (r.list_version, r.server, r.ok, r.tried)
         if old is not None and (old.list_version, old.server, old.ok, old.tried) == key:
             continue
+        note = f" ({r.note})" if r.note else ""
         outcomes = ", ".join(f"{label(hp, names)} {o}" for hp, o in r.tried)
         server = label(r.server, names)
         result = f"ok via {server}, offset {_fmt_offset(r.offset_s)}" if r.ok else "FAILED"
-        out.append(f"{agent} ({r.region}) list v{r.list_version}: {result}; tried: {outcomes}")
+        out.append(
+            f"{agent} ({r.region}) list v{r.list_version}: {result}; tried: {outcomes}{note}"
+        )
     for region, version in sorted(after.published.items()):
         if before.published.get(region) != version:
             out.append(f"region {region}: list version {version} is published")
@@ -235,7 +242,7 @@ def with_tried(view: View, reports: dict[str, dict[str, Any]]) -> View:
     rows = {}
     for agent, row in view.rows.items():
         report = reports.get(agent) or {}
-        tried = row_from_json(agent, report).tried
+        own = row_from_json(agent, report)
         same = report.get("list_version") == row.list_version and report.get("ok") == row.ok
-        rows[agent] = replace(row, tried=tried) if tried and same else row
+        rows[agent] = replace(row, tried=own.tried, note=own.note) if own.tried and same else row
     return View(rows, dict(view.published))

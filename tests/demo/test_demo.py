@@ -121,6 +121,7 @@ def test_single_server_region_follows_the_skewed_clock_and_shows_the_drift(demo:
     (row,) = demo.rows("ap-south")
     assert demo.role(row["server"]) == "SKEWED"
     assert row["offset_s"] == pytest.approx(3.0, abs=0.1)
+    assert row["note"].startswith("single server")  # the report says it was unconfirmed
 
 
 def test_prometheus_scrapes_the_collector_and_evaluates_the_drift_alert(demo: DemoRun):

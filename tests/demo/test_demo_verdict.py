@@ -7,7 +7,14 @@ from pathlib import Path
 import pytest
 
 from clockfleet.demo import settings_from_env
-from clockfleet.demo_view import Row, View, problems, view_from_status_json, with_tried
+from clockfleet.demo_view import (
+    Row,
+    View,
+    plain_table,
+    problems,
+    view_from_status_json,
+    with_tried,
+)
 
 
 def _view(*rows: Row, published: dict[str, int]) -> View:
@@ -76,3 +83,16 @@ def test_timed_run_changes_the_list_within_its_window_by_default(tmp_path: Path)
     s = settings_from_env({"DEMO_FOR": "30", "DEMO_RUNDIR": str(tmp_path)})
     assert s.run_for == 30 and s.change_after == 12 and s.rundir == tmp_path
     assert not s.interactive
+
+
+def test_the_agent_report_note_is_shown_with_its_tried_list():
+    view = _view(Row("a1", "r1", ok=True, list_version=7), published={"r1": 7})
+    report = {
+        "list_version": 7,
+        "ok": True,
+        "tried": [{"host": "h", "port": 1, "outcome": "ok"}],
+        "note": "single server: offset +3.000000 s applied unconfirmed",
+    }
+    row = with_tried(view, {"a1": report}).rows["a1"]
+    assert row.note.startswith("single server")
+    assert "single server" in plain_table(View({"a1": row}, {"r1": 7}))
