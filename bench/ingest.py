@@ -33,6 +33,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--fleet", type=int, nargs="+", default=[1000, 10000], help="fleet sizes (1000 10000)"
     )
+    p.add_argument(
+        "--repeat", type=int, default=3, help="runs per consumer and mode; the median counts (3)"
+    )
 
 
 def rate(ev: dict[str, Any]) -> float:
@@ -169,53 +172,77 @@ def profile_live(m: int) -> list[str]:
         return shares + profiling.summary(out, under="Collector._pump")
 
 
+CONSUMERS = ("collector", "mosquitto_sub", "paho")
+
+
+def live_rate(b: Bench, mosq, agents: list[str], consumer: str) -> tuple[float, float]:
+    """(consumer's rate, publisher's offered rate) for one stream the consumer was
+    subscribed before."""
+    m = len(agents)
+    if consumer == "mosquitto_sub":
+        sub = SubDrain(mosq.host, mosq.port, m)
+        time.sleep(0.5)  # mosquitto_sub says nothing when subscribed; it is, well before this
+        offered = publish(mosq, agents)
+        sub.wait(120)
+        return (sub.lines - 1) / max(sub.last - sub.first, 1e-9), offered
+    if consumer == "collector":
+        w = collector(b, mosq)
+    else:
+        w = b.worker("bench.ref_drain", "--host", mosq.host, "--port", mosq.port)
+    w.expect("ready", 30)
+    w.send({"cmd": "count", "n": m})
+    w.expect("ok", 10)
+    offered = publish(mosq, agents)
+    consumed = rate(w.expect("counted", 120))
+    w.stop()
+    return consumed, offered
+
+
+def backlog_rate(b: Bench, mosq, m: int, consumer: str) -> float:
+    """Rate of a fresh consumer draining the m retained reports the broker holds."""
+    if consumer == "mosquitto_sub":
+        return m / SubDrain(mosq.host, mosq.port, m).wait(120)
+    if consumer == "collector":
+        w = collector(b, mosq, "--expect", m)
+    else:
+        w = b.worker("bench.ref_drain", "--host", mosq.host, "--port", mosq.port,
+                     "--expect", m)  # fmt: skip
+    ev = w.expect("known", 120)
+    w.stop()
+    return m / (ev["t_all"] - ev["t_start"])
+
+
 def run(args: argparse.Namespace) -> dict[str, Any]:
     m = args.reports
     agents = [f"a{i}" for i in range(m)]
     notes: list[str] = []
     rows: list[dict[str, Any]] = []
+    live_runs: dict[str, list[float]] = {c: [] for c in CONSUMERS}
+    backlog_runs: dict[str, list[float]] = {c: [] for c in CONSUMERS}
+    offered: list[float] = []
     with Bench(KEY) as b:
         mosq = b.mosquitto()
-        # --- live: each consumer subscribed before the same stream is published ----------
-        live: dict[str, float] = {}
-        offered: list[float] = []
-        w = collector(b, mosq)
-        w.expect("ready", 30)
-        w.send({"cmd": "count", "n": m})
-        w.expect("ok", 10)
-        offered.append(publish(mosq, agents))
-        live["collector"] = rate(w.expect("counted", 120))
-        w.stop()
-        sub = SubDrain(mosq.host, mosq.port, m)
-        time.sleep(0.5)  # mosquitto_sub says nothing when subscribed; it is, well before this
-        offered.append(publish(mosq, agents))
-        sub.wait(120)
-        live["mosquitto_sub"] = (sub.lines - 1) / max(sub.last - sub.first, 1e-9)
-        ref = b.worker("bench.ref_drain", "--host", mosq.host, "--port", mosq.port)
-        ref.expect("ready", 30)
-        ref.send({"cmd": "count", "n": m})
-        ref.expect("ok", 10)
-        offered.append(publish(mosq, agents))
-        live["paho"] = rate(ref.expect("counted", 120))
-        ref.stop()
-
-        # --- backlog: the broker now holds m retained reports; fresh consumers drain it ----
-        backlog: dict[str, float] = {}
-        w = collector(b, mosq, "--expect", m)
-        ev = w.expect("known", 120)
-        backlog["collector"] = m / (ev["t_all"] - ev["t_start"])
-        w.stop()
-        sub = SubDrain(mosq.host, mosq.port, m)
-        backlog["mosquitto_sub"] = m / sub.wait(120)
-        ref = b.worker("bench.ref_drain", "--host", mosq.host, "--port", mosq.port,
-                       "--expect", m)  # fmt: skip
-        ev = ref.expect("known", 120)
-        backlog["paho"] = m / (ev["t_all"] - ev["t_start"])
-        ref.stop()
+        # one consumer at a time, the same stream each time; rounds interleave consumers so
+        # that a burst of other work on the machine does not hit one consumer only
+        for _ in range(args.repeat):
+            for c in CONSUMERS:
+                consumed, offer = live_rate(b, mosq, agents, c)
+                live_runs[c].append(consumed)
+                offered.append(offer)
+        for _ in range(args.repeat):
+            for c in CONSUMERS:
+                backlog_runs[c].append(backlog_rate(b, mosq, m, c))
+    live = {name: median(v) for name, v in live_runs.items()}
+    backlog = {name: median(v) for name, v in backlog_runs.items()}
+    for mode, runs in (("live", live_runs), ("backlog", backlog_runs)):
+        notes.append(
+            f"{mode} rates of each run (reports/s): "
+            + "; ".join(f"{k} " + ", ".join(f"{r:,.0f}" for r in v) for k, v in runs.items())
+        )
     for mode, values in (("live", live), ("backlog", backlog)):
         rows.append(
             row(
-                f"collector ingest, {mode}, {m} reports",
+                f"collector ingest, {mode}, {m} reports, median of {args.repeat}",
                 "reports/s",
                 values["collector"],
                 goal=20000.0,
@@ -238,8 +265,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     notes.append(
         "live: the raw publisher offered "
         + ", ".join(f"{o:,.0f}" for o in offered)
-        + " reports/s (first byte sent to last PUBACK) to the collector, mosquitto_sub and "
-        "paho in turn"
+        + " reports/s (first byte sent to last PUBACK) to collector, mosquitto_sub and paho "
+        "in turn"
     )
 
     # --- a restarted collector in front of a retained fleet; /metrics; RSS ---------------
@@ -341,10 +368,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     details += ["", "Cost per report of each layer, in process (no MQTT), µs:", ""]
     details += ["| layer | µs per report |", "|---|---|"]
     details += [f"| {name} | {us:.1f} |" for name, us in costs.items()]
-    live_rate = live["collector"]
+    rest_us = 1e6 / live["collector"] - next(iter(costs.values()))
     details.append(
         f"| everything else per report in the live run (paho's packet handling, the loop, the "
-        f"hook): 1/rate − FleetState.ingest | {1e6 / live_rate - next(iter(costs.values())):.1f} |"
+        f"hook): 1/rate − FleetState.ingest | {rest_us:.1f} |"
     )
     profile: list[str] = []
     if any(r["verdict"] == "miss" and r["unit"] == "reports/s" for r in rows):

@@ -27,7 +27,7 @@ TINY = {
         "--what-if-n",
         "5",
     ],
-    "ingest": ["--reports", "300", "--fleet", "30"],
+    "ingest": ["--reports", "300", "--fleet", "30", "--repeat", "1"],
     "sync": ["--runs", "1", "--probes", "5"],
     "failover": ["--runs", "1"],
     "accuracy": ["--probes", "5", "--runs", "1"],
