@@ -13,7 +13,6 @@ import sys
 from pathlib import Path
 
 from clockfleet.agent import config as cfgmod
-
 from clockfleet.protocol import connection
 
 log = logging.getLogger("clockfleet.agent")
@@ -115,7 +114,6 @@ def build_agent(cfg: cfgmod.AgentConfig, args: argparse.Namespace):
     from clockfleet.agent.probe import ProbeSettings
     from clockfleet.agent.service import Agent, AgentSettings
     from clockfleet.agent.state import StateDir
-
     from clockfleet.protocol import signing
 
     conn = connection.settings_from_args(args, cfg.connection_defaults())

@@ -40,10 +40,10 @@ from pathlib import Path
 from typing import Any, Protocol
 
 import paho.mqtt.client as mqtt
-from clockfleet.agent import schedule
-from clockfleet.agent.state import LastGood, Remembered, StateDir, local_status, residual_offset
 
 from clockfleet import __version__
+from clockfleet.agent import schedule
+from clockfleet.agent.state import LastGood, Remembered, StateDir, local_status, residual_offset
 from clockfleet.protocol import codec, signing, topics
 from clockfleet.protocol.codec import Rejected
 from clockfleet.protocol.connection import ConnectionSettings, new_client, rotation

@@ -72,7 +72,6 @@ def main() -> int:
     from clockfleet.collector.http import serve
     from clockfleet.collector.ingest import Collector
     from clockfleet.collector.metrics import render
-
     from clockfleet.protocol.connection import ConnectionSettings, parse_brokers
 
     t_start = time.monotonic()

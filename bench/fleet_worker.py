@@ -34,7 +34,6 @@ def main() -> int:
     from clockfleet.agent.clock_backends import make_backend
     from clockfleet.agent.fleet import Fleet
     from clockfleet.agent.service import Agent, AgentSettings
-
     from clockfleet.protocol import signing
     from clockfleet.protocol.connection import ConnectionSettings, parse_brokers
 

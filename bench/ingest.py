@@ -110,9 +110,9 @@ def per_report_costs(n: int = 20000) -> dict[str, float]:
     import json
 
     import msgspec
-    from clockfleet.collector.fleet_state import FleetState
 
     from bench.mqtt_raw import report_payload
+    from clockfleet.collector.fleet_state import FleetState
     from clockfleet.protocol import codec
     from clockfleet.protocol.messages import Report
 

@@ -11,7 +11,6 @@ import threading
 from clockfleet.collector.http import parse_listen, serve
 from clockfleet.collector.ingest import Collector
 from clockfleet.collector.metrics import MetricsRenderer
-
 from clockfleet.protocol.connection import (
     BrokerUnreachable,
     UsageError,

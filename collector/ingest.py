@@ -50,10 +50,10 @@ import uuid
 from collections.abc import Callable
 
 import paho.mqtt.client as mqtt
+
 from clockfleet.collector.fleet_state import FleetState, Outcome, Result
 from clockfleet.collector.link import BufferedLink
 from clockfleet.collector.metrics import LinkStats
-
 from clockfleet.protocol.connection import (
     BrokerAddress,
     BrokerUnreachable,

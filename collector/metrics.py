@@ -26,10 +26,10 @@ import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
-from clockfleet.collector.fleet_state import FleetState
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector, CollectorRegistry
 
+from clockfleet.collector.fleet_state import FleetState
 from clockfleet.protocol.messages import Report, Status
 
 AGENT_LABELS = ("agent", "region")

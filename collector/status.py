@@ -17,12 +17,12 @@ import time
 from collections import Counter
 from dataclasses import asdict, dataclass
 
-from clockfleet.collector.fleet_state import AgentEntry, FleetState, Result, Snapshot
-from clockfleet.collector.ingest import Collector
 from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
+from clockfleet.collector.fleet_state import AgentEntry, FleetState, Result, Snapshot
+from clockfleet.collector.ingest import Collector
 from clockfleet.protocol.connection import (
     BrokerUnreachable,
     ConnectionSettings,

@@ -13,8 +13,6 @@ import sys
 from datetime import UTC, datetime
 from pathlib import Path
 
-from clockfleet.publisher import broker_io, fleetfile, plan
-
 from clockfleet.protocol import signing
 from clockfleet.protocol.connection import (
     BrokerUnreachable,
@@ -23,6 +21,7 @@ from clockfleet.protocol.connection import (
     settings_from_args,
 )
 from clockfleet.protocol.topics import TopicError, parse_topic
+from clockfleet.publisher import broker_io, fleetfile, plan
 
 log = logging.getLogger("clockfleet.publisher")
 

@@ -17,8 +17,6 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Literal
 
-from clockfleet.publisher.fleetfile import AgentProfile, Fleet, Region
-
 from clockfleet.protocol import signing
 from clockfleet.protocol.codec import Rejected, decode, encode, parse_json_object, utcnow_iso
 from clockfleet.protocol.messages import (
@@ -29,6 +27,7 @@ from clockfleet.protocol.messages import (
     ServerList,
 )
 from clockfleet.protocol.topics import profile_topic, servers_topic
+from clockfleet.publisher.fleetfile import AgentProfile, Fleet, Region
 
 Kind = Literal["region", "profile"]
 VOLATILE = ("version", "issued_at", "sig")

@@ -20,9 +20,9 @@ from pathlib import Path
 
 import pytest
 import yaml
+
 from clockfleet.collector.fleet_state import FleetState
 from clockfleet.collector.metrics import LinkStats, families
-
 from clockfleet.protocol.messages import OUTCOMES
 from tests.compose.cli_check import problem
 from tests.conftest import REPO

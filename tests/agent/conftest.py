@@ -18,9 +18,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from clockfleet.agent import clock_backends
 
 from clockfleet import devstack
+from clockfleet.agent import clock_backends
 
 
 @pytest.fixture(autouse=True)

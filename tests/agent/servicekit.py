@@ -15,13 +15,13 @@ from pathlib import Path
 from typing import Any
 
 import paho.mqtt.client as mqtt
+from paho.mqtt.enums import CallbackAPIVersion
+
 from clockfleet.agent.clock_backends import make_backend
 from clockfleet.agent.fleet import Fleet
 from clockfleet.agent.probe import ProbeSettings
 from clockfleet.agent.service import Agent, AgentSettings
 from clockfleet.agent.state import StateDir
-from paho.mqtt.enums import CallbackAPIVersion
-
 from clockfleet.protocol import codec, signing
 from clockfleet.protocol.connection import settings_from_args
 

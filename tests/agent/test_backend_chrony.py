@@ -6,6 +6,7 @@ import os
 from pathlib import Path
 
 import pytest
+
 from clockfleet.agent.clock_backends import (
     ChronyBackend,
     make_backend,

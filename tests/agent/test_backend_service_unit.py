@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+
 from clockfleet.agent import cli
 from clockfleet.agent import config as agent_config
 from clockfleet.agent.clock_backends import make_backend

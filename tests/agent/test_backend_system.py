@@ -15,6 +15,7 @@ import textwrap
 from pathlib import Path
 
 import pytest
+
 from clockfleet.agent.clock_backends import (
     DEFAULT_STEP_THRESHOLD_S,
     SystemBackend,

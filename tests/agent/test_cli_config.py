@@ -7,6 +7,7 @@ import argparse
 from pathlib import Path
 
 import pytest
+
 from clockfleet.agent import cli
 from clockfleet.agent import config as cfgmod
 

@@ -11,9 +11,9 @@ import sys
 from pathlib import Path
 
 import paho.mqtt.client as mqtt
-from clockfleet.agent.service import Agent
 from paho.mqtt.enums import CallbackAPIVersion
 
+from clockfleet.agent.service import Agent
 from clockfleet.protocol import signing
 from clockfleet.protocol.connection import ConnectionSettings
 from tests.agent.servicekit import PREFIX, hosted, list_object, make_agent, make_keys, wait_until

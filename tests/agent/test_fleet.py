@@ -6,7 +6,6 @@ import threading
 from pathlib import Path
 
 from clockfleet.agent.fleet import Fleet
-
 from tests.agent.servicekit import (
     PREFIX,
     Publisher,

@@ -6,6 +6,7 @@ from __future__ import annotations
 import dataclasses
 
 import pytest
+
 from clockfleet.agent.ntp_checks import Failure, ProbeSettings, Sample, check_reply, gate
 from clockfleet.agent.ntp_packet import NtpPacket, unix_ns_to_ntp
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import calendar
 
 import pytest
+
 from clockfleet.agent.ntp_packet import (
     MODE_CLIENT,
     NTP_UNIX_DELTA_S,

@@ -8,9 +8,9 @@ import time
 from collections.abc import Callable
 
 import pytest
-from clockfleet.agent.probe import ProbeResult, ProbeSettings, probe
 
 from clockfleet import devstack
+from clockfleet.agent.probe import ProbeResult, ProbeSettings, probe
 from clockfleet.protocol.messages import OUTCOMES
 from tests.agent.fakentp import FakeNtpServer
 

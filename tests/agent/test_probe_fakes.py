@@ -11,9 +11,9 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from clockfleet.agent.probe import ProbeSettings, probe
 
 from clockfleet import devstack
+from clockfleet.agent.probe import ProbeSettings, probe
 from tests.agent.fakentp import BEHAVIOURS, FakeNtpServer
 from tests.conftest import next_loopback_address
 

@@ -7,9 +7,9 @@ import re
 from collections.abc import Callable
 
 import pytest
-from clockfleet.agent.probe import ProbeResult, ProbeSettings, probe
 
 from clockfleet import devstack
+from clockfleet.agent.probe import ProbeResult, ProbeSettings, probe
 from tests.agent.fakentp import FakeNtpServer
 
 FAST = ProbeSettings(timeout_s=0.3)

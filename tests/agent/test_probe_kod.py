@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import pytest
-from clockfleet.agent.probe import KodMemory, ProbeSettings, probe
 
+from clockfleet.agent.probe import KodMemory, ProbeSettings, probe
 from tests.agent.fakentp import FakeNtpServer
 
 FAST = ProbeSettings(timeout_s=0.3)

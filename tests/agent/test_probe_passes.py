@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from clockfleet.agent.probe import ProbeSettings, probe
-
 from tests.agent.fakentp import FakeNtpServer
 from tests.conftest import next_loopback_address
 

@@ -8,7 +8,6 @@ import time
 from pathlib import Path
 
 from clockfleet.agent.fleet import Fleet
-
 from tests.agent.servicekit import Publisher, make_agent, make_keys
 
 

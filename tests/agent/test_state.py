@@ -9,7 +9,6 @@ from pathlib import Path
 
 from clockfleet.agent import schedule
 from clockfleet.agent.state import LastGood, Remembered, StateDir, local_status, residual_offset
-
 from clockfleet.protocol.messages import Report, Server
 
 

@@ -7,6 +7,7 @@ import shutil
 from pathlib import Path
 
 import pytest
+
 from clockfleet.agent.timezone import TimezoneError, current_timezone, set_timezone
 
 

@@ -16,13 +16,13 @@ from pathlib import Path
 import paho.mqtt.client as mqtt
 import pytest
 import yaml
-from clockfleet.collector.http import serve
-from clockfleet.collector.ingest import Collector
-from clockfleet.collector.metrics import MetricsRenderer
 from paho.mqtt.enums import CallbackAPIVersion
 from prometheus_client.parser import text_string_to_metric_families
 
 from clockfleet import devstack
+from clockfleet.collector.http import serve
+from clockfleet.collector.ingest import Collector
+from clockfleet.collector.metrics import MetricsRenderer
 from clockfleet.protocol.connection import ConnectionSettings, parse_brokers
 
 PREFIX = "clock/v1"

@@ -13,9 +13,9 @@ from datetime import datetime
 from pathlib import Path
 
 import pytest
-from clockfleet.collector.ingest import Collector
 
 from clockfleet import devstack
+from clockfleet.collector.ingest import Collector
 from clockfleet.protocol.connection import ConnectionSettings, parse_brokers
 from clockfleet.protocol.messages import Report
 from tests.collector.conftest import (
@@ -257,9 +257,10 @@ def test_the_collector_reconnects_and_resubscribes_after_the_broker_restarts(
 
 
 def test_render_matches_prometheus_client_exposition(running_collector, publisher):
-    from clockfleet.collector.metrics import new_registry
     from prometheus_client import generate_latest
     from prometheus_client.parser import text_string_to_metric_families
+
+    from clockfleet.collector.metrics import new_registry
 
     publisher.publish(servers_topic("us-east"), servers("us-east", 8))
     publisher.publish(report_topic("acme-01"), report("acme-01", software='odd "v\\1"\nx'))

@@ -8,9 +8,9 @@ from pathlib import Path
 
 import paho.mqtt.client as mqtt
 import pytest
-from clockfleet.collector.ingest import Collector
 from paho.mqtt.enums import CallbackAPIVersion
 
+from clockfleet.collector.ingest import Collector
 from clockfleet.protocol.connection import ConnectionSettings, parse_brokers
 from tests.broker.brokerstack import Broker, start_broker
 from tests.collector.conftest import report, report_topic, wait_until

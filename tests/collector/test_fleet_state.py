@@ -6,7 +6,6 @@ import json
 from datetime import UTC, datetime
 
 from clockfleet.collector.fleet_state import FleetState, Outcome, is_behind
-
 from tests.collector.conftest import (
     PREFIX,
     failed_report,

@@ -22,9 +22,9 @@ from pathlib import Path
 import jsonschema
 import pytest
 import yaml
-from clockfleet.publisher import fleetfile
 
 from clockfleet.cli import COMMANDS
+from clockfleet.publisher import fleetfile
 from tests.compose.cli_check import clockfleet_lines, problem
 from tests.conftest import REPO
 

@@ -6,9 +6,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from clockfleet.publisher.cli import publish_main
 
 from clockfleet.protocol import signing
+from clockfleet.publisher.cli import publish_main
 from tests.broker.brokerstack import Broker, start_broker
 from tests.broker.mqttclient import connect
 

@@ -5,9 +5,9 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from clockfleet.publisher.cli import keygen_main, publish_main
 
 from clockfleet.protocol import signing
+from clockfleet.publisher.cli import keygen_main, publish_main
 from tests.publisher.conftest import FLEET
 
 

@@ -8,8 +8,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from clockfleet.publisher.cli import publish_main
 
+from clockfleet.publisher.cli import publish_main
 from tests.broker.brokerstack import Broker, start_broker
 from tests.publisher.conftest import retained
 
@@ -283,7 +283,6 @@ def test_every_problem_in_a_file_is_reported_at_once(shared_broker: Broker, tmp_
 
 def test_the_example_fleet_file_in_config_is_valid():
     from clockfleet.publisher import fleetfile
-
     from tests.broker.brokerstack import REPO
 
     fleet = fleetfile.load(REPO / "config" / "fleet.yaml")

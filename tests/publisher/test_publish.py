@@ -6,12 +6,11 @@ import json
 import subprocess
 from datetime import UTC, datetime, timedelta
 
-from clockfleet.publisher.plan import date_floor
-
 from clockfleet import devstack
 from clockfleet.protocol import signing
 from clockfleet.protocol.codec import decode
 from clockfleet.protocol.messages import Profile, ServerList
+from clockfleet.publisher.plan import date_floor
 from tests.broker.brokerstack import REPO, Broker
 from tests.broker.mqttclient import connect
 from tests.publisher.conftest import FLEET, retained

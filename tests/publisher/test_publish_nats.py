@@ -11,9 +11,9 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from clockfleet.publisher.cli import publish_main
 
 from clockfleet import devstack
+from clockfleet.publisher.cli import publish_main
 from tests.publisher.conftest import FLEET
 
 pytestmark = pytest.mark.skipif(

@@ -6,8 +6,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from clockfleet.publisher.cli import publish_main
 
+from clockfleet.publisher.cli import publish_main
 from tests.broker.brokerstack import Broker, start_broker
 from tests.publisher.conftest import FLEET, retained
 
