@@ -4,6 +4,10 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 DEBS := mosquitto mosquitto-clients chrony faketime prometheus
+# Only the tests: the publisher's MQTT 3.1.1 fallback runs against a real NATS server.
+TEST_DEBS := nats-server
+# Only the benchmarks: ntpdig is one of the references.
+BENCH_DEBS := ntpsec-ntpdig
 STAMP := $(VENV)/.installed-stamp
 
 .PHONY: all setup debs test lint demo bench clean help
@@ -32,12 +36,14 @@ lint: $(STAMP)
 	$(VENV)/bin/ruff format --check .
 
 test: setup lint
+	@sh scripts/ensure-debs.sh $(TEST_DEBS)
 	$(VENV)/bin/pytest -q
 
 demo: setup
 	$(PY) -m clockfleet.demo
 
 bench: setup
+	@sh scripts/ensure-debs.sh $(BENCH_DEBS)
 	$(PY) -m bench
 
 clean:
