@@ -15,7 +15,6 @@ permission): it returns `Applied(ok=False, detail=...)` so the agent can report 
 
 from __future__ import annotations
 
-import contextlib
 import ctypes
 import ctypes.util
 import errno
@@ -26,13 +25,13 @@ import shlex
 import shutil
 import socket
 import subprocess
-import tempfile
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
 
+from clockfleet.agent.files import write_if_changed
 from clockfleet.protocol.ids import host_problem
 
 log = logging.getLogger(__name__)
@@ -98,26 +97,6 @@ def _list_problem(servers: Sequence[Server], chosen: Server) -> str | None:
     if tuple(chosen) not in [tuple(s) for s in servers]:
         return f"chosen server {_fmt_server(chosen)} is not in the list"
     return None
-
-
-def _write_if_changed(path: Path, content: str, mode: int = 0o644) -> bool:
-    """Atomically replace `path` with `content` (temp file + rename); False if unchanged."""
-    with contextlib.suppress(FileNotFoundError):
-        if path.read_text() == content:
-            return False
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(content)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, mode)
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
-    return True
 
 
 def _command(value: str | Sequence[str]) -> list[str]:
@@ -289,7 +268,7 @@ class ChronyBackend:
             return Applied("chrony", False, problem)
         content = render_chrony_sources(servers, chosen, self.server_options)
         try:
-            changed = _write_if_changed(self.path, content)
+            changed = write_if_changed(self.path, content)
         except OSError as e:
             return Applied("chrony", False, f"cannot write {self.path}: {e.strerror or e}")
         done = [f"{'wrote' if changed else 'unchanged'} {self.path} ({len(servers)} servers)"]
@@ -411,7 +390,7 @@ class TimesyncdBackend:
         content, skipped = render_timesyncd_dropin(servers, chosen)
         try:
             Path(self.dropin_dir).mkdir(parents=True, exist_ok=True)
-            changed = _write_if_changed(self.path, content)
+            changed = write_if_changed(self.path, content)
         except OSError as e:
             return Applied("timesyncd", False, f"cannot write {self.path}: {e.strerror or e}")
         done = [f"{'wrote' if changed else 'unchanged'} {self.path}"]

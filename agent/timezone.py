@@ -13,10 +13,10 @@ import contextlib
 import os
 import secrets
 import subprocess
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
+from clockfleet.agent.files import write_atomic
 from clockfleet.protocol.ids import timezone_problem
 
 ZONEINFO = "/usr/share/zoneinfo"
@@ -64,19 +64,6 @@ def _replace_symlink(link: Path, target: str) -> None:
     except BaseException:
         with contextlib.suppress(OSError):
             tmp.unlink()
-        raise
-
-
-def _replace_file(path: Path, content: str) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(content)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
         raise
 
 
@@ -129,7 +116,7 @@ def set_timezone(
             _replace_symlink(link, target)
             done.append(f"set {link} -> {target}")
         if not _timezone_file_says(root, name):
-            _replace_file(etc / "timezone", name + "\n")
+            write_atomic(etc / "timezone", (name + "\n").encode())
             done.append(f"wrote {etc / 'timezone'}")
     except OSError as e:
         raise TimezoneError(f"cannot set time zone {name} under {root}: {e}") from e
