@@ -21,6 +21,7 @@ import pytest
 
 from clockfleet import devstack
 from clockfleet.agent import clock_backends
+from tests.agent.servicekit import Keys, Publisher, make_keys
 
 
 @pytest.fixture(autouse=True)
@@ -96,3 +97,17 @@ def chrony_client(short_tmp: Path) -> Iterator[ChronyClient]:
     client = start_chrony_client(short_tmp / "client")
     yield client
     client.daemon.stop()
+
+
+@pytest.fixture
+def keys(short_tmp: Path) -> Keys:
+    """A fresh Ed25519 signing key pair (the publisher's key, the agents' trust key)."""
+    return make_keys(short_tmp / "keys")
+
+
+@pytest.fixture
+def publisher(broker_url: str, keys: Keys) -> Iterator[Publisher]:
+    """A plain paho client publishing signed lists and profiles to the test broker."""
+    p = Publisher(broker_url, keys)
+    yield p
+    p.close()

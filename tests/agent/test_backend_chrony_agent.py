@@ -13,21 +13,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.agent.servicekit import Publisher, make_keys
-
 pytestmark = pytest.mark.timeout(90)
-
-
-@pytest.fixture
-def keys(short_tmp: Path):
-    return make_keys(short_tmp / "keys")
-
-
-@pytest.fixture
-def publisher(broker_url: str, keys):
-    p = Publisher(broker_url, keys)
-    yield p
-    p.close()
 
 
 def run_once(config: Path) -> subprocess.CompletedProcess[str]:

@@ -8,13 +8,11 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pytest
-
 from clockfleet import devstack
 from clockfleet.protocol import codec
 from clockfleet.protocol.messages import Report
 from tests.agent.fakentp import FakeNtpServer
-from tests.agent.servicekit import PREFIX, Publisher, Watcher, make_keys
+from tests.agent.servicekit import PREFIX, Watcher
 from tests.conftest import next_loopback_address
 
 
@@ -25,18 +23,6 @@ def run_agent(*args: str, timeout: float = 30) -> subprocess.CompletedProcess[st
         text=True,
         timeout=timeout,
     )
-
-
-@pytest.fixture
-def keys(short_tmp: Path):
-    return make_keys(short_tmp / "keys")
-
-
-@pytest.fixture
-def publisher(broker_url: str, keys):
-    p = Publisher(broker_url, keys)
-    yield p
-    p.close()
 
 
 def once_args(broker_url: str, keys, state: Path, *extra: str) -> list[str]:

@@ -7,7 +7,6 @@ from __future__ import annotations
 import json
 import logging
 import time
-from pathlib import Path
 
 import pytest
 
@@ -18,23 +17,10 @@ from tests.agent.servicekit import (
     hosted,
     list_object,
     make_agent,
-    make_keys,
     wait_until,
 )
 
 TOPIC = f"{PREFIX}/regions/r1/servers"
-
-
-@pytest.fixture
-def keys(short_tmp: Path):
-    return make_keys(short_tmp / "keys")
-
-
-@pytest.fixture
-def publisher(broker_url: str, keys):
-    p = Publisher(broker_url, keys)
-    yield p
-    p.close()
 
 
 @pytest.fixture

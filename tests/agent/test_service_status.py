@@ -7,7 +7,6 @@ from __future__ import annotations
 import json
 import socket
 import time
-from pathlib import Path
 
 import pytest
 
@@ -19,14 +18,8 @@ from tests.agent.servicekit import (
     Watcher,
     hosted,
     make_agent,
-    make_keys,
     wait_until,
 )
-
-
-@pytest.fixture
-def keys(short_tmp: Path):
-    return make_keys(short_tmp / "keys")
 
 
 @pytest.fixture
