@@ -83,6 +83,15 @@ def test_every_command_in_the_readme_is_one_this_test_knows_how_to_check():
     assert unknown == []
 
 
+def test_the_debian_packages_named_are_the_ones_make_demo_and_make_test_install():
+    makefile = (REPO / "Makefile").read_text()
+    section = README[README.index("## The two commands") : README.index("## How it fits")]
+    named = set(re.findall(r"`([a-z0-9][a-z0-9.+-]+)`", section))
+    for var in ("DEBS", "TEST_DEBS"):
+        packages = re.search(rf"^{var} := (.*)$", makefile, re.M).group(1).split()
+        assert set(packages) <= named, var
+
+
 def test_make_commands_are_makefile_targets():
     targets = set(re.findall(r"^([a-z]+):", (REPO / "Makefile").read_text(), re.M))
     shown = of("make")
