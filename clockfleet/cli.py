@@ -7,6 +7,8 @@ pay for the collector's imports.
 from __future__ import annotations
 
 import importlib
+import os
+import signal
 import sys
 
 from clockfleet import __version__
@@ -68,7 +70,14 @@ def main(argv: list[str] | None = None) -> int:
             print(f"clockfleet {name}: not built yet", file=sys.stderr)
             return 2
         raise
-    return int(getattr(module, func)(args[1:]) or 0)
+    try:
+        code = int(getattr(module, func)(args[1:]) or 0)
+        sys.stdout.flush()  # inside the try: a closed pipe shows here, not at exit
+    except BrokenPipeError:
+        # The reader went away (`clockfleet status --json | head`): no traceback for that.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 128 + signal.SIGPIPE
+    return code
 
 
 if __name__ == "__main__":
