@@ -195,7 +195,10 @@ class Collector:
             return addr, str(exc)
         # paho 2.x keeps its socket in `_sock` and calls only recv/send/close/pending on it
         # once connected: hand it the buffered link (see link.py for why).
-        client._sock = BufferedLink(client._sock)  # type: ignore[attr-defined]
+        client._sock = BufferedLink(  # type: ignore[attr-defined]
+            client._sock,  # type: ignore[attr-defined]
+            on_publish=self._on_raw_publish,
+        )
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             alive = self._serve(client, 0.05)
@@ -257,13 +260,27 @@ class Collector:
     # --- messages --------------------------------------------------------------------------
 
     def _on_message(self, client, userdata, msg: mqtt.MQTTMessage) -> None:
-        now = time.monotonic()
+        # What paho hands over: anything but a QoS 0 PUBLISH, which the link delivers itself.
         try:
-            result = self.state.ingest(msg.topic, msg.payload, now)
+            topic = msg.topic  # paho decodes it lazily
         except UnicodeDecodeError:
-            # paho decodes the topic lazily; a non-UTF-8 topic is a bad topic like any other.
+            topic = None
+        self._ingest(topic, msg.payload)
+
+    def _on_raw_publish(self, topic: bytes, payload: bytes) -> None:
+        try:
+            text = topic.decode("utf-8")
+        except UnicodeDecodeError:
+            text = None
+        self._ingest(text, payload)
+
+    def _ingest(self, topic: str | None, payload: bytes) -> None:
+        now = time.monotonic()
+        if topic is None:
             self.state.messages += 1
             result = self.state.reject("bad-topic", "topic is not UTF-8", "", "")
+        else:
+            result = self.state.ingest(topic, payload, now)
         outcome = result.outcome
         if outcome is Outcome.APPLIED:
             if self.on_report is not None and result.kind == "report":
