@@ -10,11 +10,7 @@ from bench.stack import clockfleet_bin
 
 REGION = "bench"
 # What an agent cannot run without: the floor under its start-up time and memory.
-DEPENDENCIES = (
-    "import paho.mqtt.client, msgspec, "
-    "cryptography.hazmat.primitives.asymmetric.ed25519, "
-    "cryptography.hazmat.primitives.serialization"
-)
+DEPENDENCIES = "import paho.mqtt.client, msgspec, nacl.signing"
 
 
 def agent_argv(

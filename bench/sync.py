@@ -139,7 +139,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             "interpreter start and the CLI module imports alone (`clockfleet agent --help`)",
             "s",
             median(help_times),
-            reference="an interpreter importing only paho, msgspec and cryptography",
+            reference="an interpreter importing only paho, msgspec and PyNaCl",
             reference_value=median(deps_times),
         )
     )

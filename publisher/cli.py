@@ -216,7 +216,7 @@ def _publish(
         retained = broker_io.read_retained(session, prefix, args.timeout)
     except broker_io.BrokerError as exc:
         return _fail(str(exc), 1)
-    trust = signing.TrustStore({key.key_id: key.private.public_key()}) if key else None
+    trust = signing.trust_of(key) if key else None
     on_broker = _on_broker(prefix, retained, trust)
     try:
         the_plan = plan.make_plan(fleet, prefix, on_broker, state, key, prune=args.prune)

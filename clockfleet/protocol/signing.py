@@ -1,24 +1,37 @@
 """Ed25519 signatures over the canonical encoding, with key ids for rotation.
 
 Key files: `NAME.key` holds the private key (PKCS#8 PEM, mode 0600), `NAME.pub` the public
-key (SubjectPublicKeyInfo PEM). The key id is NAME, so rotating means adding
-`ops-2027.pub` to the agents' trust before the publisher signs with `ops-2027.key`.
+key (SubjectPublicKeyInfo PEM), the formats `openssl genpkey -algorithm ed25519` writes. The
+key id is NAME, so rotating means adding `ops-2027.pub` to the agents' trust before the
+publisher signs with `ops-2027.key`.
+
+Two libraries, one per side, for footprint: verifying (every agent, on every PBX) uses
+PyNaCl (libsodium, ~2 MB resident); making keys and signing (the publisher only) uses
+`cryptography` (~9.5 MB resident), imported only by the functions that need it.
 """
 
 from __future__ import annotations
 
 import base64
+import binascii
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from cryptography.exceptions import InvalidSignature
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+from nacl.exceptions import BadSignatureError
+from nacl.signing import VerifyKey
 
 from clockfleet.protocol.codec import Rejected, canonical_bytes
 from clockfleet.protocol.ids import is_valid_id
+
+if TYPE_CHECKING:
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+# RFC 8410 §4: an Ed25519 SubjectPublicKeyInfo is always these 12 DER bytes (SEQUENCE,
+# AlgorithmIdentifier 1.3.101.112, BIT STRING header) followed by the 32-byte key.
+_ED25519_SPKI_PREFIX = bytes.fromhex("302a300506032b6570032100")
+_PEM_PUBLIC = ("-----BEGIN PUBLIC KEY-----", "-----END PUBLIC KEY-----")
 
 
 class KeyError_(ValueError):
@@ -30,12 +43,20 @@ class SigningKey:
     key_id: str
     private: Ed25519PrivateKey
 
+    def verify_key(self) -> VerifyKey:
+        from cryptography.hazmat.primitives import serialization
+
+        raw = self.private.public_key().public_bytes(
+            serialization.Encoding.Raw, serialization.PublicFormat.Raw
+        )
+        return VerifyKey(raw)
+
 
 @dataclass
 class TrustStore:
     """Public keys an agent accepts, by key id. Empty means: signatures are not required."""
 
-    keys: dict[str, Ed25519PublicKey] = field(default_factory=dict)
+    keys: dict[str, VerifyKey] = field(default_factory=dict)
 
     def __bool__(self) -> bool:
         return bool(self.keys)
@@ -52,6 +73,9 @@ def key_id_from_path(path: Path) -> str:
 
 def generate(out_dir: Path, key_id: str) -> tuple[Path, Path]:
     """Write KEY_ID.key (0600) and KEY_ID.pub into out_dir; refuse to overwrite."""
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
     if not is_valid_id(key_id):
         raise KeyError_(f"key id {key_id!r} must match [A-Za-z0-9_-]{{1,64}}")
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -77,6 +101,9 @@ def generate(out_dir: Path, key_id: str) -> tuple[Path, Path]:
 
 
 def load_signing_key(path: Path) -> SigningKey:
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
     try:
         key = serialization.load_pem_private_key(path.read_bytes(), password=None)
     except (OSError, ValueError, TypeError) as exc:
@@ -86,14 +113,29 @@ def load_signing_key(path: Path) -> SigningKey:
     return SigningKey(key_id_from_path(path), key)
 
 
-def load_public_key(path: Path) -> tuple[str, Ed25519PublicKey]:
+def load_public_key(path: Path) -> tuple[str, VerifyKey]:
     try:
-        key = serialization.load_pem_public_key(path.read_bytes())
-    except (OSError, ValueError, TypeError) as exc:
+        text = path.read_text(encoding="ascii")
+    except (OSError, UnicodeDecodeError) as exc:
         raise KeyError_(f"{path}: cannot load public key: {exc}") from None
-    if not isinstance(key, Ed25519PublicKey):
-        raise KeyError_(f"{path}: not an Ed25519 public key")
-    return key_id_from_path(path), key
+    raw = _ed25519_from_pem(text)
+    if raw is None:
+        raise KeyError_(f"{path}: not an Ed25519 public key (PEM SubjectPublicKeyInfo)")
+    return key_id_from_path(path), VerifyKey(raw)
+
+
+def _ed25519_from_pem(text: str) -> bytes | None:
+    begin, end = _PEM_PUBLIC
+    lines = [line.strip() for line in text.strip().splitlines()]
+    if len(lines) < 3 or lines[0] != begin or lines[-1] != end:
+        return None
+    try:
+        der = base64.b64decode("".join(lines[1:-1]), validate=True)
+    except (binascii.Error, ValueError):
+        return None
+    if len(der) != 44 or not der.startswith(_ED25519_SPKI_PREFIX):
+        return None
+    return der[12:]
 
 
 def load_trust(paths: list[Path]) -> TrustStore:
@@ -105,6 +147,11 @@ def load_trust(paths: list[Path]) -> TrustStore:
             key_id, key = load_public_key(f)
             store.keys[key_id] = key
     return store
+
+
+def trust_of(key: SigningKey) -> TrustStore:
+    """A trust store holding the public half of `key` (the publisher checks its own lists)."""
+    return TrustStore({key.key_id: key.verify_key()})
 
 
 def sign(obj: dict[str, Any], key: SigningKey) -> dict[str, Any]:
@@ -124,14 +171,13 @@ def verify(obj: dict[str, Any], trust: TrustStore) -> str:
     sig = obj.get("sig")
     if not isinstance(sig, dict):
         raise Rejected("unsigned", "no signature, and a trust key is configured")
-    key = trust.keys.get(sig.get("key_id"))  # type: ignore[arg-type]
+    key_id = sig.get("key_id")
+    key = trust.keys.get(key_id) if isinstance(key_id, str) else None
     if key is None:
-        raise Rejected("unknown-key", f"signed with unknown key id {sig.get('key_id')!r}")
+        raise Rejected("unknown-key", f"signed with unknown key id {key_id!r}")
     try:
         raw = base64.b64decode(sig.get("value", ""), validate=True)
-        key.verify(raw, canonical_bytes(obj))
-    except (InvalidSignature, ValueError, TypeError):
-        raise Rejected(
-            "bad-signature", f"signature by {sig.get('key_id')!r} does not verify"
-        ) from None
-    return sig["key_id"]
+        key.verify(canonical_bytes(obj), raw)
+    except (BadSignatureError, ValueError, TypeError):
+        raise Rejected("bad-signature", f"signature by {key_id!r} does not verify") from None
+    return key_id

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import json
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -16,7 +19,7 @@ BODY = {"schema": "clock.servers/1", "region": "r1", "version": 3, "servers": []
 
 @pytest.fixture
 def keys(tmp_path: Path) -> tuple[signing.SigningKey, signing.TrustStore]:
-    priv, pub = signing.generate(tmp_path, "ops-2026")
+    priv, pub = signing.generate(tmp_path / "keys", "ops-2026")
     return signing.load_signing_key(priv), signing.load_trust([pub])
 
 
@@ -99,3 +102,57 @@ def test_broker_lists_name_a_cluster():
 def test_a_broker_url_with_another_scheme_is_a_usage_error():
     with pytest.raises(UsageError):
         parse_brokers("http://127.0.0.1:1883")
+
+
+def test_a_key_pair_made_by_openssl_signs_and_verifies(tmp_path: Path):
+    priv, pub = tmp_path / "ossl.key", tmp_path / "ossl.pub"
+    subprocess.run(["openssl", "genpkey", "-algorithm", "ed25519", "-out", priv], check=True)
+    subprocess.run(["openssl", "pkey", "-in", priv, "-pubout", "-out", pub], check=True)
+    signed = signing.sign(BODY, signing.load_signing_key(priv))
+    assert signing.verify(signed, signing.load_trust([pub])) == "ossl"
+
+
+def test_a_public_key_of_another_type_is_refused(tmp_path: Path):
+    priv, pub = tmp_path / "rsa.key", tmp_path / "rsa.pub"
+    subprocess.run(
+        [
+            "openssl",
+            "genpkey",
+            "-algorithm",
+            "rsa",
+            "-pkeyopt",
+            "rsa_keygen_bits:1024",
+            "-out",
+            priv,
+        ],
+        check=True,
+        capture_output=True,
+    )
+    subprocess.run(["openssl", "pkey", "-in", priv, "-pubout", "-out", pub], check=True)
+    with pytest.raises(signing.KeyError_, match="not an Ed25519 public key"):
+        signing.load_trust([pub])
+
+
+@pytest.mark.parametrize(
+    "text", ["", "garbage", "-----BEGIN PUBLIC KEY-----\n!!\n-----END PUBLIC KEY-----\n"]
+)
+def test_a_mangled_public_key_file_is_refused(tmp_path: Path, text: str):
+    (tmp_path / "bad.pub").write_text(text)
+    with pytest.raises(signing.KeyError_):
+        signing.load_trust([tmp_path / "bad.pub"])
+
+
+def test_verifying_never_loads_the_signing_library(tmp_path: Path):
+    # The agent verifies on every host: it must not pay cryptography's ~9.5 MB.
+    priv, pub = signing.generate(tmp_path, "ops-2026")
+    signed = tmp_path / "signed.json"
+    signed.write_text(json.dumps(signing.sign(BODY, signing.load_signing_key(priv))))
+    code = (
+        "import json, sys; from pathlib import Path; "
+        "from clockfleet.protocol import signing; "
+        f"t = signing.load_trust([Path({str(pub)!r})]); "
+        f"print(signing.verify(json.loads(Path({str(signed)!r}).read_text()), t)); "
+        "print('cryptography' in sys.modules)"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.split() == ["ops-2026", "False"]
