@@ -195,10 +195,9 @@ class Collector:
             return addr, str(exc)
         # paho 2.x keeps its socket in `_sock` and calls only recv/send/close/pending on it
         # once connected: hand it the buffered link (see link.py for why).
-        client._sock = BufferedLink(  # type: ignore[attr-defined]
-            client._sock,  # type: ignore[attr-defined]
-            on_publish=self._on_raw_publish,
-        )
+        # The link's own PUBLISH framing reads the MQTT 3.1.1 layout (no properties).
+        fast = self._on_raw_publish if client.protocol == mqtt.MQTTv311 else None
+        client._sock = BufferedLink(client._sock, on_publish=fast)  # type: ignore[attr-defined]
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             alive = self._serve(client, 0.05)
