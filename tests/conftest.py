@@ -9,8 +9,10 @@ from __future__ import annotations
 import itertools
 import shutil
 import tempfile
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -24,6 +26,20 @@ _addresses = (f"127.0.{n // 250}.{n % 250 + 2}" for n in itertools.count(8))
 
 def next_loopback_address() -> str:
     return next(_addresses)
+
+
+def wait_until(
+    predicate: Callable[[], Any], timeout_s: float = 20.0, what: str = "", *, step_s: float = 0.01
+) -> Any:
+    """Poll until predicate() is truthy and return its value; fail the test naming `what`."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if value := predicate():
+            return value
+        time.sleep(step_s)
+    value = predicate()
+    assert value, f"timed out after {timeout_s} s waiting for {what or predicate}"
+    return value
 
 
 @pytest.fixture

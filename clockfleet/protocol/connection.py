@@ -12,8 +12,7 @@ import os
 import random
 import ssl
 import threading
-import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -54,7 +53,6 @@ class ConnectionSettings:
     key: str | None = None
     prefix: str = DEFAULT_PREFIX
     connect_timeout_s: float = 5.0
-    extra: dict[str, str] = field(default_factory=dict)
 
 
 def parse_brokers(spec: str) -> list[BrokerAddress]:
@@ -213,13 +211,3 @@ def connect_blocking(
             client.disconnect()
         errors.append(f"{addr}: {rc if ok else f'no CONNACK within {timeout:g} s'}")
     raise BrokerUnreachable("; ".join(errors))
-
-
-def wait_for(predicate, timeout_s: float, step_s: float = 0.01) -> bool:
-    """Poll `predicate` until true or timeout; for one-shot commands waiting on callbacks."""
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(step_s)
-    return bool(predicate())

@@ -8,7 +8,6 @@ import contextlib
 import json
 import random
 import threading
-import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,18 +23,9 @@ from clockfleet.agent.service import Agent, AgentSettings
 from clockfleet.agent.state import StateDir
 from clockfleet.protocol import codec, signing
 from clockfleet.protocol.connection import settings_from_args
+from tests.conftest import wait_until
 
 PREFIX = "clock/v1"
-
-
-def wait_until(predicate: Callable[[], Any], timeout_s: float = 20.0, step_s: float = 0.01):
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(step_s)
-    raise AssertionError(f"condition not met within {timeout_s} s")
 
 
 @dataclass

@@ -24,6 +24,7 @@ from clockfleet.collector.http import serve
 from clockfleet.collector.ingest import Collector
 from clockfleet.collector.metrics import MetricsRenderer
 from clockfleet.protocol.connection import ConnectionSettings, parse_brokers
+from tests.conftest import wait_until
 
 PREFIX = "clock/v1"
 
@@ -120,15 +121,6 @@ def status_topic(agent: str) -> str:
 
 def servers_topic(region: str) -> str:
     return f"{PREFIX}/regions/{region}/servers"
-
-
-def wait_until(predicate: Callable[[], object], timeout_s: float = 20.0, what: str = "") -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        time.sleep(0.02)
-    assert predicate(), f"timed out after {timeout_s} s waiting for {what or predicate}"
 
 
 class Publisher:
