@@ -155,16 +155,20 @@ def test_an_agent_that_lost_its_state_resumes_the_session_from_the_broker(
     assert states(statuses) == [("online", 1), ("offline", 1), ("online", 2), ("offline", 2)]
 
 
-def test_a_restart_keeps_a_recent_good_sync_trustworthy_until_it_goes_stale(
-    broker_url, keys, chrony_server, short_tmp
-):
-    ntp = chrony_server()
+def sync_once_into(state_dir, broker_url, keys, ntp) -> None:
+    """One agent syncs once (list polled every 60 s) and leaves its state in state_dir."""
     pub = Publisher(broker_url, keys)
     pub.server_list("r1", 3, [(ntp.host, ntp.port)], poll_interval_s=60)
-    first = make_agent(broker_url, "a1", keys=keys, state_dir=short_tmp / "s")
+    first = make_agent(broker_url, "a1", keys=keys, state_dir=state_dir)
     with hosted(first):
         wait_until(lambda: first.reports_acked >= 1)
     pub.close()
+
+
+def test_a_restart_keeps_a_recent_good_sync_trustworthy_until_it_goes_stale(
+    broker_url, keys, chrony_server, short_tmp
+):
+    sync_once_into(short_tmp / "s", broker_url, keys, chrony_server())
     before = json.loads((short_tmp / "s" / "status.json").read_text())
 
     # restarted, its first sync still far off (start-up delay): the file is rewritten from
@@ -182,13 +186,7 @@ def test_a_restart_keeps_a_recent_good_sync_trustworthy_until_it_goes_stale(
 def test_a_restart_long_after_the_last_good_sync_is_not_trustworthy(
     broker_url, keys, chrony_server, short_tmp
 ):
-    ntp = chrony_server()
-    pub = Publisher(broker_url, keys)
-    pub.server_list("r1", 3, [(ntp.host, ntp.port)], poll_interval_s=60)
-    first = make_agent(broker_url, "a1", keys=keys, state_dir=short_tmp / "s")
-    with hosted(first):
-        wait_until(lambda: first.reports_acked >= 1)
-    pub.close()
+    sync_once_into(short_tmp / "s", broker_url, keys, chrony_server())
 
     later = time.time() + 3 * 60  # three poll intervals later
     again = make_agent(broker_url, "a1", keys=keys, state_dir=short_tmp / "s", startup_delay_s=600)
