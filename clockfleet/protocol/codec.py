@@ -44,6 +44,7 @@ REJECT_REASONS = (
     "unknown-key",
     "replay",
     "bad-topic",
+    "undecodable",
 )
 
 T = TypeVar("T", ServerList, Profile, Status, Report, Command)
@@ -92,6 +93,9 @@ def parse_json_object(payload: bytes) -> dict[str, Any]:
         raise Rejected("oversized", f"{len(payload)} bytes exceeds {MAX_PAYLOAD_BYTES}")
     try:
         obj = _decode_any(payload)
+    except RecursionError:
+        # A few KB of '[[[[...' is enough; no contract message nests more than four deep.
+        raise Rejected("malformed-json", "nested too deeply") from None
     except (msgspec.DecodeError, UnicodeDecodeError):
         return _parse_slowly(payload)
     if not isinstance(obj, dict):
@@ -145,17 +149,46 @@ def _parse_slowly(payload: bytes) -> dict[str, Any]:
 
 def decode(
     cls: type[T],
-    payload: bytes,
+    payload: Any,
     *,
     topic_id: str | None = None,
     now: datetime | None = None,
+    check_future: bool = True,
 ) -> tuple[T, dict[str, Any]]:
     """Decode `payload` as `cls`; return the message and the raw object (for signatures).
 
+    Any byte string gives a message or a `Rejected`: nothing else escapes, so no payload can
+    end a reader's loop (an unexpected error is refused as `undecodable`).
+
     `topic_id` is the id the topic names: the payload's own id must equal it, so a valid,
     signed list for region A republished on region B's topic is refused.
+
+    Only a report's `at` is judged against a clock (`now`, default this host's): it is
+    written from the agent's corrected clock, and a reader's own clock is synced. Lists,
+    profiles, status and commands never are: the host reading them may be years off, which
+    is the job (lists are ordered by version and authenticated by signature). An agent
+    reading its own reports back passes check_future=False for the same reason.
     """
-    obj = parse_json_object(payload)
+    try:
+        return _decode(cls, payload, topic_id, now, check_future)
+    except Rejected:
+        raise
+    except RecursionError:
+        raise Rejected("malformed-json", "nested too deeply") from None
+    except Exception as exc:  # a decoder bug must be a refusal, never a dead reader
+        raise Rejected("undecodable", f"{type(exc).__name__}: {exc}"[:200]) from None
+
+
+def _decode(
+    cls: type[T],
+    payload: Any,
+    topic_id: str | None,
+    now: datetime | None,
+    check_future: bool,
+) -> tuple[T, dict[str, Any]]:
+    if not isinstance(payload, (bytes, bytearray, memoryview)):
+        raise Rejected("undecodable", f"payload is {type(payload).__name__}, not bytes")
+    obj = parse_json_object(bytes(payload))
     want = SCHEMA_OF[cls]
     if obj.get("schema") != want:
         raise Rejected("wrong-schema", f"schema {obj.get('schema')!r}, expected {want!r}")
@@ -163,11 +196,15 @@ def decode(
         msg = msgspec.convert(obj, cls, strict=True)
     except msgspec.ValidationError as exc:
         raise Rejected("invalid-field", str(exc)) from None
-    _check_semantics(msg, topic_id, now)
+    _check_semantics(msg, topic_id)
+    if check_future and isinstance(msg, Report):
+        limit = (now or datetime.now(UTC)) + MAX_FUTURE
+        if msg.at > limit:
+            raise Rejected("future-timestamp", f"{msg.at.isoformat()} is more than a day ahead")
     return msg, obj
 
 
-def _check_semantics(msg: Any, topic_id: str | None, now: datetime | None) -> None:
+def _check_semantics(msg: Any, topic_id: str | None) -> None:
     if topic_id is not None:
         own = msg.region if isinstance(msg, ServerList) else getattr(msg, "agent", topic_id)
         if own != topic_id:
@@ -193,19 +230,6 @@ def _check_semantics(msg: Any, topic_id: str | None, now: datetime | None) -> No
     tz = getattr(msg, "timezone", None)
     if tz is not None and (problem := timezone_problem(tz)) is not None:
         raise Rejected("bad-timezone", problem)
-    stamp = _stamp_of(msg)
-    if stamp is not None:
-        limit = (now or datetime.now(UTC)) + MAX_FUTURE
-        if stamp > limit:
-            raise Rejected("future-timestamp", f"{stamp.isoformat()} is more than a day ahead")
-
-
-def _stamp_of(msg: Any) -> datetime | None:
-    for field in ("at", "issued_at", "since"):
-        value = getattr(msg, field, None)
-        if value is not None:
-            return value
-    return None
 
 
 def encode(msg: Any) -> bytes:

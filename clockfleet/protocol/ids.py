@@ -12,6 +12,10 @@ from functools import lru_cache
 ID_PATTERN = r"[A-Za-z0-9_-]{1,64}"
 _ID_RE = re.compile(rf"\A{ID_PATTERN}\Z")
 _LABEL_RE = re.compile(r"\A[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?\Z")
+# Every character a DNS name or a plain IP literal can hold. Checked before anything parses
+# the text: Python's ipaddress accepts an IPv6 zone id ('fe80::1%eth0') with anything after
+# the '%', newlines and whole config lines included.
+_HOST_CHARS_RE = re.compile(r"\A[A-Za-z0-9.:-]+\Z")
 MAX_HOST_LEN = 253
 
 
@@ -22,8 +26,10 @@ def is_valid_id(value: str) -> bool:
 def host_problem(host: str) -> str | None:
     """Why `host` is not an IP literal or DNS name, or None when it is one.
 
-    A host ends up in chrony's configuration and in log lines, so anything beyond
-    letters, digits, '-', '.' and ':' (spaces, newlines, quotes, shell characters) is refused.
+    One grammar at every boundary (fleet file, agent decode, backend write, collector): a
+    host ends up in chrony's sources file, a timesyncd drop-in, a metric label and a
+    terminal, so anything beyond letters, digits, '-', '.' and ':' (zone ids, spaces,
+    newlines, quotes, shell characters) is refused.
     """
     if not isinstance(host, str) or not host:
         return "empty host"
@@ -36,6 +42,12 @@ def host_problem(host: str) -> str | None:
 def _str_host_problem(host: str) -> str | None:
     if len(host) > MAX_HOST_LEN:
         return f"host longer than {MAX_HOST_LEN} characters"
+    if not _HOST_CHARS_RE.match(host):
+        bad = next(c for c in host if not _HOST_CHARS_RE.match(c))
+        return (
+            f"host {host[:64]!r} holds {bad!r}: only letters, digits, '-', '.' and ':' "
+            "(no IPv6 zone ids, spaces or control characters)"
+        )
     try:
         ipaddress.ip_address(host)
         return None
