@@ -58,11 +58,23 @@ class ProbeSettings:
     # more with this per-server timeout (0 turns the second pass off).
     retry_timeout_s: float = 2.0
     samples: int = 4  # SNTP samples per server; keep the lowest-delay one
+    resolve_timeout_s: float = 2.0  # all of a list's names, looked up at once
     max_distance_s: float = 3.0  # chrony maxdistance
     max_delay_s: float = 3.0  # chrony maxdelay
-    panic_offset_s: float = 1000.0  # beyond: panic-offset (never applied)
+    # Beyond it: panic-offset, except on the first good sync since the agent started, when
+    # the probe waives it for an offset that the next passing server confirms (probe.py).
+    panic_offset_s: float = 1000.0
     confirm_offset_s: float = 0.5  # falseticker confirmation threshold
     agree_s: float = 0.1
+
+
+LOCAL_PRECISION_S = 1e-6  # our T1 and T4: nanosecond clocks read by Python, ~1 us
+MAX_SERVER_PRECISION_S = 1e-3  # what a server may claim: precision is a signed byte (2^127 s)
+
+
+def precision_s(server_log2: int) -> float:
+    """How far below zero a delay may read and still be noise: both clocks' precision."""
+    return min(2.0**server_log2, MAX_SERVER_PRECISION_S) + LOCAL_PRECISION_S
 
 
 @dataclass(frozen=True)
@@ -121,9 +133,18 @@ def check_reply(
         return Failure("bad-stratum", "stratum 0 without a kiss code")
     if packet.stratum >= MAX_STRATUM:
         return Failure("bad-stratum", f"stratum {packet.stratum}, outside 1..15")
-    # Our clock can step between T1 and T4, and a server's clock can read coarser than ours:
-    # a negative delay means "no measurable delay", never a negative one.
-    delay_s = max(0, (t4_ns - t1_ns) - (t3_ns - t2_ns)) / _NS
+    # A delay below zero by less than the two clocks' precision is reading noise (a coarse
+    # server clock): it means "no measurable delay". Beyond that, a clock stepped between
+    # T1 and T4 or a lying server made the sample: it proves nothing and is discarded,
+    # never clamped into a plausible one.
+    raw_delay_s = ((t4_ns - t1_ns) - (t3_ns - t2_ns)) / _NS
+    if raw_delay_s < -precision_s(packet.precision):
+        return Failure(
+            "bad-packet",
+            f"negative round-trip delay {raw_delay_s:.6f} s, beyond the clocks' precision "
+            f"{precision_s(packet.precision):.6f} s",
+        )
+    delay_s = max(0.0, raw_delay_s)
     offset_s = ((t2_ns - t1_ns) + (t3_ns - t4_ns)) / 2 / _NS
     if delay_s > settings.max_delay_s:
         return Failure("too-far", f"round-trip delay {delay_s:.3f} s > {settings.max_delay_s:g} s")

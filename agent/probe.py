@@ -11,6 +11,9 @@ threads at once; kiss-o'-death memory lives in a `KodMemory` each agent owns.
 
 from __future__ import annotations
 
+import concurrent.futures
+import ipaddress
+import math
 import socket
 import threading
 import time
@@ -24,6 +27,14 @@ __all__ = ["Attempt", "KodMemory", "ProbeResult", "ProbeSettings", "Sample", "pr
 
 MAX_ADDRESSES = 4  # of one name; bounds the time a many-address name can take
 MAX_DETAIL = 256  # the report's Tried.detail bound; host names alone can be 253 long
+# getaddrinfo() cannot be cancelled and a dead resolver holds each call for its own timeouts
+# (5 s x attempts x search domains). Names are looked up on this pool, all of a list's at
+# once, and the probe waits for them only until one shared deadline: 64 slow names cost
+# ProbeSettings.resolve_timeout_s, not minutes. A lookup that outlives it finishes on the
+# pool, unwaited.
+_RESOLVER = concurrent.futures.ThreadPoolExecutor(max_workers=16, thread_name_prefix="dns")
+
+Resolved = list[tuple[int, tuple]] | str  # addresses to try, or why there are none
 
 
 @dataclass
@@ -115,23 +126,68 @@ class KodMemory:
         return None if entry is None else entry[1]
 
 
-def probe_server(host: str, port: int, settings: ProbeSettings) -> tuple[Attempt, str | None]:
-    """Resolve host and take a sample burst from its addresses in turn until one passes.
+def resolve_all(
+    servers: Sequence[tuple[str, int]], timeout_s: float
+) -> dict[tuple[str, int], Resolved]:
+    """Every server's addresses (or why it has none), looked up concurrently, bounded in time.
 
-    Each address gets its own settings.timeout_s (at most MAX_ADDRESSES of them). Returns
-    the Attempt and the kiss code received, if any.
+    IP literals need no resolver and are answered at once; only names go to the pool.
     """
-    if not 1 <= port <= 65535:  # getaddrinfo would wrap 65536 + n around to n
-        return Attempt(host, port, "unreachable", f"port {port} outside 1..65535"), None
+    out: dict[tuple[str, int], Resolved] = {}
+    pending: dict[tuple[str, int], concurrent.futures.Future] = {}
+    for host, port in servers:
+        if (host, port) in out or (host, port) in pending:
+            continue
+        if not 1 <= port <= 65535:  # getaddrinfo would wrap 65536 + n around to n
+            out[(host, port)] = f"port {port} outside 1..65535"
+        elif _is_ip_literal(host):
+            out[(host, port)] = _lookup(host, port)
+        else:
+            pending[(host, port)] = _RESOLVER.submit(_lookup, host, port)
+    deadline = time.monotonic() + timeout_s
+    for key, future in pending.items():
+        try:
+            out[key] = future.result(max(0.0, deadline - time.monotonic()))
+        except concurrent.futures.TimeoutError:
+            out[key] = f"cannot resolve {key[0]}: no answer within {timeout_s:g} s"
+    return out
+
+
+def _is_ip_literal(host: str) -> bool:
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return True
+
+
+def _lookup(host: str, port: int) -> Resolved:
     try:
         infos = socket.getaddrinfo(host, port, type=socket.SOCK_DGRAM)
     except (OSError, UnicodeError, ValueError, OverflowError) as e:
-        reason = getattr(e, "strerror", None) or str(e)
-        return Attempt(host, port, "unresolvable", f"cannot resolve {host}: {reason}"), None
+        return f"cannot resolve {host}: {getattr(e, 'strerror', None) or e}"
     addresses: list[tuple[int, tuple]] = []
     for family, _type, _proto, _name, sockaddr in infos:
         if (family, sockaddr) not in addresses:
             addresses.append((family, sockaddr))
+    return addresses or f"cannot resolve {host}: no address"
+
+
+def probe_server(
+    host: str, port: int, settings: ProbeSettings, resolved: Resolved | None = None
+) -> tuple[Attempt, str | None]:
+    """Take a sample burst from the server's addresses in turn until one passes.
+
+    `resolved` is what resolve_all() found (looked up here when not given). Each address
+    gets its own settings.timeout_s (at most MAX_ADDRESSES of them). Returns the Attempt and
+    the kiss code received, if any.
+    """
+    if resolved is None:
+        resolved = resolve_all([(host, port)], settings.resolve_timeout_s)[(host, port)]
+    if isinstance(resolved, str):
+        outcome = "unreachable" if resolved.startswith("port ") else "unresolvable"
+        return Attempt(host, port, outcome, resolved), None
+    addresses = resolved
     first: Attempt | None = None
     requests = 0
     for family, sockaddr in addresses[:MAX_ADDRESSES]:
@@ -161,26 +217,42 @@ def probe(
     servers: Sequence[tuple[str, int]],
     settings: ProbeSettings = ProbeSettings(),  # noqa: B008 - frozen, so sharing is safe
     kod: KodMemory | None = None,
+    *,
+    first_sync: bool = False,
 ) -> ProbeResult:
     """Probe servers in order; see the module docstring for the rules.
 
     A first pass uses the short settings.timeout_s so that silent servers early in the
     list cost little; when it finds no server and some of them only timed out, one more
     pass with settings.retry_timeout_s gives slow (far, loaded) servers their chance.
+
+    `first_sync`: no good sync yet since the agent started (a host whose RTC died may be
+    years off). The panic limit is then waived, as ntpd -g and chrony's makestep do, for an
+    offset that the next passing server confirms (the falseticker rule); a list of one
+    server applies it unconfirmed and says so. Afterwards the limit stands.
     """
     kod = kod if kod is not None else KodMemory()
-    first = _probe_pass(servers, settings, kod)
+    panic_s: float | None = None
+    if first_sync and math.isfinite(settings.panic_offset_s):
+        panic_s = settings.panic_offset_s
+        settings = replace(settings, panic_offset_s=math.inf)
+    resolved = resolve_all(servers, settings.resolve_timeout_s)
+    first = _probe_pass(servers, settings, kod, resolved, panic_s)
     slow = settings.retry_timeout_s
     if first.ok or slow <= settings.timeout_s or all(a.outcome != "timeout" for a in first.tried):
         return first
-    second = _probe_pass(servers, replace(settings, timeout_s=slow), kod)
+    second = _probe_pass(servers, replace(settings, timeout_s=slow), kod, resolved, panic_s)
     retried = f"no server answered within {settings.timeout_s:g} s; retried at {slow:g} s"
     second.note = _clip(f"{retried}; {second.note}" if second.note else retried)
     return second
 
 
 def _probe_pass(
-    servers: Sequence[tuple[str, int]], settings: ProbeSettings, kod: KodMemory
+    servers: Sequence[tuple[str, int]],
+    settings: ProbeSettings,
+    kod: KodMemory,
+    resolved: dict[tuple[str, int], Resolved],
+    panic_s: float | None,
 ) -> ProbeResult:
     tried: list[Attempt] = []
     chosen: Attempt | None = None
@@ -192,7 +264,7 @@ def _probe_pass(
             continue
         attempt = kod.skip(host, port)
         if attempt is None:
-            attempt, kiss = probe_server(host, port, settings)
+            attempt, kiss = probe_server(host, port, settings, resolved.get((host, port)))
             kod.record(attempt, kiss)
         tried.append(attempt)
         if attempt.outcome != "ok":
@@ -207,6 +279,8 @@ def _probe_pass(
                     f"offset {pending.sample.offset_s:+.6f} s of {_name(pending)} confirmed by "
                     f"{_name(attempt)} ({attempt.sample.offset_s:+.6f} s)"
                 )
+                if panic_s is not None and abs(pending.sample.offset_s) > panic_s:
+                    note += f"; beyond the {panic_s:g} s panic limit, applied as a first sync"
                 continue
             pending.outcome = "falseticker"
             pending.detail = (
@@ -220,13 +294,25 @@ def _probe_pass(
             chosen = attempt
     if chosen is None and pending is not None:
         assert pending.sample is not None
-        chosen = pending
-        note = (
-            f"offset {pending.sample.offset_s:+.6f} s of {_name(pending)} applied unconfirmed: "
-            "no later server passed to confirm it"
-        )
+        offset = pending.sample.offset_s
+        if panic_s is not None and abs(offset) > panic_s and len(servers) > 1:
+            # A first sync may jump the clock by any amount, but only on two servers' word.
+            pending.outcome = "panic-offset"
+            pending.detail = (
+                f"offset {offset:+.3f} s beyond the panic limit {panic_s:g} s and no later "
+                "server passed to confirm it"
+            )
+        else:
+            chosen = pending
+            note = (
+                f"offset {offset:+.6f} s of {_name(pending)} applied unconfirmed: "
+                "no later server passed to confirm it"
+            )
     if len(servers) == 1 and chosen is not None and chosen.sample is not None:
-        note = f"single server: offset {chosen.sample.offset_s:+.6f} s applied unconfirmed"
+        offset = chosen.sample.offset_s
+        note = f"single server: offset {offset:+.6f} s applied unconfirmed"
+        if panic_s is not None and abs(offset) > panic_s:
+            note += f", beyond the {panic_s:g} s panic limit, as a first sync"
     for attempt in tried:
         attempt.detail = _clip(attempt.detail)
     return ProbeResult(ok=chosen is not None, chosen=chosen, tried=tried, note=_clip(note))

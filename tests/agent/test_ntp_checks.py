@@ -129,10 +129,24 @@ def test_an_offset_beyond_the_panic_limit_is_never_a_sample() -> None:
     assert outcome(check(reply(offset_s=999.0))) == "ok"
 
 
-def test_an_impossible_negative_delay_is_reported_as_zero() -> None:
-    sample = check(reply(), t4=T1 + 100_000)  # answered "before" the server sent it
+def test_a_negative_delay_within_the_clocks_precision_reads_as_zero() -> None:
+    # T4 - T1 = 199.5 us, T3 - T2 = 200 us: half a microsecond below zero.
+    sample = check(reply(), t4=T1 + 199_500)
     assert isinstance(sample, Sample)
     assert sample.delay_s == 0.0
+
+
+def test_a_negative_delay_beyond_the_clocks_precision_is_discarded_not_clamped() -> None:
+    result = check(reply(), t4=T1 + 100_000)  # answered 100 us "before" the server sent it
+    assert outcome(result) == "bad-packet"
+    assert "negative round-trip delay" in result.detail  # type: ignore[union-attr]
+
+
+def test_a_server_claiming_a_huge_precision_cannot_excuse_a_negative_delay() -> None:
+    result = check(reply(precision=127), t4=T1 + 100_000)
+    assert outcome(result) == "ok"  # 100 us is inside the 1 ms a server may claim
+    result = check(reply(precision=127), t4=T1 - 10_000_000)
+    assert outcome(result) == "bad-packet"
 
 
 def test_replies_are_read_in_the_era_of_the_local_clock_across_2036() -> None:
