@@ -25,6 +25,10 @@ KINDS = ("report", "status", "servers")
 # Not a bad message, so not under "rejected": a status whose session is older than the one
 # already known (a will that fired on session takeover after the new session said online).
 IGNORED_REASONS = ("older-session",)
+# Refused by the collector's own MQTT framing, before any decoding (see link.py).
+FRAMING_REASONS = ("malformed-packet",)
+# Messages never looked at: the excess of one topic's flood (see ingest.RateLimiter).
+DROPPED_REASONS = ("rate-limited",)
 
 
 class Outcome(Enum):
@@ -73,8 +77,14 @@ class FleetState:
     agents: dict[str, AgentEntry] = field(default_factory=dict)
     regions: dict[str, ServerList] = field(default_factory=dict)
     received: dict[str, int] = field(default_factory=lambda: dict.fromkeys(KINDS, 0))
-    rejected: dict[str, int] = field(default_factory=lambda: dict.fromkeys(REJECT_REASONS, 0))
+    rejected: dict[str, int] = field(
+        default_factory=lambda: dict.fromkeys((*REJECT_REASONS, *FRAMING_REASONS), 0)
+    )
     ignored: dict[str, int] = field(default_factory=lambda: dict.fromkeys(IGNORED_REASONS, 0))
+    dropped: dict[str, int] = field(default_factory=lambda: dict.fromkeys(DROPPED_REASONS, 0))
+    # Exceptions other than a rejection while handling one message: a bug or an input the
+    # decoders did not foresee. Counted, logged by the caller, and the message is not applied.
+    handler_errors: int = 0
     messages: int = 0  # every message handed to ingest(), whatever became of it
 
     def ingest(self, topic: str, payload: bytes, now: float = 0.0) -> Result:
@@ -150,6 +160,17 @@ class FleetState:
             if entry.report is None and entry.status is None:
                 del self.agents[ident]
         return Result(Outcome.WITHDRAWN, kind, ident)
+
+    def refuse(self, topic: bytes, reason: str, detail: str) -> Result:
+        """Count a message refused before decoding (its payload was never held)."""
+        self.messages += 1
+        try:
+            ref = parse_topic(self.prefix, topic.decode("utf-8"))
+        except (UnicodeDecodeError, TopicError):
+            return self.reject(reason, detail, "", "")
+        if ref.kind in self.received:
+            self.received[ref.kind] += 1
+        return self.reject(reason, detail, ref.kind, ref.ident)
 
     def reject(self, reason: str, detail: str, kind: str, ident: str) -> Result:
         self.rejected[reason] = self.rejected.get(reason, 0) + 1

@@ -37,6 +37,18 @@ Why it is written this way:
   cluster's nodes, and subscribe again on every connect.
 - Rejected messages are logged at most once per reason per LOG_EVERY_S seconds (a flood of bad
   messages must not flood the log); the counters count every one.
+- No message can stop the loop: an exception other than a rejection while handling one
+  message (a decoder bug, a hook's error) is counted in `state.handler_errors`, logged
+  (rate-limited, with the topic) and the next message is handled. An exception out of paho's
+  own packet handling leaves paho's state unknown: it is counted too, and the connection is
+  dropped and made again.
+- A flood must not starve the loop: each turn reads for at most SLICE_S before paho gets to
+  write and to send its keepalive PINGREQ (otherwise the broker drops us after 1.5 x the
+  keepalive and we reload everything, again and again), the link bounds its buffer (see
+  link.py), and a per-topic token bucket (`RateLimit`, default a burst of 5 and 1 a second)
+  drops the excess of any one topic before decoding, counted as
+  `state.dropped["rate-limited"]`. The buckets start full on every connection, so a retained
+  snapshot (one message per topic) is never limited.
 """
 
 from __future__ import annotations
@@ -48,12 +60,14 @@ import threading
 import time
 import uuid
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import paho.mqtt.client as mqtt
 
 from clockfleet.collector.fleet_state import FleetState, Outcome, Result
-from clockfleet.collector.link import BufferedLink
+from clockfleet.collector.link import MAX_BUFFER, BufferedLink
 from clockfleet.collector.metrics import LinkStats
+from clockfleet.collector.text import printable
 from clockfleet.protocol.connection import (
     BrokerAddress,
     BrokerUnreachable,
@@ -70,6 +84,12 @@ log = logging.getLogger("clockfleet.collector")
 LOG_EVERY_S = 10.0
 KEEPALIVE_S = 30
 RECONNECT_CAP_S = 30.0
+# Longest a turn of the loop reads before paho may write and check its keepalive.
+SLICE_S = 0.05
+REFUSED_DETAIL = {
+    "oversized": "a PUBLISH larger than any acceptable message (skipped unread)",
+    "malformed-packet": "a PUBLISH whose topic length runs past the packet",
+}
 
 ReportHook = Callable[[str, Report, float], None]
 MessageHook = Callable[[Result, float], None]
@@ -91,7 +111,9 @@ class RateLimitedLog:
         self._last: dict[str, float] = {}
         self._suppressed: dict[str, int] = {}
 
-    def warning(self, key: str, msg: str, *args: object) -> None:
+    def warning(
+        self, key: str, msg: str, *args: object, exc_info: BaseException | None = None
+    ) -> None:
         now = time.monotonic()
         last = self._last.get(key)
         if last is not None and now - last < self.every_s:
@@ -101,7 +123,63 @@ class RateLimitedLog:
         skipped = self._suppressed.pop(key, 0)
         if skipped:
             msg += f" (and {skipped} more like it not logged)"
-        log.warning(msg, *args)
+        log.warning(msg, *args, exc_info=exc_info)
+
+
+@dataclass(frozen=True)
+class RateLimit:
+    """A token bucket per topic: `burst` messages at once, `per_s` a second sustained."""
+
+    burst: int = 5
+    per_s: float = 1.0
+
+    def __post_init__(self) -> None:
+        if self.burst < 1 or not self.per_s > 0:
+            raise ValueError("a rate limit needs burst >= 1 and per_s > 0")
+
+
+DEFAULT_RATE_LIMIT = RateLimit()
+
+
+class RateLimiter:
+    """Per-topic token buckets, keyed by the raw topic bytes (before any decoding).
+
+    Memory is bounded: past `max_keys` buckets, those that have refilled (and so say nothing
+    a fresh one would not) are forgotten, and if that frees too little, all are. Forgetting
+    only ever lets messages through: an agent does not lose its reports to a flood of others.
+    """
+
+    def __init__(self, limit: RateLimit, max_keys: int = 262_144) -> None:
+        self.burst = float(limit.burst)
+        self.per_s = limit.per_s
+        self.max_keys = max_keys
+        self._buckets: dict[bytes, list[float]] = {}  # topic -> [tokens, last time]
+
+    def reset(self) -> None:
+        self._buckets = {}
+
+    def allow(self, key: bytes, now: float) -> bool:
+        bucket = self._buckets.get(key)
+        if bucket is None:
+            if len(self._buckets) >= self.max_keys:
+                self._prune(now)
+            self._buckets[key] = [self.burst - 1.0, now]
+            return True
+        tokens = bucket[0] + (now - bucket[1]) * self.per_s
+        if tokens > self.burst:
+            tokens = self.burst
+        bucket[1] = now
+        if tokens >= 1.0:
+            bucket[0] = tokens - 1.0
+            return True
+        bucket[0] = tokens
+        return False
+
+    def _prune(self, now: float) -> None:
+        full = self.burst
+        per_s = self.per_s
+        kept = {k: b for k, b in self._buckets.items() if b[0] + (now - b[1]) * per_s < full}
+        self._buckets = kept if len(kept) < self.max_keys * 3 // 4 else {}
 
 
 class Collector:
@@ -112,12 +190,19 @@ class Collector:
         on_report: ReportHook | None = None,
         on_message: MessageHook | None = None,
         client_id: str | None = None,
+        rate_limit: RateLimit | None = DEFAULT_RATE_LIMIT,
+        keepalive_s: int = KEEPALIVE_S,
+        max_buffer: int = MAX_BUFFER,
     ) -> None:
         self.settings = settings
         self.state = FleetState(settings.prefix)
         self.on_report = on_report
         self.on_message = on_message
         self.client_id = client_id or f"clockfleet-collector-{uuid.uuid4().hex[:12]}"
+        self.keepalive_s = keepalive_s
+        self.max_buffer = max_buffer
+        self._limiter = RateLimiter(rate_limit) if rate_limit is not None else None
+        self._errors = RateLimitedLog()
         self._connected = False
         self._connections = 0
         # Set once the broker has sent everything retained for our subscriptions (see
@@ -190,14 +275,21 @@ class Collector:
         client.user_data_set({"connack": None})
         self.current_broker = addr
         try:
-            client.connect(addr.host, addr.port, keepalive=KEEPALIVE_S)
+            client.connect(addr.host, addr.port, keepalive=self.keepalive_s)
         except (OSError, ssl.SSLError) as exc:
             return addr, str(exc)
+        if self._limiter is not None:
+            self._limiter.reset()  # full buckets: the retained snapshot comes in one burst
         # paho 2.x keeps its socket in `_sock` and calls only recv/send/close/pending on it
         # once connected: hand it the buffered link (see link.py for why).
         # The link's own PUBLISH framing reads the MQTT 3.1.1 layout (no properties).
         fast = self._on_raw_publish if client.protocol == mqtt.MQTTv311 else None
-        client._sock = BufferedLink(client._sock, on_publish=fast)  # type: ignore[attr-defined]
+        client._sock = BufferedLink(  # type: ignore[attr-defined]
+            client._sock,  # type: ignore[attr-defined]
+            on_publish=fast,
+            on_refused=self._on_refused,
+            max_buffer=self.max_buffer,
+        )
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             alive = self._serve(client, 0.05)
@@ -260,18 +352,63 @@ class Collector:
 
     def _on_message(self, client, userdata, msg: mqtt.MQTTMessage) -> None:
         # What paho hands over: anything but a QoS 0 PUBLISH, which the link delivers itself.
+        raw = msg._topic  # paho keeps the topic's bytes; .topic decodes them
         try:
-            topic = msg.topic  # paho decodes it lazily
-        except UnicodeDecodeError:
-            topic = None
-        self._ingest(topic, msg.payload)
+            if self._limiter is not None and not self._limiter.allow(raw, time.monotonic()):
+                self.state.dropped["rate-limited"] += 1
+                return
+            try:
+                topic = msg.topic
+            except UnicodeDecodeError:
+                topic = None
+            self._ingest(topic, msg.payload)
+        except Exception as exc:  # no message may end the loop
+            self._handler_error(raw, exc)
 
     def _on_raw_publish(self, topic: bytes, payload: bytes) -> None:
+        # The hot path (every QoS 0 PUBLISH): keep the work before _ingest small.
         try:
-            text = topic.decode("utf-8")
-        except UnicodeDecodeError:
-            text = None
-        self._ingest(text, payload)
+            if self._limiter is not None and not self._limiter.allow(topic, time.monotonic()):
+                self.state.dropped["rate-limited"] += 1
+                return
+            try:
+                text = topic.decode("utf-8")
+            except UnicodeDecodeError:
+                text = None
+            self._ingest(text, payload)
+        except Exception as exc:  # no message may end the loop
+            self._handler_error(topic, exc)
+
+    def _on_refused(self, topic: bytes, reason: str) -> None:
+        """A PUBLISH the link would not hold or could not frame (see link.py)."""
+        detail = REFUSED_DETAIL.get(reason, reason)
+        try:
+            result = self.state.refuse(topic, reason, detail)
+            self._log_rejection(result)
+        except Exception as exc:  # no message may end the loop
+            self._handler_error(topic, exc)
+
+    def _handler_error(self, topic: bytes | str, exc: BaseException) -> None:
+        self.state.handler_errors += 1
+        shown = topic.decode("utf-8", "replace") if isinstance(topic, bytes) else topic
+        self._errors.warning(
+            "handler-error",
+            "error handling a message on %s (going on with the next): %s: %s",
+            printable(shown, 200),
+            type(exc).__name__,
+            printable(str(exc), 300),
+            exc_info=exc,
+        )
+
+    def _log_rejection(self, result: Result) -> None:
+        self._rejects.warning(
+            result.reason,
+            "rejected %s message for %r: %s: %s",
+            result.kind or "unknown",
+            result.ident,
+            result.reason,
+            printable(result.detail, 300),
+        )
 
     def _ingest(self, topic: str | None, payload: bytes) -> None:
         now = time.monotonic()
@@ -285,14 +422,7 @@ class Collector:
             if self.on_report is not None and result.kind == "report":
                 self.on_report(result.ident, result.message, now)  # type: ignore[arg-type]
         elif outcome is Outcome.REJECTED:
-            self._rejects.warning(
-                result.reason,
-                "rejected %s message for %r: %s: %s",
-                result.kind or "unknown",
-                result.ident,
-                result.reason,
-                result.detail[:300],
-            )
+            self._log_rejection(result)
         elif outcome is Outcome.IGNORED:
             log.info("ignored status for %r: %s", result.ident, result.detail)
         elif outcome is Outcome.WITHDRAWN:
@@ -329,20 +459,25 @@ class Collector:
             pass
 
     def _serve(self, client: mqtt.Client, wait_s: float) -> bool:
-        """Write what paho queued, wait up to wait_s for input, let paho read all of it.
-        False once the connection is gone."""
+        """Write what paho queued, wait up to wait_s for input, let paho read it for at most
+        SLICE_S, then let it check its keepalive. False once the connection is gone."""
         link = client.socket()
         if not isinstance(link, BufferedLink):
             return False
-        if client.want_write() and client.loop_write() not in (
-            mqtt.MQTT_ERR_SUCCESS,
-            mqtt.MQTT_ERR_AGAIN,
-        ):
-            return False
-        link.wait(wait_s)
-        while link.readable():
-            if client.loop_read() != mqtt.MQTT_ERR_SUCCESS:
+        try:
+            if client.want_write() and client.loop_write() not in (
+                mqtt.MQTT_ERR_SUCCESS,
+                mqtt.MQTT_ERR_AGAIN,
+            ):
                 return False
-            if self._stop.is_set():
-                break
-        return client.loop_misc() == mqtt.MQTT_ERR_SUCCESS and client.socket() is not None
+            link.wait(wait_s)
+            until = time.monotonic() + SLICE_S
+            while link.readable():
+                if client.loop_read() != mqtt.MQTT_ERR_SUCCESS:
+                    return False
+                if self._stop.is_set() or time.monotonic() > until:
+                    break
+            return client.loop_misc() == mqtt.MQTT_ERR_SUCCESS and client.socket() is not None
+        except Exception as exc:  # paho's state is unknown now: reconnect
+            self._handler_error(str(self.current_broker or "broker"), exc)
+            return False

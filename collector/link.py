@@ -20,6 +20,20 @@ ingest.py still comes after the whole retained snapshot.
 paho sees an ordinary non-blocking socket: `recv()` serves buffered bytes or raises
 BlockingIOError, `send()` queues bytes for the I/O thread, `close()` ends it. TLS sockets
 work too: every call on the real socket is made by the I/O thread alone.
+
+Bounds (a flood or a hostile broker must not grow memory without limit):
+- At most `max_buffer` bytes wait in memory (plus one CHUNK being read). Beyond that the I/O
+  thread stops reading the socket until the consumer has taken the buffer below half of it,
+  so TCP back-pressure applies and the broker queues (and, for QoS 0, drops by its own
+  limits) instead of this process growing. Nothing is dropped here.
+- No packet larger than `max_packet` is held: a QoS 0 PUBLISH that large cannot carry an
+  acceptable payload, so its bytes are discarded as they arrive and `on_refused(topic,
+  "oversized")` is called once; any other packet that large (the collector subscribes at
+  QoS 0, so only a misbehaving broker sends one) ends the link with an error paho reports.
+- A QoS 0 PUBLISH whose topic length runs past its packet, or that is too short to hold one,
+  is skipped and reported as "malformed-packet" (paho would raise struct.error on it, out of
+  its loop). Framing stops after FRAME_BATCH packets a call so that the collector's loop
+  gets back to keepalives and writes during a flood.
 """
 
 from __future__ import annotations
@@ -33,11 +47,23 @@ from collections import deque
 from collections.abc import Callable
 from typing import Any
 
+from clockfleet.protocol.codec import MAX_PAYLOAD_BYTES
+
 CHUNK = 256 * 1024
 # The kernel's own buffer, as a second line: it holds a whole burst of ~10,000 reports even
 # while this process's threads wait for the GIL. Linux caps it at net.core.rmem_max (and
 # doubles what it grants); asking for more than the cap is harmless.
 RCVBUF = 8 * 1024 * 1024
+# Several seconds of the fastest retained burst, and a fleet of ~100,000 reports.
+MAX_BUFFER = 64 * 1024 * 1024
+# The largest QoS 0 PUBLISH that can still carry an acceptable payload: the remaining
+# length is a 2-byte topic length, a topic of at most 65535 bytes, then the payload.
+MAX_PACKET = 2 + 65535 + MAX_PAYLOAD_BYTES
+# Packets framed per recv(); small enough that the caller regains control every ~10 ms.
+FRAME_BATCH = 512
+
+OnPublish = Callable[[bytes, bytes], None]
+OnRefused = Callable[[bytes, str], None]
 
 
 class BufferedLink:
@@ -47,12 +73,31 @@ class BufferedLink:
     def __init__(
         self,
         sock: socket.socket | ssl.SSLSocket,
-        on_publish: Callable[[bytes, bytes], None] | None = None,
+        on_publish: OnPublish | None = None,
+        *,
+        on_refused: OnRefused | None = None,
+        max_buffer: int = MAX_BUFFER,
+        max_packet: int = MAX_PACKET,
     ) -> None:
+        # Reading resumes below half the bound: a packet still incomplete must fit there, or
+        # neither side could move.
+        if max_buffer < 4 * max_packet:
+            raise ValueError("max_buffer must be at least 4 x max_packet")
         self._sock = sock
         self._on_publish = on_publish
+        self._on_refused = on_refused
+        self._max_buffer = max_buffer
+        self._low_water = max_buffer // 2
+        self._max_packet = max_packet
         self._in = bytearray()  # raw bytes not yet framed (paho's thread only)
-        self._more = False  # _in may hold complete packets: framing stopped for paho's sake
+        self._more = False  # _in may hold complete packets: framing stopped early
+        self._skip = 0  # bytes of an oversized PUBLISH still to discard as they arrive
+        self._broken = False  # framing met a packet it cannot hold: nothing more is framed
+        # Buffered bytes = _rx - _consumed; each counter has a single writer thread, so
+        # neither needs a lock.
+        self._rx = 0  # I/O thread only
+        self._consumed = 0  # paho's thread only
+        self._paused = False  # I/O thread only: not reading, the buffer is full
         with contextlib.suppress(OSError):
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, RCVBUF)
         self._chunks: deque[bytes] = deque()
@@ -81,6 +126,7 @@ class BufferedLink:
                     cur = self._cur = self._chunks.popleft()
                 except IndexError:
                     cur = self._cur = b""
+                self._took(len(cur))
             if not cur:
                 if self._error is not None:
                     raise self._error from None
@@ -96,13 +142,24 @@ class BufferedLink:
         """Hand QoS 0 PUBLISHes to on_publish; return the next packet for paho, or b"".
 
         Stops at the first packet for paho, so that everything after it waits until paho
-        has read it (see the module docstring on order).
+        has read it (see the module docstring on order), and after FRAME_BATCH packets.
         """
+        if self._broken:
+            return b""
         buf = self._in
         while self._chunks:
             buf += self._chunks.popleft()
         pos, n, out = 0, len(buf), b""
+        if self._skip:
+            pos = min(self._skip, n)
+            self._skip -= pos
+        deliver = self._on_publish
+        assert deliver is not None
+        budget = FRAME_BATCH
         while pos < n:
+            if not budget:
+                break
+            budget -= 1
             head = buf[pos]
             length, shift, i = 0, 0, pos + 1
             while i < n and shift <= 21:
@@ -118,19 +175,58 @@ class BufferedLink:
                     self._on_publish = None
                 break  # the length itself is not complete yet
             end = i + length
+            if head & 0xF6 == 0x30:  # PUBLISH at QoS 0, any DUP/RETAIN
+                if length > self._max_packet:
+                    self._refuse(buf, i, n, "oversized")
+                    if end > n:
+                        self._skip, pos = end - n, n
+                        break
+                    pos = end
+                    continue
+                if end > n:
+                    break
+                topic_end = i + 2 + (buf[i] << 8 | buf[i + 1]) if length >= 2 else end + 1
+                if topic_end > end:
+                    self._refuse(buf, i, 0, "malformed-packet")
+                    pos = end
+                    continue
+                pos = end
+                deliver(bytes(buf[i + 2 : topic_end]), bytes(buf[topic_end:end]))
+                continue
+            if length > self._max_packet:
+                # The stream cannot be followed past it without holding it: end the link
+                # (paho reports the error; the collector reconnects).
+                self._broken = True
+                self._error = ConnectionError(
+                    f"the broker sent a packet of {length} bytes (type {head >> 4}); "
+                    f"at most {self._max_packet} are accepted"
+                )
+                pos = n
+                break
             if end > n:
                 break
-            if head & 0xF6 == 0x30 and length >= 2:  # PUBLISH at QoS 0, any DUP/RETAIN
-                topic_end = i + 2 + (buf[i] << 8 | buf[i + 1])
-                if topic_end <= end:
-                    pos = end
-                    self._on_publish(bytes(buf[i + 2 : topic_end]), bytes(buf[topic_end:end]))
-                    continue
             out, pos = bytes(buf[pos:end]), end
             break
-        self._more = bool(out) and pos < n
+        self._more = pos < n and (bool(out) or not budget)
         del buf[:pos]
+        self._took(pos)
         return out
+
+    def _refuse(self, buf: bytearray, i: int, n: int, reason: str) -> None:
+        """Report a PUBLISH not handed on; its topic when the bytes at hand hold all of it."""
+        topic = b""
+        if n and i + 2 <= n:
+            topic_end = i + 2 + (buf[i] << 8 | buf[i + 1])
+            if topic_end <= n:
+                topic = bytes(buf[i + 2 : topic_end])
+        if self._on_refused is not None:
+            self._on_refused(topic, reason)
+
+    def _took(self, n: int) -> None:
+        """n buffered bytes left the buffer; wake the I/O thread if it waits for room."""
+        self._consumed += n
+        if self._paused and self._rx - self._consumed < self._low_water:
+            self._wake()
 
     def send(self, data: bytes | bytearray | memoryview) -> int:
         if self._error is not None:
@@ -153,9 +249,12 @@ class BufferedLink:
                 s.close()
 
     def pending(self) -> int:
-        return (
-            max(0, len(self._cur) - self._off) + len(self._in) + sum(len(c) for c in self._chunks)
-        )
+        """Bytes held in memory: read from the socket, not yet handed on."""
+        return max(0, len(self._cur) - self._off) + self._rx - self._consumed
+
+    @property
+    def max_buffer(self) -> int:
+        return self._max_buffer
 
     def fileno(self) -> int:
         return self._sock.fileno()
@@ -191,21 +290,32 @@ class BufferedLink:
         sel = selectors.DefaultSelector()
         unsent = b""
         try:
-            sel.register(self._sock, selectors.EVENT_READ)
             sel.register(self._wake_r, selectors.EVENT_READ)
-            writing = False
+            registered = 0  # the events the socket is registered for (0: not registered)
+            reading = True
             while True:
                 while self._out:
                     unsent += self._out.popleft()
                 if self._closing:
                     self._send(unsent)  # a last DISCONNECT, if paho queued one
                     return
-                if bool(unsent) != writing:
-                    writing = not writing
-                    sel.modify(
-                        self._sock,
-                        selectors.EVENT_READ | (selectors.EVENT_WRITE if writing else 0),
-                    )
+                if not self._eof:
+                    resumed = self._flow()
+                    if resumed and not reading and not self._read():
+                        # A TLS socket may hold decrypted bytes select() will not report.
+                        return
+                    reading = resumed
+                events = (selectors.EVENT_READ if reading and not self._eof else 0) | (
+                    selectors.EVENT_WRITE if unsent else 0
+                )
+                if events != registered:
+                    if not registered:
+                        sel.register(self._sock, events)
+                    elif not events:
+                        sel.unregister(self._sock)
+                    else:
+                        sel.modify(self._sock, events)
+                    registered = events
                 for key, mask in sel.select(timeout=1.0):
                     if key.fileobj is self._wake_r:
                         with contextlib.suppress(BlockingIOError, OSError):
@@ -222,17 +332,35 @@ class BufferedLink:
         finally:
             sel.close()
 
+    def _flow(self) -> bool:
+        """Whether to read the socket now: not above the bound, and once paused, not again
+        until the buffer is below half of it."""
+        held = self._rx - self._consumed
+        if not self._paused:
+            if held < self._max_buffer:
+                return True
+            # Paused first, then checked again: a consumer that emptied the buffer between
+            # the two sees the flag and wakes us, or we see its progress here.
+            self._paused = True
+            held = self._rx - self._consumed
+        if held < self._low_water:
+            self._paused = False
+            return True
+        return False
+
     def _read(self) -> bool:
         try:
             # Loop: a TLS socket can hold decrypted bytes that select() does not report.
-            while True:
+            while self._rx - self._consumed < self._max_buffer:
                 chunk = self._sock.recv(CHUNK)
                 if not chunk:
                     self._eof = True
                     self._arrived.set()
                     return False
                 self._chunks.append(chunk)
+                self._rx += len(chunk)
                 self._arrived.set()
+            return True
         except (BlockingIOError, ssl.SSLWantReadError, ssl.SSLWantWriteError):
             return True
         except OSError as exc:

@@ -17,7 +17,13 @@ the chosen server, time zone, list version, software and discipline. Per region:
 published list version and counts of agents, agents behind and agents failing (all three are
 derivable in PromQL from the agent series; they are kept because dashboards and alerts read
 them more cheaply). The collector's own: messages received by kind, rejected by reason,
-ignored by reason, broker connected, reconnects.
+ignored by reason, dropped by reason (a flood's excess), handler errors, broker connected,
+reconnects.
+
+Label values: every one is escaped as the exposition format requires (backslash, double
+quote, newline), by prometheus_client or by `_escape` here. Text that comes from a message
+is also made printable, and free text (`software`) is cut to LABEL_TEXT_MAX characters, in
+`agent_values`, so that both writers show the same value.
 """
 
 from __future__ import annotations
@@ -30,6 +36,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.registry import Collector, CollectorRegistry
 
 from clockfleet.collector.fleet_state import FleetState
+from clockfleet.collector.text import LABEL_TEXT_MAX, printable
 from clockfleet.protocol.messages import Report, Status
 
 AGENT_LABELS = ("agent", "region")
@@ -108,13 +115,15 @@ def agent_values(
         report.list_version,
     ]
     server = report.server
+    software = report.software or (status.software if status is not None else "")
     info = (
         agent,
         region,
-        f"{server.host}:{server.port}" if server is not None else "",
-        report.timezone or "",
+        # A host is validated, but a zone id (`%...`) may carry anything: never trust it.
+        printable(f"{server.host}:{server.port}", 300) if server is not None else "",
+        printable(report.timezone or "", LABEL_TEXT_MAX),
         str(report.list_version),
-        report.software or (status.software if status is not None else ""),
+        printable(software, LABEL_TEXT_MAX),
         report.discipline,
     )
     return region, values, info
@@ -211,6 +220,19 @@ def own_families(state: FleetState, link: LinkStats) -> list[Family]:
             "reason",
             state.ignored,
         ),
+        counter(
+            "clockfleet_collector_messages_dropped",
+            "Messages dropped unread, by reason (rate-limited: over one topic's rate limit)",
+            "reason",
+            state.dropped,
+        ),
+        Family(
+            "clockfleet_collector_handler_errors",
+            "counter",
+            "Unexpected errors while handling a message (not a rejection); the loop went on",
+            (),
+            [((), state.handler_errors)],
+        ),
         Family(
             "clockfleet_collector_broker_connected",
             "gauge",
@@ -281,9 +303,11 @@ def _agent_lines(
 ) -> list[str]:
     """One exposition line ("" for no sample) per AGENT_GAUGES entry, then the info line."""
     region, values, info = agent_values(agent, report, status, last_ok_at)
-    # Ids match [A-Za-z0-9_-], hosts, zone names, versions and disciplines are validated to
-    # plain characters: only `software` (free text) needs escaping. Decoding bounded every
-    # value, so repr() is always a valid sample value.
+    # Every label value is escaped, validated ones too: a decoder's gap (a host's zone id)
+    # must not be able to end a label and write a series of its own. This runs only when an
+    # agent's messages change (the cache), so it costs nothing per scrape. Decoding bounded
+    # every value, so repr() is always a valid sample value.
+    agent, region = _escape(agent), _escape(region)
     labels = f'{{agent="{agent}",region="{region}"}} '
     lines = [
         "" if value is None else f"{name}{labels}{value!r}\n"
@@ -292,10 +316,10 @@ def _agent_lines(
     if info is None:
         lines.append("")
     else:
-        _, _, server, timezone, version, software, discipline = info
+        _, _, server, timezone, version, software, discipline = map(_escape, info)
         lines.append(
             f'{INFO_NAME}{{agent="{agent}",region="{region}",server="{server}",'
-            f'timezone="{timezone}",list_version="{version}",software="{_escape(software)}",'
+            f'timezone="{timezone}",list_version="{version}",software="{software}",'
             f'discipline="{discipline}"}} 1.0\n'
         )
     return lines

@@ -5,6 +5,11 @@ thread: Mosquitto hands a QoS 1 wildcard subscriber at most ~1020 retained messa
 QoS 0 ones for a slow reader). The snapshot is complete once the collector's fence (an
 UNSUBSCRIBE answered after every retained message, on Mosquitto) is answered and then no
 message has come for --settle seconds (for brokers that deliver later), bounded by --wait.
+
+Text from messages reaches a terminal here, so none of it is interpreted: every table cell
+is a rich `Text` (never markup) made printable (control characters and ANSI escapes shown
+as escapes, see text.py) and bounded; --json keeps values faithful and lets JSON escape
+them (ASCII only: no control character reaches the terminal raw).
 """
 
 from __future__ import annotations
@@ -23,6 +28,7 @@ from rich.text import Text
 
 from clockfleet.collector.fleet_state import AgentEntry, FleetState, Result, Snapshot
 from clockfleet.collector.ingest import Collector
+from clockfleet.collector.text import printable
 from clockfleet.protocol.connection import (
     BrokerUnreachable,
     ConnectionSettings,
@@ -32,6 +38,10 @@ from clockfleet.protocol.connection import (
 )
 
 DEFAULT_POLL_INTERVAL_S = 3600
+# Widest a cell from a message may be: a DNS name with a port fits.
+CELL_MAX = 80
+
+log = logging.getLogger("clockfleet.collector")
 
 DESCRIPTION = """\
 Show every agent the broker holds a retained report or status for: region, online/offline,
@@ -83,50 +93,70 @@ def build_rows(
     """One row per agent, worst |offset| first (agents without an offset last, by name)."""
     rows = []
     for agent, entry in snap.agents.items():
-        agent_region = entry.region()
-        if region is not None and agent_region != region:
-            continue
-        report, status = entry.report, entry.status
-        published = snap.regions.get(agent_region)
-        published_version = published.version if published is not None else None
-        poll = (published.poll_interval_s if published is not None else None) or (
-            DEFAULT_POLL_INTERVAL_S
-        )
-        limit = stale_after_s if stale_after_s is not None else 2 * poll
-        at = report.at.timestamp() if report is not None else None
-        age = None if at is None else max(0.0, now - at)
-        rows.append(
-            Row(
-                agent=agent,
-                region=agent_region,
-                state=status.state if status is not None else "unknown",
-                session=status.session if status is not None else None,
-                published_version=published_version,
-                list_version=report.list_version if report is not None else None,
-                behind=bool(
-                    report is not None
-                    and published_version is not None
-                    and report.list_version < published_version
-                ),
-                ok=report.ok if report is not None else None,
-                outcome=outcome_of(entry),
-                server=(
-                    f"{report.server.host}:{report.server.port}"
-                    if report is not None and report.server is not None
-                    else None
-                ),
-                offset_s=report.offset_s if report is not None else None,
-                delay_s=report.delay_s if report is not None else None,
-                stratum=report.stratum if report is not None else None,
-                report_at=report.at.isoformat() if report is not None else None,
-                report_age_s=None if age is None else round(age, 3),
-                stale=age is None or age > limit,
-                timezone=report.timezone if report is not None else None,
-                discipline=report.discipline if report is not None else None,
+        try:
+            row = _row(agent, entry, snap, now, stale_after_s, region)
+        except Exception as exc:  # one agent's odd state must not hide the rest of the fleet
+            log.error(
+                "cannot show agent %s: %s: %s",
+                printable(agent, 80),
+                type(exc).__name__,
+                printable(str(exc), 200),
             )
-        )
+            continue
+        if row is not None:
+            rows.append(row)
     rows.sort(key=lambda r: (r.offset_s is None, -abs(r.offset_s or 0.0), r.agent))
     return rows
+
+
+def _row(
+    agent: str,
+    entry: AgentEntry,
+    snap: Snapshot,
+    now: float,
+    stale_after_s: float | None,
+    region: str | None,
+) -> Row | None:
+    agent_region = entry.region()
+    if region is not None and agent_region != region:
+        return None
+    report, status = entry.report, entry.status
+    published = snap.regions.get(agent_region)
+    published_version = published.version if published is not None else None
+    poll = (published.poll_interval_s if published is not None else None) or (
+        DEFAULT_POLL_INTERVAL_S
+    )
+    limit = stale_after_s if stale_after_s is not None else 2 * poll
+    at = report.at.timestamp() if report is not None else None
+    age = None if at is None else max(0.0, now - at)
+    return Row(
+        agent=agent,
+        region=agent_region,
+        state=status.state if status is not None else "unknown",
+        session=status.session if status is not None else None,
+        published_version=published_version,
+        list_version=report.list_version if report is not None else None,
+        behind=bool(
+            report is not None
+            and published_version is not None
+            and report.list_version < published_version
+        ),
+        ok=report.ok if report is not None else None,
+        outcome=outcome_of(entry),
+        server=(
+            f"{report.server.host}:{report.server.port}"
+            if report is not None and report.server is not None
+            else None
+        ),
+        offset_s=report.offset_s if report is not None else None,
+        delay_s=report.delay_s if report is not None else None,
+        stratum=report.stratum if report is not None else None,
+        report_at=report.at.isoformat() if report is not None else None,
+        report_age_s=None if age is None else round(age, 3),
+        stale=age is None or age > limit,
+        timezone=report.timezone if report is not None else None,
+        discipline=report.discipline if report is not None else None,
+    )
 
 
 def read_fleet(settings: ConnectionSettings, *, wait_s: float, settle_s: float) -> FleetState:
@@ -167,6 +197,11 @@ def _fmt_age(age: float | None) -> str:
     return f"{age / 3600:.1f} h"
 
 
+def cell(value: str | None, style: str = "") -> Text:
+    """A table cell from message text: never read as markup, always printable, bounded."""
+    return Text("-" if value is None or value == "" else printable(value, CELL_MAX), style=style)
+
+
 def render_table(rows: list[Row], console: Console) -> None:
     table = Table(title=f"clockfleet: {len(rows)} agents", title_justify="left")
     for name, justify in (
@@ -184,7 +219,7 @@ def render_table(rows: list[Row], console: Console) -> None:
     ):
         table.add_column(name, justify=justify)  # type: ignore[arg-type]
     for r in rows:
-        state = Text(r.state, style="green" if r.state == "online" else "red")
+        state = cell(r.state, style="green" if r.state == "online" else "red")
         versions = f"{'-' if r.published_version is None else r.published_version}/" + (
             "-" if r.list_version is None else str(r.list_version)
         )
@@ -199,18 +234,18 @@ def render_table(rows: list[Row], console: Console) -> None:
         age = Text(_fmt_age(r.report_age_s))
         if r.stale:
             age.append(" stale", style="bold yellow")
-        outcome = Text(r.outcome, style="green" if r.ok else "red")
+        outcome = cell(r.outcome, style="green" if r.ok else "red")
         table.add_row(
-            r.agent,
-            r.region or "-",
+            cell(r.agent),
+            cell(r.region),
             state,
             version_text,
-            r.server or "-",
+            cell(r.server),
             Text(_fmt_seconds(r.offset_s), style=offset_style),
             _fmt_seconds(r.delay_s),
             "-" if r.stratum is None else str(r.stratum),
             age,
-            r.timezone or "-",
+            cell(r.timezone),
             outcome,
         )
     console.print(table)
@@ -271,7 +306,8 @@ def main(argv: list[str] | None = None) -> int:
         state.snapshot(), now=time.time(), stale_after_s=args.stale_after, region=args.region
     )
     if args.json:
-        json.dump([asdict(r) for r in rows], sys.stdout, indent=1)
+        # ensure_ascii (the default, kept on purpose): every control character is escaped.
+        json.dump([asdict(r) for r in rows], sys.stdout, indent=1, ensure_ascii=True)
         sys.stdout.write("\n")
         return 0
     console = Console() if sys.stdout.isatty() else Console(width=200)
