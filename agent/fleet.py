@@ -136,10 +136,21 @@ class Fleet:
         future.add_done_callback(finished)
 
     def watch(self, client: mqtt.Client) -> None:
-        client.on_socket_open = self._socket_open
-        client.on_socket_close = self._socket_close
-        client.on_socket_register_write = self._want_write
-        client.on_socket_unregister_write = self._no_write
+        # Agents run paho's connect() on a worker (it resolves and handshakes), so these can
+        # be called off the loop thread: the selector is then changed on the loop, in order.
+        client.on_socket_open = self._on_loop(self._socket_open)
+        client.on_socket_close = self._on_loop(self._socket_close)
+        client.on_socket_register_write = self._on_loop(self._want_write)
+        client.on_socket_unregister_write = self._on_loop(self._no_write)
+
+    def _on_loop(self, fn: Callable[..., None]) -> Callable[..., None]:
+        def call(*args: Any) -> None:
+            if threading.get_ident() == self._loop_thread_id:
+                fn(*args)
+            else:
+                self.call_soon_threadsafe(lambda: fn(*args))
+
+        return call
 
     def call_soon_threadsafe(self, fn: Callable[[], Any]) -> None:
         self._posted.append(fn)

@@ -43,10 +43,24 @@ import paho.mqtt.client as mqtt
 
 from clockfleet import __version__
 from clockfleet.agent import schedule
-from clockfleet.agent.state import LastGood, Remembered, StateDir, local_status, residual_offset
+from clockfleet.agent.state import (
+    LastGood,
+    Remembered,
+    StateDir,
+    local_status,
+    residual_offset,
+)
 from clockfleet.protocol import codec, signing, topics
 from clockfleet.protocol.codec import Rejected
-from clockfleet.protocol.connection import ConnectionSettings, new_client, rotation
+from clockfleet.protocol.connection import (
+    ConnectionSettings,
+    cert_time_checked,
+    is_cert_time_error,
+    new_client,
+    rotation,
+    set_cert_time_check,
+    tls_context,
+)
 from clockfleet.protocol.messages import (
     MAX_OFFSET_S,
     MAX_TRIED,
@@ -92,6 +106,11 @@ class AgentSettings:
     trust_offset_s: float = 0.5
     keepalive_s: int = 30
     profile_grace_s: float = 2.0
+    # `cmd` resync: at most one per this many seconds (RFC 4330's floor), and a command
+    # older than cmd_max_age_s (queued while the agent was away) is dropped, once this
+    # host's clock is good enough to tell its age.
+    cmd_min_interval_s: float = 16.0
+    cmd_max_age_s: float = 300.0
     software: str = __version__
 
 
@@ -102,6 +121,7 @@ class SyncJob:
     server_list: ServerList
     profile: Profile | None
     timezone: str | None
+    first_sync: bool = False  # no good sync yet since start: the panic limit is waived
 
 
 @dataclass
@@ -178,7 +198,8 @@ def build_report(
         **fields,
     )
     try:
-        codec.decode(Report, codec.encode(report), topic_id=agent_id)
+        # No future rule: `at` is the corrected time, while this host's clock may be far off.
+        codec.decode(Report, codec.encode(report), topic_id=agent_id, check_future=False)
     except Rejected as r:
         # Our own bug; never publish what readers would refuse.
         log.error("%s: built an invalid report (%s): %s", agent_id, r.reason, r.detail)
@@ -257,6 +278,10 @@ class Agent:
         self._failures = 0
         self._last_good: LastGood | None = None
         self._stale_timer: Any = None
+        # A good sync since start left this host's clock within the panic limit: from then
+        # on the limit stands, certificates' dates are checked and command ages judged.
+        self._clock_known_good = False
+        self._last_cmd: float | None = None  # monotonic time of the last command obeyed
 
         # connection
         self.connected = False
@@ -266,6 +291,7 @@ class Agent:
         self._connect_attempt = 0
         self._connect_timer: Any = None
         self._connack_timer: Any = None
+        self._connecting = False  # paho's connect() is running on a worker
         self._pending_session: int | None = None
         self._refused: str | None = None
         self._backlog: collections.deque[bytes] = collections.deque(maxlen=REPORT_BACKLOG)
@@ -294,7 +320,8 @@ class Agent:
         cid = client_id or (f"clockfleet-agent-{self.id}" + ("-once" if once else ""))
         # A persistent session (service): QoS 1 reports in flight survive a reconnect. --once
         # uses its own client id and a clean session so it never takes over the service's.
-        self.client = new_client(conn, cid, clean_session=once)
+        self._tls = tls_context(conn) if any(b.tls for b in conn.brokers) else None
+        self.client = new_client(conn, cid, clean_session=once, ssl_context=self._tls)
         self.client.max_queued_messages_set(0)
         self.client.on_connect = self._on_connect
         self.client.on_disconnect = self._on_disconnect
@@ -421,14 +448,22 @@ class Agent:
         if not raw:
             return
         try:
-            rep, _ = codec.decode(Report, raw, topic_id=self.id, now=self._now_dt())
+            rep, _ = codec.decode(Report, raw, topic_id=self.id, check_future=False)
         except Rejected as r:
             log.warning("%s: cached report ignored (%s): %s", self.id, r.reason, r.detail)
             return
         self.last_report, self.last_report_payload = rep, raw
-        if rep.ok:
-            age = max(0.0, self.wall_clock() - rep.at.timestamp())
-            self._last_good = LastGood(time.monotonic() - age, residual_offset(rep), rep)
+        if not rep.ok:
+            return
+        age = self.state.last_good_age(rep, self.wall_clock(), self.settings.trust_offset_s)
+        if age is None:
+            log.info(
+                "%s: the last good sync's age cannot be known (another boot, or the clock "
+                "moved since): not trustworthy until the next good sync",
+                self.id,
+            )
+            return
+        self._last_good = LastGood(time.monotonic() - age, residual_offset(rep), rep)
 
     def _save_memory(self) -> None:
         if self.state is not None:
@@ -438,7 +473,7 @@ class Agent:
 
     def _connect(self) -> None:
         self._connect_timer = None
-        if self.stopping or self.connected:
+        if self.stopping or self.connected or self._connecting:
             return
         addr = self._brokers[self._broker_index % len(self._brokers)]
         self._broker_index += 1
@@ -448,13 +483,48 @@ class Agent:
             self.client.will_set(
                 self._t_status, self._status_payload("offline", self._pending_session), 1, True
             )
-        try:
-            self.client.connect(addr.host, addr.port, keepalive=self.settings.keepalive_s)
-        except (OSError, ValueError) as exc:
+        # Resolving the name, the TCP connect and the TLS handshake block (paho bounds the
+        # last two by its connect timeout, nothing bounds the first): on a worker, so a
+        # slow broker name never stalls the loop and every other agent on it.
+        self._connecting = True
+        keepalive = self.settings.keepalive_s
+        assert self.host is not None
+        self.host.run_blocking(
+            lambda: self.client.connect(addr.host, addr.port, keepalive=keepalive),
+            lambda _result, exc: self._connect_returned(addr, exc),
+        )
+
+    def _connect_returned(self, addr: Any, exc: BaseException | None) -> None:
+        self._connecting = False
+        if self.stopping:
+            if exc is None:
+                self.client.disconnect()
+            return
+        if exc is not None:
+            if self._tls is not None and is_cert_time_error(exc) and self._waive_cert_time(exc):
+                self._connect_timer = self._call_later(0.0, self._connect)
+                return
             self._connect_failed(f"{addr}: {exc}")
             return
         timeout = self.conn.connect_timeout_s
         self._connack_timer = self._call_later(timeout, lambda: self._no_connack(str(addr)))
+
+    def _waive_cert_time(self, exc: BaseException) -> bool:
+        """A certificate "not yet valid" or "expired" at a clock not yet synced: the clock,
+        not the certificate, is the likelier culprit. Verify the chain without its dates
+        until the first good sync (chrony's nocerttimecheck); True when newly waived."""
+        assert self._tls is not None
+        if self._clock_known_good or not cert_time_checked(self._tls):
+            return False
+        set_cert_time_check(self._tls, False)
+        self.counters["tls-time-check-waived"] += 1
+        log.warning(
+            "%s: broker certificate refused at this host's clock (%s), which may be far off: "
+            "verifying the chain without its validity dates until the first good sync",
+            self.id,
+            getattr(exc, "verify_message", exc),
+        )
+        return True
 
     def _no_connack(self, addr: str) -> None:
         self._connack_timer = None
@@ -620,7 +690,7 @@ class Agent:
         if not payload or not self._learning_session:
             return
         try:
-            status, _ = codec.decode(Status, payload, topic_id=self.id, now=self._now_dt())
+            status, _ = codec.decode(Status, payload, topic_id=self.id)
         except Rejected as r:
             self._reject("own retained status", r.reason, r.detail)
             return
@@ -645,6 +715,15 @@ class Agent:
     # --- incoming --------------------------------------------------------------------------
 
     def _on_message(self, client, userdata, msg: mqtt.MQTTMessage) -> None:
+        # Whatever a payload does to a handler, paho must go on to acknowledge it (QoS 1):
+        # an exception escaping here would leave it unacknowledged and redelivered forever.
+        try:
+            self._dispatch(msg)
+        except Exception:
+            self.counters["handler-errors"] += 1
+            log.exception("%s: handling a message on %r failed; ignored", self.id, msg.topic)
+
+    def _dispatch(self, msg: mqtt.MQTTMessage) -> None:
         topic = msg.topic
         if topic == self._t_profile:
             self._on_profile(msg.payload)
@@ -687,7 +766,7 @@ class Agent:
             if trust is self.settings.trust:
                 return msg
         try:
-            msg, obj = codec.decode(cls, payload, topic_id=topic_id, now=self._now_dt())
+            msg, obj = codec.decode(cls, payload, topic_id=topic_id)
             if self.settings.trust:
                 signing.verify(obj, self.settings.trust)
         except Rejected as r:
@@ -780,14 +859,34 @@ class Agent:
         # Commands carry no signature in the contract (only lists and profiles do): the
         # broker's ACL guards this topic, and the worst a forged one can do is one sync.
         try:
-            cmd, _ = codec.decode(Command, payload, topic_id=self.id, now=self._now_dt())
+            cmd, _ = codec.decode(Command, payload, topic_id=self.id)
         except Rejected as r:
             self._reject("command", r.reason, r.detail)
             return
-        if cmd.command == "resync":
-            log.info("%s: resync requested by command", self.id)
-            self.counters["cmd-resync"] += 1
-            self._sync_at(0.0, "command")
+        if cmd.command != "resync":
+            return
+        why = self._cmd_ignored(cmd)
+        if why is not None:
+            self.counters["cmd-ignored"] += 1
+            log.info("%s: resync command ignored: %s", self.id, why)
+            return
+        self._last_cmd = time.monotonic()
+        delay = schedule.resync_delay(self.rng, self.resync_jitter_s)
+        log.info("%s: resync requested by command; syncing in %.1f s", self.id, delay)
+        self.counters["cmd-resync"] += 1
+        self._sync_at(delay, "command")
+
+    def _cmd_ignored(self, cmd: Command) -> str | None:
+        """Why a resync command is not obeyed, or None. Commands queue up while an agent
+        is offline and anyone allowed to send one could send thousands."""
+        floor = self.settings.cmd_min_interval_s
+        if self._last_cmd is not None and time.monotonic() - self._last_cmd < floor:
+            return f"the last one was obeyed less than {floor:g} s ago"
+        if cmd.issued_at is not None and self._clock_known_good:
+            age = self.wall_clock() - cmd.issued_at.timestamp()
+            if age > self.settings.cmd_max_age_s:
+                return f"issued {age:.0f} s ago (older than {self.settings.cmd_max_age_s:g} s)"
+        return None
 
     def _changed(self, why: str) -> None:
         if self.once:
@@ -856,7 +955,12 @@ class Agent:
         if self.server_list is None:
             log.info("%s: nothing to sync from yet (no list for region %s)", self.id, self.region)
             return
-        job = SyncJob(self.server_list, self.profile, self.desired_timezone())
+        job = SyncJob(
+            self.server_list,
+            self.profile,
+            self.desired_timezone(),
+            first_sync=not self._clock_known_good,
+        )
         self._syncing = True
         assert self.host is not None
         self.host.run_blocking(
@@ -866,10 +970,7 @@ class Agent:
     def _sync_work(self, job: SyncJob) -> SyncOutcome:
         """On a worker thread: probe, discipline, time zone. Touches only `job` and I/O."""
         servers = [(s.host, s.port) for s in job.server_list.servers]
-        if self.settings.probe_settings is not None:
-            result = self.probe_fn(servers, self.settings.probe_settings, self.kod)
-        else:
-            result = self.probe_fn(servers, kod=self.kod)
+        result = self.probe_fn(servers, self._probe_settings, self.kod, first_sync=job.first_sync)
         applied = None
         error = None
         if result.ok:
@@ -909,7 +1010,15 @@ class Agent:
         self.reports_made += 1
         if report.ok:
             self._failures = 0
-            self._last_good = LastGood(time.monotonic(), residual_offset(report), report)
+            residual = residual_offset(report)
+            self._last_good = LastGood(time.monotonic(), residual, report)
+            if self.state is not None:
+                self.state.save_last_good(report, self.wall_clock())
+            if not self._clock_known_good and residual <= self._probe_settings.panic_offset_s:
+                self._clock_known_good = True
+                if self._tls is not None and not cert_time_checked(self._tls):
+                    set_cert_time_check(self._tls, True)
+                    log.info("%s: clock synced: broker certificates' dates checked again", self.id)
             log.info(
                 "%s: synced to %s:%d (list v%d): offset %+.6f s, delay %.6f s, %s",
                 self.id,
@@ -953,6 +1062,14 @@ class Agent:
                 ),
                 "retry",
             )
+
+    @property
+    def _probe_settings(self) -> Any:
+        if self.settings.probe_settings is not None:
+            return self.settings.probe_settings
+        from clockfleet.agent.probe import ProbeSettings
+
+        return ProbeSettings()
 
     def _build_report(self, job: SyncJob, o: SyncOutcome) -> Report:
         return build_report(self.id, job, o, self.wall_clock(), self.settings.software)

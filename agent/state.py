@@ -4,6 +4,8 @@
     STATE_DIR/profile.json  last good profile, raw signed payload
     STATE_DIR/state.json    versions applied per region, profile version, session counter
     STATE_DIR/report.json   last report as published
+    STATE_DIR/last_good.json  when the last good sync happened, by the boot clock (its age
+                            after a restart must not rest on a wall clock that may be off)
     STATE_DIR/status.json   for local readers (a PBX): is this host's clock trustworthy now?
 
 Every file is written atomically (temp file in the same directory, fsync, rename), so a crash
@@ -14,6 +16,7 @@ from __future__ import annotations
 
 import json
 import logging
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -116,12 +119,56 @@ class StateDir:
     def save_report(self, payload: bytes) -> None:
         self._write("report.json", payload)
 
+    def save_last_good(self, report: Report, wall_now: float) -> None:
+        """Remember when the good sync `report` was made, by this boot's own clock."""
+        boot_id, boot_s = boot_clock()
+        body = {"at": utcnow_iso(report.at), "boot_id": boot_id, "boot_s": boot_s}
+        self._write("last_good.json", json.dumps({**body, "wall_s": wall_now}).encode())
+
+    def last_good_age(self, report: Report, wall_now: float, tolerance_s: float) -> float | None:
+        """Seconds since the good sync `report`, or None when that cannot be known.
+
+        Known only within the same boot (the boot clock counts from boot, and a reboot with a
+        dead RTC starts the wall clock anywhere) and only while the wall clock has moved as
+        the boot clock did since then, within `tolerance_s` (if it went back or jumped, the
+        sync no longer vouches for it).
+        """
+        raw = self._read("last_good.json")
+        try:
+            saved = json.loads(raw) if raw else None
+            boot_id, boot_s = boot_clock()
+            if (
+                not isinstance(saved, dict)
+                or saved.get("at") != utcnow_iso(report.at)
+                or saved.get("boot_id") != boot_id
+                or boot_id is None
+            ):
+                return None
+            age = boot_s - float(saved["boot_s"])
+            wall_moved = wall_now - float(saved["wall_s"])
+        except (ValueError, TypeError, KeyError):
+            return None
+        if age < 0 or abs(wall_moved - age) > tolerance_s:
+            return None
+        return age
+
     def save_status(self, status: dict[str, Any]) -> None:
         self._write("status.json", json.dumps(status, sort_keys=True, indent=1).encode() + b"\n")
 
     def read_status(self) -> dict[str, Any] | None:
         raw = self._read("status.json")
         return None if raw is None else json.loads(raw)
+
+
+def boot_clock() -> tuple[str | None, float]:
+    """This boot's id and the seconds since it began (suspend included): neither moves with
+    the wall clock. The id is None where the kernel does not say (then no age is known)."""
+    try:
+        boot_id: str | None = Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+    except OSError:
+        boot_id = None
+    clock = getattr(time, "CLOCK_BOOTTIME", time.CLOCK_MONOTONIC)
+    return boot_id, time.clock_gettime(clock)
 
 
 # --- the local status file ------------------------------------------------------------------
@@ -179,7 +226,14 @@ def local_status(
         "written_at": utcnow_iso(now),
     }
     if last_good is None:
-        out["reason"] = report.error if report and report.error else "never synced"
+        if report is not None and report.ok:
+            out["reason"] = (
+                f"last good sync at {utcnow_iso(report.at)} was before a restart, and its age "
+                "cannot be known (another boot, or the wall clock moved since): waiting for "
+                "the next good sync"
+            )
+        else:
+            out["reason"] = report.error if report and report.error else "never synced"
         return out
     limit = 2 * poll_interval_s
     age = monotonic - last_good.monotonic

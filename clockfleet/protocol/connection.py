@@ -133,6 +133,7 @@ def new_client(
     clean_session: bool = True,
     protocol: int = mqtt.MQTTv311,
     tls: bool | None = None,
+    ssl_context: ssl.SSLContext | None = None,
 ) -> mqtt.Client:
     """A paho client with identity and TLS configured; not connected yet."""
     kwargs: dict = {"client_id": client_id, "protocol": protocol}
@@ -143,11 +144,43 @@ def new_client(
         client.username_pw_set(settings.username, settings.password)
     use_tls = any(b.tls for b in settings.brokers) if tls is None else tls
     if use_tls:
-        ctx = ssl.create_default_context(cafile=settings.ca_file)
-        if settings.cert:
-            ctx.load_cert_chain(settings.cert, settings.key)
-        client.tls_set_context(ctx)
+        client.tls_set_context(ssl_context or tls_context(settings))
     return client
+
+
+def tls_context(settings: ConnectionSettings) -> ssl.SSLContext:
+    """The client side of TLS: the configured CA (else the system's), and our certificate."""
+    ctx = ssl.create_default_context(cafile=settings.ca_file)
+    if settings.cert:
+        ctx.load_cert_chain(settings.cert, settings.key)
+    return ctx
+
+
+# OpenSSL's X509_V_FLAG_NO_CHECK_TIME (1.1.0 and later); Python exports no name for it.
+_NO_CHECK_TIME = 0x200000
+# X509_V_ERR_CERT_NOT_YET_VALID, X509_V_ERR_CERT_HAS_EXPIRED: what a far-off clock causes.
+_CERT_TIME_ERRORS = frozenset({9, 10})
+
+
+def is_cert_time_error(exc: BaseException) -> bool:
+    """The handshake failed only on a certificate's validity dates (by OpenSSL's code)."""
+    return isinstance(exc, ssl.SSLCertVerificationError) and exc.verify_code in _CERT_TIME_ERRORS
+
+
+def set_cert_time_check(ctx: ssl.SSLContext, on: bool) -> None:
+    """Check certificates' validity dates (on), or verify the chain without them (off).
+
+    Off is for a host whose clock cannot be trusted yet, as chrony's `nocerttimecheck` does
+    for NTS: a clock years behind sees every certificate as not yet valid, and the host could
+    never fetch the list that would correct it. Signatures, chain and host name are still
+    checked; the lists themselves are authenticated by their own signatures.
+    """
+    flags = int(ctx.verify_flags)
+    ctx.verify_flags = ssl.VerifyFlags(flags & ~_NO_CHECK_TIME if on else flags | _NO_CHECK_TIME)
+
+
+def cert_time_checked(ctx: ssl.SSLContext) -> bool:
+    return not int(ctx.verify_flags) & _NO_CHECK_TIME
 
 
 def backoff_delay(attempt: int, base: float = 1.0, cap: float = 120.0) -> float:

@@ -187,12 +187,55 @@ def test_a_restart_long_after_the_last_good_sync_is_not_trustworthy(
     broker_url, keys, chrony_server, short_tmp
 ):
     sync_once_into(short_tmp / "s", broker_url, keys, chrony_server())
+    # three poll intervals ago, by the boot clock and the wall clock alike
+    marker = short_tmp / "s" / "last_good.json"
+    saved = json.loads(marker.read_text())
+    marker.write_text(
+        json.dumps({**saved, "boot_s": saved["boot_s"] - 180, "wall_s": saved["wall_s"] - 180})
+    )
 
-    later = time.time() + 3 * 60  # three poll intervals later
     again = make_agent(broker_url, "a1", keys=keys, state_dir=short_tmp / "s", startup_delay_s=600)
-    again.wall_clock = lambda: later
     with hosted(again):
         wait_until(lambda: again.connected)
     status = json.loads((short_tmp / "s" / "status.json").read_text())
     assert status["trustworthy"] is False
-    assert "last good sync" in status["reason"]
+    assert "last good sync" in status["reason"] and "ago" in status["reason"]
+
+
+def restarted_status(broker_url, keys, state_dir, wall_clock=time.time) -> dict:
+    again = make_agent(broker_url, "a1", keys=keys, state_dir=state_dir, startup_delay_s=600)
+    again.wall_clock = wall_clock
+    with hosted(again):
+        wait_until(lambda: again.connected)
+    return json.loads((state_dir / "status.json").read_text())
+
+
+def test_a_restart_after_the_wall_clock_went_back_is_not_trustworthy(
+    broker_url, keys, chrony_server, short_tmp
+):
+    # A dead RTC: the report's `at` now lies 400 days "in the future"; its age is unknowable.
+    sync_once_into(short_tmp / "s", broker_url, keys, chrony_server())
+    status = restarted_status(
+        broker_url, keys, short_tmp / "s", wall_clock=lambda: time.time() - 400 * 86400
+    )
+    assert status["trustworthy"] is False
+    assert "cannot be known" in status["reason"]
+
+
+def test_a_restart_after_the_wall_clock_jumped_ahead_is_not_trustworthy(
+    broker_url, keys, chrony_server, short_tmp
+):
+    sync_once_into(short_tmp / "s", broker_url, keys, chrony_server())
+    status = restarted_status(broker_url, keys, short_tmp / "s", wall_clock=lambda: time.time() + 5)
+    assert status["trustworthy"] is False
+    assert "cannot be known" in status["reason"]
+
+
+def test_a_restart_on_another_boot_is_not_trustworthy(broker_url, keys, chrony_server, short_tmp):
+    sync_once_into(short_tmp / "s", broker_url, keys, chrony_server())
+    marker = short_tmp / "s" / "last_good.json"
+    saved = json.loads(marker.read_text())
+    marker.write_text(json.dumps({**saved, "boot_id": "another-boot"}))
+    status = restarted_status(broker_url, keys, short_tmp / "s")
+    assert status["trustworthy"] is False
+    assert "cannot be known" in status["reason"]
