@@ -8,6 +8,7 @@ Duplicate keys are errors too (YAML loaders keep the last one and drop the rest 
 
 from __future__ import annotations
 
+import reprlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -80,6 +81,35 @@ class FleetFileError(ValueError):
 # libyaml's parser where installed: the pure-Python one takes ~4 s for 5000 agents.
 _Loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 
+# Bounds far above any real fleet (100,000 agents is ~6 MB and ~600,000 nodes) that stop a
+# hostile or broken file before it costs time or memory: aliases let a 1 KB file stand for
+# 10^9 nodes ("billion laughs"), and building is recursive.
+MAX_FILE_BYTES = 16 * 1024 * 1024
+MAX_DEPTH = 32
+MAX_NODES = 1_000_000  # counted with every alias expanded
+
+# Errors quote values the operator wrote; a 10 MB string or a huge aliased structure must
+# not become a 10 MB error line.
+_short = reprlib.Repr()
+_short.maxstring = _short.maxother = 80
+_short.maxlist = _short.maxtuple = _short.maxdict = _short.maxset = 6
+_short.maxlevel = 3
+
+# Construction errors PyYAML's constructors let through as plain exceptions (`!!int abc`,
+# `2026-13-45`, `!!bool x`, `!!timestamp x`): a bad value, not a crash.
+_CONSTRUCT_ERRORS = (ValueError, TypeError, KeyError, AttributeError, OverflowError, IndexError)
+
+
+def _printable(text: str) -> str:
+    """Error lines reach a terminal: control characters and the like are shown escaped."""
+    if text.isprintable():
+        return text
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
+
+
+def _show(value: Any) -> str:
+    return _short.repr(value)
+
 
 class _Tree:
     """Plain Python values built from YAML nodes, with the line of every YAML path."""
@@ -92,7 +122,17 @@ class _Tree:
     def error(self, path: str, reason: str) -> None:
         line = self.lines.get(path)
         where = f"{self.file}:{line}" if line else self.file
-        self.errors.append(f"{where}: {path or '(top level)'}: {reason}")
+        shown = path if len(path) <= 200 else path[:200] + "..."
+        self.errors.append(_printable(f"{where}: {shown or '(top level)'}: {reason}"))
+
+    def construct(self, loader: Any, node: yaml.Node, path: str) -> tuple[bool, Any]:
+        """(True, value), or (False, None) with the error recorded."""
+        try:
+            return True, loader.construct_object(node, deep=True)
+        except _CONSTRUCT_ERRORS as exc:
+            self.lines.setdefault(path, node.start_mark.line + 1)
+            self.error(path, f"unreadable value {_show(node.value)}: {exc}")
+            return False, None
 
     def build(self, loader: Any, node: yaml.Node, path: str) -> Any:
         self.lines.setdefault(path, node.start_mark.line + 1)
@@ -100,11 +140,13 @@ class _Tree:
             loader.flatten_mapping(node)  # resolve `<<` merge keys as a YAML loader would
             out: dict[Any, Any] = {}
             for key_node, value_node in node.value:
-                key = loader.construct_object(key_node, deep=True)
+                ok, key = self.construct(loader, key_node, path)
+                if not ok:
+                    continue
                 if not isinstance(key, str):
-                    child = f"{path}.{key}" if path else str(key)
+                    child = f"{path}.{_show(key)}" if path else _show(key)
                     self.lines[child] = key_node.start_mark.line + 1
-                    self.error(child, f"key {key!r} must be a string")
+                    self.error(child, f"key {_show(key)} must be a string")
                     continue
                 child = f"{path}.{key}" if path else key
                 if key in out:
@@ -117,17 +159,84 @@ class _Tree:
             return out
         if isinstance(node, yaml.SequenceNode):
             return [self.build(loader, n, f"{path}[{i}]") for i, n in enumerate(node.value)]
-        return loader.construct_object(node, deep=True)
+        return self.construct(loader, node, path)[1]
+
+
+class _TooBig(Exception):
+    pass
+
+
+def _shape_problem(text: str) -> str | None:
+    """Why the file's YAML is too deep or expands too far, from libyaml's event stream.
+
+    Runs before anything is composed or built: the event parser is iterative and keeps no
+    tree, so this costs one pass however hostile the file. An alias counts as the whole
+    (expanded) node it refers to, so a billion-laughs file is refused after a few events.
+    Syntax errors are left to the real load, which reports them with their line.
+    """
+    loader = _Loader(text)
+    stack: list[list] = []  # per open collection: [anchor, expanded size so far]
+    sizes: dict[str, int] = {}
+    total = 0
+
+    def add(anchor: str | None, size: int) -> None:
+        nonlocal total
+        if anchor is not None:
+            sizes[anchor] = size
+        if stack:
+            stack[-1][1] += size
+            size = stack[-1][1]
+        else:
+            total += size
+            size = total
+        if size > MAX_NODES:
+            raise _TooBig
+
+    try:
+        while loader.check_event():
+            event = loader.get_event()
+            if isinstance(event, yaml.CollectionStartEvent):
+                if len(stack) >= MAX_DEPTH:
+                    return f"nested more than {MAX_DEPTH} levels deep"
+                stack.append([event.anchor, 1])
+            elif isinstance(event, yaml.CollectionEndEvent):
+                anchor, size = stack.pop()
+                add(anchor, size)
+            elif isinstance(event, yaml.ScalarEvent):
+                add(event.anchor, 1)
+            elif isinstance(event, yaml.AliasEvent):
+                if any(anchor == event.anchor for anchor, _ in stack):
+                    return f"alias *{_printable(event.anchor)} refers to a node that contains it"
+                add(None, sizes.get(event.anchor, 1))
+    except _TooBig:
+        return (
+            f"more than {MAX_NODES:,} values once aliases are expanded "
+            "(an alias bomb, or a file far larger than any fleet)"
+        )
+    except yaml.YAMLError:
+        return None
+    finally:
+        loader.dispose()
+    return None
 
 
 def _parse(path: Path) -> tuple[Any, _Tree]:
     tree = _Tree(str(path))
     try:
-        text = path.read_text(encoding="utf-8")
+        with path.open("rb") as f:
+            raw = f.read(MAX_FILE_BYTES + 1)
     except FileNotFoundError:
         raise FleetFileError([f"{path}: no such file"]) from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise FleetFileError([f"{path}: cannot read: {exc}"]) from None
+    except OSError as exc:
+        raise FleetFileError([_printable(f"{path}: cannot read: {exc}")]) from None
+    if len(raw) > MAX_FILE_BYTES:
+        raise FleetFileError([f"{path}: larger than {MAX_FILE_BYTES // 2**20} MiB"])
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise FleetFileError([f"{path}: cannot read: not UTF-8 ({exc})"]) from None
+    if (problem := _shape_problem(text)) is not None:
+        raise FleetFileError([f"{path}: {problem}"])
     loader = _Loader(text)
     try:
         node = loader.get_single_node()
@@ -138,9 +247,9 @@ def _parse(path: Path) -> tuple[Any, _Tree]:
         mark = exc.problem_mark or exc.context_mark
         line = f":{mark.line + 1}" if mark else ""
         what = " ".join(p for p in (exc.context, exc.problem) if p)
-        raise FleetFileError([f"{path}{line}: YAML syntax error: {what}"]) from None
+        raise FleetFileError([_printable(f"{path}{line}: YAML syntax error: {what}")]) from None
     except yaml.YAMLError as exc:
-        raise FleetFileError([f"{path}: YAML error: {exc}"]) from None
+        raise FleetFileError([_printable(f"{path}: YAML error: {exc}")]) from None
     except RecursionError:
         raise FleetFileError([f"{path}: nested too deeply (a recursive alias?)"]) from None
     finally:
@@ -163,7 +272,7 @@ def _mapping(tree: _Tree, value: Any, path: str, allowed: tuple[str, ...]) -> di
         if key not in allowed:
             tree.error(
                 f"{path}.{key}" if path else key,
-                f"unknown key {key!r} (allowed: {', '.join(allowed)})",
+                f"unknown key {_show(key)} (allowed: {', '.join(allowed)})",
             )
     return value
 
@@ -171,7 +280,7 @@ def _mapping(tree: _Tree, value: Any, path: str, allowed: tuple[str, ...]) -> di
 def _int_in(tree: _Tree, value: Any, path: str, low: int, high: int) -> int | None:
     # bool is an int in Python; `port: yes` must not become port 1.
     if isinstance(value, bool) or not isinstance(value, int):
-        tree.error(path, f"must be an integer, not {_type_name(value)} {value!r}")
+        tree.error(path, f"must be an integer, not {_type_name(value)} {_show(value)}")
         return None
     if not low <= value <= high:
         tree.error(path, f"{value} is outside {low}..{high}")
@@ -223,7 +332,7 @@ def _servers(tree: _Tree, value: Any, path: str) -> tuple[ServerEntry, ...]:
             tree.error(epath, "missing `host`")
             continue
         if not isinstance(host, str):
-            tree.error(f"{epath}.host", f"must be a host name or IP address, not {host!r}")
+            tree.error(f"{epath}.host", f"must be a host name or IP address, not {_show(host)}")
             continue
         if (problem := host_problem(host)) is not None:
             tree.error(f"{epath}.host", problem)
@@ -242,7 +351,7 @@ def _region(tree: _Tree, rid: Any, value: Any, defaults: dict[str, int]) -> Regi
     path = f"regions.{rid}"
     ok = True
     if not is_valid_id(rid):
-        tree.error(path, f"region id {rid!r} must match [A-Za-z0-9_-]{{1,64}} (no dots)")
+        tree.error(path, f"region id {_show(rid)} must match [A-Za-z0-9_-]{{1,64}} (no dots)")
         ok = False
     section = _mapping(tree, value, path, REGION_KEYS)
     if section is None:
@@ -266,7 +375,7 @@ def _agent(tree: _Tree, aid: Any, value: Any, regions: dict[str, Region], all_re
     path = f"agents.{aid}"
     ok = True
     if not is_valid_id(aid):
-        tree.error(path, f"agent id {aid!r} must match [A-Za-z0-9_-]{{1,64}} (no dots)")
+        tree.error(path, f"agent id {_show(aid)} must match [A-Za-z0-9_-]{{1,64}} (no dots)")
         ok = False
     section = _mapping(tree, value, path, AGENT_KEYS)
     if section is None:
@@ -277,7 +386,7 @@ def _agent(tree: _Tree, aid: Any, value: Any, regions: dict[str, Region], all_re
         return None
     if not isinstance(region, str) or region not in all_regions:
         known = ", ".join(sorted(str(r) for r in all_regions)) or "none"
-        tree.error(f"{path}.region", f"no region {region!r} in this file (regions: {known})")
+        tree.error(f"{path}.region", f"no region {_show(region)} in this file (regions: {known})")
         return None
     timezone = None
     if "timezone" in section:

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import shutil
+import subprocess
+import sys
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -34,6 +36,8 @@ def with_agent(agent: str) -> str:
     return GOOD_REGION + "agents:\n  " + agent + "\n"
 
 
+# Each level holds ten aliases of the one before: nine levels stand for 10^9 nodes.
+LAUGHS = list(zip("abcdefgh", "bcdefghi", strict=True))
 SIXTY_FIVE = servers(*[f"{{host: 192.0.2.{i}}}" for i in range(1, 66)])
 
 # id -> (file text, the line and path, the reason)
@@ -76,10 +80,20 @@ CASES: dict[str, tuple[str, str, str]] = {
     "host-with-space": (
         servers("{host: ntp1 example.net}"),
         ":4: regions.r1.servers[0].host:",
-        "is not a DNS name",
+        "holds ' '",
     ),
     "host-with-shell-characters": (
         servers("{host: 'ntp1;reboot'}"),
+        ":4: regions.r1.servers[0].host:",
+        "holds ';'",
+    ),
+    "host-with-ipv6-zone-id": (
+        servers("{host: 'fe80::1%eth0'}"),
+        ":4: regions.r1.servers[0].host:",
+        "holds '%'",
+    ),
+    "host-not-an-ip-or-dns-name": (
+        servers("{host: 'ntp1..example.net'}"),
         ":4: regions.r1.servers[0].host:",
         "is not a DNS name",
     ),
@@ -199,7 +213,38 @@ CASES: dict[str, tuple[str, str, str]] = {
     ),
     "yaml-syntax-error": ("regions:\n  r1: {servers: [\n", "fleet.yaml:3: ", "YAML syntax error"),
     "empty-file": ("", "fleet.yaml: ", "the file is empty"),
-    "recursive-alias": ("regions: &a\n  r1: *a\n", "fleet.yaml: ", "nested too deeply"),
+    "recursive-alias": (
+        "regions: &a\n  r1: *a\n",
+        "fleet.yaml: ",
+        "refers to a node that contains",
+    ),
+    "alias-bomb": (
+        "a: &a [x, x, x, x, x, x, x, x, x, x]\n"
+        + "".join(f"{n}: &{n} [{', '.join([f'*{p}'] * 10)}]\n" for p, n in LAUGHS)
+        + GOOD_REGION,
+        "fleet.yaml: ",
+        "values once aliases are expanded",
+    ),
+    "deep-nesting": (
+        "regions:\n  r1:\n    servers: " + "[" * 40 + "]" * 40 + "\n",
+        "fleet.yaml: ",
+        "nested more than 32 levels deep",
+    ),
+    "impossible-date": (
+        "regions:\n  r1:\n    timezone: 2026-13-45\n    servers: [{host: a.example}]\n",
+        ":3: regions.r1.timezone:",
+        "unreadable value '2026-13-45': month must be in 1..12",
+    ),
+    "explicit-int-tag-on-text": (
+        servers("{host: a.example, port: !!int abc}"),
+        ":4: regions.r1.servers[0].port:",
+        "unreadable value 'abc'",
+    ),
+    "terminal-escape-in-a-key": (
+        region_with('"\\e[2Jpoll": 60'),
+        "regions.us-east.\\x1b[2Jpoll:",
+        "unknown key '\\x1b[2Jpoll'",
+    ),
     "only-comments": ("# nothing yet\n", "fleet.yaml: ", "the file is empty"),
 }
 
@@ -288,3 +333,30 @@ def test_the_example_fleet_file_in_config_is_valid():
     fleet = fleetfile.load(REPO / "config" / "fleet.yaml")
     assert set(fleet.regions) == {"us-east", "eu-west"}
     assert fleet.agents["globex-02"].timezone == "Europe/Dublin"
+
+
+def test_a_host_with_a_zone_id_and_a_second_line_exits_2_naming_file_path_and_reason(
+    shared_broker: Broker, tmp_path: Path
+):
+    """The installed command: a host that would add a line to chrony's sources file."""
+    config = tmp_path / "fleet.yaml"
+    config.write_text(
+        "regions:\n  r1:\n    servers:\n"
+        '      - {host: "fe80::1%eth0\\nserver 203.0.113.66 iburst prefer"}\n'
+    )
+    done = subprocess.run(
+        [
+            str(Path(sys.executable).parent / "clockfleet"),
+            *("publish", "--config", str(config), "--state-file", str(tmp_path / "s.json")),
+            *shared_broker.login("publisher"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 2
+    first, *rest = done.stderr.splitlines()
+    assert first.startswith(f"{config}:4: regions.r1.servers[0].host: host ")
+    assert "holds '%'" in first and "\\nserver 203.0.113.66" in first
+    assert rest == [f"clockfleet publish: {config}: 1 problem; nothing published"]
+    assert retained(shared_broker) == {}

@@ -4,14 +4,16 @@ from __future__ import annotations
 
 import json
 import subprocess
+import sys
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 from clockfleet import devstack
 from clockfleet.protocol import signing
 from clockfleet.protocol.codec import decode
 from clockfleet.protocol.messages import Profile, ServerList
 from clockfleet.publisher.plan import date_floor
-from tests.broker.brokerstack import REPO, Broker
+from tests.broker.brokerstack import Broker
 from tests.broker.mqttclient import connect
 from tests.publisher.conftest import FLEET, retained
 
@@ -357,7 +359,7 @@ def test_a_wrong_password_exits_2_with_one_line(broker: Broker, fleet, tmp_path,
 def test_the_installed_command_publishes_as_a_subprocess(broker: Broker, fleet, tmp_path, keys):
     path = fleet()
     cmd = [
-        str(REPO / ".venv/bin/clockfleet"),
+        str(Path(sys.executable).parent / "clockfleet"),
         "publish",
         "--config",
         str(path),
