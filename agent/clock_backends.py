@@ -88,15 +88,28 @@ def _list_problem(servers: Sequence[Server], chosen: Server) -> str | None:
     """Defensive re-check: these strings end up in daemon config files."""
     if not servers:
         return "empty server list"
+    problem = _server_problem([*servers, chosen])
+    if problem is not None:
+        return problem
+    if tuple(chosen) not in [tuple(s) for s in servers]:
+        return f"chosen server {_fmt_server(chosen)} is not in the list"
+    return None
+
+
+def _server_problem(servers: Sequence[Server]) -> str | None:
     for host, port in servers:
         problem = host_problem(host)
         if problem is not None:
             return f"refusing server {host!r}: {problem}"
         if not isinstance(port, int) or isinstance(port, bool) or not 1 <= port <= 65535:
             return f"refusing server {host!r}: bad port {port!r}"
-    if tuple(chosen) not in [tuple(s) for s in servers]:
-        return f"chosen server {_fmt_server(chosen)} is not in the list"
     return None
+
+
+def _require_valid(servers: Sequence[Server], chosen: Server) -> None:
+    problem = _server_problem([*servers, chosen])
+    if problem is not None:
+        raise ValueError(problem)
 
 
 def _command(value: str | Sequence[str]) -> list[str]:
@@ -164,7 +177,11 @@ def render_chrony_sources(
     servers: Sequence[Server], chosen: Server, server_options: str = "iburst"
 ) -> str:
     """The sources file: one `server` line per entry in operator order, the chosen one
-    marked `prefer` so chronyd keeps the server the agent validated while it is good."""
+    marked `prefer` so chronyd keeps the server the agent validated while it is good.
+
+    Raises ValueError for a server the host grammar refuses: a host is written into a
+    daemon's config, and this is the last place before it is."""
+    _require_valid(servers, chosen)
     lines = ["# Written by clockfleet-agent; replaced whenever its region's list changes."]
     for host, port in servers:
         words = ["server", host, "port", str(port)]
@@ -332,7 +349,9 @@ def render_timesyncd_dropin(servers: Sequence[Server], chosen: Server) -> tuple[
     names or addresses only), so servers on other ports are left out rather than pointing
     timesyncd at whatever answers on 123. timesyncd sticks with the first server that
     answers, so the chosen one comes first and the rest follow in operator order.
+    Raises ValueError for a server the host grammar refuses.
     """
+    _require_valid(servers, chosen)
     ordered = [tuple(chosen), *[tuple(s) for s in servers if tuple(s) != tuple(chosen)]]
     hosts: list[str] = []
     skipped: list[str] = []

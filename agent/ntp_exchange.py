@@ -29,6 +29,8 @@ _MAX_DATAGRAM = 1024
 REFUSALS = ("DENY", "RSTR")
 # Scheduling noise allowed on top of the best delay while waiting for a further sample.
 LATE_SLACK_S = 0.01
+# A kernel receive stamp is read well under this before we read the clock ourselves.
+MAX_KERNEL_LAG_NS = 1_000_000_000
 
 
 @dataclass(frozen=True)
@@ -89,9 +91,13 @@ def exchange(
             return Failure("unreachable", "port unreachable (ICMP): connection refused")
         except OSError as e:
             return Failure("unreachable", f"receive failed: {e.strerror or e}")
+        now_ns = time.time_ns()
         t4_ns = _receive_time_ns(ancdata) if kernel_ts else None
-        if t4_ns is None:
-            t4_ns = time.time_ns()
+        if t4_ns is None or not 0 <= now_ns - t4_ns <= MAX_KERNEL_LAG_NS:
+            # No kernel stamp, or one from another clock than our T1 (the wall clock was
+            # stepped meanwhile, or time is faked in user space as libfaketime does):
+            # mixing the two would turn that difference into a bogus offset.
+            t4_ns = now_ns
         verdict = gate(data, nonce)
         if isinstance(verdict, Failure):
             ignored = verdict
