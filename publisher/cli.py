@@ -31,8 +31,11 @@ PUBLISH_DESCRIPTION = """\
 Validate the fleet file, then publish every region's NTP server list and every agent's
 profile that differs from what the broker holds, as signed, retained MQTT messages (QoS 1,
 waiting for each PUBACK). An unchanged file publishes nothing. A changed region or profile
-gets version = max(version on the broker, the state file's record, YYYYMMDD00 of today) + 1,
-so versions never go backwards even when the broker lost its retained state.
+gets version = max(verified version on the broker, the state file's record, YYYYMMDD00 of
+today) + 1, so versions never go backwards even when the broker lost its retained state.
+Only a broker copy whose signature verifies with a key this publisher holds (--signing-key,
+--trust-key) counts: an unsigned or forged retained message is reported, not counted, and
+replaced.
 
 An invalid file is reported in full (FILE:LINE: PATH: reason per problem) with exit 2, and
 nothing is published.
@@ -47,7 +50,9 @@ errors. Example: config/fleet.yaml.
 
 exit codes: 0 published (or nothing to publish), 1 the broker refused or did not acknowledge
 a publish (e.g. the ACL denies this identity), 2 bad argument, invalid fleet file, bad key,
-or broker unreachable / login refused.
+broker unreachable / login refused, or a verified version on the broker more than
+1,000,000 (a year of date floors) above this publisher's own record and today's date floor
+(a leaked key or a broken publisher; --accept-version-jump adopts it).
 
 state file: JSON with the highest version issued per prefix, region and profile, written
 before publishing. Default: .publisher-state.json next to the fleet file. Keep it (it is
@@ -104,6 +109,22 @@ def publish_parser() -> argparse.ArgumentParser:
         type=Path,
         help="Ed25519 private key (from `clockfleet keygen`); overrides the file's signing_key. "
         "Without any key the lists go out unsigned, and agents with a trust key refuse them",
+    )
+    p.add_argument(
+        "--trust-key",
+        metavar="FILE|DIR",
+        type=Path,
+        action="append",
+        default=[],
+        help="public key (.pub, or a directory of them) whose signatures on the broker's "
+        "copies count as this publisher's own, e.g. the key retired by a rotation; repeatable. "
+        "The signing key's own public half always counts",
+    )
+    p.add_argument(
+        "--accept-version-jump",
+        action="store_true",
+        help="adopt a verified version on the broker even when it is more than 1,000,000 "
+        "above this publisher's record and today's date floor (refused by default, exit 2)",
     )
     p.add_argument(
         "--state-file",
@@ -165,6 +186,12 @@ def publish_main(argv: list[str]) -> int:
             key = signing.load_signing_key(key_path)
         except signing.KeyError_ as exc:
             return _fail(str(exc))
+    try:
+        trust = signing.load_trust(args.trust_key)
+    except signing.KeyError_ as exc:
+        return _fail(str(exc))
+    if key is not None:
+        trust.keys.update(signing.trust_of(key).keys)
 
     state_path = args.state_file or fleet.path.parent / STATE_FILE_NAME
     try:
@@ -179,7 +206,7 @@ def publish_main(argv: list[str]) -> int:
     except (OSError, ssl.SSLError, ValueError) as exc:
         return _fail(f"cannot set up the connection: {exc}")
     try:
-        return _publish(args, fleet, settings.prefix, state, key, session)
+        return _publish(args, fleet, settings.prefix, state, key, trust, session)
     finally:
         broker_io.close(session)
 
@@ -200,6 +227,15 @@ def _on_broker(
         have = plan.read_retained(kind, ref.ident, payload, trust)
         if have.problem:
             log.warning("%s %s on the broker is invalid (%s)", kind, ref.ident, have.problem)
+        if have.trust_problem and have.version is not None:
+            log.warning(
+                "%s %s on the broker: version %d is not counted (%s; only copies signed with "
+                "a key this publisher holds count)",
+                kind,
+                ref.ident,
+                have.version,
+                have.trust_problem,
+            )
         out[(kind, ref.ident)] = have
     return out
 
@@ -210,18 +246,34 @@ def _publish(
     prefix: str,
     state: plan.State,
     key: signing.SigningKey | None,
+    trust: signing.TrustStore,
     session: broker_io.Session,
 ) -> int:
     try:
         retained = broker_io.read_retained(session, prefix, args.timeout)
     except broker_io.BrokerError as exc:
         return _fail(str(exc), 1)
-    trust = signing.trust_of(key) if key else None
     on_broker = _on_broker(prefix, retained, trust)
     try:
-        the_plan = plan.make_plan(fleet, prefix, on_broker, state, key, prune=args.prune)
+        the_plan = plan.make_plan(
+            fleet,
+            prefix,
+            on_broker,
+            state,
+            key,
+            prune=args.prune,
+            accept_version_jump=args.accept_version_jump,
+        )
     except plan.BuildError as exc:
         return _fail(str(exc))
+    except plan.VersionJumpError as exc:
+        for line in exc.lines:
+            print(f"clockfleet publish: {line}", file=sys.stderr)
+        return _fail(
+            "refusing to continue from these versions: a key that signs them leaked, or a "
+            "publisher issued them in error. Check, then rerun with --accept-version-jump to "
+            "adopt them; nothing published"
+        )
 
     to_send = the_plan.of("publish") + the_plan.of("withdraw")
     if key is None and the_plan.of("publish"):

@@ -2,9 +2,18 @@
 
 Content is everything but `version`, `issued_at` and `sig`; an entry whose content (and
 signing key) matches the broker's copy is left alone. A changed entry gets
-version = max(version on the broker, the publisher's own record, a date floor YYYYMMDD00) + 1:
-the broker can lose its retained state (Mosquitto autosaves every 30 minutes by default) and
-agents refuse any version not newer than the one they applied, so versions never go back.
+version = max(verified version on the broker, the publisher's own record, a date floor
+YYYYMMDD00) + 1: the broker can lose its retained state (Mosquitto autosaves every 30 minutes
+by default) and agents refuse any version not newer than the one they applied, so versions
+never go back.
+
+"Verified" is the point: only a broker copy whose signature verifies with a key this
+publisher holds (its signing key, or a retired one given with --trust-key) counts. Anyone who
+can write one retained message could otherwise push the version to 2^53-1, after which no
+later list is newer and every agent refuses them all. An unverified copy is reported and
+replaced by the next publish. A verified version far beyond the publisher's own record and
+the date floor (more than MAX_VERSION_JUMP) is refused unless the operator accepts it: it
+means a leaked key or a broken publisher, and adopting it would spend the version space.
 """
 
 from __future__ import annotations
@@ -32,6 +41,11 @@ from clockfleet.publisher.fleetfile import AgentProfile, Fleet, Region
 Kind = Literal["region", "profile"]
 VOLATILE = ("version", "issued_at", "sig")
 STATE_FORMAT = 1
+# How far a verified version on the broker may run ahead of max(own record, today's date
+# floor) and still be adopted without --accept-version-jump: 1,000,000 is a year of date
+# floors (YYYYMMDD00 grows by 10^6 a year). Another publisher sharing the key, or a clock a
+# few days ahead, stays far below it; 2^53-1 (the end of the version space) is far above.
+MAX_VERSION_JUMP = 1_000_000
 
 
 def region_object(region: Region) -> dict[str, Any]:
@@ -78,10 +92,21 @@ def date_floor(now: datetime | None = None) -> int:
 class Retained:
     """One retained payload as the broker holds it, decoded strictly."""
 
-    version: int | None  # None when the payload does not decode
-    obj: dict[str, Any] | None
+    version: int | None  # as the payload states it; None when there is no plausible one
+    obj: dict[str, Any] | None  # None when the payload does not decode
     problem: str | None = None  # why it does not decode (then it is always republished)
-    signature_ok: bool = False  # verifies with the publisher's own key
+    verified_by: str | None = None  # the key id whose signature verifies, if any
+    # Why its version does not count, when the publisher holds keys and it fails them.
+    trust_problem: str | None = None
+
+    @property
+    def signature_ok(self) -> bool:
+        return self.verified_by is not None
+
+    @property
+    def counted_version(self) -> int | None:
+        """The version that bounds the next one: only a verified copy's."""
+        return self.version if self.verified_by is not None else None
 
 
 def read_retained(
@@ -91,28 +116,38 @@ def read_retained(
     try:
         msg, obj = decode(cls, payload, topic_id=ident)
     except Rejected as exc:
-        return Retained(_raw_version(payload), None, f"{exc.reason}: {exc.detail}")
-    ok = False
-    if trust:
-        try:
-            signing.verify(obj, trust)
-            ok = True
-        except Rejected:
-            ok = False
-    return Retained(msg.version, obj, None, ok)
+        problem = f"{exc.reason}: {exc.detail}"
+        # A copy agents refuse today may still be one we signed and some agent applied
+        # (an older agent, a looser decoder): its version counts if, and only if, it is ours.
+        raw = _raw_object(payload)
+        version = _plausible_version(raw.get("version")) if raw is not None else None
+        verified_by, trust_problem = _verify(raw, trust) if version is not None else (None, None)
+        return Retained(version, None, problem, verified_by, trust_problem)
+    verified_by, trust_problem = _verify(obj, trust)
+    return Retained(msg.version, obj, None, verified_by, trust_problem)
 
 
-def _raw_version(payload: bytes) -> int | None:
-    """The version field of a payload that does not decode, when it is a plausible one.
-
-    Agents refuse such a payload today, but one refused for a time-dependent reason (a
-    timestamp ahead of the clock) may have been applied somewhere: never issue below it.
-    """
+def _verify(
+    obj: dict[str, Any] | None, trust: signing.TrustStore | None
+) -> tuple[str | None, str | None]:
+    """(key id, None) when obj verifies with a held key, else (None, why not)."""
+    if not trust or obj is None:
+        return None, None
     try:
-        version = parse_json_object(payload).get("version")
+        return signing.verify(obj, trust), None
+    except Rejected as exc:
+        return None, exc.detail if exc.reason != "unsigned" else "unsigned"
+
+
+def _raw_object(payload: bytes) -> dict[str, Any] | None:
+    try:
+        return parse_json_object(payload)
     except Rejected:
         return None
-    if isinstance(version, int) and not isinstance(version, bool) and 0 <= version < MAX_VERSION:
+
+
+def _plausible_version(version: Any) -> int | None:
+    if isinstance(version, int) and not isinstance(version, bool) and 0 <= version <= MAX_VERSION:
         return version
     return None
 
@@ -190,11 +225,14 @@ class Change:
     new_version: int | None = None
     fields: list[str] = field(default_factory=list)  # what differs, for the operator
     payload: bytes = b""
+    not_counted: str | None = None  # why the broker's version was not counted
 
     def describe(self) -> str:
         """One line for the operator: what it is, and what happens (or happened) to it."""
         name = f"{self.kind} {self.ident}"
         old = "absent" if self.old_version is None else str(self.old_version)
+        if self.not_counted is not None and self.old_version is not None:
+            old += f" (not counted: {self.not_counted})"
         if self.action == "publish":
             why = f" ({', '.join(self.fields)})" if self.fields else ""
             return f"{name}: {old} -> {self.new_version}{why}"
@@ -241,6 +279,14 @@ class BuildError(ValueError):
     """A built object the wire contract refuses: a bug or a gap in the file's validation."""
 
 
+class VersionJumpError(ValueError):
+    """Verified versions on the broker too far ahead to adopt without the operator's word."""
+
+    def __init__(self, lines: list[str]) -> None:
+        super().__init__("\n".join(lines))
+        self.lines = lines
+
+
 def make_plan(
     fleet: Fleet,
     prefix: str,
@@ -250,15 +296,23 @@ def make_plan(
     *,
     prune: bool,
     now: datetime | None = None,
+    accept_version_jump: bool = False,
 ) -> Plan:
-    """Compare the file with the broker; assign versions to what changed."""
+    """Compare the file with the broker; assign versions to what changed.
+
+    Raises VersionJumpError, listing every entry concerned, when a verified version on the
+    broker is more than MAX_VERSION_JUMP beyond the publisher's own bound and
+    accept_version_jump is false.
+    """
     issued_at = utcnow_iso(now)
     floor = date_floor(now)
     changes: list[Change] = []
+    jumps: list[str] = []
     wanted = _wanted(fleet, prefix)
     for kind, ident, topic, body in wanted:
         have = on_broker.get((kind, ident))
         old_version = have.version if have else None
+        not_counted = have.trust_problem if have else None
         fields: list[str] = []
         if have is None:
             fields = ["new"]
@@ -267,12 +321,23 @@ def make_plan(
         else:
             fields = _differences(have.obj, body)
             want_signer = key.key_id if key else None
-            if signer_of(have.obj) != want_signer or (key is not None and not have.signature_ok):
+            if signer_of(have.obj) != want_signer:
                 fields.append(f"signature {signer_of(have.obj)} -> {want_signer}")
+            elif key is not None and not have.signature_ok:
+                fields.append(f"broker copy {have.trust_problem or 'does not verify'}")
         if not fields:
             changes.append(Change(kind, ident, topic, "unchanged", old_version))
             continue
-        version = max(old_version or 0, state.get(prefix, kind, ident), floor) + 1
+        own = max(state.get(prefix, kind, ident), floor)
+        counted = have.counted_version if have else None
+        if counted is not None and counted > own + MAX_VERSION_JUMP and not accept_version_jump:
+            jumps.append(
+                f"{kind} {ident}: the broker holds version {counted}, signed by "
+                f"{have.verified_by if have else '?'}, more than {MAX_VERSION_JUMP:,} above "
+                f"this publisher's own bound {own} (its record or today's date floor)"
+            )
+            continue
+        version = max(counted or 0, own) + 1
         if version > MAX_VERSION:
             raise BuildError(f"{kind} {ident}: version would exceed {MAX_VERSION}")
         obj = {**body, "version": version, "issued_at": issued_at}
@@ -283,12 +348,20 @@ def make_plan(
             decode(ServerList if kind == "region" else Profile, payload, topic_id=ident)
         except Rejected as exc:
             raise BuildError(f"{kind} {ident}: built object is refused: {exc}") from None
-        changes.append(Change(kind, ident, topic, "publish", old_version, version, fields, payload))
+        changes.append(
+            Change(
+                kind, ident, topic, "publish", old_version, version, fields, payload, not_counted
+            )
+        )
+    if jumps:
+        raise VersionJumpError(jumps)
     listed = {(kind, ident) for kind, ident, _, _ in wanted}
     for (kind, ident), have in sorted(on_broker.items()):
         if (kind, ident) in listed:
             continue
         topic = servers_topic(prefix, ident) if kind == "region" else profile_topic(prefix, ident)
         action = "withdraw" if prune else "keep-unlisted"
-        changes.append(Change(kind, ident, topic, action, have.version))
+        changes.append(
+            Change(kind, ident, topic, action, have.version, not_counted=have.trust_problem)
+        )
     return Plan(changes)
