@@ -1,17 +1,38 @@
-"""Validation of one NTP reply, in the order of chrony's ntp_core.c (tests 1-7, then A-D).
+"""Validation of one NTP reply, labelled with the tests of chrony's ntp_core.c.
 
-Two stages:
-- `gate()` decides whether a datagram is the answer to our request at all: it must parse,
-  carry a version of 1..4 (chrony's parse_packet) and echo our random transmit nonce as its
-  origin (test 2). A packet failing here proves nothing (anyone can send it), so the caller
-  ignores it and keeps waiting; the failure is only reported if nothing better arrives.
-- `check_reply()` judges an authenticated answer: mode, kiss-o'-death, zero or reversed
-  timestamps (test 3), leap/stratum (test 6), server processing time and delay (test A),
-  root distance (test 7 and chrony's maxdistance), then the panic limit. Its verdict is final.
+chrony (process_response) runs tests 1, 2, 3, 5 ("valid packet"), then 6 and 7 ("synced
+packet"), then A to D ("good packet"). We run the same tests in that order and say where
+ours differ, so a reader can put this file beside chrony's:
+
+    before   parse: length >= 48 and a multiple of 4, version 1..4 (chrony's parse_packet);
+             mode 4 (chrony dispatches on mode before the tests)
+    test 1   duplicate: receive and transmit stamps equal to the last reply's (in a burst)
+    test 2   bogus: the origin stamp must be the random nonce we sent as our transmit stamp
+    KoD      leap 3 + stratum 0 + a kiss code, believed only after tests 1 and 2, as chrony
+    test 3   receive and transmit stamps non-zero (origin is non-zero by test 2)
+    test 5   authentication: not used (no symmetric keys or NTS); always passes
+    test 6   leap != 3, stratum 1..15
+    test 7   root delay / 2 + root dispersion < 16 s (RFC 5905's MAXDISP)
+    test A   round-trip delay <= maxdelay (3 s), server processing time T3 - T2 in 0..4 s
+    test B,C need a register of earlier samples (chrony's defaults leave B off); a one-shot
+             burst keeps its lowest-delay sample instead, as SNTP (RFC 4330) does
+    test D   synchronisation loop: cannot happen, the agent serves no time
+    select   root distance <= maxdistance (3 s): chrony applies it when selecting sources
+    ours     a delay negative beyond the clocks' precision (a clock stepped mid-exchange, or
+             a lying server): chrony clamps the delay to its precision instead
+    ours     the panic limit (ntpd's 1000 s), waived by the probe on a first sync
+
+Two stages, because test 2 decides whether a datagram is an answer at all:
+- `gate()` runs the parse and test 2. A packet failing here proves nothing (anyone can send
+  it), so the caller ignores it and keeps waiting; the failure is reported only if nothing
+  better arrives.
+- `check_reply()` runs everything else on an authenticated answer. Its verdict is final.
+A failure is logged at debug level with the tests passed so far, like chrony's test bits.
 """
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 
 from clockfleet.agent.ntp_packet import (
@@ -23,10 +44,13 @@ from clockfleet.agent.ntp_packet import (
     kiss_code,
     ntp_to_unix_ns,
 )
+from clockfleet.protocol.messages import Outcome
 
-MAX_SERVER_INTERVAL_S = 4.0  # chrony's MAX_SERVER_INTERVAL: T3 - T2
-MAX_STRATUM = 16
-KOD_OUTCOMES = {"RATE": "kod-rate", "DENY": "kod-deny", "RSTR": "kod-rstr"}
+MAX_SERVER_INTERVAL_S = 4.0  # chrony's MAX_SERVER_INTERVAL: T3 - T2 (test A)
+MAX_STRATUM = 16  # chrony's NTP_MAX_STRATUM (test 6)
+MAX_DISPERSION_S = 16.0  # RFC 5905's MAXDISP, chrony's NTP_MAX_DISPERSION (test 7)
+
+log = logging.getLogger("clockfleet.agent.ntp")
 
 _NS = 1_000_000_000
 
@@ -42,6 +66,7 @@ class Sample:
     root_delay_s: float
     root_dispersion_s: float
     ref_id: bytes
+    stamps: tuple[int, int] = (0, 0)  # the reply's raw receive and transmit stamps (test 1)
 
     @property
     def root_distance_s(self) -> float:
@@ -79,15 +104,32 @@ def precision_s(server_log2: int) -> float:
 
 @dataclass(frozen=True)
 class Failure:
-    """Why an exchange gave no sample: an outcome of clockfleet.protocol OUTCOMES."""
+    """Why an exchange gave no sample."""
 
-    outcome: str
+    outcome: Outcome
     detail: str
     kiss: str | None = None  # the kiss code of a kod-* failure
 
 
+# The kiss codes a client acts on (RFC 5905 §7.4): RATE asks it to back off; DENY and RSTR
+# refuse it, so it stops asking that server until its list changes.
+KISS_RATE = "RATE"
+KISS_REFUSALS = frozenset({"DENY", "RSTR"})
+
+
+def kod_outcome(code: str) -> Outcome:
+    """The report outcome of a kiss code."""
+    if code == KISS_RATE:
+        return "kod-rate"
+    if code == "DENY":
+        return "kod-deny"
+    if code == "RSTR":
+        return "kod-rstr"
+    return "kod-other"
+
+
 def gate(data: bytes, nonce: int) -> NtpPacket | Failure:
-    """The packet if it answers our request (parses, version 1..4, origin == nonce)."""
+    """The packet if it answers our request: it parses and passes test 2 (origin == nonce)."""
     try:
         packet = decode(data)
     except PacketError as e:
@@ -95,75 +137,112 @@ def gate(data: bytes, nonce: int) -> NtpPacket | Failure:
     if not 1 <= packet.version <= 4:
         return Failure("bad-packet", f"version {packet.version}, outside 1..4")
     if packet.origin_ts != nonce:
-        return Failure("bad-origin", "reply's origin timestamp is not the nonce we sent")
+        return Failure("bad-origin", "test 2: reply's origin timestamp is not the nonce we sent")
     return packet
 
 
 def check_reply(
-    packet: NtpPacket, t1_ns: int, t4_ns: int, settings: ProbeSettings
+    packet: NtpPacket,
+    t1_ns: int,
+    t4_ns: int,
+    settings: ProbeSettings,
+    previous: tuple[int, int] | None = None,
 ) -> Sample | Failure:
-    """Judge an authenticated reply; t1/t4 are our own send/receive times (Unix ns)."""
+    """Judge an authenticated reply (it passed gate()); t1/t4 are our own send/receive
+    times (Unix ns); `previous` is the (receive, transmit) stamps of the last reply taken
+    from this server in this burst, for test 1."""
+    passed: list[str] = ["2"]  # gate() ran test 2
+
+    def fail(test: str, outcome: Outcome, detail: str, kiss: str | None = None) -> Failure:
+        if log.isEnabledFor(logging.DEBUG):
+            log.debug("NTP tests passed %s, failed %s: %s", " ".join(passed), test, detail)
+        return Failure(outcome, detail, kiss)
+
     if packet.mode != MODE_SERVER:
-        return Failure("bad-packet", f"mode {packet.mode}, a server answers in mode 4")
-    # A KoD is recognised before the timestamp tests, as chrony does: servers may send it
-    # with zero timestamps. It is only believed because the origin check has passed.
+        return fail("mode", "bad-packet", f"mode {packet.mode}, a server answers in mode 4")
+    if previous is not None and (packet.receive_ts, packet.transmit_ts) == previous:
+        return fail("1", "bad-packet", "test 1: a duplicate of the previous reply")
+    passed.insert(0, "1")
+    # A KoD is recognised before test 3, as chrony does: servers may send it with zero
+    # timestamps. It is believed only because tests 1 and 2 passed.
     if packet.leap == LEAP_UNSYNCHRONISED and packet.stratum == 0:
         code = kiss_code(packet.ref_id)
         if code is not None:
-            return Failure(KOD_OUTCOMES.get(code, "kod-other"), f"kiss code {code}", code)
+            return fail("KoD", kod_outcome(code), f"kiss code {code}", code)
     if packet.receive_ts == 0:
-        return Failure("bad-packet", "receive timestamp is zero")
+        return fail("3", "bad-packet", "test 3: receive timestamp is zero")
     if packet.transmit_ts == 0:
-        return Failure("bad-packet", "transmit timestamp is zero")
+        return fail("3", "bad-packet", "test 3: transmit timestamp is zero")
+    passed += ["3", "5"]
+    if packet.leap == LEAP_UNSYNCHRONISED:
+        return fail(
+            "6",
+            "unsynchronised",
+            f"test 6: leap indicator 3 (not synchronised), stratum {packet.stratum}",
+        )
+    if packet.stratum == 0:
+        return fail("6", "bad-stratum", "test 6: stratum 0 without a kiss code")
+    if packet.stratum >= MAX_STRATUM:
+        return fail("6", "bad-stratum", f"test 6: stratum {packet.stratum}, outside 1..15")
+    passed.append("6")
+    distance_s = packet.root_delay_s / 2 + packet.root_dispersion_s
+    if distance_s >= MAX_DISPERSION_S:
+        return fail(
+            "7", "too-far", f"test 7: root distance {distance_s:.3f} s >= {MAX_DISPERSION_S:g} s"
+        )
+    passed.append("7")
     t2_ns = ntp_to_unix_ns(packet.receive_ts, t1_ns)
     t3_ns = ntp_to_unix_ns(packet.transmit_ts, t1_ns)
     processing_s = (t3_ns - t2_ns) / _NS
+    raw_delay_s = ((t4_ns - t1_ns) - (t3_ns - t2_ns)) / _NS
     if processing_s < 0:
-        return Failure("bad-packet", f"receive time {-processing_s:.6f} s after transmit time")
+        return fail(
+            "A", "bad-packet", f"test A: receive time {-processing_s:.6f} s after transmit time"
+        )
     if processing_s > MAX_SERVER_INTERVAL_S:
-        return Failure(
+        return fail(
+            "A",
             "bad-packet",
-            f"server processing time {processing_s:.3f} s > {MAX_SERVER_INTERVAL_S:g} s",
+            f"test A: server processing time {processing_s:.3f} s > {MAX_SERVER_INTERVAL_S:g} s",
         )
-    if packet.leap == LEAP_UNSYNCHRONISED:
-        return Failure(
-            "unsynchronised", f"leap indicator 3 (not synchronised), stratum {packet.stratum}"
+    if raw_delay_s > settings.max_delay_s:
+        return fail(
+            "A",
+            "too-far",
+            f"test A: round-trip delay {raw_delay_s:.3f} s > {settings.max_delay_s:g} s",
         )
-    if packet.stratum == 0:
-        return Failure("bad-stratum", "stratum 0 without a kiss code")
-    if packet.stratum >= MAX_STRATUM:
-        return Failure("bad-stratum", f"stratum {packet.stratum}, outside 1..15")
+    passed += ["A", "B", "C", "D"]
+    if distance_s > settings.max_distance_s:
+        return fail(
+            "maxdistance",
+            "too-far",
+            f"root distance {distance_s:.3f} s > maxdistance {settings.max_distance_s:g} s",
+        )
     # A delay below zero by less than the two clocks' precision is reading noise (a coarse
     # server clock): it means "no measurable delay". Beyond that, a clock stepped between
     # T1 and T4 or a lying server made the sample: it proves nothing and is discarded,
     # never clamped into a plausible one.
-    raw_delay_s = ((t4_ns - t1_ns) - (t3_ns - t2_ns)) / _NS
     if raw_delay_s < -precision_s(packet.precision):
-        return Failure(
+        return fail(
+            "negative-delay",
             "bad-packet",
             f"negative round-trip delay {raw_delay_s:.6f} s, beyond the clocks' precision "
             f"{precision_s(packet.precision):.6f} s",
         )
-    delay_s = max(0.0, raw_delay_s)
     offset_s = ((t2_ns - t1_ns) + (t3_ns - t4_ns)) / 2 / _NS
-    if delay_s > settings.max_delay_s:
-        return Failure("too-far", f"round-trip delay {delay_s:.3f} s > {settings.max_delay_s:g} s")
-    distance_s = packet.root_delay_s / 2 + packet.root_dispersion_s
-    if distance_s > settings.max_distance_s:
-        return Failure(
-            "too-far", f"root distance {distance_s:.3f} s > {settings.max_distance_s:g} s"
-        )
     if abs(offset_s) > settings.panic_offset_s:
-        return Failure(
+        return fail(
+            "panic",
             "panic-offset",
             f"offset {offset_s:+.3f} s beyond the panic limit {settings.panic_offset_s:g} s",
         )
     return Sample(
         offset_s=offset_s,
-        delay_s=delay_s,
+        delay_s=max(0.0, raw_delay_s),
         stratum=packet.stratum,
         leap=packet.leap,
         root_delay_s=packet.root_delay_s,
         root_dispersion_s=packet.root_dispersion_s,
         ref_id=packet.ref_id,
+        stamps=(packet.receive_ts, packet.transmit_ts),
     )

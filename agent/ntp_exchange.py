@@ -15,7 +15,14 @@ import sys
 import time
 from dataclasses import dataclass
 
-from clockfleet.agent.ntp_checks import Failure, ProbeSettings, Sample, check_reply, gate
+from clockfleet.agent.ntp_checks import (
+    KISS_REFUSALS,
+    Failure,
+    ProbeSettings,
+    Sample,
+    check_reply,
+    gate,
+)
 from clockfleet.agent.ntp_packet import encode_request
 
 # Python 3.11 does not export it; 35 is SO_TIMESTAMPNS(_OLD) on x86_64 and arm64 Linux,
@@ -26,7 +33,6 @@ SO_TIMESTAMPNS: int | None = getattr(
 _TIMESPEC = struct.Struct("@qq")
 _ANC_SIZE = socket.CMSG_SPACE(_TIMESPEC.size)
 _MAX_DATAGRAM = 1024
-REFUSALS = ("DENY", "RSTR")
 # Scheduling noise allowed on top of the best delay while waiting for a further sample.
 LATE_SLACK_S = 0.01
 # A kernel receive stamp is read well under this before we read the clock ourselves.
@@ -61,7 +67,11 @@ def open_socket(family: int, sockaddr: tuple) -> tuple[socket.socket, bool]:
 
 
 def exchange(
-    sock: socket.socket, kernel_ts: bool, deadline: float, settings: ProbeSettings
+    sock: socket.socket,
+    kernel_ts: bool,
+    deadline: float,
+    settings: ProbeSettings,
+    previous: tuple[int, int] | None = None,
 ) -> Sample | Failure:
     """Send one request and wait (until the monotonic deadline) for its validated answer.
 
@@ -102,7 +112,7 @@ def exchange(
         if isinstance(verdict, Failure):
             ignored = verdict
             continue
-        return check_reply(verdict, t1_ns, t4_ns, settings)
+        return check_reply(verdict, t1_ns, t4_ns, settings, previous)
 
 
 def sample_burst(family: int, sockaddr: tuple, settings: ProbeSettings) -> BurstResult:
@@ -120,6 +130,7 @@ def sample_burst(family: int, sockaddr: tuple, settings: ProbeSettings) -> Burst
         return BurstResult(None, Failure("unreachable", f"cannot connect: {e.strerror or e}"), 0)
     best: Sample | None = None
     failure: Failure | None = None
+    last_stamps: tuple[int, int] | None = None
     requests = 0
     with sock:
         for _ in range(max(1, settings.samples)):
@@ -127,13 +138,14 @@ def sample_burst(family: int, sockaddr: tuple, settings: ProbeSettings) -> Burst
             if best is not None:
                 wait_until = min(deadline, time.monotonic() + best.delay_s + LATE_SLACK_S)
             requests += 1
-            result = exchange(sock, kernel_ts, wait_until, settings)
+            result = exchange(sock, kernel_ts, wait_until, settings, last_stamps)
             if isinstance(result, Failure):
                 failure = result
                 break
+            last_stamps = result.stamps
             if best is None or result.delay_s < best.delay_s:
                 best = result
-    if failure is not None and failure.kiss in REFUSALS:
+    if failure is not None and failure.kiss in KISS_REFUSALS:
         best = None
     if failure is not None and failure.outcome == "timeout":
         failure = Failure("timeout", f"no answer in {float(settings.timeout_s)} s")

@@ -20,8 +20,9 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 
-from clockfleet.agent.ntp_checks import ProbeSettings, Sample
+from clockfleet.agent.ntp_checks import KISS_RATE, KISS_REFUSALS, ProbeSettings, Sample, kod_outcome
 from clockfleet.agent.ntp_exchange import sample_burst
+from clockfleet.protocol.messages import Outcome
 
 __all__ = ["Attempt", "KodMemory", "ProbeResult", "ProbeSettings", "Sample", "probe"]
 
@@ -37,13 +38,13 @@ _RESOLVER = concurrent.futures.ThreadPoolExecutor(max_workers=16, thread_name_pr
 Resolved = list[tuple[int, tuple]] | str  # addresses to try, or why there are none
 
 
-@dataclass
+@dataclass(frozen=True)
 class Attempt:
     """One server's outcome, in list order."""
 
     host: str
     port: int
-    outcome: str  # one of clockfleet.protocol.messages.OUTCOMES
+    outcome: Outcome
     detail: str | None = None
     sample: Sample | None = None
     address: str | None = None  # the resolved address that answered (or failed last)
@@ -92,7 +93,7 @@ class KodMemory:
                 return Attempt(
                     host,
                     port,
-                    f"kod-{code.lower()}",
+                    kod_outcome(code),
                     f"skipped: {code} received, not asked again until the list changes",
                 )
             backoff = self._rate.get(key)
@@ -110,9 +111,9 @@ class KodMemory:
     def record(self, attempt: Attempt, kiss: str | None) -> None:
         key = (attempt.host, attempt.port)
         with self._lock:
-            if kiss in ("DENY", "RSTR"):
+            if kiss in KISS_REFUSALS:
                 self._refused[key] = kiss
-            elif kiss == "RATE":
+            elif kiss == KISS_RATE:
                 previous = self._rate.get(key)
                 backoff = self._initial if previous is None else min(previous[1] * 2, self._cap)
                 self._rate[key] = (self._clock() + backoff, backoff)
@@ -206,11 +207,11 @@ def probe_server(
         if first is None:
             first = Attempt(host, port, burst.failure.outcome, burst.failure.detail, None, address)
     assert first is not None
-    first.requests = requests
     more = min(len(addresses), MAX_ADDRESSES) - 1
+    detail = first.detail
     if more > 0:
-        first.detail = f"{first.address}: {first.detail} (and {more} more addresses failed)"
-    return first, None
+        detail = f"{first.address}: {detail} (and {more} more addresses failed)"
+    return replace(first, requests=requests, detail=detail), None
 
 
 def probe(
@@ -255,8 +256,8 @@ def _probe_pass(
     panic_s: float | None,
 ) -> ProbeResult:
     tried: list[Attempt] = []
-    chosen: Attempt | None = None
-    pending: Attempt | None = None  # a passing server with a large offset, awaiting a second
+    chosen: int | None = None  # index in tried of the server whose sample is applied
+    pending: int | None = None  # a passing server with a large offset, awaiting a second
     note: str | None = None
     for host, port in servers:
         if chosen is not None:
@@ -267,55 +268,70 @@ def _probe_pass(
             attempt, kiss = probe_server(host, port, settings, resolved.get((host, port)))
             kod.record(attempt, kiss)
         tried.append(attempt)
-        if attempt.outcome != "ok":
+        if attempt.sample is None:
             continue
-        assert attempt.sample is not None
+        offset = attempt.sample.offset_s
         if pending is not None:
-            assert pending.sample is not None
-            difference = attempt.sample.offset_s - pending.sample.offset_s
-            if abs(difference) <= settings.agree_s:
+            first = tried[pending]
+            assert first.sample is not None
+            claimed = first.sample.offset_s
+            if abs(offset - claimed) <= settings.agree_s:
                 chosen = pending
                 note = (
-                    f"offset {pending.sample.offset_s:+.6f} s of {_name(pending)} confirmed by "
-                    f"{_name(attempt)} ({attempt.sample.offset_s:+.6f} s)"
+                    f"offset {claimed:+.6f} s of {_name(first)} confirmed by "
+                    f"{_name(attempt)} ({offset:+.6f} s)"
                 )
-                if panic_s is not None and abs(pending.sample.offset_s) > panic_s:
+                if panic_s is not None and abs(claimed) > panic_s:
                     note += f"; beyond the {panic_s:g} s panic limit, applied as a first sync"
                 continue
-            pending.outcome = "falseticker"
-            pending.detail = (
-                f"offset {pending.sample.offset_s:+.6f} s, but {_name(attempt)} says "
-                f"{attempt.sample.offset_s:+.6f} s (more than {settings.agree_s:g} s apart)"
+            tried[pending] = replace(
+                first,
+                outcome="falseticker",
+                detail=(
+                    f"offset {claimed:+.6f} s, but {_name(attempt)} says {offset:+.6f} s "
+                    f"(more than {settings.agree_s:g} s apart)"
+                ),
             )
             pending = None
-        if abs(attempt.sample.offset_s) > settings.confirm_offset_s:
-            pending = attempt
+        if abs(offset) > settings.confirm_offset_s:
+            pending = len(tried) - 1
         else:
-            chosen = attempt
+            chosen = len(tried) - 1
     if chosen is None and pending is not None:
-        assert pending.sample is not None
-        offset = pending.sample.offset_s
+        alone = tried[pending]
+        assert alone.sample is not None
+        offset = alone.sample.offset_s
         if panic_s is not None and abs(offset) > panic_s and len(servers) > 1:
             # A first sync may jump the clock by any amount, but only on two servers' word.
-            pending.outcome = "panic-offset"
-            pending.detail = (
-                f"offset {offset:+.3f} s beyond the panic limit {panic_s:g} s and no later "
-                "server passed to confirm it"
+            tried[pending] = replace(
+                alone,
+                outcome="panic-offset",
+                detail=(
+                    f"offset {offset:+.3f} s beyond the panic limit {panic_s:g} s and no later "
+                    "server passed to confirm it"
+                ),
             )
         else:
             chosen = pending
             note = (
-                f"offset {offset:+.6f} s of {_name(pending)} applied unconfirmed: "
+                f"offset {offset:+.6f} s of {_name(alone)} applied unconfirmed: "
                 "no later server passed to confirm it"
             )
-    if len(servers) == 1 and chosen is not None and chosen.sample is not None:
-        offset = chosen.sample.offset_s
-        note = f"single server: offset {offset:+.6f} s applied unconfirmed"
-        if panic_s is not None and abs(offset) > panic_s:
+    if len(servers) == 1 and chosen is not None:
+        sample = tried[chosen].sample
+        assert sample is not None
+        note = f"single server: offset {sample.offset_s:+.6f} s applied unconfirmed"
+        if panic_s is not None and abs(sample.offset_s) > panic_s:
             note += f", beyond the {panic_s:g} s panic limit, as a first sync"
-    for attempt in tried:
-        attempt.detail = _clip(attempt.detail)
-    return ProbeResult(ok=chosen is not None, chosen=chosen, tried=tried, note=_clip(note))
+    tried = [
+        a if _clip(a.detail) == a.detail else replace(a, detail=_clip(a.detail)) for a in tried
+    ]
+    return ProbeResult(
+        ok=chosen is not None,
+        chosen=None if chosen is None else tried[chosen],
+        tried=tried,
+        note=_clip(note),
+    )
 
 
 def _clip(text: str | None) -> str | None:

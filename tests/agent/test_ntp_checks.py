@@ -4,6 +4,7 @@ cases no server can be made to produce in a test quickly (a 3 s round trip)."""
 from __future__ import annotations
 
 import dataclasses
+import logging
 
 import pytest
 
@@ -57,7 +58,7 @@ def test_a_good_reply_gives_offset_and_delay_from_our_own_t1_and_t4() -> None:
 def test_gate_passes_only_the_reply_carrying_our_nonce_as_origin() -> None:
     assert isinstance(gate(reply().encode(), NONCE), NtpPacket)
     assert gate(reply().encode(), NONCE + 1) == Failure(
-        "bad-origin", "reply's origin timestamp is not the nonce we sent"
+        "bad-origin", "test 2: reply's origin timestamp is not the nonce we sent"
     )
 
 
@@ -160,3 +161,35 @@ def test_replies_are_read_in_the_era_of_the_local_clock_across_2036() -> None:
     sample = check_reply(packet, t1, t1 + 1_000_000, SETTINGS)
     assert isinstance(sample, Sample)
     assert sample.offset_s == pytest.approx(0.0, abs=1e-6)
+
+
+# --- chrony's tests by label and in chrony's order ------------------------------------------
+
+
+def test_1_a_duplicate_of_the_previous_reply_in_a_burst_is_a_bad_packet() -> None:
+    first = check(reply())
+    assert isinstance(first, Sample)
+    result = check_reply(reply(), T1, T1 + 1_000_000, SETTINGS, previous=first.stamps)
+    assert outcome(result) == "bad-packet"
+    assert result.detail.startswith("test 1:")  # type: ignore[union-attr]
+
+
+def test_6_runs_before_test_a_an_unsynchronised_server_is_named_so_not_a_slow_one() -> None:
+    good = reply(leap=3)
+    slow = dataclasses.replace(good, transmit_ts=good.receive_ts + (5 << 32))
+    assert outcome(check(slow)) == "unsynchronised"
+
+
+def test_7_is_the_fixed_16_s_bound_and_maxdistance_the_configurable_one() -> None:
+    loose = dataclasses.replace(SETTINGS, max_distance_s=100.0)
+    beyond_7 = check_reply(reply(root_dispersion_s=16.5), T1, T1 + 1_000_000, loose)
+    assert beyond_7.detail.startswith("test 7:")  # type: ignore[union-attr]
+    beyond_max = check(reply(root_dispersion_s=3.5))
+    assert "maxdistance" in beyond_max.detail  # type: ignore[union-attr]
+    assert outcome(check_reply(reply(root_dispersion_s=3.5), T1, T1 + 1_000_000, loose)) == "ok"
+
+
+def test_a_failure_logs_the_tests_passed_before_it_at_debug_level(caplog) -> None:
+    caplog.set_level(logging.DEBUG, logger="clockfleet.agent.ntp")
+    check(reply(stratum=16))
+    assert "NTP tests passed 1 2 3 5, failed 6" in caplog.text

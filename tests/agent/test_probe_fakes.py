@@ -174,5 +174,5 @@ def test_a_name_whose_addresses_all_fail_reports_the_first_failure(
         result = probe([("ntp.example.test", 123)], FAST)
         assert b.requests >= 1
     assert result.tried[0].outcome == "unsynchronised"
-    assert (result.tried[0].detail or "").startswith("127.0.0.1: leap indicator 3")
+    assert (result.tried[0].detail or "").startswith("127.0.0.1: test 6: leap indicator 3")
     assert "and 1 more" in (result.tried[0].detail or "")
