@@ -30,6 +30,9 @@ class MqttProbe:
     messages: list[Received] = field(default_factory=list)
     acks: dict[int, object] = field(default_factory=dict)
     subacks: dict[int, list] = field(default_factory=dict)
+    # Every disconnect the broker caused: paho reconnects on its own, so is_connected() alone
+    # can miss a takeover.
+    disconnects: list[object] = field(default_factory=list)
     cond: threading.Condition = field(default_factory=threading.Condition)
 
     def wait(self, predicate, timeout_s: float = WAIT_S) -> bool:
@@ -81,8 +84,13 @@ def connect(
     ca_file: str | None = None,
     tls: bool = False,
     protocol: int = mqtt.MQTTv5,
+    client_id: str = "",
+    will: tuple[str, bytes] | None = None,
 ) -> MqttProbe:
-    client = mqtt.Client(CallbackAPIVersion.VERSION2, protocol=protocol)
+    """Connected and looping; `will` = (topic, payload), retained at QoS 1 as agents set it."""
+    client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=client_id, protocol=protocol)
+    if will is not None:
+        client.will_set(will[0], will[1], qos=1, retain=True)
     if username is not None:
         client.username_pw_set(username, password)
     if tls or ca_file is not None:
@@ -113,6 +121,7 @@ def connect(
 
     def on_disconnect(c, ud, flags, rc, props):
         with tc.cond:
+            tc.disconnects.append(rc)
             tc.cond.notify_all()
 
     client.on_connect = on_connect

@@ -201,3 +201,116 @@ def test_a_packet_over_the_size_limit_is_refused(production_broker: Broker):
     finally:
         sender.close()
         watcher.close()
+
+
+# --- Roles get exactly their grants: the agents' `pattern` lines apply to every user ----------
+
+ROLES = ("publisher", "collector", "operator")
+
+
+@pytest.mark.parametrize("role", ROLES)
+@pytest.mark.parametrize("kind", ["status", "report"])
+def test_a_role_cannot_write_as_an_agent_named_like_it(
+    production_broker: Broker, role: str, kind: str
+):
+    """Without the role's deny line, the pattern would let it appear as an agent."""
+    b = production_broker
+    topic = f"clock/v1/agents/{role}/{kind}"
+    watcher = login(b, "collector" if role != "collector" else "operator")
+    writer = login(b, role)
+    agent = login(b, "acme-01")
+    try:
+        watcher.subscribe(f"clock/v1/agents/+/{kind}")
+        assert writer.publish(topic, b"{}", retain=True).value == NOT_AUTHORISED
+        # A message from an agent sent after the refusal: whatever the role's publish
+        # delivered would have arrived first.
+        agent.publish(f"clock/v1/agents/acme-01/{kind}", b"{}")
+        assert watcher.wait(lambda: watcher.on(f"clock/v1/agents/acme-01/{kind}"))
+        assert watcher.on(topic) == []
+    finally:
+        agent.close()
+        writer.close()
+        watcher.close()
+
+
+def test_the_publisher_cannot_read_commands_for_an_agent_named_like_it(
+    production_broker: Broker,
+):
+    b = production_broker
+    publisher = login(b, "publisher")
+    operator = login(b, "operator")
+    try:
+        publisher.subscribe("clock/v1/agents/publisher/cmd", "clock/v1/publisher/sync")
+        assert operator.publish("clock/v1/agents/publisher/cmd", b"sync").is_failure is False
+        publisher.sync("clock/v1/publisher/sync")
+        assert publisher.on("clock/v1/agents/publisher/cmd") == []
+    finally:
+        operator.close()
+        publisher.close()
+
+
+@pytest.mark.parametrize("kind", ["status", "report"])
+def test_the_publisher_cannot_write_an_agents_status_or_report(
+    production_broker: Broker, kind: str
+):
+    b = production_broker
+    publisher = login(b, "publisher")
+    try:
+        topic = f"clock/v1/agents/acme-01/{kind}"
+        assert publisher.publish(topic, b"{}", retain=True).value == NOT_AUTHORISED
+    finally:
+        publisher.close()
+
+
+@pytest.mark.parametrize("role", ["publisher", "collector"])
+def test_only_the_operator_sends_commands(production_broker: Broker, role: str):
+    b = production_broker
+    agent = login(b, "acme-01")
+    sender = login(b, role)
+    operator = login(b, "operator")
+    try:
+        agent.subscribe("clock/v1/agents/acme-01/cmd")
+        assert sender.publish("clock/v1/agents/acme-01/cmd", b"forged").value == NOT_AUTHORISED
+        assert operator.publish("clock/v1/agents/acme-01/cmd", b"real").is_failure is False
+        assert agent.wait(lambda: agent.on("clock/v1/agents/acme-01/cmd"))
+        assert [m.payload for m in agent.on("clock/v1/agents/acme-01/cmd")] == [b"real"]
+    finally:
+        operator.close()
+        sender.close()
+        agent.close()
+
+
+@pytest.mark.parametrize("topic", [REGION, PROFILE.format("acme-01")])
+def test_the_operator_cannot_publish_lists_or_profiles(production_broker: Broker, topic: str):
+    b = production_broker
+    operator = login(b, "operator")
+    try:
+        assert operator.publish(topic, b"x", retain=True).value == NOT_AUTHORISED
+    finally:
+        operator.close()
+
+
+@pytest.mark.parametrize("topic", [PROFILE.format("acme-01"), "clock/v1/agents/acme-01/report"])
+def test_the_collector_cannot_write_profiles_or_reports(production_broker: Broker, topic: str):
+    b = production_broker
+    collector = login(b, "collector")
+    try:
+        assert collector.publish(topic, b"x", retain=True).value == NOT_AUTHORISED
+    finally:
+        collector.close()
+
+
+@pytest.mark.parametrize("kind", ["status", "report"])
+def test_an_agent_cannot_read_another_agents_status_or_report(production_broker: Broker, kind: str):
+    b = production_broker
+    reader = login(b, "acme-02")
+    other = login(b, "acme-01")
+    try:
+        reader.subscribe(f"clock/v1/agents/+/{kind}")
+        assert other.publish(f"clock/v1/agents/acme-01/{kind}", b"{}").is_failure is False
+        # Its own, published afterwards, comes back: the other one would have come first.
+        reader.sync(f"clock/v1/agents/acme-02/{kind}")
+        assert reader.on(f"clock/v1/agents/acme-01/{kind}") == []
+    finally:
+        other.close()
+        reader.close()

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from clockfleet import devstack
-from tests.broker.brokerstack import ACL, BROKER_DIR, IDENTITIES, MAKE_TEST_CA
+from tests.broker.brokerstack import BROKER_DIR, IDENTITIES, MAKE_TEST_CA, copy_acl
 from tests.broker.mqttclient import connect
 
 
@@ -111,7 +111,8 @@ def test_make_test_ca_writes_a_server_certificate_for_localhost(tmp_path: Path):
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="needs root to let Mosquitto drop to its user")
 def test_mosquitto_reads_the_identities_after_dropping_root(short_tmp: Path):
-    """Mosquitto opens password_file as user mosquitto: the layout must allow that."""
+    """Mosquitto opens password_file and acl_file as user mosquitto: the layout must allow
+    that, wherever the checkout is (under /root, mode 0700, it cannot enter the checkout)."""
     try:
         pwd.getpwnam("mosquitto")
     except KeyError:
@@ -122,9 +123,10 @@ def test_mosquitto_reads_the_identities_after_dropping_root(short_tmp: Path):
     rundir = short_tmp / "mosquitto"
     rundir.mkdir()
     shutil.chown(rundir, "mosquitto")
+    acl = copy_acl(short_tmp)
     template = (BROKER_DIR / "mosquitto.demo.conf").read_text() + "user mosquitto\n"
     d = devstack.start_mosquitto(
-        rundir, conf_template=template, values={"PASSWORD_FILE": ids / "passwd", "ACL_FILE": ACL}
+        rundir, conf_template=template, values={"PASSWORD_FILE": ids / "passwd", "ACL_FILE": acl}
     )
     try:
         c = connect(d.port, "acme-01", (ids / "acme-01.password").read_text().strip())
