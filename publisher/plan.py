@@ -120,6 +120,9 @@ def read_retained(
         # A copy agents refuse today may still be one we signed and some agent applied
         # (an older agent, a looser decoder): its version counts if, and only if, it is ours.
         raw = _raw_object(payload)
+        # Another entry's signed copy replayed on this topic verifies too, but is not this one.
+        if raw is not None and raw.get("region" if kind == "region" else "agent") != ident:
+            raw = None
         version = _plausible_version(raw.get("version")) if raw is not None else None
         verified_by, trust_problem = _verify(raw, trust) if version is not None else (None, None)
         return Retained(version, None, problem, verified_by, trust_problem)

@@ -230,3 +230,15 @@ def test_without_any_key_the_broker_version_is_not_counted(broker: Broker, fleet
     put_retained(broker, US_EAST, {**US_EAST_BODY, "version": END_OF_SPACE})
     assert publish().rc == 0
     assert retained(broker)[US_EAST]["version"] == date_floor() + 1
+
+
+def test_another_regions_signed_list_replayed_on_this_topic_does_not_count(
+    broker: Broker, fleet, publish, keys
+):
+    fleet()
+    key = signing.load_signing_key(keys[0])
+    other = {**US_EAST_BODY, "region": "ap-south", "version": date_floor() + 70}
+    put_retained(broker, US_EAST, signing.sign(other, key))
+    run = publish("--signing-key", str(keys[0]))
+    assert run.rc == 0
+    assert retained(broker)[US_EAST]["version"] == date_floor() + 1
