@@ -9,7 +9,7 @@ import sys
 import threading
 
 from clockfleet.collector.http import parse_listen, serve
-from clockfleet.collector.ingest import Collector
+from clockfleet.collector.ingest import DEFAULT_RATE_LIMIT, Collector, RateLimit
 from clockfleet.collector.metrics import MetricsRenderer
 from clockfleet.protocol.connection import (
     BrokerUnreachable,
@@ -26,7 +26,12 @@ clockfleet_region_*, clockfleet_collector_*).
 Every message is decoded strictly; a bad one is logged (rate-limited), counted in
 clockfleet_collector_messages_rejected_total{reason} and never replaces an agent's last good
 values. Retained state is read at QoS 0, so a restarted collector knows the whole fleet at
-once, even on a Mosquitto with default queue limits. On broker loss the collector keeps
+once, even on a Mosquitto with default queue limits. A topic flooded faster than the rate
+limit (per topic: --rate-limit-burst at once, --rate-limit-per-s sustained) has the excess
+dropped before decoding and counted in clockfleet_collector_messages_dropped_total{reason};
+a retained snapshot (one message per topic) is never limited. An unexpected error while
+handling a message is counted in clockfleet_collector_handler_errors_total and logged, and
+the collector goes on. On broker loss the collector keeps
 serving the last known state and reconnects with jittered backoff, rotating through the
 --broker list. Exits 2 on a bad argument or when no broker answers at start.
 """
@@ -51,8 +56,34 @@ def build_parser() -> argparse.ArgumentParser:
         choices=["debug", "info", "warning", "error"],
         help="log verbosity (default info)",
     )
+    p.add_argument(
+        "--rate-limit-burst",
+        type=int,
+        default=DEFAULT_RATE_LIMIT.burst,
+        metavar="N",
+        help=f"messages one topic may send at once (default {DEFAULT_RATE_LIMIT.burst})",
+    )
+    p.add_argument(
+        "--rate-limit-per-s",
+        type=float,
+        default=DEFAULT_RATE_LIMIT.per_s,
+        metavar="R",
+        help=f"messages a second one topic may send sustained (default "
+        f"{DEFAULT_RATE_LIMIT.per_s:g}; 0 turns the limit off)",
+    )
     add_arguments(p)
     return p
+
+
+def rate_limit_from_args(args: argparse.Namespace) -> RateLimit | None:
+    if args.rate_limit_per_s == 0:
+        return None
+    try:
+        return RateLimit(args.rate_limit_burst, args.rate_limit_per_s)
+    except ValueError:
+        raise UsageError(
+            "--rate-limit-burst must be at least 1 and --rate-limit-per-s positive (or 0: off)"
+        ) from None
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -65,10 +96,11 @@ def main(argv: list[str] | None = None) -> int:
     try:
         host, port = parse_listen(args.listen)
         settings = settings_from_args(args)
+        rate_limit = rate_limit_from_args(args)
     except (ValueError, UsageError) as exc:
         print(f"clockfleet collector: {exc}", file=sys.stderr)
         return 2
-    collector = Collector(settings)
+    collector = Collector(settings, rate_limit=rate_limit)
     try:
         collector.start()
     except BrokerUnreachable as exc:

@@ -22,10 +22,11 @@ BlockingIOError, `send()` queues bytes for the I/O thread, `close()` ends it. TL
 work too: every call on the real socket is made by the I/O thread alone.
 
 Bounds (a flood or a hostile broker must not grow memory without limit):
-- At most `max_buffer` bytes wait in memory (plus one CHUNK being read). Beyond that the I/O
-  thread stops reading the socket until the consumer has taken the buffer below half of it,
-  so TCP back-pressure applies and the broker queues (and, for QoS 0, drops by its own
-  limits) instead of this process growing. Nothing is dropped here.
+- At most `max_buffer` bytes wait in memory (plus one `read_size` chunk being read and one
+  packet handed to paho: `memory_bound`).
+  Beyond that the I/O thread stops reading the socket until the consumer has taken the
+  buffer below half of it, so TCP back-pressure applies and the broker queues (and, for
+  QoS 0, drops by its own limits) instead of this process growing. Nothing is dropped here.
 - No packet larger than `max_packet` is held: a QoS 0 PUBLISH that large cannot carry an
   acceptable payload, so its bytes are discarded as they arrive and `on_refused(topic,
   "oversized")` is called once; any other packet that large (the collector subscribes at
@@ -78,6 +79,7 @@ class BufferedLink:
         on_refused: OnRefused | None = None,
         max_buffer: int = MAX_BUFFER,
         max_packet: int = MAX_PACKET,
+        read_size: int = CHUNK,
     ) -> None:
         # Reading resumes below half the bound: a packet still incomplete must fit there, or
         # neither side could move.
@@ -89,6 +91,7 @@ class BufferedLink:
         self._max_buffer = max_buffer
         self._low_water = max_buffer // 2
         self._max_packet = max_packet
+        self._read_size = read_size  # the most one recv() adds: memory <= max_buffer + this
         self._in = bytearray()  # raw bytes not yet framed (paho's thread only)
         self._more = False  # _in may hold complete packets: framing stopped early
         self._skip = 0  # bytes of an oversized PUBLISH still to discard as they arrive
@@ -128,9 +131,15 @@ class BufferedLink:
                     cur = self._cur = b""
                 self._took(len(cur))
             if not cur:
-                if self._error is not None:
-                    raise self._error from None
-                if self._eof:
+                # Framing stopped early: packets remain, so neither the end nor an error yet.
+                # The I/O thread sets _eof and _error after its last append: read them first,
+                # then look for bytes that arrived after _frame() took the chunks.
+                eof, error = self._eof, self._error
+                if self._more or self._chunks:
+                    raise BlockingIOError from None
+                if error is not None:
+                    raise error from None
+                if eof:
                     return b""
                 raise BlockingIOError from None
             off = 0
@@ -144,7 +153,9 @@ class BufferedLink:
         Stops at the first packet for paho, so that everything after it waits until paho
         has read it (see the module docstring on order), and after FRAME_BATCH packets.
         """
-        if self._broken:
+        if self._broken:  # nothing more is read from this stream: let the buffer go
+            while self._chunks:
+                self._took(len(self._chunks.popleft()))
             return b""
         buf = self._in
         while self._chunks:
@@ -170,14 +181,21 @@ class BufferedLink:
                     break
                 shift += 7
             else:
-                if shift > 21:  # a malformed length: paho will see it and drop the link
-                    out, pos = bytes(buf[pos:]), n
-                    self._on_publish = None
+                if shift > 21:  # more than 4 length bytes: no packet boundary can be found again
+                    self._give_up(f"a malformed remaining length (type {head >> 4})")
+                    pos = n
                 break  # the length itself is not complete yet
             end = i + length
             if head & 0xF6 == 0x30:  # PUBLISH at QoS 0, any DUP/RETAIN
                 if length > self._max_packet:
-                    self._refuse(buf, i, n, "oversized")
+                    # Refused with its topic, for the count by kind and the log: wait for the
+                    # topic unless it is itself larger than anything we hold.
+                    if i + 2 > n:
+                        break
+                    topic_end = i + 2 + (buf[i] << 8 | buf[i + 1])
+                    if topic_end > n and topic_end - pos <= self._max_packet:
+                        break
+                    self._refuse(bytes(buf[i + 2 : topic_end]) if topic_end <= n else b"")
                     if end > n:
                         self._skip, pos = end - n, n
                         break
@@ -187,18 +205,16 @@ class BufferedLink:
                     break
                 topic_end = i + 2 + (buf[i] << 8 | buf[i + 1]) if length >= 2 else end + 1
                 if topic_end > end:
-                    self._refuse(buf, i, 0, "malformed-packet")
+                    self._refuse(b"", "malformed-packet")
                     pos = end
                     continue
                 pos = end
                 deliver(bytes(buf[i + 2 : topic_end]), bytes(buf[topic_end:end]))
                 continue
             if length > self._max_packet:
-                # The stream cannot be followed past it without holding it: end the link
-                # (paho reports the error; the collector reconnects).
-                self._broken = True
-                self._error = ConnectionError(
-                    f"the broker sent a packet of {length} bytes (type {head >> 4}); "
+                # The stream cannot be followed past it without holding it.
+                self._give_up(
+                    f"a packet of {length} bytes (type {head >> 4}); "
                     f"at most {self._max_packet} are accepted"
                 )
                 pos = n
@@ -212,13 +228,13 @@ class BufferedLink:
         self._took(pos)
         return out
 
-    def _refuse(self, buf: bytearray, i: int, n: int, reason: str) -> None:
-        """Report a PUBLISH not handed on; its topic when the bytes at hand hold all of it."""
-        topic = b""
-        if n and i + 2 <= n:
-            topic_end = i + 2 + (buf[i] << 8 | buf[i + 1])
-            if topic_end <= n:
-                topic = bytes(buf[i + 2 : topic_end])
+    def _give_up(self, what: str) -> None:
+        """End the link: paho gets the error from recv() and the collector reconnects."""
+        self._broken = True
+        self._error = ConnectionError(f"the broker sent {what}")
+
+    def _refuse(self, topic: bytes, reason: str = "oversized") -> None:
+        """Report a PUBLISH not handed on (its topic, when known)."""
         if self._on_refused is not None:
             self._on_refused(topic, reason)
 
@@ -253,8 +269,9 @@ class BufferedLink:
         return max(0, len(self._cur) - self._off) + self._rx - self._consumed
 
     @property
-    def max_buffer(self) -> int:
-        return self._max_buffer
+    def memory_bound(self) -> int:
+        """The most pending() can be: the buffer's bound, one read, one packet for paho."""
+        return self._max_buffer + self._read_size + self._max_packet + 5
 
     def fileno(self) -> int:
         return self._sock.fileno()
@@ -352,7 +369,7 @@ class BufferedLink:
         try:
             # Loop: a TLS socket can hold decrypted bytes that select() does not report.
             while self._rx - self._consumed < self._max_buffer:
-                chunk = self._sock.recv(CHUNK)
+                chunk = self._sock.recv(self._read_size)
                 if not chunk:
                     self._eof = True
                     self._arrived.set()
