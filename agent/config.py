@@ -137,7 +137,7 @@ def from_mapping(data: dict[str, Any], source: str = "config") -> AgentConfig:
             setattr(cfg, key, None)
             continue
         if key in _FLOATS:
-            if isinstance(value, bool) or not isinstance(value, int | float):
+            if isinstance(value, bool) or not isinstance(value, (int, float)):
                 raise ConfigError(f"{source}: {key} must be a number, not {value!r}")
             value = float(value)
         elif key in _STRINGS:

@@ -95,7 +95,7 @@ def exchange(
         sock.settimeout(remaining)
         try:
             data, ancdata, _flags, _addr = sock.recvmsg(_MAX_DATAGRAM, _ANC_SIZE)
-        except TimeoutError:
+        except socket.timeout:  # not yet TimeoutError on Python 3.9
             continue
         except ConnectionRefusedError:
             return Failure("unreachable", "port unreachable (ICMP): connection refused")

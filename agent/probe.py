@@ -19,6 +19,7 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
+from typing import Union
 
 from clockfleet.agent.ntp_checks import KISS_RATE, KISS_REFUSALS, ProbeSettings, Sample, kod_outcome
 from clockfleet.agent.ntp_exchange import sample_burst
@@ -35,7 +36,7 @@ MAX_DETAIL = 256  # the report's Tried.detail bound; host names alone can be 253
 # pool, unwaited.
 _RESOLVER = concurrent.futures.ThreadPoolExecutor(max_workers=16, thread_name_prefix="dns")
 
-Resolved = list[tuple[int, tuple]] | str  # addresses to try, or why there are none
+Resolved = Union[list[tuple[int, tuple]], str]  # addresses to try, or why there are none
 
 
 @dataclass(frozen=True)

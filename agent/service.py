@@ -35,7 +35,7 @@ import random
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -188,7 +188,7 @@ def build_report(
         list_version=job.server_list.version,
         ok=ok,
         discipline=o.applied.discipline if ok else "none",
-        at=datetime.fromtimestamp(at, UTC),
+        at=datetime.fromtimestamp(at, timezone.utc),
         tried=tried[:MAX_TRIED],
         timezone=o.timezone,
         profile_version=job.profile.version if job.profile else None,
@@ -210,7 +210,7 @@ def build_report(
             list_version=job.server_list.version,
             ok=False,
             discipline="none",
-            at=datetime.fromtimestamp(wall_now, UTC),
+            at=datetime.fromtimestamp(wall_now, timezone.utc),
             tried=[],
             error=_clip(f"internal: invalid report ({r.reason}: {r.detail})"),
         )
@@ -1140,4 +1140,4 @@ class Agent:
         return self.host.call_later(delay_s, fn)
 
     def _now_dt(self) -> datetime:
-        return datetime.fromtimestamp(self.wall_clock(), UTC)
+        return datetime.fromtimestamp(self.wall_clock(), timezone.utc)

@@ -180,9 +180,8 @@ def ntp_query(host: str, port: int, timeout: float = 0.5) -> bytes | None:
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     with socket.socket(family, socket.SOCK_DGRAM) as s:
         s.settimeout(timeout)
-        s.sendto(
-            b"\x23" + b"\0" * 39 + struct.pack("!Q", int.from_bytes(os.urandom(8))), (host, port)
-        )
+        nonce = int.from_bytes(os.urandom(8), "big")
+        s.sendto(b"\x23" + b"\0" * 39 + struct.pack("!Q", nonce), (host, port))
         try:
             data, _ = s.recvfrom(512)
             return data
@@ -242,11 +241,15 @@ def start_chronyd_server(
     proc = subprocess.Popen(args, stdout=out, stderr=subprocess.STDOUT, env=env)
     d = Daemon("chronyd", proc, log, port, address, {"conf": conf}, env)
     deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            break
-        if ntp_query(address, port, 0.1) is not None:
-            return d
+    try:
+        while time.monotonic() < deadline:
+            if proc.poll() is not None:
+                break
+            if ntp_query(address, port, 0.1) is not None:
+                return d
+    except BaseException:
+        d.stop()  # whatever went wrong while waiting, never leave an orphaned daemon
+        raise
     d.stop()
     raise DaemonError(f"chronyd did not answer on {address}:{port}: {d.log_tail()}")
 

@@ -8,7 +8,7 @@ and a human-readable `detail` (a log line).
 from __future__ import annotations
 
 import json
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta, timezone
 from typing import Any, TypeVar
 
 import msgspec
@@ -198,7 +198,7 @@ def _decode(
         raise Rejected("invalid-field", str(exc)) from None
     _check_semantics(msg, topic_id)
     if check_future and isinstance(msg, Report):
-        limit = (now or datetime.now(UTC)) + MAX_FUTURE
+        limit = (now or datetime.now(timezone.utc)) + MAX_FUTURE
         if msg.at > limit:
             raise Rejected("future-timestamp", f"{msg.at.isoformat()} is more than a day ahead")
     return msg, obj
@@ -249,5 +249,5 @@ def canonical_bytes(obj: dict[str, Any]) -> bytes:
 
 def utcnow_iso(now: datetime | None = None) -> str:
     """RFC 3339 UTC with milliseconds, as the contract's examples write time."""
-    t = (now or datetime.now(UTC)).astimezone(UTC)
+    t = (now or datetime.now(timezone.utc)).astimezone(timezone.utc)
     return t.strftime("%Y-%m-%dT%H:%M:%S.") + f"{t.microsecond // 1000:03d}Z"

@@ -33,7 +33,7 @@ class BrokerUnreachable(ConnectionError):
     """No broker in the list accepted a connection (refused, unreachable or timed out)."""
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True)
 class BrokerAddress:
     tls: bool
     host: str

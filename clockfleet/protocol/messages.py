@@ -8,7 +8,7 @@ here as msgspec constraints and checked on every decode.
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Annotated, Literal
+from typing import Annotated, Literal, Optional, Union
 
 import msgspec
 
@@ -85,10 +85,10 @@ class ServerList(_Msg):
     version: Version
     issued_at: Timestamp
     servers: Annotated[list[Server], msgspec.Meta(min_length=1, max_length=MAX_SERVERS)]
-    timezone: ZoneName | None = None
-    poll_interval_s: PollInterval | None = None
-    resync_jitter_s: Jitter | None = None
-    sig: Signature | None = None
+    timezone: Optional[ZoneName] = None
+    poll_interval_s: Optional[PollInterval] = None
+    resync_jitter_s: Optional[Jitter] = None
+    sig: Optional[Signature] = None
 
 
 class Profile(_Msg):
@@ -98,7 +98,7 @@ class Profile(_Msg):
     timezone: ZoneName
     version: Version
     issued_at: Timestamp
-    sig: Signature | None = None
+    sig: Optional[Signature] = None
 
 
 class Status(_Msg):
@@ -108,16 +108,16 @@ class Status(_Msg):
     software: Text
     session: Version
     since: Timestamp
-    region: Id | None = None
+    region: Optional[Id] = None
 
 
 class Tried(_Msg):
     host: Host
     port: Port
     outcome: Outcome
-    detail: Text | None = None
-    offset_s: Seconds | None = None
-    delay_s: NonNegSeconds | None = None
+    detail: Optional[Text] = None
+    offset_s: Optional[Seconds] = None
+    delay_s: Optional[NonNegSeconds] = None
 
 
 class Report(_Msg):
@@ -129,26 +129,26 @@ class Report(_Msg):
     discipline: Discipline
     at: Timestamp
     tried: Annotated[list[Tried], msgspec.Meta(max_length=MAX_TRIED)]
-    server: Server | None = None
-    offset_s: Seconds | None = None
-    delay_s: NonNegSeconds | None = None
-    stratum: Annotated[int, msgspec.Meta(ge=0, le=16)] | None = None
-    leap: Annotated[int, msgspec.Meta(ge=0, le=3)] | None = None
+    server: Optional[Server] = None
+    offset_s: Optional[Seconds] = None
+    delay_s: Optional[NonNegSeconds] = None
+    stratum: Optional[Annotated[int, msgspec.Meta(ge=0, le=16)]] = None
+    leap: Optional[Annotated[int, msgspec.Meta(ge=0, le=3)]] = None
     # root delay / 2 + root dispersion of the chosen server: with |offset| it bounds the error.
-    root_distance_s: NonNegSeconds | None = None
-    timezone: ZoneName | None = None
-    profile_version: Version | None = None
-    software: Text | None = None
-    error: Text | None = None
+    root_distance_s: Optional[NonNegSeconds] = None
+    timezone: Optional[ZoneName] = None
+    profile_version: Optional[Version] = None
+    software: Optional[Text] = None
+    error: Optional[Text] = None
     # What the agent wants an operator to know about a good sync, e.g. that a single-server
     # list, or a large offset no later server could confirm, was applied unconfirmed.
-    note: Text | None = None
+    note: Optional[Text] = None
 
 
 class Command(_Msg):
     schema: Literal["clock.cmd/1"]
     command: Literal["resync"]
-    issued_at: Timestamp | None = None
+    issued_at: Optional[Timestamp] = None
 
 
-Message = ServerList | Profile | Status | Report | Command
+Message = Union[ServerList, Profile, Status, Report, Command]

@@ -40,7 +40,7 @@ def all_agents_filter(prefix: str, kind: Kind) -> str:
     return f"{prefix}/agents/+/{kind}"
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True)
 class TopicRef:
     kind: Kind
     ident: str  # the region for "servers", the agent for every other kind

@@ -132,7 +132,7 @@ class FakeNtpServer:
         while not self._stop.is_set():
             try:
                 data, client = self._sock.recvfrom(1024)
-            except TimeoutError:
+            except socket.timeout:  # TimeoutError from Python 3.10 on
                 continue
             except OSError:
                 return
