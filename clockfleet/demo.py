@@ -313,7 +313,7 @@ def start(procs: Processes, settings: Settings) -> Stack:
 def read_view(stack: Stack) -> View:
     """The fleet as `clockfleet status --json` sees it, with each agent's `tried` list from
     the report its state directory keeps; an empty view with `error` set if status failed."""
-    argv = clockfleet_argv("status", "--json", *stack.as_("collector"))
+    argv = clockfleet_argv("status", "--json", *stack.as_("operator"))
     try:
         done = subprocess.run(argv, capture_output=True, text=True, timeout=20)
     except subprocess.TimeoutExpired:
@@ -375,7 +375,7 @@ def banner(stack: Stack, settings: Settings) -> list[str]:
         + ", ".join(f"{role} {h}:{p}" for (h, p), role in stack.server_names().items()),
         f"list change     {settings.change_after:g} s after the agents start "
         f"(config/fleet.demo.after.yaml)",
-        f"try, meanwhile  {shlex.join([_clockfleet_command(), 'status', *stack.as_('collector')])}",
+        f"try, meanwhile  {shlex.join([_clockfleet_command(), 'status', *stack.as_('operator')])}",
     ]
 
 
