@@ -1,0 +1,403 @@
+"""Build the agent's Debian package for one suite: `clockfleet-agent_<version>_<suite>_amd64.deb`.
+
+    python packaging/build_deb.py --suite bookworm [--out dist] [--version 0.1.0]
+
+The package is self-contained for the PBX: a private virtualenv under /opt/clockfleet-agent,
+made for that suite's own /usr/bin/python3.X, holding this project (as pip builds it from
+pyproject.toml, so packaging changes flow through) and only the agent's dependencies, as
+binary wheels for that Python. Nothing is fetched on the host that installs it.
+
+The virtualenv is written by hand (pyvenv.cfg, bin/python3 -> /usr/bin/python3.X,
+lib/python3.X/site-packages) rather than created by `python3.X -m venv`, so one build
+machine makes packages for Pythons it does not have.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+REPO = HERE.parent
+PREFIX = "/opt/clockfleet-agent"
+PACKAGE = "clockfleet-agent"
+
+# What `clockfleet agent` imports beyond the standard library (checked by
+# tests/hosts/test_deb_contents.py against the installed tree). ntplib, cryptography,
+# prometheus-client and rich serve the publisher and collector only.
+AGENT_DEPENDENCIES = ("paho-mqtt", "msgspec", "pynacl", "pyyaml")
+# Parts of the project the agent never imports: left out so the package carries only the
+# agent (the dispatcher says "not built yet" for the other commands).
+NOT_SHIPPED = ("publisher", "collector", "demo.py", "demo_fleet.py", "demo_procs.py")
+NOT_SHIPPED += ("demo_view.py", "devstack.py")
+
+
+@dataclass(frozen=True)
+class Suite:
+    name: str
+    debian: int
+    python: str  # the suite's python3 (major.minor)
+    glibc: tuple[int, int]  # newest manylinux tag its libc takes
+    polkit: str  # the package that runs polkitd
+    polkit_rules: str  # "pkla" (polkit 0.105) or "js" (polkit >= 0.106)
+    systemd_lib: str  # where the suite's packages put units and generators
+
+
+SUITES = {
+    s.name: s
+    for s in (
+        Suite("bullseye", 11, "3.9", (2, 31), "policykit-1", "pkla", "lib/systemd"),
+        Suite("bookworm", 12, "3.11", (2, 36), "polkitd", "js", "lib/systemd"),
+        # Debian 13 moved every package's files out of the aliased /lib into /usr/lib.
+        Suite("trixie", 13, "3.13", (2, 41), "polkitd", "js", "usr/lib/systemd"),
+    )
+}
+
+
+def run(*argv: str | Path, **kw) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([str(a) for a in argv], check=True, text=True, **kw)
+
+
+def project_version() -> str:
+    text = (REPO / "pyproject.toml").read_text()
+    m = re.search(r'^version\s*=\s*"([^"]+)"', text, flags=re.M)
+    if m is None:
+        sys.exit("pyproject.toml: no version")
+    return m.group(1)
+
+
+def agent_requirements() -> list[str]:
+    """The agent's dependencies with the version bounds pyproject.toml gives them."""
+    text = (REPO / "pyproject.toml").read_text()
+    block = re.search(r"^dependencies\s*=\s*\[(.*?)^\]", text, flags=re.M | re.S)
+    if block is None:
+        sys.exit("pyproject.toml: no dependencies")
+    reqs = re.findall(r'"([^"]+)"', block.group(1))
+    wanted = []
+    for req in reqs:
+        name = re.split(r"[<>=!~ \[;]", req, maxsplit=1)[0].lower().replace("_", "-")
+        if name in AGENT_DEPENDENCIES:
+            wanted.append(req)
+    missing = set(AGENT_DEPENDENCIES) - {
+        re.split(r"[<>=!~ \[;]", r, maxsplit=1)[0].lower() for r in wanted
+    }
+    if missing:
+        sys.exit(f"pyproject.toml does not list {sorted(missing)}")
+    return wanted
+
+
+def platform_args(suite: Suite) -> list[str]:
+    """pip's target flags: CPython X.Y on x86-64 with the suite's glibc."""
+    _, minor = suite.glibc
+    tags = [f"manylinux_2_{m}_x86_64" for m in range(minor, 4, -1)]
+    tags += ["manylinux2014_x86_64", "manylinux2010_x86_64", "manylinux1_x86_64"]
+    abi = "cp" + suite.python.replace(".", "")
+    args = ["--python-version", suite.python, "--implementation", "cp", "--abi", abi]
+    args += ["--abi", "abi3", "--abi", "none"]
+    for t in tags:
+        args += ["--platform", t]
+    return args
+
+
+def download_wheels(suite: Suite, cache: Path) -> Path:
+    """Binary wheels of the agent's dependencies (and theirs) for the suite's Python."""
+    reqs = agent_requirements()
+    key = hashlib.sha256("\n".join([suite.python, *reqs]).encode()).hexdigest()[:12]
+    dest = cache / f"{suite.name}-{key}"
+    if (dest / ".complete").exists():
+        return dest
+    shutil.rmtree(dest, ignore_errors=True)
+    dest.mkdir(parents=True)
+    pip = [sys.executable, "-m", "pip", "download", "-q", "--only-binary=:all:", "-d", dest]
+    run(*pip, *platform_args(suite), *reqs)
+    (dest / ".complete").touch()
+    return dest
+
+
+def project_wheel(work: Path) -> Path:
+    out = work / "project"
+    argv = [sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "-w", str(out), str(REPO)]
+    # setuptools' deprecation chatter on success is noise; on failure it is the reason.
+    r = subprocess.run(argv, capture_output=True, text=True)
+    if r.returncode != 0:
+        sys.exit(f"pip wheel {REPO} failed:\n{r.stdout}{r.stderr}")
+    (wheel,) = out.glob("clockfleet-*.whl")
+    return wheel
+
+
+def install_payload(suite: Suite, root: Path, wheels: Path, project: Path) -> None:
+    venv = root / PREFIX.lstrip("/")
+    site = venv / "lib" / f"python{suite.python}" / "site-packages"
+    run(
+        sys.executable,
+        "-m",
+        "pip",
+        "install",
+        "-q",
+        "--no-index",
+        "--no-deps",
+        "--no-compile",  # compiled on the host by postinst, for its exact Python
+        "--ignore-requires-python",  # pyproject's bound is the publisher's (3.11+)
+        "--only-binary=:all:",
+        *platform_args(suite),
+        "--target",
+        site,
+        *sorted(wheels.glob("*.whl")),
+        project,
+    )
+    shutil.rmtree(site / "bin", ignore_errors=True)  # console scripts for the build's Python
+    for name in NOT_SHIPPED:
+        p = site / "clockfleet" / name
+        if p.is_dir():
+            shutil.rmtree(p)
+        else:
+            p.unlink(missing_ok=True)
+    for cache in list(site.rglob("__pycache__")):
+        shutil.rmtree(cache)
+    # A virtualenv in the layout `python -m venv` makes: Python finds pyvenv.cfg next to the
+    # directory of the interpreter it was started as, and takes site-packages from there.
+    (venv / "pyvenv.cfg").write_text(
+        f"home = /usr/bin\ninclude-system-site-packages = false\nversion = {suite.python}\n"
+    )
+    bindir = venv / "bin"
+    bindir.mkdir()
+    (bindir / "python3").symlink_to(f"/usr/bin/python{suite.python}")
+    (bindir / "python").symlink_to("python3")
+    launcher = bindir / "clockfleet"
+    # -I: a system service ignores PYTHON* variables and user site-packages.
+    launcher.write_text(
+        f"#!{PREFIX}/bin/python3 -I\n"
+        "import sys\n\n"
+        "from clockfleet.cli import main\n\n"
+        "sys.exit(main())\n"
+    )
+    launcher.chmod(0o755)
+
+
+def packaged_unit() -> str:
+    """agent/clockfleet-agent.service with the package's paths and no capability by default.
+
+    The shipped unit (source installs, /usr/local/bin) is the one place the hardening is kept;
+    the package changes only where the program lives and moves CAP_SYS_TIME into the `system`
+    backend's drop-in (the other backends need no capability at all).
+    """
+    text = (REPO / "agent" / "clockfleet-agent.service").read_text()
+    _, sep, body = text.partition("[Unit]")
+    assert sep, "unit has no [Unit] section"
+    body = body.replace(
+        "ExecStart=/usr/local/bin/clockfleet agent",
+        f"ExecStart={PREFIX}/bin/clockfleet agent",
+    )
+    for key in ("CapabilityBoundingSet", "AmbientCapabilities"):
+        body, n = re.subn(rf"^{key}=.*$", f"{key}=", body, flags=re.M)
+        assert n == 1, f"unit has no single {key}="
+    body = body.replace(
+        "# Only for backend `system`; see the header for dropping it.\n",
+        "# None by default: the `system` backend's drop-in grants CAP_SYS_TIME.\n",
+    )
+    body = body.replace(
+        "Documentation=file:///etc/clockfleet/agent.yaml",
+        "Documentation=file:///etc/clockfleet/agent.yaml "
+        "file:///usr/share/doc/clockfleet-agent/README.Debian",
+    )
+    return (
+        "# clockfleet agent, as installed by the clockfleet-agent package. Per-backend\n"
+        "# privileges: a generator adds the drop-in of the backend agent.yaml names, from\n"
+        "# /usr/share/clockfleet-agent/backends/ (see README.Debian).\n\n" + sep + body
+    )
+
+
+def control(suite: Suite, version: str, installed_kb: int) -> str:
+    depends = [
+        f"python{suite.python}",
+        "adduser",
+        "systemd",
+        "dbus",
+        suite.polkit,
+        "tzdata",
+        "init-system-helpers (>= 1.54~)",
+    ]
+    return (
+        f"Package: {PACKAGE}\n"
+        f"Version: {version}\n"
+        "Architecture: amd64\n"
+        "Maintainer: clockfleet maintainers <clockfleet@example.net>\n"
+        f"Installed-Size: {installed_kb}\n"
+        f"Depends: {', '.join(depends)}\n"
+        "Suggests: chrony | systemd-timesyncd\n"
+        "Section: admin\n"
+        "Priority: optional\n"
+        "Homepage: https://example.net/clockfleet\n"
+        "Description: clockfleet agent: fleet-managed NTP servers and time zone\n"
+        " Follows its region's signed, ordered NTP server list and its profile over\n"
+        " MQTT, probes the servers in order, disciplines the clock (observe, chrony,\n"
+        " timesyncd or system), sets the time zone through timedated and reports to the\n"
+        " broker; /var/lib/clockfleet/status.json tells local software whether the clock\n"
+        " can be trusted.\n"
+        " .\n"
+        f" Built for Debian {suite.debian} ({suite.name}): its Python dependencies live in a\n"
+        f" private virtualenv under {PREFIX} for the system's python{suite.python}.\n"
+    )
+
+
+def copy_file(src: Path, dest: Path, mode: int) -> None:
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(src, dest)
+    dest.chmod(mode)
+
+
+def unconfigured_agent_yaml() -> str:
+    """The example agent.yaml with its identity commented out.
+
+    Installed before anyone configured the host, the unit must not talk to the example's
+    broker: without `id` the agent stops at once with "no agent id" (exit 2, no restart)
+    until agent.yaml is written, which starts it again (clockfleet-agent-config.path).
+    """
+    text = (REPO / "agent" / "agent.yaml").read_text()
+    text, n = re.subn(r"^(id|broker|username|password_file|ca_file): ", r"# \1: ", text, flags=re.M)
+    assert n == 5, "agent/agent.yaml changed shape: identity and broker keys not found"
+    text, n = re.subn(r"^trust_keys:\n  - ", "# trust_keys:\n#   - ", text, flags=re.M)
+    assert n == 1, "agent/agent.yaml changed shape: trust_keys not found"
+    return (
+        "# Written by the clockfleet-agent package. Until `id` and `broker` are set the agent\n"
+        "# does not start; writing this file starts it (see README.Debian).\n" + text
+    )
+
+
+def stage(suite: Suite, version: str, root: Path, wheels: Path, project: Path) -> None:
+    install_payload(suite, root, wheels, project)
+    share = HERE / "debian"
+    lib = root / suite.systemd_lib / "system"
+    lib.mkdir(parents=True)
+    copy_file(
+        share / "clockfleet-agent-generator",
+        root / suite.systemd_lib / "system-generators/clockfleet-agent-generator",
+        0o755,
+    )
+    (lib / "clockfleet-agent.service").write_text(packaged_unit())
+    for unit in ("clockfleet-agent-config.path", "clockfleet-agent-config.service"):
+        copy_file(share / unit, lib / unit, 0o644)
+    backends = root / "usr/share/clockfleet-agent/backends"
+    for conf in sorted((share / "backends").glob("*.conf")):
+        copy_file(conf, backends / conf.name, 0o644)
+    etc = root / "etc/clockfleet"
+    etc.mkdir(parents=True)
+    (etc / "agent.yaml").write_text(unconfigured_agent_yaml())
+    (etc / "agent.yaml").chmod(0o640)
+    (etc / "trust").mkdir()
+    if suite.polkit_rules == "js":
+        copy_file(
+            HERE / "polkit/50-clockfleet-agent.rules",
+            root / "usr/share/polkit-1/rules.d/50-clockfleet-agent.rules",
+            0o644,
+        )
+    else:
+        copy_file(
+            HERE / "polkit/50-clockfleet-agent.pkla",
+            root / "var/lib/polkit-1/localauthority/10-vendor.d/50-clockfleet-agent.pkla",
+            0o644,
+        )
+    usrbin = root / "usr/bin"
+    usrbin.mkdir(parents=True)
+    (usrbin / "clockfleet").symlink_to(f"{PREFIX}/bin/clockfleet")
+    doc = root / "usr/share/doc" / PACKAGE
+    copy_file(share / "README.Debian", doc / "README.Debian", 0o644)
+    copy_file(share / "copyright", doc / "copyright", 0o644)
+    copy_file(REPO / "agent" / "agent.yaml", doc / "examples/agent.yaml", 0o644)
+    copy_file(HERE / "cloud-init/clockfleet-agent.yaml", doc / "examples/cloud-init.yaml", 0o644)
+    changelog = doc / "changelog.Debian.gz"
+    subprocess.run(
+        ["gzip", "-9n"],
+        input=(
+            f"{PACKAGE} ({version}) {suite.name}; urgency=medium\n\n"
+            f"  * Built from the clockfleet source tree ({version}).\n\n"
+            " -- clockfleet maintainers <clockfleet@example.net>  "
+            "Mon, 30 Nov 2026 00:00:00 +0000\n"
+        ).encode(),
+        stdout=changelog.open("wb"),
+        check=True,
+    )
+    changelog.chmod(0o644)
+    lintian = root / "usr/share/lintian/overrides" / PACKAGE
+    copy_file(share / "lintian-overrides", lintian, 0o644)
+
+    debian = root / "DEBIAN"
+    debian.mkdir()
+    for script in ("postinst", "prerm", "postrm", "preinst"):
+        text = (share / script).read_text().replace("@PYTHON@", f"python{suite.python}")
+        (debian / script).write_text(text)
+        (debian / script).chmod(0o755)
+    (debian / "conffiles").write_text("/etc/clockfleet/agent.yaml\n")
+    size = sum(p.lstat().st_size for p in root.rglob("*") if not p.is_dir()) // 1024 + 1
+    (debian / "control").write_text(control(suite, version, size))
+    md5 = []
+    for p in sorted(root.rglob("*")):
+        rel = p.relative_to(root)
+        if rel.parts[0] == "DEBIAN" or p.is_dir() or p.is_symlink():
+            continue
+        md5.append(f"{hashlib.md5(p.read_bytes()).hexdigest()}  {rel}\n")
+    (debian / "md5sums").write_text("".join(md5))
+    (debian / "md5sums").chmod(0o644)
+    for d in [root, *root.rglob("*")]:
+        if d.is_dir() and not d.is_symlink():
+            d.chmod(0o755)
+    (etc).chmod(0o750)  # group set by postinst, once the group exists
+
+
+def build(suite: Suite, version: str, out: Path, cache: Path) -> Path:
+    wheels = download_wheels(suite, cache / "wheels")
+    with tempfile.TemporaryDirectory(prefix="cf-deb-") as tmp:
+        work = Path(tmp)
+        project = project_wheel(work)
+        root = work / "root"
+        root.mkdir()
+        stage(suite, version, root, wheels, project)
+        for p in root.rglob("*"):
+            if (
+                p.is_file()
+                and not p.is_symlink()
+                and p.suffix != ".so"
+                and "DEBIAN" not in p.parts
+                and p.stat().st_mode & 0o111
+                and p.parent.name not in ("bin", "system-generators")
+            ):
+                p.chmod(0o644)  # wheels mark some data files executable
+        out.mkdir(parents=True, exist_ok=True)
+        deb = out / f"{PACKAGE}_{version}_{suite.name}_amd64.deb"
+        env = dict(os.environ, SOURCE_DATE_EPOCH="1796083200")
+        run(
+            "dpkg-deb",
+            "--root-owner-group",
+            "-Zxz",
+            "--build",
+            root,
+            deb,
+            env=env,
+            stdout=subprocess.DEVNULL,
+        )
+    return deb
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--suite", action="append", choices=sorted(SUITES), required=True)
+    p.add_argument("--version", default=None, help="package version (default: the project's)")
+    p.add_argument("--out", type=Path, default=REPO / "dist")
+    p.add_argument("--cache", type=Path, default=REPO / ".cache")
+    args = p.parse_args(argv)
+    version = args.version or project_version()
+    for name in args.suite:
+        print(build(SUITES[name], version, args.out, args.cache))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,71 @@
+#!/bin/sh
+# Build a Debian SUITE image that boots systemd as PID 1, for testing the agent package on a
+# real init: debootstrap from the mirror this machine's apt already uses, then `docker import`
+# (no registry is reachable). Everything the package and the tests need is included at
+# debootstrap time, so installing the package inside the container never leaves loopback.
+#
+#   packaging/images/build-image.sh SUITE [CACHE_DIR]   -> image clockfleet-host:SUITE
+#
+# (A container must be started with --stop-signal SIGRTMIN+3: `docker import` cannot set it.)
+# The root file system is cached as CACHE_DIR/SUITE-KEY.tar (KEY: hash of this script), so a
+# rebuilt daemon or a fresh docker data root costs an import (~5 s), not a debootstrap (~45 s).
+set -eu
+SUITE=$1
+CACHE=${2:-.cache/images}
+HERE=$(cd "$(dirname "$0")" && pwd)
+KEY=$(cat "$HERE/build-image.sh" "$HERE/customize-rootfs.sh" | sha256sum | cut -c1-12)
+IMAGE=clockfleet-host:$SUITE
+TAR=$CACHE/$SUITE-$KEY.tar
+
+if [ "$(docker image inspect -f '{{index .Config.Labels "clockfleet.key"}}' "$IMAGE" 2>/dev/null)" = "$KEY" ]; then
+    exit 0
+fi
+
+case $SUITE in
+    bullseye) POLKIT=policykit-1 ;;      # polkit 0.105: .pkla files, no JavaScript rules
+    bookworm|trixie) POLKIT=polkitd ;;   # polkit 122/126: JavaScript .rules
+    *) echo "unknown suite $SUITE (bullseye, bookworm, trixie)" >&2; exit 2 ;;
+esac
+# What a PBX host would have, minus its network services: systemd + D-Bus (timedatectl talks
+# to timedated over the bus), polkit (decides whether the agent's user may set the zone),
+# adduser (the package's postinst), chrony (the chrony backend's daemon), tzdata, procps.
+# debootstrap installs only the base (its own ordering cannot configure polkitd); apt inside
+# the chroot installs the rest in dependency order.
+BASE=systemd,systemd-sysv,dbus
+EXTRA="python3 $POLKIT adduser chrony tzdata procps"
+
+if [ ! -s "$TAR" ]; then
+    mkdir -p "$CACHE"
+    URI=$(apt-get indextargets --format '$(REPO_URI)' | grep -v security | grep -m1 debian)
+    ROOT=$(mktemp -d "${TMPDIR:-/tmp}/cf-rootfs-$SUITE.XXXXXX")
+    trap 'rm -rf "$ROOT"' EXIT
+    start=$(date +%s)
+    LOG=$CACHE/$SUITE-debootstrap.log
+    fail() { tail -25 "$LOG" >&2; exit 1; }
+    nice debootstrap --variant=minbase --include="$BASE" "$SUITE" "$ROOT" "$URI" >"$LOG" 2>&1 || fail
+    # No service may start inside the chroot while packages are configured.
+    printf '#!/bin/sh\nexit 101\n' >"$ROOT/usr/sbin/policy-rc.d"
+    chmod 755 "$ROOT/usr/sbin/policy-rc.d"
+    # shellcheck disable=SC2086
+    nice chroot "$ROOT" env DEBIAN_FRONTEND=noninteractive \
+        apt-get install -y -q --no-install-recommends $EXTRA >>"$LOG" 2>&1 || fail
+    rm -f "$ROOT/usr/sbin/policy-rc.d"
+    # chrony and systemd-timesyncd conflict (time-daemon) from bookworm on: keep timesyncd's
+    # .deb in the image so a test can swap daemons offline (bullseye ships it inside systemd).
+    mkdir -p "$ROOT/var/cache/clockfleet-image"
+    if [ "$SUITE" != bullseye ]; then
+        chroot "$ROOT" sh -c 'cd /var/cache/clockfleet-image && apt-get -q download systemd-timesyncd' \
+            >>"$LOG" 2>&1 || fail
+    fi
+    sh "$HERE/customize-rootfs.sh" "$ROOT" "$SUITE"
+    echo "debootstrap $SUITE: $(($(date +%s) - start)) s" >>"$CACHE/timings.log"
+    tar -C "$ROOT" --numeric-owner -cf "$TAR.part" .
+    mv "$TAR.part" "$TAR"
+    # Older keys of this suite are dead weight.
+    for old in "$CACHE/$SUITE"-*.tar; do [ "$old" = "$TAR" ] || rm -f "$old"; done
+fi
+docker import \
+    --change 'ENV container=docker' \
+    --change 'CMD ["/lib/systemd/systemd"]' \
+    --change "LABEL clockfleet.key=$KEY" \
+    "$TAR" "$IMAGE" >/dev/null
