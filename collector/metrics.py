@@ -42,6 +42,7 @@ from clockfleet.protocol.messages import Report, Status
 AGENT_LABELS = ("agent", "region")
 INFO_LABELS = ("agent", "region", "server", "timezone", "list_version", "software", "discipline")
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+ID_MAX = 64  # an agent or region id's longest valid form (ids.ID_PATTERN)
 
 
 @dataclass
@@ -100,9 +101,10 @@ def agent_values(
     """(region, one value or None per AGENT_GAUGES entry, info label values or None)."""
     online = None if status is None else (1.0 if status.state == "online" else 0.0)
     if report is None:
-        region = (status.region if status is not None else None) or ""
+        region = printable((status.region if status is not None else None) or "", ID_MAX)
         return region, [None] * 7 + [online, None], None
-    region = report.region
+    # Ids are validated, but a label must not depend on that (see the module docstring).
+    region = printable(report.region, ID_MAX)
     values: list[float | None] = [
         report.offset_s,
         report.delay_s,
@@ -117,7 +119,7 @@ def agent_values(
     server = report.server
     software = report.software or (status.software if status is not None else "")
     info = (
-        agent,
+        printable(agent, ID_MAX),
         region,
         # A host is validated, but a zone id (`%...`) may carry anything: never trust it.
         printable(f"{server.host}:{server.port}", 300) if server is not None else "",
@@ -136,7 +138,7 @@ def agent_families(state: FleetState) -> list[Family]:
         region, values, info_labels = agent_values(
             agent, entry.report, entry.status, entry.last_ok_at
         )
-        labels = (agent, region)
+        labels = (printable(agent, ID_MAX), region)
         for family, value in zip(gauges, values, strict=True):
             if value is not None:
                 family.samples.append((labels, value))
@@ -187,11 +189,12 @@ def region_families(state: FleetState) -> list[Family]:
         if servers is not None and report.list_version < servers.version:
             c[1] += 1
     for region, servers in snap.regions.items():
-        published.samples.append(((region,), servers.version))
+        published.samples.append(((printable(region, ID_MAX),), servers.version))
     for region, (n, n_behind, n_failing) in counts.items():
-        agents.samples.append(((region,), n))
-        behind.samples.append(((region,), n_behind))
-        failing.samples.append(((region,), n_failing))
+        label = (printable(region, ID_MAX),)
+        agents.samples.append((label, n))
+        behind.samples.append((label, n_behind))
+        failing.samples.append((label, n_failing))
     return [published, agents, behind, failing]
 
 
@@ -307,7 +310,7 @@ def _agent_lines(
     # must not be able to end a label and write a series of its own. This runs only when an
     # agent's messages change (the cache), so it costs nothing per scrape. Decoding bounded
     # every value, so repr() is always a valid sample value.
-    agent, region = _escape(agent), _escape(region)
+    agent, region = _escape(printable(agent, ID_MAX)), _escape(region)
     labels = f'{{agent="{agent}",region="{region}"}} '
     lines = [
         "" if value is None else f"{name}{labels}{value!r}\n"

@@ -21,6 +21,7 @@ import sys
 import time
 from collections import Counter
 from dataclasses import asdict, dataclass
+from typing import TextIO
 
 from rich.console import Console
 from rich.table import Table
@@ -251,6 +252,13 @@ def render_table(rows: list[Row], console: Console) -> None:
     console.print(table)
 
 
+def write_json(rows: list[Row], out: TextIO) -> None:
+    # ensure_ascii (the default, kept on purpose): values stay faithful for scripts, and
+    # every control character or escape in them reaches a terminal as a \uXXXX escape.
+    json.dump([asdict(r) for r in rows], out, indent=1, ensure_ascii=True)
+    out.write("\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="clockfleet status",
@@ -306,9 +314,7 @@ def main(argv: list[str] | None = None) -> int:
         state.snapshot(), now=time.time(), stale_after_s=args.stale_after, region=args.region
     )
     if args.json:
-        # ensure_ascii (the default, kept on purpose): every control character is escaped.
-        json.dump([asdict(r) for r in rows], sys.stdout, indent=1, ensure_ascii=True)
-        sys.stdout.write("\n")
+        write_json(rows, sys.stdout)
         return 0
     console = Console() if sys.stdout.isatty() else Console(width=200)
     render_table(rows, console)
