@@ -105,7 +105,9 @@ def main(argv: list[str] | None = None) -> int:
     if not agent.settings.trust:
         log.warning("no trust key configured: lists and profiles are accepted unsigned")
     if args.once:
-        return run_once(agent, cfg)
+        from clockfleet.agent.once import run_once
+
+        return run_once(agent, cfg.once_timeout_s)
     return run_service(agent)
 
 
@@ -157,33 +159,6 @@ def build_agent(cfg: cfgmod.AgentConfig, args: argparse.Namespace):
         conn.connect_timeout_s = min(conn.connect_timeout_s, cfg.once_timeout_s)
     state = StateDir(Path(cfg.state_dir)) if cfg.state_dir else None
     return Agent(settings, conn, backend=backend, state=state, once=args.once)
-
-
-def run_once(agent, cfg: cfgmod.AgentConfig) -> int:
-    from clockfleet.agent.fleet import Fleet
-
-    fleet = Fleet(workers=0)
-    fleet.add(agent)
-    done = fleet.run_until(lambda: agent.finished, cfg.once_timeout_s)
-    report = agent.last_report_payload if agent.reports_made else None
-    if agent.connected:
-        agent.stop()
-        fleet.run_until(lambda: agent.closed, 1.0)
-    fleet.close()
-    if agent.fatal is not None:
-        print(f"clockfleet agent: {agent.fatal}", file=sys.stderr)
-        return 2 if agent.unreachable else 1
-    if report is None:
-        why = "no sync" if done else f"timed out after {cfg.once_timeout_s:g} s"
-        print(f"clockfleet agent: {why}", file=sys.stderr)
-        return 1
-    if not done:
-        log.error("report not acknowledged by the broker within %g s", cfg.once_timeout_s)
-    elif agent.unreachable:
-        log.warning("report not published (broker unreachable); kept in the state dir")
-    sys.stdout.write(report.decode() + "\n")
-    sys.stdout.flush()
-    return 0 if agent.last_report.ok else 1
 
 
 def run_service(agent) -> int:

@@ -23,12 +23,11 @@ from typing import Union
 
 from clockfleet.agent.ntp_checks import KISS_RATE, KISS_REFUSALS, ProbeSettings, Sample, kod_outcome
 from clockfleet.agent.ntp_exchange import sample_burst
-from clockfleet.protocol.messages import Outcome
+from clockfleet.protocol.messages import Outcome, clip_text
 
 __all__ = ["Attempt", "KodMemory", "ProbeResult", "ProbeSettings", "Sample", "probe"]
 
 MAX_ADDRESSES = 4  # of one name; bounds the time a many-address name can take
-MAX_DETAIL = 256  # the report's Tried.detail bound; host names alone can be 253 long
 # getaddrinfo() cannot be cancelled and a dead resolver holds each call for its own timeouts
 # (5 s x attempts x search domains). Names are looked up on this pool, all of a list's at
 # once, and the probe waits for them only until one shared deadline: 64 slow names cost
@@ -245,7 +244,7 @@ def probe(
         return first
     second = _probe_pass(servers, replace(settings, timeout_s=slow), kod, resolved, panic_s)
     retried = f"no server answered within {settings.timeout_s:g} s; retried at {slow:g} s"
-    second.note = _clip(f"{retried}; {second.note}" if second.note else retried)
+    second.note = clip_text(f"{retried}; {second.note}" if second.note else retried)
     return second
 
 
@@ -325,20 +324,15 @@ def _probe_pass(
         if panic_s is not None and abs(sample.offset_s) > panic_s:
             note += f", beyond the {panic_s:g} s panic limit, as a first sync"
     tried = [
-        a if _clip(a.detail) == a.detail else replace(a, detail=_clip(a.detail)) for a in tried
+        a if clip_text(a.detail) == a.detail else replace(a, detail=clip_text(a.detail))
+        for a in tried
     ]
     return ProbeResult(
         ok=chosen is not None,
         chosen=None if chosen is None else tried[chosen],
         tried=tried,
-        note=_clip(note),
+        note=clip_text(note),
     )
-
-
-def _clip(text: str | None) -> str | None:
-    if text is None or len(text) <= MAX_DETAIL:
-        return text
-    return text[: MAX_DETAIL - 1] + "…"
 
 
 def _name(attempt: Attempt) -> str:

@@ -34,8 +34,3 @@ def retry_delay(rng: random.Random, failures: int, min_s: float, max_s: float) -
     """
     ceiling = min(max_s, min_s * 2.0 ** min(max(failures - 1, 0), 30))
     return ceiling / 2 + rng.uniform(0.0, ceiling / 2)
-
-
-def reconnect_delay(rng: random.Random, attempt: int, min_s: float, max_s: float) -> float:
-    """Broker reconnect: capped exponential with full jitter (paho's own has none)."""
-    return rng.uniform(0.0, min(max_s, min_s * 2.0 ** min(attempt, 30)))

@@ -19,6 +19,7 @@ from urllib.parse import urlsplit
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 
+from clockfleet.protocol import session
 from clockfleet.protocol.topics import DEFAULT_PREFIX
 
 ENV_BROKER = "CLOCKFLEET_BROKER"
@@ -184,8 +185,8 @@ def cert_time_checked(ctx: ssl.SSLContext) -> bool:
 
 
 def backoff_delay(attempt: int, base: float = 1.0, cap: float = 120.0) -> float:
-    """Capped exponential backoff with full jitter (so a fleet does not retry in step)."""
-    return random.uniform(0, min(cap, base * (2 ** min(attempt, 30))))
+    """session.backoff_delay under the names the collector's loop uses."""
+    return session.backoff_delay(attempt, base, cap)
 
 
 def rotation(brokers: list[BrokerAddress]) -> list[BrokerAddress]:

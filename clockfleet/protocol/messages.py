@@ -33,7 +33,8 @@ Version = Annotated[int, msgspec.Meta(ge=0, le=MAX_VERSION)]
 Port = Annotated[int, msgspec.Meta(ge=1, le=65535)]
 Host = Annotated[str, msgspec.Meta(min_length=1, max_length=253)]
 ZoneName = Annotated[str, msgspec.Meta(min_length=1, max_length=64)]
-Text = Annotated[str, msgspec.Meta(max_length=256)]
+MAX_TEXT = 256  # free text in reports and status: detail, error, note, software
+Text = Annotated[str, msgspec.Meta(max_length=MAX_TEXT)]
 Timestamp = Annotated[datetime, msgspec.Meta(tz=True)]
 Seconds = Annotated[float, msgspec.Meta(gt=-MAX_OFFSET_S, lt=MAX_OFFSET_S)]
 NonNegSeconds = Annotated[float, msgspec.Meta(ge=0, lt=MAX_OFFSET_S)]
@@ -152,3 +153,10 @@ class Command(_Msg):
 
 
 Message = Union[ServerList, Profile, Status, Report, Command]
+
+
+def clip_text(text: Optional[str]) -> Optional[str]:
+    """Free text cut to what a report may carry (MAX_TEXT), marked with an ellipsis."""
+    if text is None or len(text) <= MAX_TEXT:
+        return text
+    return text[: MAX_TEXT - 1] + "…"

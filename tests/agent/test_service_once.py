@@ -8,6 +8,7 @@ import time
 from pathlib import Path
 
 from clockfleet.agent.fleet import Fleet
+from clockfleet.agent.once import OnceDriver
 from tests.agent.servicekit import Publisher, make_agent, make_keys
 
 
@@ -17,14 +18,15 @@ def test_a_list_arriving_during_the_grace_period_is_synced_at_once(
     keys = make_keys(short_tmp / "keys")
     ntp = chrony_server()
     agent = make_agent(broker_url, "a1", keys=keys, once=True, profile_grace_s=30.0)
+    driver = OnceDriver(agent)
     fleet = Fleet(workers=0)
     fleet.add(agent)
     pub = Publisher(broker_url, keys)
     try:
-        assert fleet.run_until(lambda: agent._grace_pending, 10)
+        assert fleet.run_until(lambda: driver.waiting_grace, 10)
         pub.server_list("r1", 3, [(ntp.host, ntp.port)])
         started = time.monotonic()
-        assert fleet.run_until(lambda: agent.finished, 10)
+        assert fleet.run_until(lambda: driver.finished, 10)
     finally:
         pub.close()
         fleet.close()

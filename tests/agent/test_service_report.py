@@ -8,7 +8,7 @@ import msgspec
 
 from clockfleet.agent.clock_backends import Applied
 from clockfleet.agent.probe import Attempt, ProbeResult, Sample
-from clockfleet.agent.service import SyncJob, SyncOutcome, build_report
+from clockfleet.agent.report import SyncJob, SyncOutcome, build_report
 from clockfleet.protocol import codec
 from clockfleet.protocol.messages import Profile, Report, ServerList
 

@@ -10,6 +10,7 @@ from pathlib import Path
 from clockfleet.agent import schedule
 from clockfleet.agent.state import LastGood, Remembered, StateDir, local_status, residual_offset
 from clockfleet.protocol.messages import Report, Server
+from clockfleet.protocol.session import backoff_delay
 
 
 def test_remembered_facts_survive_a_round_trip(tmp_path: Path):
@@ -67,7 +68,7 @@ def test_zero_jitter_means_at_once():
 
 def test_reconnects_are_jittered():
     rng = random.Random(1)
-    delays = {round(schedule.reconnect_delay(rng, 3, 1, 120), 3) for _ in range(50)}
+    delays = {round(backoff_delay(3, 1, 120, rng), 3) for _ in range(50)}
     assert len(delays) > 40 and max(delays) <= 8
 
 

@@ -1,0 +1,124 @@
+"""What one sync reports: the `clock.report/1` built from a probe and what the backend did.
+
+A plain function of its inputs (no MQTT, no clock of its own), checked against the strict
+decoder before it goes out: readers must never refuse what an agent publishes.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from typing import Any, Optional
+
+from clockfleet.protocol import codec
+from clockfleet.protocol.codec import Rejected
+from clockfleet.protocol.messages import (
+    MAX_OFFSET_S,
+    MAX_TRIED,
+    Profile,
+    Report,
+    Server,
+    ServerList,
+    Tried,
+    clip_text,
+)
+
+log = logging.getLogger("clockfleet.agent")
+
+
+@dataclass(frozen=True)
+class SyncJob:
+    """A snapshot of what one sync works from (the loop may apply a new list meanwhile)."""
+
+    server_list: ServerList
+    profile: Optional[Profile]
+    timezone: Optional[str]
+    first_sync: bool = False  # no good sync yet since start: the panic limit is waived
+
+
+@dataclass(frozen=True)
+class SyncOutcome:
+    result: Any  # probe.ProbeResult, or None when the sync crashed
+    applied: Any  # clock_backends.Applied, or None
+    timezone: Optional[str]
+    tz_error: Optional[str]
+    error: Optional[str]
+
+
+def _seconds(value: Optional[float]) -> Optional[float]:
+    """A number the report may carry (|x| < 2^31), else None: a report is never refused."""
+    if value is None or value != value or abs(value) >= MAX_OFFSET_S:
+        return None
+    return float(value)
+
+
+def build_report(
+    agent_id: str, job: SyncJob, o: SyncOutcome, wall_now: float, software: str
+) -> Report:
+    """The report of one sync. `at` is the corrected time: this host's clock plus the
+    measured offset when the backend only observed, its own clock once a backend stepped it."""
+    res = o.result
+    tried = []
+    for a in res.tried if res is not None else []:
+        s = a.sample
+        tried.append(
+            Tried(
+                host=a.host,
+                port=a.port,
+                outcome=a.outcome,
+                detail=clip_text(a.detail),
+                offset_s=_seconds(s.offset_s) if s else None,
+                delay_s=_seconds(s.delay_s) if s and s.delay_s >= 0 else None,
+            )
+        )
+    ok = bool(res is not None and res.ok and o.applied is not None and o.applied.ok)
+    at = wall_now
+    fields: dict[str, Any] = {}
+    if ok:
+        s = res.chosen.sample
+        fields = {
+            "server": Server(res.chosen.host, res.chosen.port),
+            "offset_s": _seconds(s.offset_s),
+            "delay_s": _seconds(max(s.delay_s, 0.0)),
+            "stratum": s.stratum,
+            "leap": s.leap,
+            "root_distance_s": _seconds(max(s.root_distance_s, 0.0)),
+        }
+        if o.applied.discipline == "observe" and fields["offset_s"] is not None:
+            at += fields["offset_s"]
+    errors = [e for e in (o.error, o.tz_error) if e]
+    report = Report(
+        schema="clock.report/1",
+        agent=agent_id,
+        region=job.server_list.region,
+        list_version=job.server_list.version,
+        ok=ok,
+        discipline=o.applied.discipline if ok else "none",
+        at=datetime.fromtimestamp(at, timezone.utc),
+        tried=tried[:MAX_TRIED],
+        timezone=o.timezone,
+        profile_version=job.profile.version if job.profile else None,
+        software=clip_text(software),
+        error=clip_text("; ".join(errors)) if errors else None,
+        note=clip_text(res.note) if ok and res.note else None,
+        **fields,
+    )
+    try:
+        # No future rule: `at` is the corrected time, while this host's clock may be far off.
+        codec.decode(Report, codec.encode(report), topic_id=agent_id, check_future=False)
+    except Rejected as r:
+        # Our own bug; never publish what readers would refuse.
+        log.error("%s: built an invalid report (%s): %s", agent_id, r.reason, r.detail)
+        report = Report(
+            schema="clock.report/1",
+            agent=agent_id,
+            region=job.server_list.region,
+            list_version=job.server_list.version,
+            ok=False,
+            discipline="none",
+            at=datetime.fromtimestamp(wall_now, timezone.utc),
+            tried=[],
+            error=clip_text(f"internal: invalid report ({r.reason}: {r.detail})"),
+        )
+    return report

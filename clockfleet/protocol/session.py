@@ -1,0 +1,71 @@
+"""What every program asks of an MQTT session, answered once for all three.
+
+- **Is the retained snapshot complete?** A broker handles one client's packets in order and
+  queues a subscription's retained messages while handling its SUBSCRIBE, so the answer to
+  any later packet of the same client follows them. The later packet is an UNSUBSCRIBE of a
+  topic nobody uses (`fence_topic`): it needs no ACL grant, creates no state and delivers
+  nothing, and its UNSUBACK marks the end of the snapshot. Brokers that replay retained
+  messages asynchronously (NATS) can answer it early: readers there also judge an agent by
+  its report's age, and `--once` waits a short grace for a list that is still on its way.
+- **Why did the broker refuse?** By reason code, never by message text (`refusal`).
+- **When to try again?** Capped exponential backoff with full jitter (`backoff_delay`),
+  since paho's own has none and a fleet that retries in step hammers a restarted broker.
+"""
+
+from __future__ import annotations
+
+import random
+from typing import Any
+
+# MQTT 5 reason codes (MQTT 3.1.1 CONNACK codes arrive mapped onto these by paho 2).
+_REFUSALS = {
+    128: "unspecified",
+    129: "malformed",
+    130: "protocol-error",
+    131: "implementation-specific",
+    132: "unsupported-protocol",
+    133: "client-id-refused",
+    134: "bad-credentials",
+    135: "not-authorised",
+    136: "server-unavailable",
+    137: "server-busy",
+    138: "banned",
+    143: "topic-filter-invalid",
+    145: "packet-id-in-use",
+    151: "quota-exceeded",
+    158: "shared-subscriptions-unsupported",
+    161: "subscription-ids-unsupported",
+    162: "wildcards-unsupported",
+}
+# Refusals that another try with the same identity cannot change.
+FINAL_REFUSALS = frozenset({"bad-credentials", "not-authorised", "banned", "client-id-refused"})
+
+
+def fence_topic(prefix: str, client_id: str) -> str:
+    """The never-used topic whose UNSUBACK ends a retained snapshot (see module doc)."""
+    return f"{prefix}/fence/{client_id}"
+
+
+def refusal(code: Any) -> str | None:
+    """A refusal's short name (a log word and a counter key), or None when `code` is success.
+
+    `code` is a paho ReasonCode, an int, or a list of them (a SUBACK's): the first failure
+    in the list counts.
+    """
+    if isinstance(code, (list, tuple)):
+        for c in code:
+            name = refusal(c)
+            if name is not None:
+                return name
+        return None
+    value = getattr(code, "value", code)
+    if not isinstance(value, int) or value < 128:
+        return None
+    return _REFUSALS.get(value, f"reason-{value}")
+
+
+def backoff_delay(
+    attempt: int, min_s: float = 1.0, max_s: float = 120.0, rng: Any = random
+) -> float:
+    """Delay before retry number `attempt` (0 first): uniform in 0..min(max_s, min_s * 2^n)."""
+    return rng.uniform(0.0, min(max_s, min_s * 2.0 ** min(max(attempt, 0), 30)))
