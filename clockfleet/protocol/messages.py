@@ -28,7 +28,7 @@ STATUS_SCHEMA = "clock.status/1"
 REPORT_SCHEMA = "clock.report/1"
 CMD_SCHEMA = "clock.cmd/1"
 
-Id = Annotated[str, msgspec.Meta(pattern=f"^{ID_PATTERN}$")]
+Id = Annotated[str, msgspec.Meta(pattern=f"^{ID_PATTERN}\\Z")]  # not `$`: it admits "id\\n"
 Version = Annotated[int, msgspec.Meta(ge=0, le=MAX_VERSION)]
 Port = Annotated[int, msgspec.Meta(ge=1, le=65535)]
 Host = Annotated[str, msgspec.Meta(min_length=1, max_length=253)]
