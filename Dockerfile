@@ -20,7 +20,7 @@ COPY clockfleet/ clockfleet/
 COPY publisher/ publisher/
 COPY agent/ agent/
 COPY collector/ collector/
-RUN pip install --no-cache-dir . && rm -rf /src
+RUN pip install --no-cache-dir '.[all]' && rm -rf /src
 
 COPY broker/clockfleet-identities broker/make-test-ca /usr/local/bin/
 

@@ -11,7 +11,7 @@ import os
 import signal
 import sys
 
-from clockfleet import __version__
+from clockfleet.version import __version__
 
 # name -> (module, function, one-line help)
 COMMANDS: dict[str, tuple[str, str, str]] = {

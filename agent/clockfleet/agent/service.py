@@ -37,7 +37,6 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Optional
 
-from clockfleet import __version__
 from clockfleet.agent import intake, schedule
 from clockfleet.agent.link import BrokerLink, LinkEvents
 from clockfleet.agent.report import SyncJob, SyncOutcome, build_report
@@ -47,6 +46,7 @@ from clockfleet.protocol import codec, signing, topics
 from clockfleet.protocol.codec import Rejected
 from clockfleet.protocol.connection import ConnectionSettings
 from clockfleet.protocol.messages import Command, Profile, Report, ServerList, Status
+from clockfleet.version import __version__
 
 log = logging.getLogger("clockfleet.agent")
 
