@@ -10,7 +10,7 @@ TEST_DEBS := nats-server
 BENCH_DEBS := ntpsec-ntpdig
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: all setup debs test lint demo bench clean help
+.PHONY: all setup debs test lint demo bench clean help deb
 all: help
 
 help:
@@ -18,6 +18,7 @@ help:
 	@echo "make test    install what is missing, run ruff and the test suite against real daemons"
 	@echo "make bench   measure against the references in design.md, write BENCHMARKS.md"
 	@echo "make lint    ruff only"
+	@echo "make deb     the agent's .deb for Debian 11, 12 and 13 in dist/ (packaging/)"
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11))' || { echo "clockfleet needs Python >= 3.11" >&2; exit 1; }
@@ -37,7 +38,11 @@ lint: $(STAMP)
 
 test: setup lint
 	@sh scripts/ensure-debs.sh $(TEST_DEBS)
-	$(VENV)/bin/pytest -q
+	@sh tests/hosts/engine.sh start
+	trap 'sh tests/hosts/engine.sh stop' EXIT INT TERM; $(VENV)/bin/pytest -q
+
+deb: $(STAMP)
+	$(PY) packaging/build_deb.py --suite bullseye --suite bookworm --suite trixie --out dist
 
 demo: setup
 	$(PY) -m clockfleet.demo

@@ -172,14 +172,26 @@ def install_payload(suite: Suite, root: Path, wheels: Path, project: Path) -> No
     (bindir / "python3").symlink_to(f"/usr/bin/python{suite.python}")
     (bindir / "python").symlink_to("python3")
     launcher = bindir / "clockfleet"
+    module, func = console_script(site, "clockfleet")
     # -I: a system service ignores PYTHON* variables and user site-packages.
     launcher.write_text(
         f"#!{PREFIX}/bin/python3 -I\n"
         "import sys\n\n"
-        "from clockfleet.cli import main\n\n"
-        "sys.exit(main())\n"
+        f"from {module} import {func}\n\n"
+        f"sys.exit({func}())\n"
     )
     launcher.chmod(0o755)
+
+
+def console_script(site: Path, name: str) -> tuple[str, str]:
+    """The project's own entry point for `name` (pyproject's [project.scripts])."""
+    for dist in site.glob("clockfleet-*.dist-info"):
+        m = re.search(
+            rf"^{name}\s*=\s*([\w.]+):(\w+)", (dist / "entry_points.txt").read_text(), re.M
+        )
+        if m:
+            return m.group(1), m.group(2)
+    sys.exit(f"the clockfleet wheel declares no console script {name!r}")
 
 
 def packaged_unit() -> str:

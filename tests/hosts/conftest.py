@@ -223,3 +223,23 @@ def configure(
         "mv /etc/clockfleet/agent.yaml.new /etc/clockfleet/agent.yaml"
     )
     return tz
+
+
+@pytest.fixture
+def fresh_host(
+    images: Callable[[str], str], debs: Callable[..., Path]
+) -> Iterator[Callable[..., hostkit.SystemdHost]]:
+    """fresh_host(suite, install=True) -> a new booted container, the package installed."""
+    started: list[hostkit.SystemdHost] = []
+
+    def boot(suite: str, install: bool = True) -> hostkit.SystemdHost:
+        h = hostkit.SystemdHost(images(suite), suite)
+        started.append(h)
+        h.start()
+        if install:
+            h.install(debs(suite))
+        return h
+
+    yield boot
+    for h in started:
+        h.stop()

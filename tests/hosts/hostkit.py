@@ -10,7 +10,6 @@ clock is this machine's own), so every time daemon inside runs without touching 
 from __future__ import annotations
 
 import io
-import json
 import os
 import shlex
 import subprocess
@@ -20,6 +19,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+import yaml
 
 # Before testcontainers is imported anywhere: its reaper image cannot be pulled here, and
 # this machine has a /.dockerenv, from which it would wrongly conclude it runs in a container.
@@ -132,7 +133,7 @@ class SystemdHost:
         return r.out
 
     def put(self, path: str, data: bytes | str, mode: int = 0o644) -> None:
-        """Write a file inside the container (as root:root, atomically for readers)."""
+        """Write a file inside the container as root:root (never under /tmp: see install)."""
         raw = data.encode() if isinstance(data, str) else data
         buf = io.BytesIO()
         with tarfile.open(fileobj=buf, mode="w") as tar:
@@ -146,10 +147,11 @@ class SystemdHost:
         self.container.get_wrapped_container().put_archive(parent, buf.getvalue())
 
     def install(self, deb: Path, *extra: str) -> str:
-        self.put(f"/tmp/{deb.name}", deb.read_bytes())
+        # Not /tmp: Debian 13 mounts a tmpfs there, hiding what `docker cp` puts underneath.
+        self.put(f"/root/{deb.name}", deb.read_bytes())
         opts = " ".join(extra)
         return self.ok(
-            f"DEBIAN_FRONTEND=noninteractive apt-get install -y -q {opts} /tmp/{deb.name} 2>&1"
+            f"DEBIAN_FRONTEND=noninteractive apt-get install -y -q {opts} /root/{deb.name} 2>&1"
         )
 
     def unit(self, prop: str, unit: str = "clockfleet-agent.service") -> str:
@@ -205,4 +207,4 @@ def agent_yaml(
     if trust:
         data["trust_keys"] = ["/etc/clockfleet/trust/"]
     data.update(extra or {})
-    return json.dumps(data, indent=1) + "\n"  # JSON is YAML, and needs no YAML writer here
+    return yaml.safe_dump(data, sort_keys=False)
