@@ -189,7 +189,9 @@ def build() -> dashboard.Dashboard:
                 f"sum(clockfleet_region_agents_behind{R})",
                 "none",
                 [(None, "green"), (1, "orange")],
-                "Agents whose last report applied an older list than the published one.",
+                "Agents whose last report applied an older list than the published one "
+                "(the collector's count; the recording rule clockfleet:agent_behind_list is "
+                "the same rule per agent).",
             )
         )
     )

@@ -17,12 +17,17 @@ import paho.mqtt.client as mqtt
 import pytest
 import yaml
 from paho.mqtt.enums import CallbackAPIVersion
+from prometheus_client import generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.parser import text_string_to_metric_families
+from prometheus_client.registry import Collector as RegistryCollector
+from prometheus_client.registry import CollectorRegistry
 
 from clockfleet import devstack
+from clockfleet.collector.fleet_state import FleetState
 from clockfleet.collector.http import serve
 from clockfleet.collector.ingest import Collector
-from clockfleet.collector.metrics import MetricsRenderer
+from clockfleet.collector.metrics import LinkStats, MetricsRenderer, families
 from clockfleet.protocol.connection import ConnectionSettings, parse_brokers
 from tests.conftest import wait_until
 
@@ -121,6 +126,30 @@ def status_topic(agent: str) -> str:
 
 def servers_topic(region: str) -> str:
     return f"{PREFIX}/regions/{region}/servers"
+
+
+class _Reference(RegistryCollector):
+    def __init__(self, state: FleetState, link: LinkStats) -> None:
+        self.state, self.link = state, link
+
+    def describe(self) -> list:
+        return []  # stops the registry from calling collect() at registration time
+
+    def collect(self):
+        for f in families(self.state, self.link):
+            cls = CounterMetricFamily if f.kind == "counter" else GaugeMetricFamily
+            metric = cls(f.name, f.doc, labels=list(f.labels))
+            for values, value in f.samples:
+                metric.add_metric(list(values), value)
+            yield metric
+
+
+def reference_exposition(state: FleetState, link: LinkStats | None = None) -> str:
+    """The collector's metric families written by prometheus_client's own writer: the
+    reference the collector's writer (MetricsRenderer) is compared with."""
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(_Reference(state, link or LinkStats()))
+    return generate_latest(registry).decode()
 
 
 class Publisher:

@@ -13,6 +13,7 @@ from datetime import datetime
 from pathlib import Path
 
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from clockfleet import devstack
 from clockfleet.collector.ingest import Collector
@@ -24,6 +25,7 @@ from tests.collector.conftest import (
     Publisher,
     failed_report,
     now_iso,
+    reference_exposition,
     report,
     report_topic,
     servers,
@@ -256,12 +258,9 @@ def test_the_collector_reconnects_and_resubscribes_after_the_broker_restarts(
         restarted.stop()
 
 
-def test_render_matches_prometheus_client_exposition(running_collector, publisher):
-    from prometheus_client import generate_latest
-    from prometheus_client.parser import text_string_to_metric_families
-
-    from clockfleet.collector.metrics import new_registry
-
+def test_metrics_match_prometheus_clients_own_exposition_first_and_from_the_cache(
+    running_collector, publisher
+):
     publisher.publish(servers_topic("us-east"), servers("us-east", 8))
     publisher.publish(report_topic("acme-01"), report("acme-01", software='odd "v\\1"\nx'))
     publisher.publish(report_topic("acme-02"), failed_report("acme-02"))
@@ -277,8 +276,7 @@ def test_render_matches_prometheus_client_exposition(running_collector, publishe
             if not s.name.endswith("_created")
         }
 
-    state, link = c.collector.state, c.collector.link
-    theirs = parsed(generate_latest(new_registry(state, link)).decode())
+    theirs = parsed(reference_exposition(c.collector.state, c.collector.link()))
     first = parsed(c.renderer.render().decode())
     cached = parsed(c.renderer.render().decode())  # every agent's lines from the cache now
     assert first == theirs

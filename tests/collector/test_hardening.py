@@ -10,7 +10,8 @@ import time
 
 import pytest
 
-from clockfleet.collector.ingest import Collector, RateLimit
+from clockfleet.collector.ingest import Collector
+from clockfleet.collector.ratelimit import RateLimit
 from clockfleet.protocol.connection import ConnectionSettings, parse_brokers
 from tests.collector.conftest import (
     RunningCollector,

@@ -56,6 +56,7 @@ FLEET = {
     ),
 }
 OFFLINE = "ok-west"
+PUBLISHED = {"us-east": 8, "eu-west": 3}
 
 
 @pytest.fixture(scope="module")
@@ -65,8 +66,8 @@ def live(prometheus) -> Iterator[tuple[RunningCollector, Prometheus]]:
     collector = None
     try:
         pub = Publisher(broker.host, broker.port)
-        pub.publish(servers_topic("us-east"), servers("us-east", 8))
-        pub.publish(servers_topic("eu-west"), servers("eu-west", 3))
+        for region, version in PUBLISHED.items():
+            pub.publish(servers_topic(region), servers(region, version))
         for agent, (region, body) in FLEET.items():
             pub.publish(report_topic(agent), body)
             state = "offline" if agent == OFFLINE else "online"
@@ -155,7 +156,7 @@ def test_promtool_accepts_the_config_and_every_alert_unit_test_passes(args):
 
 def test_every_alert_rule_has_a_promtool_unit_test():
     rules = yaml.safe_load((CONFIG / "alerts.yml").read_text())
-    names = {r["alert"] for g in rules["groups"] for r in g["rules"]}
+    names = {r["alert"] for g in rules["groups"] for r in g["rules"] if "alert" in r}
     tests = yaml.safe_load((CONFIG / "alerts_test.yml").read_text())
     tested = {t["alertname"] for case in tests["tests"] for t in case["alert_rule_test"]}
     assert names == tested
@@ -165,3 +166,24 @@ def test_every_alert_rule_has_a_promtool_unit_test():
         ]
         assert any(t["exp_alerts"] for t in cases), f"{name}: no firing case"
         assert any(not t["exp_alerts"] for t in cases), f"{name}: no quiet case"
+
+
+def test_every_recording_rule_has_a_promtool_unit_test():
+    rules = yaml.safe_load((CONFIG / "alerts.yml").read_text())
+    records = {r["record"] for g in rules["groups"] for r in g["rules"] if "record" in r}
+    tests = yaml.safe_load((CONFIG / "alerts_test.yml").read_text())
+    tested = {t["expr"] for case in tests["tests"] for t in case.get("promql_expr_test", [])}
+    assert records
+    assert records <= tested
+
+
+def test_the_behind_recording_rule_agrees_with_the_collectors_count_per_region(live):
+    _, prom = live
+    behind = [a for a, (r, body) in FLEET.items() if body["list_version"] < PUBLISHED[r]]
+    result = prom.wait_for("clockfleet:agent_behind_list", lambda r: len(r) == len(behind))
+    assert sorted(s["metric"]["agent"] for s in result) == sorted(behind)
+    counted = prom.query("clockfleet_region_agents_behind")
+    by_rule = prom.query("count by (region) (clockfleet:agent_behind_list)")
+    collector = {s["metric"]["region"]: float(s["value"][1]) for s in counted}
+    rule = {s["metric"]["region"]: float(s["value"][1]) for s in by_rule}
+    assert collector == {region: rule.get(region, 0.0) for region in PUBLISHED}

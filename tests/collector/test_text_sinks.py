@@ -1,6 +1,7 @@
 """Text never becomes structure: each text field of a report, carrying quotes, newlines,
 braces, a whole forged series line, ANSI escapes and rich markup, against each sink that
-shows it (/metrics from both writers, the status table, status --json).
+shows it (/metrics, and the same families through prometheus_client's writer as a
+reference; the status table, status --json).
 
 Reports are built by hand (msgspec structs are not validated on construction), bypassing
 the agent and the decoder: the sinks must hold even for text a decoder let through."""
@@ -13,18 +14,18 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 
 import pytest
-from prometheus_client import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 from rich.console import Console
 
 from clockfleet.collector.fleet_state import AgentEntry, FleetState
-from clockfleet.collector.metrics import LinkStats, MetricsRenderer, new_registry
+from clockfleet.collector.metrics import LinkStats, MetricsRenderer
 from clockfleet.collector.status import build_rows, render_table, write_json
 from clockfleet.collector.text import LABEL_TEXT_MAX
 from clockfleet.protocol.messages import Report, Server, Status, Tried
 from tests.collector.conftest import (
     PREFIX,
     now_iso,
+    reference_exposition,
     report,
     report_topic,
     status,
@@ -94,7 +95,7 @@ def renderer_text(state: FleetState) -> str:
 
 
 def client_text(state: FleetState) -> str:
-    return generate_latest(new_registry(state, LinkStats)).decode()
+    return reference_exposition(state)
 
 
 METRICS_WRITERS: dict[str, Callable[[FleetState], str]] = {

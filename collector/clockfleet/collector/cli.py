@@ -9,8 +9,9 @@ import sys
 import threading
 
 from clockfleet.collector.http import parse_listen, serve
-from clockfleet.collector.ingest import DEFAULT_RATE_LIMIT, Collector, RateLimit
+from clockfleet.collector.ingest import Collector
 from clockfleet.collector.metrics import MetricsRenderer
+from clockfleet.collector.ratelimit import DEFAULT_RATE_LIMIT, RateLimit
 from clockfleet.protocol.connection import (
     BrokerUnreachable,
     UsageError,

@@ -181,13 +181,14 @@ class FleetState:
         return Snapshot(dict(self.agents), dict(self.regions))
 
 
-def published_version(regions: dict[str, ServerList], region: str) -> int | None:
-    servers = regions.get(region)
-    return None if servers is None else servers.version
-
-
 def is_behind(entry: AgentEntry, regions: dict[str, ServerList]) -> bool:
-    """The agent's last report applied an older list than its region's published one."""
+    """The agent's last report applied an older list than its region's published one.
+
+    The one definition of "behind the published list": /metrics counts it per region
+    (`clockfleet_region_agents_behind`), `clockfleet status` marks it per agent, and the
+    recording rule `clockfleet:agent_behind_list` in config/alerts.yml is the same rule in
+    PromQL (an agent with no report, or a region with no published list, is not behind).
+    """
     report = entry.report
     if report is None:
         return False

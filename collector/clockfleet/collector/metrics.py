@@ -2,40 +2,36 @@
 
 Nothing exists between scrapes: no per-agent child metric objects, so an agent that is
 withdrawn simply is not in the next scrape, and ingest never touches prometheus_client.
-Two writers, one source (`agent_values` per agent, `region_families`, `own_families`):
-
-- `MetricsRenderer`: the text exposition format written directly, with each agent's lines
-  cached until its report or status changes. This is what /metrics serves: prometheus_client's
-  own writer takes ~1 s for 10,000 agents (100,000 samples); this one tens of milliseconds.
-- `FleetCollector`: a prometheus_client custom collector over the same values, for a
-  CollectorRegistry (`new_registry`), `generate_latest` and anything else that speaks
-  prometheus_client. A test checks that both give the same samples.
+One source, `agent_values` per agent, `region_families` and `own_families`, and one writer,
+`MetricsRenderer`: the text exposition format written directly, with each agent's lines
+cached until its report or status changes (prometheus_client's own writer takes ~1 s for
+10,000 agents, 100,000 samples; this one tens of milliseconds). `families()` is the same
+data uncached, as `Family` values: every metric's name, type and help in one list, and the
+form the tests compare the writer with (against prometheus_client's own exposition).
 
 Per agent (labels `agent`, `region`): offset, delay, root distance, stratum, last good sync,
 last report time, last report ok, online, applied list version, and an `_info` series with
 the chosen server, time zone, list version, software and discipline. Per region: the
-published list version and counts of agents, agents behind and agents failing (all three are
-derivable in PromQL from the agent series; they are kept because dashboards and alerts read
-them more cheaply). The collector's own: messages received by kind, rejected by reason,
+published list version and counts of agents, agents behind (`fleet_state.is_behind`, the one
+definition of "behind the published list") and agents failing (all three are derivable in
+PromQL from the agent series; they are kept because dashboards and alerts read them more
+cheaply). The collector's own: messages received by kind, rejected by reason,
 ignored by reason, dropped by reason (a flood's excess), handler errors, broker connected,
 reconnects.
 
 Label values: every one is escaped as the exposition format requires (backslash, double
-quote, newline), by prometheus_client or by `_escape` here. Text that comes from a message
+quote, newline), by `_escape` here. Text that comes from a message
 is also made printable, and free text (`software`) is cut to LABEL_TEXT_MAX characters, in
-`agent_values`, so that both writers show the same value.
+`agent_values`, so that /metrics and `families()` show the same value.
 """
 
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
-from prometheus_client.registry import Collector, CollectorRegistry
-
-from clockfleet.collector.fleet_state import FleetState
+from clockfleet.collector.fleet_state import FleetState, is_behind
 from clockfleet.collector.text import LABEL_TEXT_MAX, printable
 from clockfleet.protocol.messages import Report, Status
 
@@ -185,8 +181,7 @@ def region_families(state: FleetState) -> list[Family]:
             continue
         if not report.ok:
             c[2] += 1
-        servers = snap.regions.get(region)
-        if servers is not None and report.list_version < servers.version:
+        if is_behind(entry, snap.regions):
             c[1] += 1
     for region, servers in snap.regions.items():
         published.samples.append(((printable(region, ID_MAX),), servers.version))
@@ -372,30 +367,3 @@ class MetricsRenderer:
 def render(state: FleetState, link: LinkStats) -> bytes:
     """One uncached rendering (see MetricsRenderer for the one /metrics keeps)."""
     return MetricsRenderer(state, lambda: link).render()
-
-
-# --- the same families for prometheus_client ----------------------------------------------
-
-
-class FleetCollector(Collector):
-    def __init__(self, state: FleetState, link: Callable[[], LinkStats]) -> None:
-        self._state = state
-        self._link = link
-
-    def describe(self) -> list[Metric]:
-        # Empty: stops the registry from calling collect() at registration time.
-        return []
-
-    def collect(self) -> Iterator[Metric]:
-        for f in families(self._state, self._link()):
-            cls = CounterMetricFamily if f.kind == "counter" else GaugeMetricFamily
-            metric = cls(f.name, f.doc, labels=list(f.labels))
-            for values, value in f.samples:
-                metric.add_metric(list(values), value)
-            yield metric
-
-
-def new_registry(state: FleetState, link: Callable[[], LinkStats]) -> CollectorRegistry:
-    registry = CollectorRegistry(auto_describe=False)
-    registry.register(FleetCollector(state, link))
-    return registry

@@ -27,7 +27,7 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
-from clockfleet.collector.fleet_state import AgentEntry, FleetState, Result, Snapshot
+from clockfleet.collector.fleet_state import AgentEntry, FleetState, Result, Snapshot, is_behind
 from clockfleet.collector.ingest import Collector
 from clockfleet.collector.text import printable
 from clockfleet.protocol.connection import (
@@ -137,11 +137,7 @@ def _row(
         session=status.session if status is not None else None,
         published_version=published_version,
         list_version=report.list_version if report is not None else None,
-        behind=bool(
-            report is not None
-            and published_version is not None
-            and report.list_version < published_version
-        ),
+        behind=is_behind(entry, snap.regions),
         ok=report.ok if report is not None else None,
         outcome=outcome_of(entry),
         server=(

@@ -1,0 +1,135 @@
+"""What happens to one message, from the moment the link or paho hands it over: the
+per-topic rate limit, strict decoding into FleetState, the hooks, and the log. Nothing here
+raises: a message that fails in an unexpected way is counted in `state.handler_errors` and
+logged (rate-limited, with its topic), and the next message is handled.
+
+The MQTT side (ingest.py) calls three entry points: `on_raw_publish(topic, payload)` for
+every QoS 0 PUBLISH the link frames itself (the hot path), `on_message` as paho's callback
+for anything else, `on_refused(topic, reason)` for a PUBLISH the link would not hold.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+
+import paho.mqtt.client as mqtt
+
+from clockfleet.collector import paho_socket
+from clockfleet.collector.fleet_state import FleetState, Outcome, Result
+from clockfleet.collector.ratelimit import RateLimit, RateLimitedLog, RateLimiter
+from clockfleet.collector.text import printable
+from clockfleet.protocol.messages import Report
+
+log = logging.getLogger("clockfleet.collector")
+
+REFUSED_DETAIL = {
+    "oversized": "a PUBLISH larger than any acceptable message (skipped unread)",
+    "malformed-packet": "a PUBLISH whose topic length runs past the packet",
+}
+
+ReportHook = Callable[[str, Report, float], None]
+MessageHook = Callable[[Result, float], None]
+
+
+class Intake:
+    def __init__(
+        self,
+        state: FleetState,
+        *,
+        on_report: ReportHook | None = None,
+        on_message: MessageHook | None = None,
+        rate_limit: RateLimit | None = None,
+    ) -> None:
+        self.state = state
+        self.on_report = on_report
+        self.on_message_hook = on_message
+        self._limiter = RateLimiter(rate_limit) if rate_limit is not None else None
+        self._errors = RateLimitedLog()
+        self._rejects = RateLimitedLog()
+
+    def new_connection(self) -> None:
+        """Full buckets: a new connection's retained snapshot comes in one burst."""
+        if self._limiter is not None:
+            self._limiter.reset()
+
+    def on_message(self, client, userdata, msg: mqtt.MQTTMessage) -> None:
+        # What paho hands over: anything but a QoS 0 PUBLISH, which the link delivers itself.
+        raw = paho_socket.raw_topic(msg)
+        try:
+            if self._limiter is not None and not self._limiter.allow(raw, time.monotonic()):
+                self.state.dropped["rate-limited"] += 1
+                return
+            try:
+                topic = msg.topic
+            except UnicodeDecodeError:
+                topic = None
+            self._ingest(topic, msg.payload)
+        except Exception as exc:  # no message may end the loop
+            self.handler_error(raw, exc)
+
+    def on_raw_publish(self, topic: bytes, payload: bytes) -> None:
+        # The hot path (every QoS 0 PUBLISH): keep the work before _ingest small.
+        try:
+            if self._limiter is not None and not self._limiter.allow(topic, time.monotonic()):
+                self.state.dropped["rate-limited"] += 1
+                return
+            try:
+                text = topic.decode("utf-8")
+            except UnicodeDecodeError:
+                text = None
+            self._ingest(text, payload)
+        except Exception as exc:  # no message may end the loop
+            self.handler_error(topic, exc)
+
+    def on_refused(self, topic: bytes, reason: str) -> None:
+        """A PUBLISH the link would not hold or could not frame (see link.py)."""
+        detail = REFUSED_DETAIL.get(reason, reason)
+        try:
+            result = self.state.refuse(topic, reason, detail)
+            self._log_rejection(result)
+        except Exception as exc:  # no message may end the loop
+            self.handler_error(topic, exc)
+
+    def handler_error(self, topic: bytes | str, exc: BaseException) -> None:
+        self.state.handler_errors += 1
+        shown = topic.decode("utf-8", "replace") if isinstance(topic, bytes) else topic
+        self._errors.warning(
+            "handler-error",
+            "error handling a message on %s (going on with the next): %s: %s",
+            printable(shown, 200),
+            type(exc).__name__,
+            printable(str(exc), 300),
+            exc_info=exc,
+        )
+
+    def _log_rejection(self, result: Result) -> None:
+        self._rejects.warning(
+            result.reason,
+            "rejected %s message for %r: %s: %s",
+            result.kind or "unknown",
+            result.ident,
+            result.reason,
+            printable(result.detail, 300),
+        )
+
+    def _ingest(self, topic: str | None, payload: bytes) -> None:
+        now = time.monotonic()
+        if topic is None:
+            self.state.messages += 1
+            result = self.state.reject("bad-topic", "topic is not UTF-8", "", "")
+        else:
+            result = self.state.ingest(topic, payload, now)
+        outcome = result.outcome
+        if outcome is Outcome.APPLIED:
+            if self.on_report is not None and result.kind == "report":
+                self.on_report(result.ident, result.message, now)  # type: ignore[arg-type]
+        elif outcome is Outcome.REJECTED:
+            self._log_rejection(result)
+        elif outcome is Outcome.IGNORED:
+            log.info("ignored status for %r: %s", result.ident, result.detail)
+        elif outcome is Outcome.WITHDRAWN:
+            log.info("%s of %r withdrawn", result.kind, result.ident)
+        if self.on_message_hook is not None:
+            self.on_message_hook(result, now)
