@@ -23,7 +23,7 @@ from nacl.exceptions import BadSignatureError
 from nacl.signing import VerifyKey
 
 from clockfleet.protocol.codec import Rejected, canonical_bytes
-from clockfleet.protocol.ids import is_valid_id
+from clockfleet.protocol.ids import ID_PATTERN, is_valid_id
 
 if TYPE_CHECKING:
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
@@ -34,8 +34,11 @@ _ED25519_SPKI_PREFIX = bytes.fromhex("302a300506032b6570032100")
 _PEM_PUBLIC = ("-----BEGIN PUBLIC KEY-----", "-----END PUBLIC KEY-----")
 
 
-class KeyError_(ValueError):
+class KeyFileError(ValueError):
     """A key file that cannot be used (missing, unreadable, wrong type, bad name)."""
+
+
+KeyError_ = KeyFileError  # the old name, until the publisher's last use of it is gone
 
 
 @dataclass(frozen=True)
@@ -65,9 +68,7 @@ class TrustStore:
 def key_id_from_path(path: Path) -> str:
     key_id = path.name.rsplit(".", 1)[0]
     if not is_valid_id(key_id):
-        raise KeyError_(
-            f"{path}: key id {key_id!r} (the file name) must match [A-Za-z0-9_-]{{1,64}}"
-        )
+        raise KeyFileError(f"{path}: key id {key_id!r} (the file name) must match {ID_PATTERN}")
     return key_id
 
 
@@ -77,12 +78,12 @@ def generate(out_dir: Path, key_id: str) -> tuple[Path, Path]:
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
     if not is_valid_id(key_id):
-        raise KeyError_(f"key id {key_id!r} must match [A-Za-z0-9_-]{{1,64}}")
+        raise KeyFileError(f"key id {key_id!r} must match {ID_PATTERN}")
     out_dir.mkdir(parents=True, exist_ok=True)
     priv_path, pub_path = out_dir / f"{key_id}.key", out_dir / f"{key_id}.pub"
     for p in (priv_path, pub_path):
         if p.exists():
-            raise KeyError_(f"{p} exists; refusing to overwrite a key")
+            raise KeyFileError(f"{p} exists; refusing to overwrite a key")
     private = Ed25519PrivateKey.generate()
     pem = private.private_bytes(
         serialization.Encoding.PEM,
@@ -107,9 +108,9 @@ def load_signing_key(path: Path) -> SigningKey:
     try:
         key = serialization.load_pem_private_key(path.read_bytes(), password=None)
     except (OSError, ValueError, TypeError) as exc:
-        raise KeyError_(f"{path}: cannot load private key: {exc}") from None
+        raise KeyFileError(f"{path}: cannot load private key: {exc}") from None
     if not isinstance(key, Ed25519PrivateKey):
-        raise KeyError_(f"{path}: not an Ed25519 private key")
+        raise KeyFileError(f"{path}: not an Ed25519 private key")
     return SigningKey(key_id_from_path(path), key)
 
 
@@ -117,10 +118,10 @@ def load_public_key(path: Path) -> tuple[str, VerifyKey]:
     try:
         text = path.read_text(encoding="ascii")
     except (OSError, UnicodeDecodeError) as exc:
-        raise KeyError_(f"{path}: cannot load public key: {exc}") from None
+        raise KeyFileError(f"{path}: cannot load public key: {exc}") from None
     raw = _ed25519_from_pem(text)
     if raw is None:
-        raise KeyError_(f"{path}: not an Ed25519 public key (PEM SubjectPublicKeyInfo)")
+        raise KeyFileError(f"{path}: not an Ed25519 public key (PEM SubjectPublicKeyInfo)")
     return key_id_from_path(path), VerifyKey(raw)
 
 

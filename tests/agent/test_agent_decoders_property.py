@@ -84,7 +84,7 @@ json_like = st.recursive(
 
 
 @FAST
-@given(st.dictionaries(st.sampled_from([*config.AgentConfig.__annotations__, "x"]), json_like))
+@given(st.dictionaries(st.sampled_from([*config.AgentConfig.__struct_fields__, "x"]), json_like))
 def test_any_state_json_shape_loads(obj: dict):
     with tempfile.TemporaryDirectory() as d:
         (Path(d) / "state.json").write_text(json.dumps(obj))
@@ -104,7 +104,7 @@ def test_any_agent_yaml_is_a_config_or_a_config_error(text: str):
 
 
 @FAST
-@given(st.dictionaries(st.sampled_from([*config.AgentConfig.__annotations__, "x"]), json_like))
+@given(st.dictionaries(st.sampled_from([*config.AgentConfig.__struct_fields__, "x"]), json_like))
 def test_any_agent_yaml_mapping_is_a_config_or_a_config_error(data: dict):
     try:
         config.validate(config.from_mapping(data))

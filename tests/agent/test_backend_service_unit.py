@@ -129,7 +129,7 @@ def test_example_config_mentions_every_setting_the_agent_reads():
     text = EXAMPLE.read_text()
     mentioned = set(re.findall(r"^#? ?([a-z_]+):", text, flags=re.M))
 
-    missing = set(agent_config.AgentConfig.__dataclass_fields__) - mentioned
+    missing = set(agent_config.AgentConfig.__struct_fields__) - mentioned
 
     assert not missing, f"agent.yaml does not document {sorted(missing)}"
 

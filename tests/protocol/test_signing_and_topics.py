@@ -31,7 +31,7 @@ def test_keygen_writes_a_private_key_only_its_owner_reads(tmp_path: Path):
 
 def test_keygen_refuses_to_overwrite_a_key(tmp_path: Path):
     signing.generate(tmp_path, "k1")
-    with pytest.raises(signing.KeyError_):
+    with pytest.raises(signing.KeyFileError):
         signing.generate(tmp_path, "k1")
 
 
@@ -129,7 +129,7 @@ def test_a_public_key_of_another_type_is_refused(tmp_path: Path):
         capture_output=True,
     )
     subprocess.run(["openssl", "pkey", "-in", priv, "-pubout", "-out", pub], check=True)
-    with pytest.raises(signing.KeyError_, match="not an Ed25519 public key"):
+    with pytest.raises(signing.KeyFileError, match="not an Ed25519 public key"):
         signing.load_trust([pub])
 
 
@@ -138,7 +138,7 @@ def test_a_public_key_of_another_type_is_refused(tmp_path: Path):
 )
 def test_a_mangled_public_key_file_is_refused(tmp_path: Path, text: str):
     (tmp_path / "bad.pub").write_text(text)
-    with pytest.raises(signing.KeyError_):
+    with pytest.raises(signing.KeyFileError):
         signing.load_trust([tmp_path / "bad.pub"])
 
 

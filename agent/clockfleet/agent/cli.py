@@ -13,6 +13,7 @@ import sys
 from pathlib import Path
 
 from clockfleet.agent import config as cfgmod
+from clockfleet.agent.clock_backends import BACKEND_NAMES
 from clockfleet.protocol import connection
 
 log = logging.getLogger("clockfleet.agent")
@@ -38,7 +39,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--timezone", help="time zone when neither profile nor list names one")
     p.add_argument(
         "--backend",
-        choices=cfgmod.BACKENDS,
+        choices=BACKEND_NAMES,
         help="how to discipline the clock: observe (measure and report only), chrony, "
         "timesyncd, system (step/slew directly; needs CAP_SYS_TIME)",
     )
@@ -121,7 +122,7 @@ def build_agent(cfg: cfgmod.AgentConfig, args: argparse.Namespace):
     conn = connection.settings_from_args(args, cfg.connection_defaults())
     try:
         trust = signing.load_trust([Path(p) for p in cfg.trust_keys])
-    except signing.KeyError_ as exc:
+    except signing.KeyFileError as exc:
         raise cfgmod.ConfigError(f"trust key: {exc}") from None
     for p in cfg.trust_keys:
         if not Path(p).exists():
@@ -138,22 +139,10 @@ def build_agent(cfg: cfgmod.AgentConfig, args: argparse.Namespace):
         raise cfgmod.ConfigError(f"backend {cfg.backend}: {problem}")
     settings = AgentSettings(
         agent_id=cfg.id,  # type: ignore[arg-type]
-        region=cfg.region,
-        timezone=cfg.timezone,
         trust=trust,
         probe_settings=probe_settings,
         tz_root=Path(cfg.tz_root) if cfg.tz_root else None,
-        use_timedatectl=cfg.use_timedatectl,
-        startup_delay_s=cfg.startup_delay_s,
-        poll_interval_s=cfg.poll_interval_s,
-        resync_jitter_s=cfg.resync_jitter_s,
-        retry_min_s=cfg.retry_min_s,
-        retry_max_s=cfg.retry_max_s,
-        reconnect_min_s=cfg.reconnect_min_s,
-        reconnect_max_s=cfg.reconnect_max_s,
-        trust_offset_s=cfg.trust_offset_s,
-        keepalive_s=cfg.keepalive_s,
-        profile_grace_s=cfg.profile_grace_s,
+        **cfg.tuning(),
     )
     if args.once:
         conn.connect_timeout_s = min(conn.connect_timeout_s, cfg.once_timeout_s)

@@ -54,16 +54,12 @@ class Applied:
     """What a backend did with a passing server.
 
     `discipline` names the method attempted (one of protocol DISCIPLINES); `ok` says whether
-    it worked. A report carries `report_discipline`, which is "none" for a failure.
+    it worked (a report of a failed one says discipline "none": report.py).
     """
 
     discipline: str
     ok: bool
     detail: str | None = None
-
-    @property
-    def report_discipline(self) -> str:
-        return self.discipline if self.ok else "none"
 
 
 class ClockBackend(Protocol):

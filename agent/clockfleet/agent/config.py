@@ -8,11 +8,13 @@ drop a setting. The YAML parser is imported only when a file is actually read, s
 from __future__ import annotations
 
 import argparse
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Optional
 
-from clockfleet.protocol.ids import is_valid_id, timezone_problem
+import msgspec
+
+from clockfleet.agent.clock_backends import BACKEND_NAMES
+from clockfleet.protocol.ids import ID_PATTERN, is_valid_id, timezone_problem
 from clockfleet.protocol.messages import (
     MAX_POLL_INTERVAL_S,
     MAX_RESYNC_JITTER_S,
@@ -21,26 +23,19 @@ from clockfleet.protocol.messages import (
 
 DEFAULT_CONFIG = Path("/etc/clockfleet/agent.yaml")
 DEFAULT_STATE_DIR = Path("/var/lib/clockfleet")
-BACKENDS = ("observe", "chrony", "timesyncd", "system")
 
 
 class ConfigError(ValueError):
     """A config file or flag value that cannot be used; the CLI prints it and exits 2."""
 
 
-@dataclass
-class AgentConfig:
-    """Everything an agent needs that is not on the wire. Field names are the YAML keys."""
+class Tuning(msgspec.Struct, kw_only=True):
+    """The knobs of a running agent: one definition and one default each, shared by
+    agent.yaml (`AgentConfig`, where they are keys) and the agent itself (`AgentSettings`)."""
 
-    id: str | None = None
-    region: str | None = None  # fallback until a profile names one
-    timezone: str | None = None  # fallback when neither profile nor list names one
-    backend: str = "observe"
-    backend_options: dict[str, Any] = field(default_factory=dict)
-    state_dir: str | None = str(DEFAULT_STATE_DIR)
-    trust_keys: list[str] = field(default_factory=list)
-    tz_root: str | None = "/"  # None: leave the time zone alone
-    use_timedatectl: bool | None = None  # None: the time zone module decides
+    region: Optional[str] = None  # fallback until a profile names one
+    timezone: Optional[str] = None  # fallback when neither profile nor list names one
+    use_timedatectl: Optional[bool] = None  # None: the time zone module decides
     # RFC 4330 §10: a random delay at start-up so a data centre's reboot does not hit one
     # server at once; the actual delay is uniform in 0..startup_delay_s.
     startup_delay_s: float = 30.0
@@ -51,19 +46,39 @@ class AgentConfig:
     reconnect_min_s: float = 1.0
     reconnect_max_s: float = 120.0
     trust_offset_s: float = 0.5  # status.json: trustworthy only while |residual offset| <=
-    profile_grace_s: float = 2.0  # --once: longest wait for retained messages after SUBACK
-    once_timeout_s: float = 10.0
     keepalive_s: int = 30
+    profile_grace_s: float = 2.0  # --once: longest wait for retained messages after the fence
+    # `cmd` resync: at most one per this many seconds (RFC 4330's floor), and a command older
+    # than cmd_max_age_s (queued while the agent was away) is dropped, once this host's clock
+    # is good enough to tell its age.
+    cmd_min_interval_s: float = 16.0
+    cmd_max_age_s: float = 300.0
+
+    def tuning(self) -> dict[str, Any]:
+        return {name: getattr(self, name) for name in Tuning.__struct_fields__}
+
+
+class AgentConfig(Tuning, kw_only=True, forbid_unknown_fields=True):
+    """agent.yaml: the tuning above plus what only the program around an agent needs.
+    Field names are the YAML keys."""
+
+    id: Optional[str] = None
+    backend: str = "observe"
+    backend_options: dict[str, Any] = msgspec.field(default_factory=dict)
+    state_dir: Optional[str] = str(DEFAULT_STATE_DIR)
+    trust_keys: list[str] = msgspec.field(default_factory=list)
+    tz_root: Optional[str] = "/"  # None: leave the time zone alone
+    once_timeout_s: float = 10.0
     log_level: str = "info"
-    probe: dict[str, Any] = field(default_factory=dict)  # ProbeSettings fields
+    probe: dict[str, Any] = msgspec.field(default_factory=dict)  # ProbeSettings fields
     # broker connection (same names as the common flags)
-    broker: str | None = None
-    username: str | None = None
-    password_file: str | None = None
-    ca_file: str | None = None
-    cert: str | None = None
-    key: str | None = None
-    prefix: str | None = None
+    broker: Optional[str] = None
+    username: Optional[str] = None
+    password_file: Optional[str] = None
+    ca_file: Optional[str] = None
+    cert: Optional[str] = None
+    key: Optional[str] = None
+    prefix: Optional[str] = None
 
     def connection_defaults(self) -> dict[str, Any]:
         return {
@@ -73,35 +88,11 @@ class AgentConfig:
         }
 
 
-_FIELDS = {f for f in AgentConfig.__dataclass_fields__}
-_FLOATS = {
-    "startup_delay_s",
-    "poll_interval_s",
-    "resync_jitter_s",
-    "retry_min_s",
-    "retry_max_s",
-    "reconnect_min_s",
-    "reconnect_max_s",
-    "trust_offset_s",
-    "profile_grace_s",
-    "once_timeout_s",
-}
-_STRINGS = {
-    "id",
-    "region",
-    "timezone",
-    "backend",
-    "state_dir",
-    "tz_root",
-    "log_level",
-    "broker",
-    "username",
-    "password_file",
-    "ca_file",
-    "cert",
-    "key",
-    "prefix",
-}
+_SECONDS = [
+    name
+    for name, kind in zip(AgentConfig.__struct_fields__, msgspec.structs.fields(AgentConfig))
+    if kind.type is float
+]
 
 
 def load_file(path: Path, *, required: bool) -> dict[str, Any]:
@@ -129,35 +120,20 @@ def load_file(path: Path, *, required: bool) -> dict[str, Any]:
 
 def from_mapping(data: dict[str, Any], source: str = "config") -> AgentConfig:
     """Check every key and value type; build the config."""
-    cfg = AgentConfig()
-    for key, value in data.items():
-        if key not in _FIELDS:
-            raise ConfigError(f"{source}: unknown key {key!r}")
-        if value is None:
-            setattr(cfg, key, None)
-            continue
-        if key in _FLOATS:
-            if isinstance(value, bool) or not isinstance(value, (int, float)):
-                raise ConfigError(f"{source}: {key} must be a number, not {value!r}")
-            value = float(value)
-        elif key in _STRINGS:
-            if not isinstance(value, str):
-                raise ConfigError(f"{source}: {key} must be a string, not {value!r}")
-        elif key == "keepalive_s":
-            if isinstance(value, bool) or not isinstance(value, int):
-                raise ConfigError(f"{source}: keepalive_s must be an integer")
-        elif key == "use_timedatectl":
-            if not isinstance(value, bool):
-                raise ConfigError(f"{source}: use_timedatectl must be true or false")
-        elif key == "trust_keys":
-            if isinstance(value, str):
-                value = [value]
-            if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
-                raise ConfigError(f"{source}: trust_keys must be a list of paths")
-        elif key in ("probe", "backend_options") and not isinstance(value, dict):
-            raise ConfigError(f"{source}: {key} must be a mapping")
-        setattr(cfg, key, value)
-    return cfg
+    unknown = [k for k in data if k not in AgentConfig.__struct_fields__]
+    if unknown:
+        raise ConfigError(f"{source}: unknown key {unknown[0]!r}")
+    if isinstance(data.get("trust_keys"), str):
+        data = {**data, "trust_keys": [data["trust_keys"]]}
+    try:
+        return msgspec.convert(data, AgentConfig)
+    except msgspec.ValidationError as exc:
+        # "Expected `float`, got `str` - at `$.poll_interval_s`" -> name the key first
+        text = str(exc)
+        where = text.rsplit(" - at `$.", 1)
+        if len(where) == 2:
+            text = f"{where[1].rstrip('`')}: {where[0]}"
+        raise ConfigError(f"{source}: {text}") from None
 
 
 def apply_flags(cfg: AgentConfig, args: argparse.Namespace) -> AgentConfig:
@@ -182,13 +158,13 @@ def validate(cfg: AgentConfig) -> AgentConfig:
     if cfg.id is None:
         raise ConfigError("no agent id: give --id or `id:` in the config file")
     if not is_valid_id(cfg.id):
-        raise ConfigError(f"agent id {cfg.id!r} must match [A-Za-z0-9_-]{{1,64}}")
+        raise ConfigError(f"agent id {cfg.id!r} must match {ID_PATTERN}")
     if cfg.region is not None and not is_valid_id(cfg.region):
-        raise ConfigError(f"region {cfg.region!r} must match [A-Za-z0-9_-]{{1,64}}")
+        raise ConfigError(f"region {cfg.region!r} must match {ID_PATTERN}")
     if cfg.timezone is not None and (problem := timezone_problem(cfg.timezone)):
         raise ConfigError(f"timezone: {problem}")
-    if cfg.backend not in BACKENDS:
-        raise ConfigError(f"backend {cfg.backend!r}: must be one of {', '.join(BACKENDS)}")
+    if cfg.backend not in BACKEND_NAMES:
+        raise ConfigError(f"backend {cfg.backend!r}: must be one of {', '.join(BACKEND_NAMES)}")
     if not MIN_POLL_INTERVAL_S <= cfg.poll_interval_s <= MAX_POLL_INTERVAL_S:
         raise ConfigError(
             f"poll_interval_s {cfg.poll_interval_s:g}: must be within "
@@ -196,7 +172,7 @@ def validate(cfg: AgentConfig) -> AgentConfig:
         )
     if not 0 <= cfg.resync_jitter_s <= MAX_RESYNC_JITTER_S:
         raise ConfigError(f"resync_jitter_s must be within 0..{MAX_RESYNC_JITTER_S}")
-    for name in _FLOATS - {"poll_interval_s", "resync_jitter_s"}:
+    for name in set(_SECONDS) - {"poll_interval_s", "resync_jitter_s"}:
         if getattr(cfg, name) < 0:
             raise ConfigError(f"{name} must not be negative")
     if cfg.retry_max_s < cfg.retry_min_s or cfg.reconnect_max_s < cfg.reconnect_min_s:

@@ -32,12 +32,14 @@ import logging
 import random
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Optional
 
+import msgspec
+
 from clockfleet.agent import intake, schedule
+from clockfleet.agent.config import Tuning
 from clockfleet.agent.link import BrokerLink, LinkEvents
 from clockfleet.agent.report import SyncJob, SyncOutcome, build_report
 from clockfleet.agent.state import LastGood, Remembered, StateDir, local_status, residual_offset
@@ -51,30 +53,14 @@ from clockfleet.version import __version__
 log = logging.getLogger("clockfleet.agent")
 
 
-@dataclass
-class AgentSettings:
+class AgentSettings(Tuning, kw_only=True):
+    """What one running agent works with: the tuning agent.yaml shares (`Tuning`, one default
+    each) plus what the program around it resolved (keys loaded, paths made)."""
+
     agent_id: str
-    region: Optional[str] = None  # fallback until a profile names one
-    timezone: Optional[str] = None  # fallback after profile and list
-    trust: signing.TrustStore = field(default_factory=signing.TrustStore)
+    trust: signing.TrustStore = msgspec.field(default_factory=signing.TrustStore)
     probe_settings: Any = None  # ProbeSettings; None: the probe's defaults
     tz_root: Optional[Path] = None  # None: never touch a time zone
-    use_timedatectl: Optional[bool] = None
-    startup_delay_s: float = 0.0
-    poll_interval_s: float = 3600.0
-    resync_jitter_s: float = 30.0
-    retry_min_s: float = 16.0
-    retry_max_s: float = 1024.0
-    reconnect_min_s: float = 1.0
-    reconnect_max_s: float = 120.0
-    trust_offset_s: float = 0.5
-    keepalive_s: int = 30
-    profile_grace_s: float = 2.0
-    # `cmd` resync: at most one per this many seconds (RFC 4330's floor), and a command
-    # older than cmd_max_age_s (queued while the agent was away) is dropped, once this
-    # host's clock is good enough to tell its age.
-    cmd_min_interval_s: float = 16.0
-    cmd_max_age_s: float = 300.0
     software: str = __version__
 
 

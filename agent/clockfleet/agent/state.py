@@ -155,10 +155,6 @@ class StateDir:
     def save_status(self, status: dict[str, Any]) -> None:
         self._write("status.json", json.dumps(status, sort_keys=True, indent=1).encode() + b"\n")
 
-    def read_status(self) -> dict[str, Any] | None:
-        raw = self._read("status.json")
-        return None if raw is None else json.loads(raw)
-
 
 def boot_clock() -> tuple[str | None, float]:
     """This boot's id and the seconds since it began (suspend included): neither moves with
