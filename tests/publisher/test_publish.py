@@ -12,7 +12,7 @@ from clockfleet import devstack
 from clockfleet.protocol import signing
 from clockfleet.protocol.codec import decode
 from clockfleet.protocol.messages import Profile, ServerList
-from clockfleet.publisher.plan import date_floor
+from clockfleet.publisher.versions import date_floor
 from tests.broker.brokerstack import Broker
 from tests.broker.mqttclient import connect
 from tests.publisher.conftest import FLEET, retained

@@ -16,7 +16,7 @@ from pathlib import Path
 
 from clockfleet.protocol import signing
 from clockfleet.protocol.messages import MAX_VERSION
-from clockfleet.publisher.plan import MAX_VERSION_JUMP, date_floor
+from clockfleet.publisher.versions import MAX_VERSION_JUMP, date_floor
 from tests.broker.brokerstack import Broker
 from tests.broker.mqttclient import connect
 from tests.publisher.conftest import FLEET, retained

@@ -1,8 +1,11 @@
-"""The publisher's side of MQTT: read the retained state, publish and wait for every PUBACK.
+"""The publisher's side of MQTT: connect, read the retained snapshot, publish and wait for
+every PUBACK.
 
 MQTT 5 where the broker has it: Mosquitto silently drops a publish its ACL denies under
 MQTT 3.1.1 (PUBACK 0), while under MQTT 5 the PUBACK carries reason 135, so the publisher
-can say it was refused. Brokers that refuse MQTT 5 (NATS) get MQTT 3.1.1.
+can say it was refused. A broker that answers MQTT 5 with any refusal but one about the
+identity (NATS: unsupported-protocol) gets MQTT 3.1.1. Refusals are judged by reason code
+(`clockfleet.protocol.session.refusal`), never by message text.
 """
 
 from __future__ import annotations
@@ -12,6 +15,7 @@ import logging
 import secrets
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import paho.mqtt.client as mqtt
@@ -22,12 +26,15 @@ from clockfleet.protocol.connection import (
     connect_blocking,
     new_client,
 )
+from clockfleet.protocol.session import FINAL_REFUSALS, fence_topic, refusal
 from clockfleet.protocol.topics import all_agents_filter, all_servers_filter
 
 log = logging.getLogger("clockfleet.publisher")
 
-# Failures after which MQTT 3.1.1 will not do better: the network or the identity is wrong.
-_FINAL = ("Errno", "SSL", "certificate", "ot authori", "Bad user name", "Banned")
+# Failures MQTT 3.1.1 cannot mend: a refused identity, an address that does not answer, a
+# TLS handshake that fails. Anything else (a refused or unanswered MQTT 5 CONNECT) is worth
+# one more try with 3.1.1.
+_NOT_ABOUT_THE_VERSION = FINAL_REFUSALS | {"unreachable", "tls"}
 
 
 @dataclass
@@ -37,10 +44,8 @@ class Session:
     client_id: str
     lock: threading.Lock = field(default_factory=threading.Lock)
     retained: dict[str, bytes] = field(default_factory=dict)
-    last_retained_at: float = 0.0
-    sentinel: str = ""
-    sentinel_seen: threading.Event = field(default_factory=threading.Event)
     suback: dict[int, list] = field(default_factory=dict)
+    unsuback: set[int] = field(default_factory=set)
     acked: dict[int, object] = field(default_factory=dict)  # mid -> reason code
     cond: threading.Condition = field(default_factory=threading.Condition)
 
@@ -52,37 +57,48 @@ class Session:
 def connect(settings: ConnectionSettings, timeout_s: float) -> Session:
     """Connect with MQTT 5, falling back to 3.1.1; raise BrokerUnreachable with one line."""
     client_id = f"clockfleet-publisher-{secrets.token_hex(4)}"
-    first_error = ""
+    refused_5: BrokerUnreachable | None = None
     for protocol in (mqtt.MQTTv5, mqtt.MQTTv311):
         client = new_client(settings, client_id, protocol=protocol)
         session = Session(client, protocol, client_id)
         _install_callbacks(session)
         try:
             connect_blocking(client, settings, timeout_s=timeout_s)
-            if first_error:
-                log.info("broker refused MQTT 5 (%s); using MQTT 3.1.1", first_error)
-            return session
         except BrokerUnreachable as exc:
-            if protocol == mqtt.MQTTv311 or any(word in str(exc) for word in _FINAL):
-                raise BrokerUnreachable(first_error or str(exc)) from None
-            first_error = str(exc)
+            if refused_5 is not None:
+                raise refused_5 from None  # MQTT 5's answer is the one that says most
+            if not _worth_mqtt_311(exc):
+                raise
+            refused_5 = exc
+            continue
+        if refused_5 is not None:
+            log.info("broker refused MQTT 5 (%s); using MQTT 3.1.1", refused_5)
+        return session
     raise AssertionError("unreachable")
+
+
+def _worth_mqtt_311(exc: BrokerUnreachable) -> bool:
+    # Until connect_blocking names its reasons, nothing is known: always try 3.1.1 (an extra
+    # attempt, never a wrong answer).
+    reasons = getattr(exc, "reasons", ("unknown",))
+    return any(r not in _NOT_ABOUT_THE_VERSION for r in reasons)
 
 
 def _install_callbacks(s: Session) -> None:
     def on_message(client, userdata, msg: mqtt.MQTTMessage) -> None:
-        if msg.topic == s.sentinel:
-            s.sentinel_seen.set()
-            return
         if not msg.retain:
             return  # a live update from another publisher, not the retained state
         with s.lock:
             s.retained[msg.topic] = msg.payload
-            s.last_retained_at = time.monotonic()
 
     def on_subscribe(client, userdata, mid, reason_codes, properties) -> None:
         with s.cond:
             s.suback[mid] = list(reason_codes)
+            s.cond.notify_all()
+
+    def on_unsubscribe(client, userdata, mid, reason_codes, properties) -> None:
+        with s.cond:
+            s.unsuback.add(mid)
             s.cond.notify_all()
 
     def on_publish(client, userdata, mid, reason_code, properties) -> None:
@@ -92,10 +108,11 @@ def _install_callbacks(s: Session) -> None:
 
     s.client.on_message = on_message
     s.client.on_subscribe = on_subscribe
+    s.client.on_unsubscribe = on_unsubscribe
     s.client.on_publish = on_publish
 
 
-def _wait(s: Session, predicate, timeout_s: float) -> bool:
+def _wait(s: Session, predicate: Callable[[], bool], timeout_s: float) -> bool:
     deadline = time.monotonic() + timeout_s
     with s.cond:
         while not predicate():
@@ -110,54 +127,41 @@ class BrokerError(RuntimeError):
     """The broker answered, but not as needed (a refused subscription, missing PUBACKs)."""
 
 
-def read_retained(
-    s: Session, prefix: str, timeout_s: float, quiet_s: float = 1.0
-) -> dict[str, bytes]:
+def read_retained(s: Session, prefix: str, timeout_s: float) -> dict[str, bytes]:
     """Every retained region list and profile on the broker, topic -> payload.
 
     Subscribes at QoS 0: Mosquitto delivers at most max_inflight + max_queued (1020 by
-    default) retained messages to a QoS 1 wildcard subscriber and drops the rest. The end of
-    retained delivery is marked by a message the publisher sends to itself after the SUBACK
-    (the broker delivers a client's messages in order); should that sentinel not come back
-    (an ACL without the publisher's own topic), a quiet period after the last retained
-    message ends the wait instead.
+    default) retained messages to a QoS 1 wildcard subscriber and drops the rest. The
+    snapshot is complete at the UNSUBACK of the session fence (`session.fence_topic`): the
+    broker answers a client's packets in order, after the retained messages of its earlier
+    SUBSCRIBE. The fence needs no ACL grant and publishes nothing.
     """
-    s.sentinel = f"{prefix}/publisher/{s.client_id}/sync"
     filters = [all_servers_filter(prefix), all_agents_filter(prefix, "profile")]
-    rc, mid = s.client.subscribe([(s.sentinel, 0), *[(f, 0) for f in filters]])
+    rc, mid = s.client.subscribe([(f, 0) for f in filters])
     if rc != mqtt.MQTT_ERR_SUCCESS:
         raise BrokerError(f"cannot subscribe: {mqtt.error_string(rc)}")
     if not _wait(s, lambda: mid in s.suback, timeout_s):
         raise BrokerError(f"no SUBACK within {timeout_s:g} s")
-    codes = s.suback[mid]
-    refused = [f for f, c in zip(filters, codes[1:], strict=False) if _failed(c)]
+    refused = [
+        f"{f} ({why})"
+        for f, c in zip(filters, s.suback[mid], strict=False)
+        if (why := refusal(c)) is not None
+    ]
     if refused:
         raise BrokerError(
             f"the broker refused to let this identity read {', '.join(refused)}: "
             f"cannot compare the file with what agents receive"
         )
-    subscribed_at = time.monotonic()
-    s.client.publish(s.sentinel, b"", qos=0)
-    deadline = subscribed_at + timeout_s
-    while not s.sentinel_seen.wait(0.05):
-        now = time.monotonic()
-        with s.lock:
-            last = max(s.last_retained_at, subscribed_at)
-        if now - last >= quiet_s:
-            log.debug("no sentinel; ended the retained read after %.1f s without one", quiet_s)
-            break
-        if now >= deadline:
-            log.warning("retained delivery unsettled after %g s; using what arrived", timeout_s)
-            break
-    s.client.unsubscribe([s.sentinel, *filters])
+    rc, fence = s.client.unsubscribe(fence_topic(prefix, s.client_id))
+    if rc != mqtt.MQTT_ERR_SUCCESS:
+        raise BrokerError(f"cannot unsubscribe: {mqtt.error_string(rc)}")
+    if not _wait(s, lambda: fence in s.unsuback, timeout_s):
+        # Without the fence the snapshot may be partial, and a partial one would republish
+        # unchanged entries with new versions: better to stop.
+        raise BrokerError(f"no UNSUBACK within {timeout_s:g} s: the retained state is unknown")
+    s.client.unsubscribe(filters)
     with s.lock:
         return dict(s.retained)
-
-
-def _failed(code: object) -> bool:
-    if isinstance(code, int):
-        return code >= 0x80
-    return bool(getattr(code, "is_failure", False))
 
 
 @dataclass
@@ -187,7 +191,8 @@ def publish_retained(
         code = s.acked.get(mid)
         if code is None:
             outcomes.append(Outcome(topic, False, f"no PUBACK within {timeout_s:g} s"))
-        elif _failed(code):
+        elif refusal(code) is not None:
+            # paho's text for the operator ("Not authorized"); the decision was the code's.
             outcomes.append(Outcome(topic, False, f"refused by the broker: {code}"))
         else:
             outcomes.append(Outcome(topic, True))

@@ -20,8 +20,8 @@ from clockfleet.protocol.connection import (
     add_arguments,
     settings_from_args,
 )
-from clockfleet.protocol.topics import TopicError, parse_topic
-from clockfleet.publisher import broker_io, fleetfile, plan
+from clockfleet.protocol.ids import ID_PATTERN
+from clockfleet.publisher import broker_copies, broker_io, fleetfile, output, plan, state
 
 log = logging.getLogger("clockfleet.publisher")
 
@@ -41,11 +41,11 @@ An invalid file is reported in full (FILE:LINE: PATH: reason per problem) with e
 nothing is published.
 """
 
-PUBLISH_EPILOG = """\
+PUBLISH_EPILOG = f"""\
 fleet file: `signing_key` (optional, relative to the file), `defaults` (poll_interval_s
-16..604800, resync_jitter_s 0..3600), `regions` (id -> timezone, servers [{host, port}] in
+16..604800, resync_jitter_s 0..3600), `regions` (id -> timezone, servers [{{host, port}}] in
 the order agents try them, optional poll_interval_s/resync_jitter_s) and `agents` (id ->
-region, optional timezone; default: the region's). Ids: [A-Za-z0-9_-]{1,64}. Unknown keys are
+region, optional timezone; default: the region's). Ids: {ID_PATTERN}. Unknown keys are
 errors. Example: config/fleet.yaml.
 
 exit codes: 0 published (or nothing to publish), 1 the broker refused or did not acknowledge
@@ -195,8 +195,8 @@ def publish_main(argv: list[str]) -> int:
 
     state_path = args.state_file or fleet.path.parent / STATE_FILE_NAME
     try:
-        state = plan.load_state(state_path)
-    except plan.StateError as exc:
+        record = state.load_state(state_path)
+    except state.StateError as exc:
         return _fail(str(exc))
 
     try:
@@ -206,45 +206,16 @@ def publish_main(argv: list[str]) -> int:
     except (OSError, ssl.SSLError, ValueError) as exc:
         return _fail(f"cannot set up the connection: {exc}")
     try:
-        return _publish(args, fleet, settings.prefix, state, key, trust, session)
+        return _publish(args, fleet, settings.prefix, record, key, trust, session)
     finally:
         broker_io.close(session)
-
-
-def _on_broker(
-    prefix: str, retained: dict[str, bytes], trust: signing.TrustStore | None
-) -> dict[tuple[plan.Kind, str], plan.Retained]:
-    out: dict[tuple[plan.Kind, str], plan.Retained] = {}
-    for topic, payload in retained.items():
-        if not payload:
-            continue  # an empty retained payload is a withdrawal, not an entry
-        try:
-            ref = parse_topic(prefix, topic)
-        except TopicError as exc:
-            log.warning("ignoring retained message: %s", exc)
-            continue
-        kind: plan.Kind = "region" if ref.kind == "servers" else "profile"
-        have = plan.read_retained(kind, ref.ident, payload, trust)
-        if have.problem:
-            log.warning("%s %s on the broker is invalid (%s)", kind, ref.ident, have.problem)
-        if have.trust_problem and have.version is not None:
-            log.warning(
-                "%s %s on the broker: version %d is not counted (%s; only copies signed with "
-                "a key this publisher holds count)",
-                kind,
-                ref.ident,
-                have.version,
-                have.trust_problem,
-            )
-        out[(kind, ref.ident)] = have
-    return out
 
 
 def _publish(
     args: argparse.Namespace,
     fleet: fleetfile.Fleet,
     prefix: str,
-    state: plan.State,
+    record: state.State,
     key: signing.SigningKey | None,
     trust: signing.TrustStore,
     session: broker_io.Session,
@@ -253,13 +224,13 @@ def _publish(
         retained = broker_io.read_retained(session, prefix, args.timeout)
     except broker_io.BrokerError as exc:
         return _fail(str(exc), 1)
-    on_broker = _on_broker(prefix, retained, trust)
+    on_broker = broker_copies.on_broker(prefix, retained, trust)
     try:
         the_plan = plan.make_plan(
             fleet,
             prefix,
             on_broker,
-            state,
+            record,
             key,
             prune=args.prune,
             accept_version_jump=args.accept_version_jump,
@@ -282,32 +253,25 @@ def _publish(
             "agents configured with a trust key will refuse these lists",
             args.config,
         )
-    unchanged = the_plan.of("unchanged")
     for change in the_plan.of("keep-unlisted"):
-        print(change.describe())
+        print(output.describe(change))
     if args.dry_run:
         for change in to_send:
-            print(f"would {change.verb[0]} {change.describe()}")
-        print(
-            f"dry run against {session.version_name} broker: {len(to_send)} to send, "
-            f"{len(unchanged)} unchanged; nothing published"
-        )
+            print(output.would(change))
+        print(output.dry_run_summary(the_plan, to_send, session.version_name))
         return 0
     if not to_send:
-        print(
-            f"nothing changed: {len(unchanged)} region lists and profiles on the broker match "
-            f"{args.config}; nothing published"
-        )
+        print(output.nothing_changed(the_plan, args.config))
         return 0
 
     # Record the versions before sending: a version number is never issued twice, even if
     # this run dies between the publish and the PUBACK.
     for change in the_plan.of("publish"):
-        state.record(prefix, change.kind, change.ident, change.new_version or 0)
+        record.record(prefix, change.kind, change.ident, change.new_version or 0)
     try:
-        state.save()
+        record.save()
     except OSError as exc:
-        return _fail(f"cannot write the state file {state.path}: {exc}")
+        return _fail(f"cannot write the state file {record.path}: {exc}")
 
     outcomes = broker_io.publish_retained(
         session, [(c.topic, c.payload) for c in to_send], args.timeout
@@ -317,14 +281,11 @@ def _publish(
     for change in to_send:
         outcome = by_topic[change.topic]
         if outcome.ok:
-            print(f"{change.verb[1]} {change.describe()}")
+            print(output.did(change))
         else:
             failed += 1
             log.error("%s %s: %s (%s)", change.kind, change.ident, outcome.reason, change.topic)
-    print(
-        f"{len(to_send) - failed} sent, {failed} failed, {len(unchanged)} unchanged "
-        f"({session.version_name})"
-    )
+    print(output.run_summary(the_plan, len(to_send) - failed, failed, session.version_name))
     return 1 if failed else 0
 
 
@@ -346,7 +307,7 @@ def keygen_main(argv: list[str]) -> int:
         "--key-id",
         metavar="ID",
         default=f"ops-{year}",
-        help=f"key id, [A-Za-z0-9_-]{{1,64}} (default: ops-{year})",
+        help=f"key id, {ID_PATTERN} (default: ops-{year})",
     )
     try:
         args = p.parse_args(argv)
