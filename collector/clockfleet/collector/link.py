@@ -1,12 +1,11 @@
 """A socket stand-in for paho whose reads and writes happen in a thread of its own.
 
-Why: a fresh QoS 0 subscriber to `clock/v1/agents/+/report` is sent every retained report in
-one burst. Mosquitto drops QoS 0 messages too once more than `max_queued_messages` (1000 by
-default) packets wait for a subscriber's socket, and decoding a report takes ~20-50 us, so a
-reader that decodes as it reads falls behind the burst and loses reports (measured: ~8,800 of
-10,000 known). This link drains the socket into memory at memory speed (recv releases the
-GIL) while paho parses and we decode from the buffer at our own pace: the broker always sees
-an empty socket. Memory: the burst itself, once (a few MB for 10,000 reports).
+Why: a fresh QoS 0 subscriber to `clock/v1/agents/+/report` gets every retained report in one
+burst; Mosquitto drops QoS 0 messages too once more than `max_queued_messages` (default 1000)
+wait for a subscriber's socket, and a reader that decodes (~20-50 us a report) as it reads
+falls behind and loses reports (measured: ~8,800 of 10,000 known). This link drains the
+socket into memory (recv releases the GIL) while we decode at our own pace: the broker
+always sees an empty socket. Memory: the burst itself, once (a few MB for 10,000 reports).
 
 QoS 0 PUBLISH packets (everything the collector subscribes to) can skip paho: given
 `on_publish`, the link frames the byte stream itself and hands each QoS 0 PUBLISH's topic and
@@ -14,19 +13,18 @@ payload straight to it, while every other packet (CONNACK, SUBACK, UNSUBACK, PIN
 QoS 1 PUBLISH) still goes to paho, in stream order. paho's per-packet path (three or four
 recv() calls, an MQTTMessage, topic matching, callbacks) costs ~35 us a message, more than
 our strict decode; framing costs ~2 us. Order is kept exactly: once a packet for paho is
-framed, nothing after it is handled until paho has read it, so the UNSUBACK fence in
-ingest.py still comes after the whole retained snapshot.
+framed, nothing after it is handled until paho has read it, so the snapshot fence's UNSUBACK
+still comes after the whole retained snapshot.
 
-paho sees an ordinary non-blocking socket: `recv()` serves buffered bytes or raises
-BlockingIOError, `send()` queues bytes for the I/O thread, `close()` ends it. TLS sockets
-work too: every call on the real socket is made by the I/O thread alone.
+paho sees a non-blocking socket (paho_socket.py: what it calls): `recv()` serves buffered
+bytes or raises BlockingIOError, `send()` queues bytes for the I/O thread, `close()` ends
+it. TLS works too: only the I/O thread calls the real socket.
 
 Bounds (a flood or a hostile broker must not grow memory without limit):
 - At most `max_buffer` bytes wait in memory (plus one `read_size` chunk being read and one
-  packet handed to paho: `memory_bound`).
-  Beyond that the I/O thread stops reading the socket until the consumer has taken the
-  buffer below half of it, so TCP back-pressure applies and the broker queues (and, for
-  QoS 0, drops by its own limits) instead of this process growing. Nothing is dropped here.
+  packet handed to paho: `memory_bound`). Beyond that the I/O thread stops reading until
+  the consumer has taken the buffer below half of it: TCP back-pressure applies and the
+  broker queues (for QoS 0, drops by its own limits). Nothing is dropped here.
 - No packet larger than `max_packet` is held: a QoS 0 PUBLISH that large cannot carry an
   acceptable payload, so its bytes are discarded as they arrive and `on_refused(topic,
   "oversized")` is called once; any other packet that large (the collector subscribes at
@@ -273,10 +271,8 @@ class BufferedLink:
         """The most pending() can be: the buffer's bound, one read, one packet for paho."""
         return self._max_buffer + self._read_size + self._max_packet + 5
 
-    def fileno(self) -> int:
-        return self._sock.fileno()
-
     def __getattr__(self, name: str) -> Any:
+        # Anything else (fileno, getpeername, ...) is the real socket's; paho uses none of it.
         return getattr(self._sock, name)
 
     # --- what the collector's loop calls ---------------------------------------------------
