@@ -12,11 +12,13 @@ import urllib.request
 from datetime import datetime
 from pathlib import Path
 
+import paho.mqtt.client as mqtt
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from clockfleet import devstack
 from clockfleet.collector.ingest import Collector
+from clockfleet.protocol import session
 from clockfleet.protocol.connection import ConnectionSettings, parse_brokers
 from clockfleet.protocol.messages import Report
 from tests.collector.conftest import (
@@ -369,5 +371,27 @@ def test_start_rotates_past_a_dead_broker_in_the_list(broker_url, publisher, mon
         publisher.publish(report_topic("acme-01"), report("acme-01"))
         wait_until(lambda: "acme-01" in collector.state.agents)
         assert str(collector.current_broker) == broker_url
+    finally:
+        collector.stop()
+
+
+def test_the_snapshot_fence_is_an_unsubscribe_of_the_sessions_fence_topic(
+    broker_url, publisher, monkeypatch
+):
+    unsubscribed: list[str] = []
+    real = mqtt.Client.unsubscribe
+
+    def unsubscribe(self, topic, *args, **kwargs):
+        unsubscribed.append(topic)
+        return real(self, topic, *args, **kwargs)
+
+    monkeypatch.setattr(mqtt.Client, "unsubscribe", unsubscribe)
+    publisher.publish_many((report_topic(f"a{i}"), report(f"a{i}")) for i in range(200))
+    collector = Collector(ConnectionSettings(parse_brokers(broker_url), prefix=PREFIX))
+    collector.start()
+    try:
+        wait_until(collector.retained_loaded.is_set, what="the fence answered")
+        assert len(collector.state.agents) == 200  # the whole snapshot came before it
+        assert unsubscribed == [session.fence_topic(PREFIX, collector.client_id)]
     finally:
         collector.stop()

@@ -11,7 +11,7 @@ import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 
 from clockfleet.collector.ingest import Collector
-from clockfleet.protocol.connection import ConnectionSettings, parse_brokers
+from clockfleet.protocol.connection import BrokerUnreachable, ConnectionSettings, parse_brokers
 from tests.broker.brokerstack import Broker, start_broker
 from tests.collector.conftest import report, report_topic, wait_until
 
@@ -58,3 +58,16 @@ def test_collector_reads_retained_and_live_reports_over_tls_as_its_own_identity(
         assert collector.connected
     finally:
         collector.stop()
+
+
+def test_a_refused_connection_is_named_by_its_reason_code(tls_broker):
+    b = tls_broker
+    settings = ConnectionSettings(
+        parse_brokers(b.tls_url),
+        username="collector",
+        password="not-the-password",
+        ca_file=str(b.certs / "ca.crt"),
+    )
+    with pytest.raises(BrokerUnreachable) as refused:
+        Collector(settings).start()
+    assert str(refused.value) == f"{b.tls_url}: refused: not-authorised"
