@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 
 from clockfleet import devstack
-from clockfleet.agent import clock_backends
+from clockfleet.agent import backend_system
 from tests.agent.servicekit import Keys, Publisher, make_keys
 
 
@@ -29,8 +29,8 @@ def _never_touch_the_real_clock(monkeypatch: pytest.MonkeyPatch) -> None:
     def refuse(self, offset_s: float) -> None:
         raise OSError(1, "tests never change this machine's clock (tests/agent/conftest.py)")
 
-    monkeypatch.setattr(clock_backends.KernelClock, "step", refuse)
-    monkeypatch.setattr(clock_backends.KernelClock, "slew", refuse)
+    monkeypatch.setattr(backend_system.KernelClock, "step", refuse)
+    monkeypatch.setattr(backend_system.KernelClock, "slew", refuse)
 
 
 @dataclass

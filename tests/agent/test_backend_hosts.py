@@ -8,12 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from clockfleet.agent.clock_backends import (
-    ChronyBackend,
-    TimesyncdBackend,
-    render_chrony_sources,
-    render_timesyncd_dropin,
-)
+from clockfleet.agent.backend_chrony import ChronyBackend, render_chrony_sources
+from clockfleet.agent.backend_timesyncd import TimesyncdBackend, render_timesyncd_dropin
 
 SMUGGLED = "fe80::1%eth0\nserver evil.example.net iburst prefer"
 GOOD = ("192.0.2.10", 123)

@@ -16,13 +16,8 @@ from pathlib import Path
 
 import pytest
 
-from clockfleet.agent.clock_backends import (
-    DEFAULT_STEP_THRESHOLD_S,
-    SystemBackend,
-    choose_adjustment,
-    has_capability,
-    make_backend,
-)
+from clockfleet.agent.backend_system import SystemBackend, choose_adjustment, has_capability
+from clockfleet.agent.clock_backends import DEFAULT_STEP_THRESHOLD_S, make_backend
 
 CHOSEN = ("192.0.2.10", 123)
 
@@ -132,7 +127,7 @@ def _run_without_cap_sys_time(code: str) -> subprocess.CompletedProcess[str]:
 
 def test_check_refuses_in_a_process_without_cap_sys_time():
     r = _run_without_cap_sys_time(
-        "from clockfleet.agent.clock_backends import SystemBackend;print(SystemBackend().check())"
+        "from clockfleet.agent.backend_system import SystemBackend;print(SystemBackend().check())"
     )
 
     assert r.returncode == 0, r.stderr
@@ -144,7 +139,7 @@ _REAL_SYSCALLS_REFUSED = textwrap.dedent(
     """
     import sys
     from pathlib import Path
-    from clockfleet.agent.clock_backends import SystemBackend, has_capability
+    from clockfleet.agent.backend_system import SystemBackend, has_capability
     if has_capability(Path("/proc/self/status").read_text()):
         sys.exit("still has CAP_SYS_TIME: refusing to call the real clock syscalls")
     for offset in (5.0, 0.01):

@@ -1,0 +1,197 @@
+"""The `chrony` backend: hand the list to a running chronyd through its sourcedir and chronyc."""
+
+from __future__ import annotations
+
+import logging
+import re
+import shutil
+import socket
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from clockfleet.agent.clock_backends import (
+    DEFAULT_STEP_THRESHOLD_S,
+    Applied,
+    Server,
+    command_argv,
+    fmt_server,
+    list_problem,
+    require_valid,
+    run_command,
+    writable_dir_problem,
+)
+from clockfleet.agent.files import write_if_changed
+
+log = logging.getLogger(__name__)
+
+
+_CHRONY_OPTIONS_RE = re.compile(r"\A[a-z]+(?: [a-z]+| -?[0-9]+(?:\.[0-9]+)?)*\Z")
+
+
+def render_chrony_sources(
+    servers: Sequence[Server], chosen: Server, server_options: str = "iburst"
+) -> str:
+    """The sources file: one `server` line per entry in operator order, the chosen one
+    marked `prefer` so chronyd keeps the server the agent validated while it is good.
+
+    Raises ValueError for a server the host grammar refuses: a host is written into a
+    daemon's config, and this is the last place before it is."""
+    require_valid(servers, chosen)
+    lines = ["# Written by clockfleet-agent; replaced whenever its region's list changes."]
+    for host, port in servers:
+        words = ["server", host, "port", str(port)]
+        if server_options:
+            words.append(server_options)
+        if (host, port) == tuple(chosen):
+            words.append("prefer")
+        lines.append(" ".join(words))
+    return "\n".join(lines) + "\n"
+
+
+def parse_chrony_sources_csv(text: str) -> list[tuple[str, str, str]]:
+    """`chronyc -c -n sources` -> [(mode, state, address)], e.g. ('^', '*', '192.0.2.10')."""
+    rows = []
+    for line in text.splitlines():
+        fields = line.split(",")
+        if len(fields) >= 3 and fields[0] in ("^", "=", "#"):
+            rows.append((fields[0], fields[1], fields[2]))
+    return rows
+
+
+def _addresses_of(host: str) -> set[str]:
+    """Every address chronyd might list for `host` (it lists IPs when run with -n)."""
+    try:
+        infos = socket.getaddrinfo(host, None, type=socket.SOCK_DGRAM)
+    except OSError:
+        return {host}
+    return {info[4][0] for info in infos} | {host}
+
+
+@dataclass
+class ChronyBackend:
+    """Feed chronyd through its `sourcedir` (chrony >= 4.0) and chronyc.
+
+    A step: when |offset| exceeds `step_threshold_s`, the agent arms chronyd's step for its
+    next clock update (`chronyc makestep THRESHOLD 1`) before reloading, so chronyd steps by
+    its own measurement of the new sources. A bare `chronyc makestep` right after a reload
+    would be a no-op: chronyd has no sample from the new sources yet. This replaces the
+    `makestep` limit from chrony.conf with a one-shot one (Debian's `makestep 1 3` is used up
+    after three updates anyway).
+    """
+
+    sourcedir: str | Path = "/etc/chrony/sources.d"
+    chronyc: str | Sequence[str] = "chronyc"
+    socket: str | Path | None = None
+    step_threshold_s: float = DEFAULT_STEP_THRESHOLD_S
+    sources_file: str = "clockfleet.sources"
+    server_options: str = "iburst"
+    confirm_timeout_s: float = 5.0
+    command_timeout_s: float = 10.0
+    name: str = field(default="chrony", init=False)
+
+    def __post_init__(self) -> None:
+        self.sourcedir = Path(self.sourcedir)
+        if "/" in self.sources_file or not self.sources_file.endswith(".sources"):
+            raise ValueError(
+                f"sources_file {self.sources_file!r}: a plain name ending in .sources "
+                "(chronyd reads only *.sources from its sourcedir)"
+            )
+        if self.server_options and not _CHRONY_OPTIONS_RE.match(self.server_options):
+            raise ValueError(f"server_options {self.server_options!r}: chrony option words only")
+        if not self.step_threshold_s > 0:
+            raise ValueError("step_threshold_s must be > 0")
+
+    @property
+    def path(self) -> Path:
+        return Path(self.sourcedir) / self.sources_file
+
+    def _chronyc(self, *args: str) -> tuple[int, str]:
+        argv = command_argv(self.chronyc)
+        if self.socket is not None:
+            argv += ["-h", str(self.socket)]
+        return run_command([*argv, *args], self.command_timeout_s)
+
+    def check(self) -> str | None:
+        binary = command_argv(self.chronyc)[0]
+        if shutil.which(binary) is None:
+            return f"chrony backend: {binary} not found (install chrony)"
+        problem = writable_dir_problem(Path(self.sourcedir))
+        if problem is not None:
+            return (
+                f"chrony backend: sourcedir {problem}; chrony.conf needs "
+                f"`sourcedir {self.sourcedir}`"
+            )
+        return None
+
+    def _refused(self, rc: int, out: str) -> str | None:
+        """chronyc exits 0 on some failures; its reply code is the truth."""
+        if rc != 0:
+            if "connection to daemon" in out or "Cannot talk to daemon" in out:
+                where = self.socket or "its default socket"
+                return f"{out} (is chronyd running? tried {where})"
+            return out or f"exit code {rc}"
+        if out and not out.startswith("200 OK") and re.match(r"\A5\d\d ", out):
+            return out
+        return None
+
+    def apply(self, servers: Sequence[Server], chosen: Server, offset_s: float) -> Applied:
+        problem = list_problem(servers, chosen)
+        if problem is not None:
+            return Applied("chrony", False, problem)
+        content = render_chrony_sources(servers, chosen, self.server_options)
+        try:
+            changed = write_if_changed(self.path, content)
+        except OSError as e:
+            return Applied("chrony", False, f"cannot write {self.path}: {e.strerror or e}")
+        done = [f"{'wrote' if changed else 'unchanged'} {self.path} ({len(servers)} servers)"]
+
+        # A failed arm still lets the new list in (chronyd then slews), but is a failure.
+        step_failed: str | None = None
+        if abs(offset_s) > self.step_threshold_s:
+            rc, out = self._chronyc("makestep", f"{self.step_threshold_s:g}", "1")
+            step_failed = self._refused(rc, out)
+            if step_failed is None:
+                done.append(
+                    f"step armed (|offset| {abs(offset_s):.3f} s > {self.step_threshold_s:g} s)"
+                )
+            else:
+                done.append(f"makestep: {step_failed}")
+
+        rc, out = self._chronyc("reload", "sources")
+        refused = self._refused(rc, out)
+        if refused is not None:
+            return Applied("chrony", False, "; ".join([*done, f"reload sources: {refused}"]))
+        done.append("reloaded")
+
+        wanted = _addresses_of(chosen[0])
+        deadline = time.monotonic() + self.confirm_timeout_s
+        listed: list[tuple[str, str, str]] = []
+        while True:
+            rc, out = self._chronyc("-c", "-n", "sources")
+            refused = self._refused(rc, out)
+            if refused is not None:
+                return Applied("chrony", False, "; ".join([*done, f"sources: {refused}"]))
+            listed = parse_chrony_sources_csv(out)
+            if any(addr in wanted for _, _, addr in listed):
+                break
+            if time.monotonic() >= deadline:
+                shown = ", ".join(a for _, _, a in listed) or "nothing"
+                return Applied(
+                    "chrony",
+                    False,
+                    "; ".join(
+                        [
+                            *done,
+                            f"chronyd does not list {chosen[0]} after "
+                            f"{self.confirm_timeout_s:g} s (lists {shown})",
+                        ]
+                    ),
+                )
+            time.sleep(0.1)
+        done.append(f"chronyd lists {fmt_server(chosen)} (prefer)")
+        return Applied("chrony", step_failed is None, "; ".join(done))
+
+
+# --- timesyncd ----------------------------------------------------------------------------
