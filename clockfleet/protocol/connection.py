@@ -31,7 +31,16 @@ class UsageError(ValueError):
 
 
 class BrokerUnreachable(ConnectionError):
-    """No broker in the list accepted a connection (refused, unreachable or timed out)."""
+    """No broker in the list accepted a connection (refused, unreachable or timed out).
+
+    `reasons` holds one code per broker tried, in the order of the message's parts: a
+    CONNACK refusal's name (`session.refusal`: "bad-credentials", "unsupported-protocol", ...),
+    "unreachable" (no TCP connection), "tls" (the handshake failed) or "no-connack".
+    """
+
+    def __init__(self, message: str, reasons: tuple[str, ...] = ()) -> None:
+        super().__init__(message)
+        self.reasons = reasons
 
 
 @dataclass(frozen=True)
@@ -211,6 +220,7 @@ def connect_blocking(
     """
     timeout = settings.connect_timeout_s if timeout_s is None else timeout_s
     errors = []
+    reasons: list[str] = []
     for addr in rotation(settings.brokers):
         done = threading.Event()
         result: dict = {}
@@ -231,6 +241,7 @@ def connect_blocking(
         except (OSError, ssl.SSLError) as exc:
             client.on_connect = previous
             errors.append(f"{addr}: {exc}")
+            reasons.append("tls" if isinstance(exc, ssl.SSLError) else "unreachable")
             continue
         client.loop_start()
         ok = done.wait(timeout)
@@ -244,4 +255,5 @@ def connect_blocking(
         with contextlib.suppress(Exception):
             client.disconnect()
         errors.append(f"{addr}: {rc if ok else f'no CONNACK within {timeout:g} s'}")
-    raise BrokerUnreachable("; ".join(errors))
+        reasons.append((session.refusal(rc) or "unspecified") if ok else "no-connack")
+    raise BrokerUnreachable("; ".join(errors), tuple(reasons))

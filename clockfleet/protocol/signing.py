@@ -38,9 +38,6 @@ class KeyFileError(ValueError):
     """A key file that cannot be used (missing, unreadable, wrong type, bad name)."""
 
 
-KeyError_ = KeyFileError  # the old name, until the publisher's last use of it is gone
-
-
 @dataclass(frozen=True)
 class SigningKey:
     key_id: str

@@ -240,9 +240,9 @@ def test_the_publisher_cannot_read_commands_for_an_agent_named_like_it(
     publisher = login(b, "publisher")
     operator = login(b, "operator")
     try:
-        publisher.subscribe("clock/v1/agents/publisher/cmd", "clock/v1/publisher/sync")
+        publisher.subscribe("clock/v1/agents/publisher/cmd", "clock/v1/regions/sync/servers")
         assert operator.publish("clock/v1/agents/publisher/cmd", b"sync").is_failure is False
-        publisher.sync("clock/v1/publisher/sync")
+        publisher.sync("clock/v1/regions/sync/servers")
         assert publisher.on("clock/v1/agents/publisher/cmd") == []
     finally:
         operator.close()

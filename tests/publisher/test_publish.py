@@ -314,6 +314,20 @@ def test_a_wrong_password_exits_2_with_one_line(broker: Broker, fleet, tmp_path,
     assert len(lines) == 1 and "Not authorized" in lines[0]
 
 
+def test_a_refused_login_is_not_tried_again_with_mqtt_311(broker: Broker, fleet, tmp_path, capsys):
+    """The CONNACK's reason code (bad credentials) is final: MQTT 3.1.1 would fail the same."""
+    from clockfleet.publisher.cli import publish_main
+
+    wrong = tmp_path / "wrong.password"
+    wrong.write_text("not-it\n")
+    args = ["--config", str(fleet()), "--broker", broker.url, "--username", "publisher"]
+    assert publish_main([*args, "--password-file", str(wrong)]) == 2
+    # Mosquitto logs in the order it handles clients: once this login is answered, the
+    # publisher's attempts are all in the log.
+    connect(broker.daemon.port, "operator", broker.password("operator")).close()
+    assert broker.daemon.log.read_text().count("disconnected, not authorised") == 1
+
+
 def test_the_installed_command_publishes_as_a_subprocess(broker: Broker, fleet, tmp_path, keys):
     path = fleet()
     cmd = [

@@ -42,7 +42,14 @@ from clockfleet.agent import intake, schedule
 from clockfleet.agent.config import Tuning
 from clockfleet.agent.link import BrokerLink, LinkEvents
 from clockfleet.agent.report import SyncJob, SyncOutcome, build_report
-from clockfleet.agent.state import LastGood, Remembered, StateDir, local_status, residual_offset
+from clockfleet.agent.state import (
+    LastGood,
+    Remembered,
+    StateDir,
+    load_cached,
+    local_status,
+    residual_offset,
+)
 from clockfleet.agent.sync import run_sync
 from clockfleet.protocol import codec, signing, topics
 from clockfleet.protocol.codec import Rejected
@@ -252,61 +259,20 @@ class Agent:
         if self.state is None:
             return
         self.memory = self.state.load_remembered()
-        trust = self.settings.trust
-        raw = self.state.load_profile_payload()
-        if raw:
-            try:
-                self.profile = intake.decode_verified(Profile, raw, self.id, trust)
-                self.profile_payload = raw
-            except Rejected as r:
-                self._cache_refused("profile", r)
-        raw = self.state.load_list_payload()
-        if raw:
-            try:
-                sl, obj = codec.decode(ServerList, raw)
-                if trust:
-                    signing.verify(obj, trust)
-                self.server_list, self.list_payload = sl, raw
-                log.info(
-                    "%s: cached list v%d of region %s loaded (%d servers)",
-                    self.id,
-                    sl.version,
-                    sl.region,
-                    len(sl.servers),
-                )
-            except Rejected as r:
-                self._cache_refused("list", r)
-        if not self.once:
-            self._restore_last_report()
-
-    def _cache_refused(self, what: str, r: Rejected) -> None:
-        self.counters[r.reason] += 1
-        log.warning("%s: cached %s refused (%s): %s", self.id, what, r.reason, r.detail)
-
-    def _restore_last_report(self) -> None:
-        """The last report before a restart: a good sync whose age can be proven keeps the
-        host trustworthy in status.json until it goes stale, instead of flapping."""
-        assert self.state is not None
-        raw = self.state.load_report()
-        if not raw:
-            return
-        try:
-            rep, _ = codec.decode(Report, raw, topic_id=self.id, check_future=False)
-        except Rejected as r:
-            log.warning("%s: cached report ignored (%s): %s", self.id, r.reason, r.detail)
-            return
-        self.last_report, self.last_report_payload = rep, raw
-        if not rep.ok:
-            return
-        age = self.state.last_good_age(rep, self.wall_clock(), self.settings.trust_offset_s)
-        if age is None:
-            log.info(
-                "%s: the last good sync's age cannot be known (another boot, or the clock "
-                "moved since): not trustworthy until the next good sync",
-                self.id,
-            )
-            return
-        self._last_good = LastGood(time.monotonic() - age, residual_offset(rep), rep)
+        cached = load_cached(
+            self.state,
+            self.id,
+            self.settings.trust,
+            with_report=not self.once,
+            wall_now=self.wall_clock(),
+            trust_offset_s=self.settings.trust_offset_s,
+        )
+        for reason in cached.refused:
+            self.counters[reason] += 1
+        self.profile, self.profile_payload = cached.profile, cached.profile_payload
+        self.server_list, self.list_payload = cached.server_list, cached.list_payload
+        self.last_report, self.last_report_payload = cached.report, cached.report_payload
+        self._last_good = cached.last_good
 
     def _save_memory(self) -> None:
         if self.state is not None:

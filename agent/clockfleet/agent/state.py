@@ -21,11 +21,12 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, Optional
 
 from clockfleet.agent.files import write_atomic
-from clockfleet.protocol.codec import utcnow_iso
-from clockfleet.protocol.messages import Report
+from clockfleet.protocol import codec, signing
+from clockfleet.protocol.codec import Rejected, utcnow_iso
+from clockfleet.protocol.messages import Profile, Report, ServerList
 
 log = logging.getLogger("clockfleet.agent.state")
 
@@ -165,6 +166,81 @@ def boot_clock() -> tuple[str | None, float]:
         boot_id = None
     clock = getattr(time, "CLOCK_BOOTTIME", time.CLOCK_MONOTONIC)
     return boot_id, time.clock_gettime(clock)
+
+
+# --- what a restarted agent picks up ---------------------------------------------------------
+
+
+@dataclass
+class Cached:
+    """What the state directory held, each part verified again (None where refused)."""
+
+    profile: Optional[Profile] = None
+    profile_payload: Optional[bytes] = None
+    server_list: Optional[ServerList] = None
+    list_payload: Optional[bytes] = None
+    report: Optional[Report] = None
+    report_payload: Optional[bytes] = None
+    last_good: Optional[LastGood] = None
+    refused: list[str] = field(default_factory=list)  # rejection reasons, to count
+
+
+def load_cached(
+    state: StateDir,
+    agent_id: str,
+    trust: signing.TrustStore,
+    *,
+    with_report: bool,
+    wall_now: float,
+    trust_offset_s: float,
+) -> Cached:
+    """The last good profile and list (decoded strictly and signature-checked again: the
+    files may have been tampered with) and, `with_report`, the last report and the good sync
+    it vouches for, when that sync's age can be proven (`StateDir.last_good_age`)."""
+    out = Cached()
+    for name, cls, topic_id in (("profile", Profile, agent_id), ("list", ServerList, None)):
+        raw = state.load_profile_payload() if cls is Profile else state.load_list_payload()
+        if not raw:
+            continue
+        try:
+            msg, obj = codec.decode(cls, raw, topic_id=topic_id)
+            if trust:
+                signing.verify(obj, trust)
+        except Rejected as r:
+            out.refused.append(r.reason)
+            log.warning("%s: cached %s refused (%s): %s", agent_id, name, r.reason, r.detail)
+            continue
+        if isinstance(msg, Profile):
+            out.profile, out.profile_payload = msg, raw
+        else:
+            out.server_list, out.list_payload = msg, raw
+            log.info(
+                "%s: cached list v%d of region %s loaded (%d servers)",
+                agent_id,
+                msg.version,
+                msg.region,
+                len(msg.servers),
+            )
+    raw = state.load_report() if with_report else None
+    if not raw:
+        return out
+    try:
+        rep, _ = codec.decode(Report, raw, topic_id=agent_id, check_future=False)
+    except Rejected as r:
+        log.warning("%s: cached report ignored (%s): %s", agent_id, r.reason, r.detail)
+        return out
+    out.report, out.report_payload = rep, raw
+    if rep.ok:
+        age = state.last_good_age(rep, wall_now, trust_offset_s)
+        if age is None:
+            log.info(
+                "%s: the last good sync's age cannot be known (another boot, or the clock "
+                "moved since): not trustworthy until the next good sync",
+                agent_id,
+            )
+        else:
+            out.last_good = LastGood(time.monotonic() - age, residual_offset(rep), rep)
+    return out
 
 
 # --- the local status file ------------------------------------------------------------------

@@ -78,10 +78,7 @@ def connect(settings: ConnectionSettings, timeout_s: float) -> Session:
 
 
 def _worth_mqtt_311(exc: BrokerUnreachable) -> bool:
-    # Until connect_blocking names its reasons, nothing is known: always try 3.1.1 (an extra
-    # attempt, never a wrong answer).
-    reasons = getattr(exc, "reasons", ("unknown",))
-    return any(r not in _NOT_ABOUT_THE_VERSION for r in reasons)
+    return any(r not in _NOT_ABOUT_THE_VERSION for r in exc.reasons)
 
 
 def _install_callbacks(s: Session) -> None:

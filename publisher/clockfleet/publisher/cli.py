@@ -184,11 +184,11 @@ def publish_main(argv: list[str]) -> int:
     if key_path is not None:
         try:
             key = signing.load_signing_key(key_path)
-        except signing.KeyError_ as exc:
+        except signing.KeyFileError as exc:
             return _fail(str(exc))
     try:
         trust = signing.load_trust(args.trust_key)
-    except signing.KeyError_ as exc:
+    except signing.KeyFileError as exc:
         return _fail(str(exc))
     if key is not None:
         trust.keys.update(signing.trust_of(key).keys)
@@ -315,7 +315,7 @@ def keygen_main(argv: list[str]) -> int:
         return int(exc.code or 0)
     try:
         private, public = signing.generate(args.out, args.key_id)
-    except signing.KeyError_ as exc:
+    except signing.KeyFileError as exc:
         print(f"clockfleet keygen: {exc}", file=sys.stderr)
         return 2
     except OSError as exc:
