@@ -13,7 +13,7 @@ from string import Template
 
 import yaml
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]  # devstack/clockfleet/demo_fleet.py
 BEFORE = REPO / "config" / "fleet.demo.yaml"
 AFTER = REPO / "config" / "fleet.demo.after.yaml"
 
