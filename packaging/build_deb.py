@@ -154,6 +154,8 @@ def install_payload(suite: Suite, root: Path, wheels: Path, project: Path) -> No
         project,
     )
     shutil.rmtree(site / "bin", ignore_errors=True)  # console scripts for the build's Python
+    for f in site.glob("clockfleet-*.dist-info/direct_url.json"):
+        f.unlink()  # names this build's temporary directory
     for name in NOT_SHIPPED:
         p = site / "clockfleet" / name
         if p.is_dir():
@@ -162,6 +164,14 @@ def install_payload(suite: Suite, root: Path, wheels: Path, project: Path) -> No
             p.unlink(missing_ok=True)
     for cache in list(site.rglob("__pycache__")):
         shutil.rmtree(cache)
+    # PyYAML's wheel links a private copy of libyaml into its C binding; the agent reads one
+    # small agent.yaml at start, so PyYAML's pure-Python loader (its own fallback) is enough,
+    # and the package embeds one library fewer.
+    for so in site.glob("yaml/_yaml*.so"):
+        so.unlink()
+    shutil.rmtree(site / "_yaml", ignore_errors=True)
+    for so in site.rglob("*.so"):
+        run("strip", "--strip-unneeded", "--remove-section=.comment", so)
     # A virtualenv in the layout `python -m venv` makes: Python finds pyvenv.cfg next to the
     # directory of the interpreter it was started as, and takes site-packages from there.
     (venv / "pyvenv.cfg").write_text(
@@ -227,9 +237,22 @@ def packaged_unit() -> str:
     )
 
 
-def control(suite: Suite, version: str, installed_kb: int) -> str:
+def glibc_floor(wheels: Path) -> str:
+    """The glibc the shipped binary wheels need: for each wheel the oldest of its manylinux
+    tags (it runs on any of them), then the newest of those over all wheels."""
+    floor = (2, 17)
+    for wheel in wheels.glob("*.whl"):
+        tags = [(2, 17)] if "manylinux2014" in wheel.name else []
+        tags += [(int(a), int(b)) for a, b in re.findall(r"manylinux_(\d+)_(\d+)_", wheel.name)]
+        if tags:
+            floor = max(floor, min(tags))
+    return f"{floor[0]}.{floor[1]}"
+
+
+def control(suite: Suite, version: str, installed_kb: int, libc: str) -> str:
     depends = [
         f"python{suite.python}",
+        f"libc6 (>= {libc})",
         "adduser",
         "systemd",
         "dbus",
@@ -297,13 +320,15 @@ def stage(suite: Suite, version: str, root: Path, wheels: Path, project: Path) -
     (lib / "clockfleet-agent.service").write_text(packaged_unit())
     for unit in ("clockfleet-agent-config.path", "clockfleet-agent-config.service"):
         copy_file(share / unit, lib / unit, 0o644)
+    copy_file(share / "apply-config", root / "usr/lib/clockfleet-agent/apply-config", 0o755)
     backends = root / "usr/share/clockfleet-agent/backends"
     for conf in sorted((share / "backends").glob("*.conf")):
         copy_file(conf, backends / conf.name, 0o644)
     etc = root / "etc/clockfleet"
     etc.mkdir(parents=True)
     (etc / "agent.yaml").write_text(unconfigured_agent_yaml())
-    (etc / "agent.yaml").chmod(0o640)
+    # 0644/0755 in the archive (nothing secret in the example); postinst narrows them with
+    # dpkg-statoverride once the clockfleet group exists.
     (etc / "trust").mkdir()
     if suite.polkit_rules == "js":
         copy_file(
@@ -325,7 +350,7 @@ def stage(suite: Suite, version: str, root: Path, wheels: Path, project: Path) -
     copy_file(share / "copyright", doc / "copyright", 0o644)
     copy_file(REPO / "agent" / "agent.yaml", doc / "examples/agent.yaml", 0o644)
     copy_file(HERE / "cloud-init/clockfleet-agent.yaml", doc / "examples/cloud-init.yaml", 0o644)
-    changelog = doc / "changelog.Debian.gz"
+    changelog = doc / "changelog.gz"  # a native package: no Debian revision
     subprocess.run(
         ["gzip", "-9n"],
         input=(
@@ -339,7 +364,18 @@ def stage(suite: Suite, version: str, root: Path, wheels: Path, project: Path) -
     )
     changelog.chmod(0o644)
     lintian = root / "usr/share/lintian/overrides" / PACKAGE
-    copy_file(share / "lintian-overrides", lintian, 0o644)
+    lintian.parent.mkdir(parents=True)
+    overrides = (share / "lintian-overrides").read_text()
+    overrides = overrides.replace("@SYSTEMD_LIB@", suite.systemd_lib)
+    if suite.polkit == "policykit-1":
+        overrides += (
+            "# Debian 11 has no polkitd package: policykit-1 is that suite's polkit daemon\n"
+            "# (lintian judges by the newest suite's archive).\n"
+            f"{PACKAGE}: depends-on-obsolete-package Depends: policykit-1 => polkitd and "
+            "optionally pkexec\n"
+        )
+    lintian.write_text(overrides)
+    lintian.chmod(0o644)
 
     debian = root / "DEBIAN"
     debian.mkdir()
@@ -349,7 +385,7 @@ def stage(suite: Suite, version: str, root: Path, wheels: Path, project: Path) -
         (debian / script).chmod(0o755)
     (debian / "conffiles").write_text("/etc/clockfleet/agent.yaml\n")
     size = sum(p.lstat().st_size for p in root.rglob("*") if not p.is_dir()) // 1024 + 1
-    (debian / "control").write_text(control(suite, version, size))
+    (debian / "control").write_text(control(suite, version, size, glibc_floor(wheels)))
     md5 = []
     for p in sorted(root.rglob("*")):
         rel = p.relative_to(root)
@@ -361,7 +397,6 @@ def stage(suite: Suite, version: str, root: Path, wheels: Path, project: Path) -
     for d in [root, *root.rglob("*")]:
         if d.is_dir() and not d.is_symlink():
             d.chmod(0o755)
-    (etc).chmod(0o750)  # group set by postinst, once the group exists
 
 
 def build(suite: Suite, version: str, out: Path, cache: Path) -> Path:
@@ -379,7 +414,7 @@ def build(suite: Suite, version: str, out: Path, cache: Path) -> Path:
                 and p.suffix != ".so"
                 and "DEBIAN" not in p.parts
                 and p.stat().st_mode & 0o111
-                and p.parent.name not in ("bin", "system-generators")
+                and p.parent.name not in ("bin", "system-generators", "clockfleet-agent")
             ):
                 p.chmod(0o644)  # wheels mark some data files executable
         out.mkdir(parents=True, exist_ok=True)

@@ -7,13 +7,17 @@
 #   packaging/images/build-image.sh SUITE [CACHE_DIR]   -> image clockfleet-host:SUITE
 #
 # (A container must be started with --stop-signal SIGRTMIN+3: `docker import` cannot set it.)
-# The root file system is cached as CACHE_DIR/SUITE-KEY.tar (KEY: hash of this script), so a
-# rebuilt daemon or a fresh docker data root costs an import (~5 s), not a debootstrap (~45 s).
+# The root file system is cached as CACHE_DIR/SUITE-KEY.tar (KEY: hash of the recipe below and
+# of customize-rootfs.sh), so a rebuilt daemon or a fresh docker data root costs an import
+# (~5 s), not a debootstrap (~45 s).
 set -eu
 SUITE=$1
 CACHE=${2:-.cache/images}
 HERE=$(cd "$(dirname "$0")" && pwd)
-KEY=$(cat "$HERE/build-image.sh" "$HERE/customize-rootfs.sh" | sha256sum | cut -c1-12)
+KEY=$({
+    sed -n '/^# >>> recipe/,/^# <<< recipe/p' "$HERE/build-image.sh"
+    cat "$HERE/customize-rootfs.sh"
+} | sha256sum | cut -c1-12)
 IMAGE=clockfleet-host:$SUITE
 TAR=$CACHE/$SUITE-$KEY.tar
 
@@ -21,6 +25,7 @@ if [ "$(docker image inspect -f '{{index .Config.Labels "clockfleet.key"}}' "$IM
     exit 0
 fi
 
+# >>> recipe: what goes into the root file system (the cache key covers this part)
 case $SUITE in
     bullseye) POLKIT=policykit-1 ;;      # polkit 0.105: .pkla files, no JavaScript rules
     bookworm|trixie) POLKIT=polkitd ;;   # polkit 122/126: JavaScript .rules
@@ -50,14 +55,13 @@ if [ ! -s "$TAR" ]; then
     nice chroot "$ROOT" env DEBIAN_FRONTEND=noninteractive \
         apt-get install -y -q --no-install-recommends $EXTRA >>"$LOG" 2>&1 || fail
     rm -f "$ROOT/usr/sbin/policy-rc.d"
-    # chrony and systemd-timesyncd conflict (time-daemon) from bookworm on: keep timesyncd's
-    # .deb in the image so a test can swap daemons offline (bullseye ships it inside systemd).
+    # chrony and systemd-timesyncd conflict (both are a time-daemon): keep timesyncd's .deb in
+    # the image so a test can swap daemons offline, as a host that moves between them does.
     mkdir -p "$ROOT/var/cache/clockfleet-image"
-    if [ "$SUITE" != bullseye ]; then
-        chroot "$ROOT" sh -c 'cd /var/cache/clockfleet-image && apt-get -q download systemd-timesyncd' \
-            >>"$LOG" 2>&1 || fail
-    fi
+    chroot "$ROOT" sh -c 'cd /var/cache/clockfleet-image && apt-get -q download systemd-timesyncd' \
+        >>"$LOG" 2>&1 || fail
     sh "$HERE/customize-rootfs.sh" "$ROOT" "$SUITE"
+# <<< recipe
     echo "debootstrap $SUITE: $(($(date +%s) - start)) s" >>"$CACHE/timings.log"
     tar -C "$ROOT" --numeric-owner -cf "$TAR.part" .
     mv "$TAR.part" "$TAR"
@@ -69,3 +73,5 @@ docker import \
     --change 'CMD ["/lib/systemd/systemd"]' \
     --change "LABEL clockfleet.key=$KEY" \
     "$TAR" "$IMAGE" >/dev/null
+# The image this tag named before is now dangling: drop it (only ours, by label).
+docker image prune -f --filter label=clockfleet.key >/dev/null

@@ -31,6 +31,7 @@ from clockfleet import devstack
 from tests.conftest import next_loopback_address
 from tests.hosts import hostkit
 
+REPO_UNIT = hostkit.REPO / "agent" / "clockfleet-agent.service"
 TIMEZONES = itertools.cycle(
     ["America/Chicago", "Asia/Kolkata", "Europe/Lisbon", "Pacific/Auckland"]
 )
@@ -53,7 +54,7 @@ class Stack:
     port123: devstack.Daemon | None  # for timesyncd, which only speaks to port 123
     key: Path
     pub: Path
-    regions: dict[str, list[devstack.Daemon]] = field(default_factory=dict)
+    regions: dict[str, list[tuple[str, int]]] = field(default_factory=dict)
     agents: dict[str, dict[str, str]] = field(default_factory=dict)
     reports: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
     statuses: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
@@ -76,7 +77,7 @@ class Stack:
             "regions": {
                 name: {
                     "timezone": "UTC",
-                    "servers": [{"host": s.host, "port": s.port} for s in servers],
+                    "servers": [{"host": h, "port": p} for h, p in servers],
                 }
                 for name, servers in self.regions.items()
             },
@@ -123,9 +124,19 @@ class Stack:
                 f"{exc}; reports: {self.reports.get(agent_id)}\n{journal}"
             ) from None
 
+    def restart_broker(self) -> None:
+        """Start the stopped broker again on its port (its retained lists persisted)."""
+        self.broker = devstack.restart(self.broker)
+
     def sessions(self, agent_id: str) -> list[int]:
         with self.lock:
             return [s["session"] for s in self.statuses.get(agent_id, []) if "session" in s]
+
+
+def _subscribe(client: mqtt.Client, userdata: Any, flags: Any, rc: Any, props: Any) -> None:
+    # On every (re)connect: a clean session forgets its subscriptions.
+    client.subscribe("clock/v1/agents/+/report", qos=0)
+    client.subscribe("clock/v1/agents/+/status", qos=0)
 
 
 @pytest.fixture(scope="session")
@@ -156,19 +167,23 @@ def stack(engine: None) -> Iterator[Stack]:
         )
         assert r.returncode == 0, r.stderr
         s = Stack(work, broker, servers, port123, keys / "ops-hosts.key", keys / "ops-hosts.pub")
-        s.regions["hosts"] = servers
+        s.regions["hosts"] = [(d.host, d.port) for d in servers]
         if port123 is not None:
-            s.regions["hosts123"] = [port123]
+            s.regions["hosts123"] = [(port123.host, port123.port)]
         s.publish()
         sub = mqtt.Client(CallbackAPIVersion.VERSION2, client_id="cf-hosts-watch")
         sub.on_message = s.on_message
+        sub.on_connect = _subscribe
+        # The broker-down test restarts the broker: be back within a second, not paho's 120 s.
+        sub.reconnect_delay_set(0.2, 1)
         sub.connect(broker.host, broker.port)
-        sub.subscribe("clock/v1/agents/+/report", qos=0)
-        sub.subscribe("clock/v1/agents/+/status", qos=0)
         sub.loop_start()
-        yield s
-        sub.loop_stop()
-        sub.disconnect()
+        try:
+            yield s
+        finally:
+            sub.loop_stop()
+            sub.disconnect()
+            started.append(s.broker)  # a restarted broker is a new process
     finally:
         for d in started:
             d.stop()
@@ -176,8 +191,10 @@ def stack(engine: None) -> Iterator[Stack]:
 
 
 @pytest.fixture(scope="session")
-def debs(engine: None, tmp_path_factory: pytest.TempPathFactory) -> Callable[..., Path]:
-    """debs(suite, version=None) -> the package for that suite, built once per session."""
+def debs(tmp_path_factory: pytest.TempPathFactory) -> Callable[..., Path]:
+    """debs(suite, version=None) -> the package for that suite, built once per session.
+
+    Needs no engine: the package's own checks (contents, lintian) run everywhere."""
     out = tmp_path_factory.mktemp("debs")
     built: dict[tuple[str, str | None], Path] = {}
 
@@ -209,12 +226,19 @@ def configure(
     region: str = "hosts",
     backend: str = "observe",
     extra: dict[str, Any] | None = None,
+    publish: bool = True,
+    password: bool = True,
+    trust_mode: int = 0o644,
 ) -> str:
-    """Write this host's secrets and agent.yaml as an operator would; returns its zone."""
-    tz = stack.add_agent(agent_id, region)
-    host.put("/etc/clockfleet/mqtt-password", "not-checked-by-the-test-broker\n", 0o640)
-    host.put("/etc/clockfleet/trust/ops-hosts.pub", stack.pub.read_bytes())
-    host.ok("chgrp clockfleet /etc/clockfleet/mqtt-password")
+    """Write this host's secrets and agent.yaml as an operator would; returns its zone.
+
+    publish False: the profile was published before (the broker may be down now).
+    """
+    tz = stack.add_agent(agent_id, region) if publish else stack.agents[agent_id]["timezone"]
+    if password:
+        host.put("/etc/clockfleet/mqtt-password", "not-checked-by-the-test-broker\n", 0o640)
+        host.ok("chgrp clockfleet /etc/clockfleet/mqtt-password")
+    host.put("/etc/clockfleet/trust/ops-hosts.pub", stack.pub.read_bytes(), trust_mode)
     text = hostkit.agent_yaml(agent_id, stack.url, region=region, backend=backend, extra=extra)
     host.put("/etc/clockfleet/agent.yaml.new", text, 0o640)
     # As an editor or configuration management does: the complete file appears at once.

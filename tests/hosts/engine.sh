@@ -41,7 +41,8 @@ start() {
         engine_up || echo "tests/hosts: no Docker engine and not root: the container tests will skip" >&2
         return 0
     fi
-    sh scripts/ensure-debs.sh docker.io debootstrap
+    # lintian: tests/hosts/test_deb_contents.py checks the packages with it.
+    sh scripts/ensure-debs.sh docker.io debootstrap lintian
     compose_plugin
     mkdir -p .cache
     if ! engine_up; then

@@ -1,0 +1,91 @@
+"""The agent package itself, without a container (issue 13, part 1): what it carries, how its
+unit differs from the shipped one, and lintian."""
+
+from __future__ import annotations
+
+import configparser
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from tests.hosts import hostkit
+
+REPO_UNIT = hostkit.REPO / "agent" / "clockfleet-agent.service"
+
+
+def contents(deb: Path) -> list[str]:
+    out = subprocess.run(["dpkg-deb", "-c", str(deb)], capture_output=True, text=True, check=True)
+    return [line.split()[5].removeprefix("./") for line in out.stdout.splitlines()]
+
+
+def member(deb: Path, path: str) -> str:
+    tar = subprocess.run(["dpkg-deb", "--fsys-tarfile", str(deb)], capture_output=True, check=True)
+    out = subprocess.run(
+        ["tar", "-xO", f"./{path}"], input=tar.stdout, capture_output=True, check=True
+    )
+    return out.stdout.decode()
+
+
+def service(text: str) -> dict[str, str]:
+    parser = configparser.ConfigParser(strict=False, interpolation=None)
+    parser.optionxform = str  # type: ignore[assignment,method-assign]
+    parser.read_string(text)
+    return dict(parser["Service"])
+
+
+@pytest.mark.parametrize("suite", hostkit.SUITES)
+def test_package_carries_the_agent_and_only_the_agents_dependencies(suite, debs):
+    site = {
+        p.split("/")[5]
+        for p in contents(debs(suite))
+        if p.startswith("opt/clockfleet-agent/lib/") and p.count("/") >= 5
+    }
+    modules = {name for name in site if not name.endswith((".dist-info", ".so"))}
+    shipped = {p.split("/")[6] for p in contents(debs(suite)) if "/site-packages/clockfleet/" in p}
+
+    assert modules >= {"clockfleet", "paho", "msgspec", "nacl", "yaml"}
+    assert not modules & {"cryptography", "rich", "prometheus_client", "ntplib"}
+    assert not shipped & {"publisher", "collector", "demo.py", "devstack.py"}
+    assert "agent" in shipped
+
+
+@pytest.mark.parametrize("suite", hostkit.SUITES)
+def test_packaged_unit_differs_from_the_shipped_unit_only_in_path_and_capabilities(suite, debs):
+    lib = "usr/lib" if suite == "trixie" else "lib"
+    packaged = service(member(debs(suite), f"{lib}/systemd/system/clockfleet-agent.service"))
+    shipped = service(REPO_UNIT.read_text())
+
+    differs = {k for k in shipped.keys() | packaged.keys() if shipped.get(k) != packaged.get(k)}
+
+    assert differs == {"ExecStart", "CapabilityBoundingSet", "AmbientCapabilities"}
+    assert packaged["ExecStart"].startswith("/opt/clockfleet-agent/bin/clockfleet agent ")
+    assert packaged["CapabilityBoundingSet"] == packaged["AmbientCapabilities"] == ""
+
+
+@pytest.mark.parametrize("suite", hostkit.SUITES)
+def test_package_depends_on_the_suites_own_python_and_polkit(suite, debs):
+    out = subprocess.run(
+        ["dpkg-deb", "-f", str(debs(suite)), "Depends"], capture_output=True, text=True
+    )
+    depends = {re.sub(r" \(.*\)", "", d.strip()) for d in out.stdout.split(",")}
+
+    python = {"bullseye": "python3.9", "bookworm": "python3.11", "trixie": "python3.13"}[suite]
+    polkit = "policykit-1" if suite == "bullseye" else "polkitd"
+    assert {python, polkit, "systemd", "dbus", "adduser"} <= depends
+
+
+@pytest.mark.skipif(shutil.which("lintian") is None, reason="lintian is not installed")
+@pytest.mark.parametrize("suite", hostkit.SUITES)
+def test_lintian_finds_nothing_beyond_the_explained_overrides(suite, debs):
+    r = subprocess.run(
+        ["lintian", "--fail-on", "error,warning", str(debs(suite))],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    tags = [line for line in r.stdout.splitlines() if re.match(r"^[EWI]: ", line)]
+
+    assert r.returncode == 0 and not tags, r.stdout + r.stderr
