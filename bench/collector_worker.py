@@ -71,7 +71,7 @@ def main() -> int:
     raise_nofile()
     from clockfleet.collector.http import serve
     from clockfleet.collector.ingest import Collector
-    from clockfleet.collector.metrics import render
+    from clockfleet.collector.metrics import MetricsRenderer
     from clockfleet.protocol.connection import ConnectionSettings, parse_brokers
 
     t_start = time.monotonic()
@@ -79,7 +79,8 @@ def main() -> int:
     settings = ConnectionSettings(parse_brokers(f"mqtt://{args.host}:{args.port}"))
     collector = Collector(settings, on_report=tracker.on_report)
     collector.start()
-    server, _ = serve("127.0.0.1", 0, lambda: render(collector.state, collector.link()))
+    # what `clockfleet collector` serves: one renderer, its per-agent text cached
+    server, _ = serve("127.0.0.1", 0, MetricsRenderer(collector.state, collector.link).render)
     deadline = time.monotonic() + 10
     while not collector.connected and time.monotonic() < deadline:
         time.sleep(0.005)  # subscribed: from here on no report is missed

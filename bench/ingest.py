@@ -160,8 +160,8 @@ def profile_live(m: int) -> list[str]:
         shares = profiling.breakdown(
             out,
             {
-                "in the collector's on_message (the rest is paho and the loop)": (
-                    "Collector._on_message"
+                "in the collector's fast path (the rest is the link and the loop)": (
+                    "Intake.on_raw_publish"
                 ),
                 "FleetState.ingest (decode, checks, state)": "FleetState.ingest",
                 "json parsing in codec.parse_json_object": "parse_json_object",

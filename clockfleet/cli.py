@@ -10,6 +10,7 @@ import importlib
 import os
 import signal
 import sys
+from importlib.util import find_spec
 
 from clockfleet.version import __version__
 
@@ -29,6 +30,15 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     ),
     "status": ("clockfleet.collector.status", "main", "show the fleet as a table (or --json)"),
 }
+
+# The extra each command needs beyond the agent's plain install, and what that extra brings.
+EXTRAS = {
+    "publish": "publisher",
+    "keygen": "publisher",
+    "collector": "collector",
+    "status": "collector",
+}
+EXTRA_MODULES = {"publisher": ("cryptography",), "collector": ("rich",)}
 
 USAGE = """\
 usage: clockfleet [--version] COMMAND [ARGS...]
@@ -63,13 +73,20 @@ def main(argv: list[str] | None = None) -> int:
         print(f"clockfleet: unknown command {name!r}; try `clockfleet --help`", file=sys.stderr)
         return 2
     module_name, func, _ = COMMANDS[name]
+    # The plain install is the agent; the other programs come with extras (some of whose
+    # modules are imported only when used): say which before anything starts.
+    extra = EXTRAS.get(name)
+    missing = [m for m in EXTRA_MODULES.get(extra or "", ()) if find_spec(m) is None]
     try:
-        module = importlib.import_module(module_name)
+        module = None if missing else importlib.import_module(module_name)
     except ModuleNotFoundError as exc:
-        if exc.name == module_name:
-            print(f"clockfleet {name}: not built yet", file=sys.stderr)
-            return 2
-        raise
+        if exc.name != module_name:
+            raise
+        module, missing = None, [module_name]
+    if module is None:
+        hint = f" (pip install 'clockfleet[{extra}]')" if extra else ""
+        print(f"clockfleet {name}: not installed here: no {missing[0]}{hint}", file=sys.stderr)
+        return 2
     try:
         code = int(getattr(module, func)(args[1:]) or 0)
         sys.stdout.flush()  # inside the try: a closed pipe shows here, not at exit

@@ -9,37 +9,48 @@ from __future__ import annotations
 import itertools
 import shutil
 import tempfile
-import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 
 from clockfleet import devstack
 
-REPO = Path(__file__).resolve().parent.parent
+# Fixtures below; shared helpers live in tests/helpers.py (re-exported here for old imports).
+from tests.helpers import REPO, next_loopback_address, wait_until  # noqa: F401
 
-# Each chronyd gets its own loopback address: chrony keys sources by IP, not port.
-_addresses = (f"127.0.{n // 250}.{n % 250 + 2}" for n in itertools.count(8))
+# Tests that start daemons, processes or containers, by the fixtures they use or the folder
+# they live in: `pytest -m "not integration"` runs the rest (pure rules) in seconds.
+DAEMON_FIXTURES = frozenset(
+    {
+        "mosquitto",
+        "broker_url",
+        "chrony_server",
+        "chrony_client",
+        "production_broker",
+        "broker",
+        "publish",
+        "start_collector",
+        "running_collector",
+        "prometheus",
+        "engine",
+        "stack",
+        "debs",
+        "images",
+        "fresh_host",
+        "tls_broker",
+    }
+)
+INTEGRATION_FOLDERS = frozenset({"hosts", "demo", "packaging", "bench", "compose"})
 
 
-def next_loopback_address() -> str:
-    return next(_addresses)
-
-
-def wait_until(
-    predicate: Callable[[], Any], timeout_s: float = 20.0, what: str = "", *, step_s: float = 0.01
-) -> Any:
-    """Poll until predicate() is truthy and return its value; fail the test naming `what`."""
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if value := predicate():
-            return value
-        time.sleep(step_s)
-    value = predicate()
-    assert value, f"timed out after {timeout_s} s waiting for {what or predicate}"
-    return value
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        folder = Path(str(item.fspath)).parent.name
+        if folder in INTEGRATION_FOLDERS or DAEMON_FIXTURES & set(
+            getattr(item, "fixturenames", ())
+        ):
+            item.add_marker(pytest.mark.integration)
 
 
 @pytest.fixture

@@ -25,7 +25,7 @@ from clockfleet.collector.fleet_state import FleetState
 from clockfleet.collector.metrics import LinkStats, families
 from clockfleet.protocol.messages import OUTCOMES
 from tests.compose.cli_check import problem
-from tests.conftest import REPO
+from tests.helpers import REPO
 
 README = (REPO / "README.md").read_text()
 

@@ -193,11 +193,6 @@ def cert_time_checked(ctx: ssl.SSLContext) -> bool:
     return not int(ctx.verify_flags) & _NO_CHECK_TIME
 
 
-def backoff_delay(attempt: int, base: float = 1.0, cap: float = 120.0) -> float:
-    """session.backoff_delay under the names the collector's loop uses."""
-    return session.backoff_delay(attempt, base, cap)
-
-
 def rotation(brokers: list[BrokerAddress]) -> list[BrokerAddress]:
     """The brokers in a random order, so a cluster's clients spread over its nodes."""
     order = list(brokers)

@@ -23,7 +23,7 @@ from clockfleet.agent.service import Agent, AgentSettings
 from clockfleet.agent.state import StateDir
 from clockfleet.protocol import codec, signing
 from clockfleet.protocol.connection import settings_from_args
-from tests.conftest import wait_until
+from tests.helpers import wait_until
 
 PREFIX = "clock/v1"
 

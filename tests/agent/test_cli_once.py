@@ -13,7 +13,7 @@ from clockfleet.protocol import codec
 from clockfleet.protocol.messages import Report
 from tests.agent.fakentp import FakeNtpServer
 from tests.agent.servicekit import PREFIX, Watcher
-from tests.conftest import next_loopback_address
+from tests.helpers import next_loopback_address
 
 
 def run_agent(*args: str, timeout: float = 30) -> subprocess.CompletedProcess[str]:

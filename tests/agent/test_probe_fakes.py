@@ -15,7 +15,7 @@ import pytest
 from clockfleet import devstack
 from clockfleet.agent.probe import ProbeSettings, probe
 from tests.agent.fakentp import BEHAVIOURS, FakeNtpServer
-from tests.conftest import next_loopback_address
+from tests.helpers import next_loopback_address
 
 FAST = ProbeSettings(timeout_s=0.3)
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from clockfleet.agent.probe import ProbeSettings, probe
 from tests.agent.fakentp import FakeNtpServer
-from tests.conftest import next_loopback_address
+from tests.helpers import next_loopback_address
 
 FAST = ProbeSettings(timeout_s=0.1, retry_timeout_s=1.5, samples=1)
 

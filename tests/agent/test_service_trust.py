@@ -10,7 +10,7 @@ import shutil
 
 from clockfleet.protocol import signing
 from tests.agent.servicekit import PREFIX, Publisher, Watcher, hosted, make_agent, make_keys
-from tests.conftest import wait_until
+from tests.helpers import wait_until
 
 
 def test_a_wiped_agent_accepts_an_old_list_signed_by_a_trusted_key(

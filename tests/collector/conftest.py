@@ -29,7 +29,7 @@ from clockfleet.collector.http import serve
 from clockfleet.collector.ingest import Collector
 from clockfleet.collector.metrics import LinkStats, MetricsRenderer, families
 from clockfleet.protocol.connection import ConnectionSettings, parse_brokers
-from tests.conftest import wait_until
+from tests.helpers import wait_until
 
 PREFIX = "clock/v1"
 

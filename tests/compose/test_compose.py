@@ -26,7 +26,7 @@ import yaml
 from clockfleet.cli import COMMANDS
 from clockfleet.publisher import fleetfile
 from tests.compose.cli_check import clockfleet_lines, problem
-from tests.conftest import REPO
+from tests.helpers import REPO
 
 SCHEMA = Path(__file__).with_name("compose-spec.json")
 COMPOSE = REPO / "compose.yaml"

@@ -15,8 +15,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import REPO
 from tests.demo.procwatch import Descendants
+from tests.helpers import REPO
 
 RUN_FOR_S = 30
 CHANGE_AFTER_S = 10

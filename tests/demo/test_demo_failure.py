@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import REPO
 from tests.demo.procwatch import Descendants
+from tests.helpers import REPO
 
 
 def _wait_for_text(path: Path, text: str, timeout: float) -> bool:

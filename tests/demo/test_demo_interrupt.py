@@ -20,8 +20,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import REPO
 from tests.demo.procwatch import Descendants
+from tests.helpers import REPO
 
 
 class Terminal:

@@ -8,6 +8,7 @@ import pytest
 
 from clockfleet import devstack
 from clockfleet.protocol import connection as conn
+from clockfleet.protocol import session
 
 
 def settings_for(spec: str, timeout_s: float = 2.0) -> conn.ConnectionSettings:
@@ -60,6 +61,6 @@ def test_password_file_is_read_and_missing_one_is_a_usage_error(tmp_path):
 
 
 def test_backoff_is_jittered_and_capped():
-    delays = [conn.backoff_delay(10, base=1.0, cap=8.0) for _ in range(200)]
+    delays = [session.backoff_delay(10, 1.0, 8.0) for _ in range(200)]
     assert max(delays) <= 8.0
     assert len({round(d, 3) for d in delays}) > 100  # not lock-step
