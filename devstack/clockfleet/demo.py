@@ -5,7 +5,9 @@ libfaketime with a clock a few seconds ahead) and a silent UDP port, a signing k
 collector, Prometheus (config/prometheus.yml + config/alerts.yml), and a handful of agents
 (observe backend: they measure and report, they never touch this machine's clock or time
 zone). Publishes config/fleet.demo.yaml, shows the fleet live, and partway through publishes
-config/fleet.demo.after.yaml so the agents move to the new lists.
+config/fleet.demo.after.yaml so the agents move to the new lists. (Over 400 lines: the steps
+above, in the order a reader follows them; the live view, the agents' processes and the
+fleet simulator are in demo_view.py, demo_procs.py and demo_fleet.py.)
 
 Environment:
   DEMO_FOR=N            run N seconds without a live screen, print the final table, exit 0

@@ -23,6 +23,9 @@ This module ties them together: what is in force (list, profile, versions), when
 and what to do with a sync's outcome. A new list or profile -> sync after 0..resync_jitter_s;
 then every poll_interval_s (jittered); failures retry with capped exponential backoff. Every
 sync publishes a retained QoS 1 `clock.report/1` and rewrites the local status file.
+
+(Why over 400 lines: those three jobs share the agent's state and each is small; split
+further, every part would need the whole agent passed in.)
 """
 
 from __future__ import annotations
