@@ -21,7 +21,7 @@ from clockfleet.collector.ingest import Collector
 from clockfleet.protocol import session
 from clockfleet.protocol.connection import ConnectionSettings, parse_brokers
 from clockfleet.protocol.messages import Report
-from tests.collector.conftest import (
+from tests.collector.kit import (
     DEFAULT_LIMITS_MOSQUITTO_CONF,
     PREFIX,
     Publisher,

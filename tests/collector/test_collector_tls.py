@@ -13,7 +13,7 @@ from paho.mqtt.enums import CallbackAPIVersion
 from clockfleet.collector.ingest import Collector
 from clockfleet.protocol.connection import BrokerUnreachable, ConnectionSettings, parse_brokers
 from tests.broker.brokerstack import Broker, start_broker
-from tests.collector.conftest import report, report_topic, wait_until
+from tests.collector.kit import report, report_topic, wait_until
 
 
 @pytest.fixture

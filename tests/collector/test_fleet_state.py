@@ -6,7 +6,7 @@ import json
 from datetime import UTC, datetime
 
 from clockfleet.collector.fleet_state import FleetState, Outcome, is_behind
-from tests.collector.conftest import (
+from tests.collector.kit import (
     PREFIX,
     failed_report,
     report,

@@ -13,7 +13,7 @@ import pytest
 from clockfleet.collector.ingest import Collector
 from clockfleet.collector.ratelimit import RateLimit
 from clockfleet.protocol.connection import ConnectionSettings, parse_brokers
-from tests.collector.conftest import (
+from tests.collector.kit import (
     RunningCollector,
     report,
     report_topic,

@@ -14,7 +14,7 @@ import pytest
 import yaml
 
 from clockfleet import devstack
-from tests.collector.conftest import (
+from tests.collector.kit import (
     Prometheus,
     Publisher,
     RunningCollector,

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from clockfleet import devstack
-from tests.collector.conftest import (
+from tests.collector.kit import (
     DEFAULT_LIMITS_MOSQUITTO_CONF,
     Publisher,
     failed_report,

@@ -22,7 +22,7 @@ from clockfleet.collector.metrics import LinkStats, MetricsRenderer
 from clockfleet.collector.status import build_rows, render_table, write_json
 from clockfleet.collector.text import LABEL_TEXT_MAX
 from clockfleet.protocol.messages import Report, Server, Status, Tried
-from tests.collector.conftest import (
+from tests.collector.kit import (
     PREFIX,
     now_iso,
     reference_exposition,
