@@ -21,7 +21,16 @@ from typing import Any
 from bench import machine, render, results
 from bench.stack import REPO, raise_nofile
 
-FIGURES = ["convergence", "ingest", "sync", "failover", "accuracy", "footprint", "scaleout", "bridges"]
+FIGURES = [
+    "convergence",
+    "ingest",
+    "sync",
+    "failover",
+    "accuracy",
+    "footprint",
+    "scaleout",
+    "bridges",
+]
 DEFAULT_OUT = REPO / "BENCHMARKS.md"
 DEFAULT_RESULTS = REPO / "bench" / "results.json"
 
