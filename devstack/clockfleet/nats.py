@@ -1,0 +1,302 @@
+"""A 3-node NATS cluster with JetStream-backed MQTT on loopback, for tests and benchmarks.
+
+Every node is rendered from the production template `broker/nats/node.conf.template` with
+free loopback ports and a run directory, and started as a child process (`nats-server`, the
+Debian package; measured with 2.9.10 in research/scaleout.md). Clients get all three nodes'
+MQTT URLs as one comma-separated list and rotate through them, as in production.
+
+    cluster = start_cluster(rundir)          # a Topology (topologies.py): name "nats"
+    cluster.publisher_url                    # "mqtt://127.0.0.1:p1,mqtt://127.0.0.1:p2,..."
+    cluster.node_of("clockfleet-agent-x")    # index of the node that MQTT client is on
+    cluster.kill(i); cluster.restart(i)      # SIGKILL one node; start it again, data kept
+    cluster.stop()
+
+Ready means: every node's /healthz says ok, and an MQTT CONNECT plus a QoS 1 SUBSCRIBE has
+succeeded on every node (the first CONNECT creates the $MQTT_* streams, and right after a
+start or a restart a node can time out a CONNECT or refuse a SUBSCRIBE for a few seconds:
+research/scaleout.md, N2 and N4), so the tests measure clockfleet, not the cluster's warm-up.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import subprocess
+import threading
+import time
+import urllib.error
+import urllib.request
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import paho.mqtt.client as mqtt
+from paho.mqtt.enums import CallbackAPIVersion
+
+from clockfleet import devstack
+from clockfleet.devstack import LOOPBACK, Daemon, DaemonError
+
+REPO = Path(__file__).resolve().parents[2]
+TEMPLATE = REPO / "broker" / "nats" / "node.conf.template"
+CLUSTER_NAME = "clockfleet"
+
+# Values for the template's sizing placeholders on a test machine.
+TEST_SIZING = {
+    "MAX_CONNECTIONS": 65536,
+    "MAX_MEMORY_STORE": "256MB",
+    "MAX_FILE_STORE": "1GB",
+}
+
+
+@dataclass
+class NatsNode:
+    index: int
+    name: str
+    mqtt_port: int
+    http_port: int
+    cluster_port: int
+    client_port: int
+    dir: Path
+    conf: Path
+    daemon: Daemon | None = None
+
+    @property
+    def url(self) -> str:
+        return f"mqtt://{LOOPBACK}:{self.mqtt_port}"
+
+    def alive(self) -> bool:
+        return self.daemon is not None and self.daemon.alive()
+
+    def monitor(self, path: str, timeout: float = 2.0) -> dict:
+        """A monitoring endpoint's JSON (/healthz, /connz, /jsz, /routez)."""
+        url = f"http://{LOOPBACK}:{self.http_port}{path}"
+        try:
+            with urllib.request.urlopen(url, timeout=timeout) as r:
+                return json.loads(r.read())
+        except urllib.error.HTTPError as e:  # /healthz answers 503 with a JSON body
+            return json.loads(e.read() or b"{}")
+
+    def healthy(self) -> bool:
+        try:
+            return self.monitor("/healthz").get("status") == "ok"
+        except (OSError, ValueError):
+            return False
+
+    def mqtt_clients(self) -> list[str]:
+        """MQTT client ids connected to this node (from /connz)."""
+        out: list[str] = []
+        offset = 0
+        while True:
+            page = self.monitor(f"/connz?limit=1024&offset={offset}", timeout=5.0)
+            conns = page.get("connections") or []
+            out += [c["mqtt_client"] for c in conns if c.get("mqtt_client")]
+            offset += len(conns)
+            if not conns or offset >= page.get("total", 0):
+                return out
+
+    def log_tail(self, lines: int = 30) -> str:
+        return self.daemon.log_tail(lines) if self.daemon else ""
+
+
+def render_conf(
+    node: NatsNode, routes: list[int], *, host: str = LOOPBACK, sizing: dict | None = None
+) -> str:
+    route_lines = ",\n".join(f"    nats-route://{host}:{p}" for p in routes)
+    values = {
+        "NAME": node.name,
+        "CLIENT_HOST": host,
+        "CLIENT_PORT": node.client_port,
+        "HTTP_HOST": host,
+        "HTTP_PORT": node.http_port,
+        "CLUSTER_HOST": host,
+        "CLUSTER_PORT": node.cluster_port,
+        "CLUSTER_NAME": CLUSTER_NAME,
+        "MQTT_HOST": host,
+        "MQTT_PORT": node.mqtt_port,
+        "STORE_DIR": node.dir / "jetstream",
+        "ROUTES": route_lines,
+        **(sizing or TEST_SIZING),
+    }
+    text = devstack.render(TEMPLATE.read_text(), values)
+    left = [w for w in text.split() if w.startswith("@") and w.endswith("@") and len(w) > 2]
+    if left:
+        raise DaemonError(f"{TEMPLATE}: placeholders left unrendered: {left}")
+    return text
+
+
+@dataclass
+class NatsCluster:
+    nodes: list[NatsNode]
+    rundir: Path
+    name: str = "nats"
+    kills: list[tuple[int, float]] = field(default_factory=list)
+
+    # --- Topology ---------------------------------------------------------------------------
+
+    @property
+    def urls(self) -> str:
+        return ",".join(n.url for n in self.nodes)
+
+    @property
+    def publisher_url(self) -> str:
+        return self.urls
+
+    @property
+    def collector_url(self) -> str:
+        return self.urls
+
+    def agent_url(self, i: int) -> str:
+        return self.urls
+
+    def stop(self) -> None:
+        for n in self.nodes:
+            if n.daemon is not None:
+                n.daemon.stop(timeout=10.0)
+
+    # --- faults -----------------------------------------------------------------------------
+
+    def kill(self, index: int) -> float:
+        """SIGKILL node `index` (a crash: no lame duck, no flush); its monotonic time."""
+        node = self.nodes[index]
+        if node.daemon is None:
+            raise DaemonError(f"{node.name} was never started")
+        node.daemon.kill()
+        t = time.monotonic()
+        self.kills.append((index, t))
+        return t
+
+    def restart(self, index: int, timeout: float = 30.0) -> None:
+        """Start node `index` again with its data; return once it is healthy and serves MQTT."""
+        node = self.nodes[index]
+        if node.alive():
+            raise DaemonError(f"{node.name} is still running")
+        _launch(node)
+        _wait_ready([node], timeout, self)
+
+    # --- where clients are ------------------------------------------------------------------
+
+    def clients_by_node(self) -> dict[int, list[str]]:
+        """MQTT client ids per live node index."""
+        return {n.index: n.mqtt_clients() for n in self.nodes if n.alive()}
+
+    def node_of(self, client_id: str) -> int | None:
+        for i, ids in self.clients_by_node().items():
+            if client_id in ids:
+                return i
+        return None
+
+    def busiest(self, client_ids: set[str]) -> tuple[int, int]:
+        """The live node most of `client_ids` are connected to, and how many are there."""
+        counts = Counter(
+            {i: len(client_ids.intersection(ids)) for i, ids in self.clients_by_node().items()}
+        )
+        (index, n), *_ = counts.most_common(1)
+        return index, n
+
+    def describe(self) -> str:
+        return "; ".join(
+            f"{n.name}: mqtt {n.mqtt_port} http {n.http_port} {'up' if n.alive() else 'down'}"
+            for n in self.nodes
+        )
+
+    def log_tails(self, lines: int = 20) -> str:
+        return "\n".join(f"--- {n.name} ---\n{n.log_tail(lines)}" for n in self.nodes)
+
+
+def _launch(node: NatsNode) -> None:
+    binary = devstack.require("nats-server")
+    log = node.dir / "nats.log"
+    out = open(node.dir / "nats.stdout", "ab")  # noqa: SIM115 - lives as long as the daemon
+    proc = subprocess.Popen(
+        [binary, "-c", str(node.conf), "-l", str(log)], stdout=out, stderr=subprocess.STDOUT
+    )
+    node.daemon = Daemon(
+        f"nats-{node.name}", proc, log, node.mqtt_port, LOOPBACK, {"conf": node.conf}
+    )
+
+
+def mqtt_probe(port: int, timeout: float = 6.0) -> str | None:
+    """CONNECT and a QoS 1 SUBSCRIBE on one node; None when both succeed, else why not."""
+    done = threading.Event()
+    result: dict[str, object] = {}
+
+    def on_connect(c, ud, flags, rc, props):
+        result["connack"] = rc
+        if rc.is_failure:
+            done.set()
+        else:
+            c.subscribe("clockfleet-devstack/probe", qos=1)
+
+    def on_subscribe(c, ud, mid, codes, props):
+        result["suback"] = codes
+        done.set()
+
+    client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=f"devstack-probe-{port}")
+    client.on_connect = on_connect
+    client.on_subscribe = on_subscribe
+    try:
+        client.connect(LOOPBACK, port, keepalive=10)
+    except OSError as exc:
+        return f"connect: {exc}"
+    client.loop_start()
+    try:
+        if not done.wait(timeout):
+            return f"no answer within {timeout:g} s ({result})"
+        codes = result.get("suback")
+        if codes is None:
+            return f"CONNACK {result.get('connack')}"
+        if any(getattr(c, "is_failure", False) for c in codes):  # type: ignore[attr-defined]
+            return f"SUBACK {codes}"
+        return None
+    finally:
+        with contextlib.suppress(Exception):
+            client.disconnect()
+        client.loop_stop()
+
+
+def _wait_ready(nodes: list[NatsNode], timeout: float, cluster: NatsCluster | None) -> None:
+    deadline = time.monotonic() + timeout
+    pending = list(nodes)
+    why = ""
+    while pending:
+        if time.monotonic() > deadline:
+            tails = "\n".join(f"--- {n.name} ---\n{n.log_tail()}" for n in pending)
+            raise DaemonError(f"NATS nodes not ready within {timeout:g} s ({why}):\n{tails}")
+        node = pending[0]
+        if not node.alive():
+            raise DaemonError(f"nats {node.name} exited:\n{node.log_tail()}")
+        if not node.healthy():
+            why = f"{node.name}: /healthz not ok"
+            time.sleep(0.1)
+            continue
+        problem = mqtt_probe(node.mqtt_port)
+        if problem is not None:
+            why = f"{node.name}: {problem}"
+            time.sleep(0.2)
+            continue
+        pending.pop(0)
+
+
+def start_cluster(rundir: Path, *, nodes: int = 3, timeout: float = 60.0) -> NatsCluster:
+    """Start the cluster under rundir on free loopback ports; return once every node serves."""
+    devstack.require("nats-server")
+    rundir.mkdir(parents=True, exist_ok=True)
+    members = []
+    for i in range(nodes):
+        d = rundir / f"nats-{i}"
+        d.mkdir(parents=True, exist_ok=True)
+        ports = [devstack.free_port() for _ in range(4)]
+        members.append(NatsNode(i, f"n{i}", *ports, dir=d, conf=d / "nats.conf"))
+    routes = [n.cluster_port for n in members]
+    for n in members:
+        n.conf.write_text(render_conf(n, routes))
+        (n.dir / "security.conf").write_text("# loopback test cluster: anonymous, no TLS\n")
+    cluster = NatsCluster(members, rundir)
+    try:
+        for n in members:
+            _launch(n)
+        _wait_ready(members, timeout, cluster)
+    except BaseException:
+        cluster.stop()
+        raise
+    return cluster
