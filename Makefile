@@ -16,7 +16,7 @@ all: help
 help:
 	@echo "make demo    install what is missing, run the whole system on loopback (DEMO_FOR=N: N seconds, no terminal)"
 	@echo "make test    install what is missing, run ruff and the test suite against real daemons"
-	@echo "make bench   measure against the references in design.md, write BENCHMARKS.md"
+	@echo "make bench   measure against the references in docs/decisions.md, write BENCHMARKS.md"
 	@echo "make lint    ruff only"
 	@echo "make deb     the agent's .deb for Debian 11, 12 and 13 in dist/ (packaging/)"
 

@@ -56,8 +56,9 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.Argument
     )
     parser = argparse.ArgumentParser(
         prog="python -m bench",
-        description="Measure clockfleet against the references in design.md (real Mosquitto "
-        "and chronyd on loopback) and write BENCHMARKS.md. Without a figure: all of them.",
+        description="Measure clockfleet against the references in docs/decisions.md (real "
+        "Mosquitto and chronyd on loopback) and write BENCHMARKS.md. Without a figure: all of "
+        "them.",
     )
     sub = parser.add_subparsers(dest="figure", metavar="FIGURE")
     subparsers = {"all": sub.add_parser("all", parents=[common], help="every figure, in order")}

@@ -273,7 +273,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             "its PUBACK (CLOCK_MONOTONIC) with its own small publisher (bench/listpub.py: the "
             "protocol's message types and signing, as `clockfleet publish` sends them), since "
             "the figure starts at the PUBACK; `clockfleet publish`'s own run time is not a "
-            "figure of design.md and is not measured",
+            "figure of docs/decisions.md and is not measured",
             "ours: N real Agent objects (observe backend, trust key, no start-up delay) on one "
             "agent.fleet.Fleet selector loop in one process; the real collector (in-process "
             "API, per-report hook) in another; per agent: the hook's time of its first report "

@@ -296,7 +296,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             default_known: dict[str, float] | None = None
             if n == max(args.fleet):
                 # Mosquitto's default queue limits: the collector reads at QoS 0 and must
-                # still get every retained report (design.md).
+                # still get every retained report (docs/decisions.md).
                 dflt = b.mosquitto(max_queued=1000)
                 publish(dflt, [f"a{i}" for i in range(n)])
                 w = collector(b, dflt, "--expect", n)
@@ -383,17 +383,18 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         command="",
         rows=rows,
         method=[
-            "Mosquitto 2.0 with max_queued_messages raised (limits.md: otherwise a QoS 1 "
-            "wildcard subscriber gets 1020 retained messages); the last row uses the default "
-            "(1000)",
+            "Mosquitto 2.0 with max_queued_messages raised (docs/decisions.md: otherwise a "
+            "QoS 1 wildcard subscriber gets 1020 retained messages); the last row uses the "
+            "default (1000)",
             "one valid, ~400-byte clock.report/1 per agent on its own retained topic, QoS 1, "
             "streamed by a raw pre-encoded MQTT publisher (a paho publisher tops out at "
-            "11–13k/s, limits.md)",
+            "11–13k/s, docs/decisions.md)",
             "collector: clockfleet.collector.ingest.Collector (subscribes at QoS 0) in its own "
             "process; its per-report hook times the first and last accepted report",
             "live rate = (reports − 1) / (last − first arrival), each consumer subscribed before "
             "the stream; backlog rate = reports / (consumer start → last report); "
-            "mosquitto_sub -q 0 to a pipe, backlog timed from spawn to exit as in limits.md",
+            "mosquitto_sub -q 0 to a pipe, backlog timed from spawn to exit as in "
+            "docs/decisions.md",
             "GET /metrics over HTTP from this process: the first request once every agent is "
             "known (the collector caches per-agent lines, so this is the cold one), then the "
             "median of 4 more; RSS of the collector process (psutil) after it knows the fleet",

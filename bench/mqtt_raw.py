@@ -1,8 +1,9 @@
 """A raw MQTT 3.1.1 publisher: pre-encoded PUBLISH packets written as fast as a socket takes them.
 
-limits.md measured a paho publisher at only 11–13k messages/s: a live ingest test driven
-by it measures the publisher. This one encodes every packet beforehand and streams them, so
-the broker and the consumer are what is measured. PUBACKs are drained by a reader thread.
+A paho publisher manages only 11–13k messages/s here (docs/decisions.md): a live ingest
+test driven by it measures the publisher. This one encodes every packet beforehand and
+streams them, so the broker and the consumer are what is measured. PUBACKs are drained by a
+reader thread.
 """
 
 from __future__ import annotations

@@ -1,4 +1,6 @@
-"""The reference NTP clients: chronyd -Q, ntpdig and ntplib, run exactly as limits.md ran them.
+"""The reference NTP clients: chronyd -Q, ntpdig and ntplib, run as the measured floors ran them.
+
+Those floors, and how they were taken: docs/decisions.md, "Measured floors on this machine".
 
 Every offset here is server minus local (chronyd's "System clock wrong by X", ntpdig's
 `offset`, ntplib's `offset` all use that sign).

@@ -1,6 +1,6 @@
 """Ingest reference (worker): one bare paho subscriber doing json.loads on every message.
 
-The least a Python reader of the report stream can do (limits.md: 17k/s at QoS 1, 28k/s at
+The least a Python reader of the report stream can do (docs/decisions.md: 17k/s at QoS 1, 28k/s at
 QoS 0 from a backlog). Same protocol as bench.collector_worker: `ready`, `count` {n} ->
 `counted`, `seen` -> how many messages so far; with --expect N, `known` once N messages
 have arrived, timed from before the client was created.

@@ -2,7 +2,7 @@
 
 They do the least a client can do with a new list: receive it and json.loads it. What they
 measure is the floor the broker and paho set for fanning one retained update out to N
-clients in one process (limits.md: p100 0.04 s at 1000, 0.12 s at 3000).
+clients in one process (docs/decisions.md: p100 0.04 s at 1000, 0.12 s at 3000).
 
 Protocol (JSON lines, bench.stack.Worker): emits `ready` once every client has its SUBACK and
 the retained list version `--initial`, then one `round` per new version every client has

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
-# Figures in the order design.md lists them; a figure not yet measured says so.
+# Figures in the order docs/decisions.md ("Performance goals") lists them; a figure not yet
+# measured says so.
 ORDER = [
     ("convergence", "1. Convergence: new list -> every agent reported it, as the collector saw"),
     ("ingest", "2. Collector ingest, restart with a retained fleet, /metrics"),

@@ -1,4 +1,6 @@
-"""Many paho clients on one selector: paho's external-loop API, as limits.md measured it.
+"""Many paho clients on one selector: paho's external-loop API, as the floors were measured.
+
+Those floors: docs/decisions.md, "Measured floors on this machine".
 
 `loop_start()` per client costs a thread and a select() each and breaks past ~339 clients
 in one process (FD_SETSIZE); one epoll over every client's socket does not.

@@ -31,7 +31,7 @@ REPO = Path(__file__).resolve().parent.parent
 # Persistence off: an autosave every second would charge the broker's disk writes to
 # whatever figure runs at the time. Connection logging off: 3000 connects would too.
 # max_queued_messages lifts Mosquitto's silent cap of 1020 retained messages per QoS 1
-# wildcard subscriber (limits.md), so a backlog figure measures draining, not dropping.
+# wildcard subscriber (docs/decisions.md), so a backlog figure measures draining, not dropping.
 BENCH_MOSQUITTO_CONF = """\
 per_listener_settings false
 listener @PORT@ @HOST@

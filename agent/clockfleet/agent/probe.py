@@ -1,4 +1,4 @@
-"""Probe an ordered NTP server list the way design.md's "Agent behaviour" says.
+"""Probe an ordered NTP server list (docs/architecture.md: "How a sync picks a server").
 
 Servers are tried one by one in the operator's order; the first that gives a valid sample
 wins, unless its offset is large: then the next passing server must agree with it (a
