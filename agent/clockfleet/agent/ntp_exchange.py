@@ -13,6 +13,7 @@ import socket
 import struct
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from clockfleet.agent.ntp_checks import (
@@ -115,7 +116,12 @@ def exchange(
         return check_reply(verdict, t1_ns, t4_ns, settings, previous)
 
 
-def sample_burst(family: int, sockaddr: tuple, settings: ProbeSettings) -> BurstResult:
+def sample_burst(
+    family: int,
+    sockaddr: tuple,
+    settings: ProbeSettings,
+    on_answer: Callable[[], None] | None = None,
+) -> BurstResult:
     """Up to settings.samples exchanges back to back within settings.timeout_s.
 
     The burst stops at the first failure. DENY or RSTR voids the whole burst (the server
@@ -143,7 +149,11 @@ def sample_burst(family: int, sockaddr: tuple, settings: ProbeSettings) -> Burst
                 failure = result
                 break
             last_stamps = result.stamps
-            if best is None or result.delay_s < best.delay_s:
+            if best is None:
+                if on_answer is not None:
+                    on_answer()  # the server is alive: no need to ask the next one yet
+                best = result
+            elif result.delay_s < best.delay_s:
                 best = result
     if failure is not None and failure.kiss in KISS_REFUSALS:
         best = None

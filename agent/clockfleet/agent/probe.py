@@ -1,12 +1,16 @@
-"""Probe an ordered NTP server list (docs/architecture.md: "How a sync picks a server").
+"""Probe an ordered NTP server list: which server gives the sync, and at what cost in time.
 
-Servers are tried one by one in the operator's order; the first that gives a valid sample
-wins, unless its offset is large: then the next passing server must agree with it (a
-falseticker check), otherwise it is reported `falseticker` and the search goes on. Every
-server ends up in `ProbeResult.tried` with an outcome; nothing raises for a bad server.
+Servers are tried in the operator's order and decided in that order (choice.py: the first
+that passes wins, the falseticker rule, the panic limit on a first sync). To keep silent
+servers cheap, a server that has not answered within a short stagger does not hold up the
+next one: its query starts then (as happy-eyeballs does for connections), while the order
+still decides which answer wins. A server that answers within its usual time means no other
+server is asked at all. Every server ends up in `ProbeResult.tried` with an outcome;
+nothing raises for a bad server.
 
 `probe()` is synchronous and keeps no global state, so many agents may call it from several
-threads at once; kiss-o'-death memory lives in a `KodMemory` each agent owns.
+threads at once; what an agent remembers of its servers (kiss-o'-death, usual delays) lives
+in a `KodMemory` each agent owns.
 """
 
 from __future__ import annotations
@@ -18,12 +22,13 @@ import socket
 import threading
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import Union
 
+from clockfleet.agent.choice import Attempt, Choice, ProbeResult
 from clockfleet.agent.ntp_checks import KISS_RATE, KISS_REFUSALS, ProbeSettings, Sample, kod_outcome
 from clockfleet.agent.ntp_exchange import sample_burst
-from clockfleet.protocol.messages import Outcome, clip_text
+from clockfleet.protocol.messages import clip_text
 
 __all__ = ["Attempt", "KodMemory", "ProbeResult", "ProbeSettings", "Sample", "probe"]
 
@@ -38,32 +43,13 @@ _RESOLVER = concurrent.futures.ThreadPoolExecutor(max_workers=16, thread_name_pr
 Resolved = Union[list[tuple[int, tuple]], str]  # addresses to try, or why there are none
 
 
-@dataclass(frozen=True)
-class Attempt:
-    """One server's outcome, in list order."""
-
-    host: str
-    port: int
-    outcome: Outcome
-    detail: str | None = None
-    sample: Sample | None = None
-    address: str | None = None  # the resolved address that answered (or failed last)
-    requests: int = 0  # datagrams sent to this server in this probe
-
-
-@dataclass
-class ProbeResult:
-    ok: bool
-    chosen: Attempt | None  # the server whose sample is applied
-    tried: list[Attempt]  # every server of the list, in order; the rest "not-tried"
-    note: str | None = None
-
-
 class KodMemory:
-    """Kiss-o'-death memory of one agent, keyed by (host, port) as the list names them.
+    """What one agent remembers of its servers, keyed by (host, port) as the list names them.
 
-    RATE: skip the server for a back-off that doubles on every RATE (capped); a good answer
-    forgets it. DENY/RSTR: skip it until reset(), which the agent calls when its list changes.
+    Kiss-o'-death: RATE skips the server for a back-off that doubles on every RATE (capped);
+    a good answer forgets it. DENY/RSTR skip it until reset(), which the agent calls when its
+    list changes. Usual delay: the last round trip a server answered in, so that the stagger
+    before asking the next server is never shorter than a far server's usual answer.
     """
 
     def __init__(
@@ -78,6 +64,7 @@ class KodMemory:
         self._lock = threading.Lock()
         self._refused: dict[tuple[str, int], str] = {}
         self._rate: dict[tuple[str, int], tuple[float, float]] = {}  # until, backoff
+        self._delay: dict[tuple[str, int], float] = {}  # last round trip, seconds
 
     def reset(self) -> None:
         with self._lock:
@@ -119,6 +106,14 @@ class KodMemory:
                 self._rate[key] = (self._clock() + backoff, backoff)
             elif attempt.outcome == "ok":
                 self._rate.pop(key, None)
+            if attempt.sample is not None:
+                self._delay[key] = attempt.sample.delay_s
+
+    def stagger_s(self, host: str, port: int, settings: ProbeSettings) -> float:
+        """How long this server may stay silent before the next one is asked as well."""
+        with self._lock:
+            usual = self._delay.get((host, port), 0.0)
+        return min(settings.timeout_s, max(settings.stagger_s, 3 * usual + 0.01))
 
     def rate_backoff_s(self, host: str, port: int) -> float | None:
         """The current RATE back-off of a server (for reports and tests), or None."""
@@ -175,7 +170,11 @@ def _lookup(host: str, port: int) -> Resolved:
 
 
 def probe_server(
-    host: str, port: int, settings: ProbeSettings, resolved: Resolved | None = None
+    host: str,
+    port: int,
+    settings: ProbeSettings,
+    resolved: Resolved | None = None,
+    on_answer: Callable[[], None] | None = None,
 ) -> tuple[Attempt, str | None]:
     """Take a sample burst from the server's addresses in turn until one passes.
 
@@ -192,7 +191,7 @@ def probe_server(
     first: Attempt | None = None
     requests = 0
     for family, sockaddr in addresses[:MAX_ADDRESSES]:
-        burst = sample_burst(family, sockaddr, settings)
+        burst = sample_burst(family, sockaddr, settings, on_answer)
         requests += burst.requests
         address = str(sockaddr[0])
         if burst.sample is not None:
@@ -248,6 +247,78 @@ def probe(
     return second
 
 
+# Bursts of a staggered pass run here, so the agent's own worker waits on them. 32 covers
+# the workers of a fleet process each probing a few silent servers at once.
+_BURSTS = concurrent.futures.ThreadPoolExecutor(max_workers=32, thread_name_prefix="ntp")
+
+
+@dataclass
+class _Server:
+    """One server's progress in a pass."""
+
+    host: str
+    port: int
+    started: float | None = None  # monotonic time its query began
+    answered: bool = False  # a first answer (or its failure) came
+    result: Attempt | None = None  # its final Attempt
+
+
+@dataclass
+class _Pass:
+    servers: list[_Server]
+    settings: ProbeSettings
+    kod: KodMemory
+    resolved: dict[tuple[str, int], Resolved]
+    lock: threading.Condition = field(default_factory=threading.Condition)
+
+    def launch(self, i: int) -> None:
+        s = self.servers[i]
+        s.started = time.monotonic()
+        skipped = self.kod.skip(s.host, s.port)
+        if skipped is not None:
+            self._done(s, skipped)
+            return
+        _BURSTS.submit(self._run, s)
+
+    def _run(self, s: _Server) -> None:
+        try:
+            attempt, kiss = probe_server(
+                s.host, s.port, self.settings, self.resolved.get((s.host, s.port)),
+                on_answer=lambda: self._answered(s),
+            )  # fmt: skip
+            self.kod.record(attempt, kiss)
+        except Exception as exc:  # a bug here must end as an outcome, not a hung probe
+            attempt = Attempt(s.host, s.port, "bad-packet", f"probe failed: {exc!r}")
+        self._done(s, attempt)
+
+    def _answered(self, s: _Server) -> None:
+        with self.lock:
+            s.answered = True
+            self.lock.notify_all()
+
+    def _done(self, s: _Server, attempt: Attempt) -> None:
+        with self.lock:
+            s.answered, s.result = True, attempt
+            self.lock.notify_all()
+
+    def next_event(self, k: int, launched: int) -> bool:
+        """Wait until server k has its result (True) or the last launched server's stagger
+        ran out while another is left to launch (False)."""
+        with self.lock:
+            while self.servers[k].result is None:
+                last = self.servers[launched - 1]
+                if launched < len(self.servers) and not last.answered:
+                    assert last.started is not None
+                    stagger = self.kod.stagger_s(last.host, last.port, self.settings)
+                    left = last.started + stagger - time.monotonic()
+                    if left <= 0:
+                        return False
+                    self.lock.wait(left)
+                else:
+                    self.lock.wait()
+            return True
+
+
 def _probe_pass(
     servers: Sequence[tuple[str, int]],
     settings: ProbeSettings,
@@ -255,85 +326,33 @@ def _probe_pass(
     resolved: dict[tuple[str, int], Resolved],
     panic_s: float | None,
 ) -> ProbeResult:
-    tried: list[Attempt] = []
-    chosen: int | None = None  # index in tried of the server whose sample is applied
-    pending: int | None = None  # a passing server with a large offset, awaiting a second
-    note: str | None = None
-    for host, port in servers:
-        if chosen is not None:
-            tried.append(Attempt(host, port, "not-tried"))
+    """One pass over the list: queries start in order, each when the one before has failed
+    or stayed silent past its stagger; results are taken in order (choice.py)."""
+    choice = Choice(settings, panic_s, len(servers))
+    run = _Pass([_Server(h, p) for h, p in servers], settings, kod, resolved)
+    if not servers:
+        return choice.result()
+    stagger = settings.stagger_s > 0
+    run.launch(0)
+    launched, k = 1, 0
+    while k < len(servers) and not choice.decided:
+        # without staggering, nothing is left to launch early: just wait for server k
+        if not run.next_event(k, launched if stagger else len(servers)):
+            run.launch(launched)
+            launched += 1
             continue
-        attempt = kod.skip(host, port)
-        if attempt is None:
-            attempt, kiss = probe_server(host, port, settings, resolved.get((host, port)))
-            kod.record(attempt, kiss)
-        tried.append(attempt)
-        if attempt.sample is None:
-            continue
-        offset = attempt.sample.offset_s
-        if pending is not None:
-            first = tried[pending]
-            assert first.sample is not None
-            claimed = first.sample.offset_s
-            if abs(offset - claimed) <= settings.agree_s:
-                chosen = pending
-                note = (
-                    f"offset {claimed:+.6f} s of {_name(first)} confirmed by "
-                    f"{_name(attempt)} ({offset:+.6f} s)"
-                )
-                if panic_s is not None and abs(claimed) > panic_s:
-                    note += f"; beyond the {panic_s:g} s panic limit, applied as a first sync"
-                continue
-            tried[pending] = replace(
-                first,
-                outcome="falseticker",
-                detail=(
-                    f"offset {claimed:+.6f} s, but {_name(attempt)} says {offset:+.6f} s "
-                    f"(more than {settings.agree_s:g} s apart)"
-                ),
+        result = run.servers[k].result
+        assert result is not None
+        choice.add(result)
+        k += 1
+        if not choice.decided and k < len(servers) and launched <= k:
+            run.launch(k)  # server k-1 failed before its stagger ran out
+            launched = k + 1
+    for s in run.servers[k:]:
+        if s.started is None:
+            choice.add(Attempt(s.host, s.port, "not-tried"))
+        else:  # asked while an earlier server was slow; that one gave the sync
+            choice.add(
+                Attempt(s.host, s.port, "not-tried", "asked after a stagger; an earlier server won")
             )
-            pending = None
-        if abs(offset) > settings.confirm_offset_s:
-            pending = len(tried) - 1
-        else:
-            chosen = len(tried) - 1
-    if chosen is None and pending is not None:
-        alone = tried[pending]
-        assert alone.sample is not None
-        offset = alone.sample.offset_s
-        if panic_s is not None and abs(offset) > panic_s and len(servers) > 1:
-            # A first sync may jump the clock by any amount, but only on two servers' word.
-            tried[pending] = replace(
-                alone,
-                outcome="panic-offset",
-                detail=(
-                    f"offset {offset:+.3f} s beyond the panic limit {panic_s:g} s and no later "
-                    "server passed to confirm it"
-                ),
-            )
-        else:
-            chosen = pending
-            note = (
-                f"offset {offset:+.6f} s of {_name(alone)} applied unconfirmed: "
-                "no later server passed to confirm it"
-            )
-    if len(servers) == 1 and chosen is not None:
-        sample = tried[chosen].sample
-        assert sample is not None
-        note = f"single server: offset {sample.offset_s:+.6f} s applied unconfirmed"
-        if panic_s is not None and abs(sample.offset_s) > panic_s:
-            note += f", beyond the {panic_s:g} s panic limit, as a first sync"
-    tried = [
-        a if clip_text(a.detail) == a.detail else replace(a, detail=clip_text(a.detail))
-        for a in tried
-    ]
-    return ProbeResult(
-        ok=chosen is not None,
-        chosen=None if chosen is None else tried[chosen],
-        tried=tried,
-        note=clip_text(note),
-    )
-
-
-def _name(attempt: Attempt) -> str:
-    return f"{attempt.host}:{attempt.port}"
+    return choice.result()
