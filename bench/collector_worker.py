@@ -64,8 +64,11 @@ class Tracker:
 
 def main() -> int:
     p = argparse.ArgumentParser()
-    p.add_argument("--host", required=True)
-    p.add_argument("--port", type=int, required=True)
+    p.add_argument("--host")
+    p.add_argument("--port", type=int)
+    p.add_argument(
+        "--broker", help="a comma-separated node list (a cluster); instead of --host/--port"
+    )
     p.add_argument("--expect", type=int, default=None)
     args = p.parse_args()
     raise_nofile()
@@ -76,7 +79,7 @@ def main() -> int:
 
     t_start = time.monotonic()
     tracker = Tracker(args.expect, t_start)
-    settings = ConnectionSettings(parse_brokers(f"mqtt://{args.host}:{args.port}"))
+    settings = ConnectionSettings(parse_brokers(args.broker or f"mqtt://{args.host}:{args.port}"))
     collector = Collector(settings, on_report=tracker.on_report)
     collector.start()
     # what `clockfleet collector` serves: one renderer, its per-agent text cached

@@ -23,8 +23,11 @@ from bench.stack import commands, emit, raise_nofile
 
 def main() -> int:
     p = argparse.ArgumentParser()
-    p.add_argument("--host", required=True)
-    p.add_argument("--port", type=int, required=True)
+    p.add_argument("--host")
+    p.add_argument("--port", type=int)
+    p.add_argument(
+        "--broker", help="a comma-separated node list (a cluster); instead of --host/--port"
+    )
     p.add_argument("--n", type=int, required=True)
     p.add_argument("--region", required=True)
     p.add_argument("--trust", type=Path, required=True)
@@ -40,7 +43,7 @@ def main() -> int:
     me = psutil.Process()
     rss_before = me.memory_info().rss
     trust = signing.load_trust([args.trust])
-    conn = ConnectionSettings(parse_brokers(f"mqtt://{args.host}:{args.port}"))
+    conn = ConnectionSettings(parse_brokers(args.broker or f"mqtt://{args.host}:{args.port}"))
     reported: set[str] = set()
     lock = threading.Lock()
     all_reported = threading.Event()
