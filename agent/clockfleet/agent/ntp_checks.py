@@ -86,7 +86,7 @@ class ProbeSettings:
     resolve_timeout_s: float = 2.0  # all of a list's names, looked up at once
     # A server silent this long (or 3 x its usual round trip, if longer) does not hold up the
     # next one: its query starts too, while the list's order still decides. 0: one by one.
-    stagger_s: float = 0.1
+    stagger_s: float = 0.04
     max_distance_s: float = 3.0  # chrony maxdistance
     max_delay_s: float = 3.0  # chrony maxdelay
     # Beyond it: panic-offset, except on the first good sync since the agent started, when
