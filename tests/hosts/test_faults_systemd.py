@@ -167,3 +167,26 @@ def test_package_takes_over_a_hand_made_install(suite, fresh_host, debs, stack: 
     second = stack.wait_report(agent_id, lambda r: r["ok"] and r["at"] > first["at"], host=host)
     assert second["list_version"] == first["list_version"]
     assert host.unit("ActiveState") == "active"
+
+
+@pytest.mark.parametrize("suite", hostkit.SUITES)
+def test_without_the_packages_polkit_grant_the_zone_is_refused(suite, fresh_host, stack):
+    # The control for test_timedatectl_shows_the_profiles_time_zone: it is the package's
+    # polkit grant, not the container, that lets the unprivileged agent set the zone.
+    host = fresh_host(suite)
+    host.ok(
+        "rm -f /usr/share/polkit-1/rules.d/50-clockfleet-agent.rules "
+        "/var/lib/polkit-1/localauthority/10-vendor.d/50-clockfleet-agent.pkla && "
+        "systemctl try-restart polkit.service"
+    )
+    before = host.ok("timedatectl show -p Timezone --value").strip()
+    agent_id = f"pbx-{suite}-nopolkit"
+
+    tz = configure(host, stack, agent_id)
+
+    report = stack.wait_report(agent_id, lambda r: r["ok"], host=host)
+
+    # The operator sees why in the report; the host keeps its zone.
+    assert f"time zone {tz} not set: timedatectl set-timezone {tz} failed" in report["error"]
+    assert report["timezone"] == before != tz
+    assert host.ok("timedatectl show -p Timezone --value").strip() == before
