@@ -21,6 +21,8 @@ from __future__ import annotations
 
 import contextlib
 import json
+import random
+import socket
 import subprocess
 import threading
 import time
@@ -203,6 +205,38 @@ class NatsCluster:
         return "\n".join(f"--- {n.name} ---\n{n.log_tail(lines)}" for n in self.nodes)
 
 
+def _ephemeral_range() -> tuple[int, int]:
+    try:
+        low, high = Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()
+        return int(low), int(high)
+    except (OSError, ValueError):
+        return 32768, 60999
+
+
+def stable_port(taken: set[int]) -> int:
+    """A free loopback port below the kernel's ephemeral range.
+
+    A node restarted after a SIGKILL binds its ports again; a port from the ephemeral range
+    (what binding port 0 gives) may meanwhile be the source port of some client's outgoing
+    connection (1000 agents reconnecting hold 1000 of them), and the restart would fail with
+    "address already in use".
+    """
+    low, _ = _ephemeral_range()
+    floor = 10000 if low > 12000 else 1024
+    for _ in range(1000):
+        port = random.randint(floor, low - 1)
+        if port in taken:
+            continue
+        with socket.socket() as s:
+            try:
+                s.bind((LOOPBACK, port))
+            except OSError:
+                continue
+        taken.add(port)
+        return port
+    raise DaemonError("no free loopback port below the ephemeral range")
+
+
 def _launch(node: NatsNode) -> None:
     binary = devstack.require("nats-server")
     log = node.dir / "nats.log"
@@ -282,10 +316,11 @@ def start_cluster(rundir: Path, *, nodes: int = 3, timeout: float = 60.0) -> Nat
     devstack.require("nats-server")
     rundir.mkdir(parents=True, exist_ok=True)
     members = []
+    taken: set[int] = set()
     for i in range(nodes):
         d = rundir / f"nats-{i}"
         d.mkdir(parents=True, exist_ok=True)
-        ports = [devstack.free_port() for _ in range(4)]
+        ports = [stable_port(taken) for _ in range(4)]
         members.append(NatsNode(i, f"n{i}", *ports, dir=d, conf=d / "nats.conf"))
     routes = [n.cluster_port for n in members]
     for n in members:
