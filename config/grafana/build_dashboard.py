@@ -48,10 +48,19 @@ OUT = Path(__file__).resolve().parent / "dashboards" / "clockfleet.json"
 UID = "clockfleet-fleet"
 DS = DataSourceRef(type_val="prometheus", uid="${datasource}")
 R = '{region=~"$region"}'  # every agent/region series narrowed to the chosen regions
+IN_USE = '{region=~"$region",server!=""}'
 
 DRIFT_LIMIT_S = 0.5  # time-of-day call routing tolerance (alerts.yml ClockfleetAgentDrift)
 SKEW_WARN_S = 0.05  # node-mixin NodeClockSkewDetected
 STALE_AFTER_S = 7200  # 2 x the default poll interval
+
+
+def one(metric: str, selector: str = R) -> str:
+    """`metric`'s series once per agent or region: collectors run in pairs on one broker
+    (each scraped as its own instance, so every agent's series twice); both read the same
+    retained state, so `max without (instance)` folds the copies into one (and keeps the
+    survivor's when one collector is down)."""
+    return f"max without (instance) ({metric}{selector})"
 
 
 def query(expr: str, legend: str = "", ref: str = "A") -> prometheus.Dataquery:
@@ -139,7 +148,7 @@ def build() -> dashboard.Dashboard:
         d.with_panel(
             stat_panel(
                 "Agents reporting",
-                f"count(clockfleet_agent_last_report_timestamp_seconds{R})",
+                f"count({one('clockfleet_agent_last_report_timestamp_seconds')})",
                 "none",
                 [(None, "blue")],
                 "Agents with a report on the broker.",
@@ -148,7 +157,7 @@ def build() -> dashboard.Dashboard:
         .with_panel(
             stat_panel(
                 "Sync success ratio",
-                f"avg(clockfleet_agent_last_report_ok{R})",
+                f"avg({one('clockfleet_agent_last_report_ok')})",
                 "percentunit",
                 [(None, "red"), (0.9, "orange"), (0.99, "green")],
                 "Share of agents whose last report was a good sync.",
@@ -157,7 +166,7 @@ def build() -> dashboard.Dashboard:
         .with_panel(
             stat_panel(
                 "Worst |offset|",
-                f"max(abs(clockfleet_agent_offset_seconds{R}))",
+                f"max(abs({one('clockfleet_agent_offset_seconds')}))",
                 "s",
                 [(None, "green"), (SKEW_WARN_S, "orange"), (DRIFT_LIMIT_S, "red")],
                 "Largest clock offset in the fleet (last good report of each agent).",
@@ -166,7 +175,7 @@ def build() -> dashboard.Dashboard:
         .with_panel(
             stat_panel(
                 "Offline agents",
-                f"count(clockfleet_agent_online{R} == 0) or vector(0)",
+                f"count({one('clockfleet_agent_online')} == 0) or vector(0)",
                 "none",
                 [(None, "green"), (1, "red")],
                 "Agents whose latest status (by session) is offline.",
@@ -175,7 +184,7 @@ def build() -> dashboard.Dashboard:
         .with_panel(
             stat_panel(
                 "Stale reports",
-                f"count(time() - clockfleet_agent_last_report_timestamp_seconds{R}"
+                f"count(time() - {one('clockfleet_agent_last_report_timestamp_seconds')}"
                 f" > {STALE_AFTER_S}) or vector(0)",
                 "none",
                 [(None, "green"), (1, "orange")],
@@ -186,7 +195,7 @@ def build() -> dashboard.Dashboard:
         .with_panel(
             stat_panel(
                 "Agents behind their list",
-                f"sum(clockfleet_region_agents_behind{R})",
+                f"sum({one('clockfleet_region_agents_behind')})",
                 "none",
                 [(None, "green"), (1, "orange")],
                 "Agents whose last report applied an older list than the published one "
@@ -203,7 +212,7 @@ def build() -> dashboard.Dashboard:
             .title("Fleet drift distribution")
             .description("Every agent's last offset, bucketed (server minus local).")
             .datasource(DS)
-            .with_target(query(f"clockfleet_agent_offset_seconds{R}", "{{agent}}").instant())
+            .with_target(query(one("clockfleet_agent_offset_seconds"), "{{agent}}").instant())
             .unit("s")
             .combine(True)
             .height(9)
@@ -214,9 +223,15 @@ def build() -> dashboard.Dashboard:
             .title("Offset quantiles")
             .description("Fleet offset quantiles over time; the dashed lines are the alert limits.")
             .datasource(DS)
-            .with_target(query(f"quantile(0.5, clockfleet_agent_offset_seconds{R})", "p50", "A"))
-            .with_target(query(f"quantile(0.01, clockfleet_agent_offset_seconds{R})", "p1", "B"))
-            .with_target(query(f"quantile(0.99, clockfleet_agent_offset_seconds{R})", "p99", "C"))
+            .with_target(
+                query(f"quantile(0.5, {one('clockfleet_agent_offset_seconds')})", "p50", "A")
+            )
+            .with_target(
+                query(f"quantile(0.01, {one('clockfleet_agent_offset_seconds')})", "p1", "B")
+            )
+            .with_target(
+                query(f"quantile(0.99, {one('clockfleet_agent_offset_seconds')})", "p99", "C")
+            )
             .unit("s")
             .thresholds(
                 thresholds((None, "green"), (SKEW_WARN_S, "orange"), (DRIFT_LIMIT_S, "red"))
@@ -230,7 +245,7 @@ def build() -> dashboard.Dashboard:
             .title("Worst offenders")
             .description("The 20 agents with the largest |offset| in their last good report.")
             .datasource(DS)
-            .with_target(instant_table(f"topk(20, abs(clockfleet_agent_offset_seconds{R}))"))
+            .with_target(instant_table(f"topk(20, abs({one('clockfleet_agent_offset_seconds')}))"))
             .unit("s")
             .thresholds(
                 thresholds((None, "green"), (SKEW_WARN_S, "orange"), (DRIFT_LIMIT_S, "red"))
@@ -244,7 +259,9 @@ def build() -> dashboard.Dashboard:
             .title("Worst |offset| by region")
             .datasource(DS)
             .with_target(
-                query(f"max by (region) (abs(clockfleet_agent_offset_seconds{R}))", "{{region}}")
+                query(
+                    f"max by (region) (abs({one('clockfleet_agent_offset_seconds')}))", "{{region}}"
+                )
             )
             .unit("s")
             .legend(legend())
@@ -257,7 +274,8 @@ def build() -> dashboard.Dashboard:
             .datasource(DS)
             .with_target(
                 query(
-                    f"quantile by (region) (0.5, clockfleet_agent_offset_seconds{R})", "{{region}}"
+                    f"quantile by (region) (0.5, {one('clockfleet_agent_offset_seconds')})",
+                    "{{region}}",
                 )
             )
             .unit("s")
@@ -275,7 +293,7 @@ def build() -> dashboard.Dashboard:
             .description("Share of agents whose last report was a good sync.")
             .datasource(DS)
             .with_target(
-                query(f"avg by (region) (clockfleet_agent_last_report_ok{R})", "{{region}}")
+                query(f"avg by (region) ({one('clockfleet_agent_last_report_ok')})", "{{region}}")
             )
             .unit("percentunit")
             .min(0)
@@ -288,7 +306,7 @@ def build() -> dashboard.Dashboard:
             timeseries.Panel()
             .title("Failing agents by region")
             .datasource(DS)
-            .with_target(query(f"clockfleet_region_agents_failing{R}", "{{region}}"))
+            .with_target(query(one("clockfleet_region_agents_failing"), "{{region}}"))
             .legend(legend())
             .height(8)
             .span(12)
@@ -298,7 +316,7 @@ def build() -> dashboard.Dashboard:
             .title("Offline agents")
             .description("Agents whose latest status (by session) is offline.")
             .datasource(DS)
-            .with_target(instant_table(f"clockfleet_agent_online{R} == 0"))
+            .with_target(instant_table(f"{one('clockfleet_agent_online')} == 0"))
             .height(8)
             .span(8)
         )
@@ -309,7 +327,8 @@ def build() -> dashboard.Dashboard:
             .datasource(DS)
             .with_target(
                 instant_table(
-                    f"time() - clockfleet_agent_last_report_timestamp_seconds{R} > {STALE_AFTER_S}"
+                    f"time() - {one('clockfleet_agent_last_report_timestamp_seconds')}"
+                    f" > {STALE_AFTER_S}"
                 )
             )
             .unit("s")
@@ -322,7 +341,7 @@ def build() -> dashboard.Dashboard:
             .datasource(DS)
             .with_target(
                 instant_table(
-                    f"time() - clockfleet_agent_last_sync_success_timestamp_seconds{R}"
+                    f"time() - {one('clockfleet_agent_last_sync_success_timestamp_seconds')}"
                     f" > {STALE_AFTER_S}"
                 )
             )
@@ -338,7 +357,7 @@ def build() -> dashboard.Dashboard:
             bargauge.Panel()
             .title("Agents behind the published list, by region")
             .datasource(DS)
-            .with_target(query(f"clockfleet_region_agents_behind{R}", "{{region}}").instant())
+            .with_target(query(one("clockfleet_region_agents_behind"), "{{region}}").instant())
             .thresholds(thresholds((None, "green"), (1, "orange")))
             .display_mode(BarGaugeDisplayMode.GRADIENT)
             .orientation(VizOrientation.HORIZONTAL)
@@ -353,8 +372,8 @@ def build() -> dashboard.Dashboard:
             .datasource(DS)
             .with_target(
                 instant_table(
-                    f"clockfleet_agent_list_version{R}"
-                    " < on (region) group_left () clockfleet_region_list_version"
+                    one("clockfleet_agent_list_version") + " < on (region) group_left ()"
+                    " max by (region) (clockfleet_region_list_version)"
                 )
             )
             .height(8)
@@ -366,10 +385,7 @@ def build() -> dashboard.Dashboard:
             .description("Agents per chosen NTP server (from the agents' last good reports).")
             .datasource(DS)
             .with_target(
-                instant_table(
-                    "count by (region, server) "
-                    '(clockfleet_agent_info{region=~"$region",server!=""})'
-                )
+                instant_table(f"count by (region, server) ({one('clockfleet_agent_info', IN_USE)})")
             )
             .sort_by([common.TableSortByFieldState().display_name("Value").desc(True)])
             .height(8)
@@ -379,7 +395,7 @@ def build() -> dashboard.Dashboard:
             timeseries.Panel()
             .title("Published list version by region")
             .datasource(DS)
-            .with_target(query(f"clockfleet_region_list_version{R}", "{{region}}"))
+            .with_target(query(one("clockfleet_region_list_version"), "{{region}}"))
             .decimals(0)
             .legend(legend())
             .height(7)
@@ -395,7 +411,7 @@ def build() -> dashboard.Dashboard:
             .datasource(DS)
             .with_target(
                 query(
-                    "sum by (kind) (rate(clockfleet_collector_messages_received_total"
+                    "max by (kind) (rate(clockfleet_collector_messages_received_total"
                     "[$__rate_interval]))",
                     "{{kind}}",
                 )
@@ -411,7 +427,7 @@ def build() -> dashboard.Dashboard:
             .datasource(DS)
             .with_target(
                 query(
-                    "sum by (reason) (rate(clockfleet_collector_messages_rejected_total"
+                    "max by (reason) (rate(clockfleet_collector_messages_rejected_total"
                     "[$__rate_interval]))",
                     "{{reason}}",
                 )
