@@ -111,8 +111,9 @@ def test_security_exposure_of_the_packaged_unit_stays_low(host, configured):
     m = re.search(r"Overall exposure level for \S+: ([0-9.]+)", out)
 
     assert m is not None, out[-2000:]
-    # The shipped unit scores 3.0 or less offline with CAP_SYS_TIME; without it, lower still.
-    assert float(m.group(1)) <= 3.0, out
+    # Measured 1.7 on Debian 11, 12 and 13 (the shipped unit, with CAP_SYS_TIME: 2.0-2.2
+    # offline); tests/agent holds the shipped unit to 3.0.
+    assert float(m.group(1)) <= 2.0, out
 
 
 def test_systemctl_restart_brings_the_agent_back_with_a_new_session(host, stack, configured):
@@ -143,10 +144,11 @@ def test_a_killed_agent_is_restarted_by_systemd(host, stack, configured):
 def test_upgrade_keeps_the_hosts_agent_yaml_and_restarts_the_agent(host, stack, configured, debs):
     before = host.ok("md5sum /etc/clockfleet/agent.yaml")
     pid = hostkit.wait_for(lambda: host.main_pid(), 15, "a main pid")
+    newer = host.ok("dpkg-query -W -f='${Version}' clockfleet-agent") + "+upgrade1"
 
-    host.install(debs(host.suite, "0.1.0+upgrade1"))
+    host.install(debs(host.suite, newer))
 
-    assert host.ok("dpkg-query -W -f='${Version}' clockfleet-agent") == "0.1.0+upgrade1"
+    assert host.ok("dpkg-query -W -f='${Version}' clockfleet-agent") == newer
     assert host.ok("md5sum /etc/clockfleet/agent.yaml") == before
     hostkit.wait_for(
         lambda: host.main_pid() not in (0, pid) and host.unit("ActiveState") == "active",
