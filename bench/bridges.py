@@ -1,9 +1,24 @@
-"""Figure: convergence through one edge-bridge hop (filled in below)."""
+"""Figure: convergence through one data-centre edge bridge vs directly on central.
+
+The convergence figure's machinery (bench/convergence.py's statistics, bench/stack.py's
+daemons and workers, bench/fleet_worker.py, bench/collector_worker.py, bench/listpub.py), on
+one central Mosquitto with one edge bridged to it using broker/bridges/make-bridges' bridge
+block: the publisher and the collector on central; N agents first on central itself (direct),
+then the same N on the edge (one bridge hop each way: the list in, the reports out). Same
+central, same chronyd, same rounds.
+"""
 
 from __future__ import annotations
 
 import argparse
+import time
 from typing import Any
+
+from bench.convergence import REGION, summarise
+from bench.listpub import ListPublisher
+from bench.results import figure, row
+from bench.stack import BENCH_MOSQUITTO_CONF, Bench
+from clockfleet import bridges, devstack
 
 KEY = "bridges"
 HELP = "new list -> every agent's report at the collector, N agents on one edge vs on central"
@@ -12,7 +27,120 @@ HELP = "new list -> every agent's report at the collector, N agents on one edge 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--n", type=int, default=1000, help="fleet size (1000)")
     p.add_argument("--rounds", type=int, default=5, help="list updates per layout (5)")
+    p.add_argument("--fleet-workers", type=int, default=8, help="Fleet(workers=...) (8)")
+
+
+def start_edge(b: Bench, central: devstack.Daemon) -> devstack.Daemon:
+    """An edge with the bench's broker settings plus the generated bridge to central."""
+    block = bridges.generator().bridge_block(
+        "bench", f"{central.host}:{central.port}", "unused", prefix=bridges.PREFIX
+    )
+    edge = devstack.start_mosquitto(
+        b.subdir("edge"), conf_template=BENCH_MOSQUITTO_CONF + block, values={"MAXQ": 1_000_000}
+    )
+    b.callback(edge.stop)
+    deadline = time.monotonic() + 30
+    while bridges.bridge_states(edge.host, edge.port).get("bench") != "1":
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"the bridge did not come up: {edge.log_tail()}")
+        time.sleep(0.2)
+    return edge
+
+
+def rounds_on(
+    b: Bench,
+    broker: devstack.Daemon,
+    central: devstack.Daemon,
+    pub: ListPublisher,
+    version: int,
+    server: list[tuple[str, int]],
+    args: argparse.Namespace,
+) -> tuple[dict[str, Any], int, float]:
+    """N agents on `broker`, the collector on central: args.rounds list updates."""
+    collector = b.worker("bench.collector_worker", "--host", central.host, "--port", central.port)
+    collector.expect("ready", 30)
+    fleet = b.worker(
+        "bench.fleet_worker",
+        *("--host", broker.host, "--port", broker.port, "--n", args.n),
+        *("--region", REGION, "--trust", pub.pub_path, "--workers", args.fleet_workers),
+    )
+    up = fleet.expect("ready", 240)["seconds"]
+    ours: list[list[float]] = []
+    for _ in range(args.rounds):
+        version += 1
+        collector.send({"cmd": "watch", "version": version, "n": args.n})
+        collector.expect("ok", 10)
+        t_ack = pub.publish_list(REGION, version, server, resync_jitter_s=0)
+        ev = collector.expect("converged", 60 + args.n / 50)
+        ours.append([t - t_ack for t in ev["times"]])
+    fleet.stop()
+    collector.stop()
+    return summarise(ours), version, up
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
-    raise NotImplementedError("bench/bridges.py: work in progress")
+    n = args.n
+    with Bench(f"bridges{n}") as b:
+        central = b.mosquitto()
+        edge = start_edge(b, central)
+        chrony = b.chronyd()
+        server = [(chrony.host, chrony.port)]
+        pub = ListPublisher(central.host, central.port, b.subdir("keys"))
+        b.callback(pub.close)
+        version = 1
+        pub.publish_list(REGION, version, server, resync_jitter_s=0)
+        direct, version, up_direct = rounds_on(b, central, central, pub, version, server, args)
+        via_edge, version, up_edge = rounds_on(b, edge, central, pub, version, server, args)
+    rows = [
+        row(
+            f"p100, N={n}, agents on an edge (one bridge hop each way)",
+            "s",
+            via_edge["p100"],
+            goal=1.0 if n <= 1000 else 3.0,
+            reference=f"the same {n} agents directly on central",
+            reference_value=direct["p100"],
+        ),
+        row(
+            f"p50, N={n}, agents on an edge",
+            "s",
+            via_edge["p50"],
+            reference="directly on central",
+            reference_value=direct["p50"],
+        ),
+        row(
+            f"p99, N={n}, agents on an edge",
+            "s",
+            via_edge["p99"],
+            reference="directly on central",
+            reference_value=direct["p99"],
+        ),
+    ]
+    details = [
+        "Seconds from the list's PUBACK on central to each agent's report of it at the "
+        "collector on central (median over rounds of each round's statistic):",
+        "",
+        "| layout | p50 | p99 | p100 | worst round p100 | fleet start-up |",
+        "|---|---|---|---|---|---|",
+        f"| direct on central | {direct['p50']:.3f} | {direct['p99']:.3f} | "
+        f"{direct['p100']:.3f} | {direct['worst_p100']:.3f} | {up_direct:.1f} s |",
+        f"| on an edge | {via_edge['p50']:.3f} | {via_edge['p99']:.3f} | "
+        f"{via_edge['p100']:.3f} | {via_edge['worst_p100']:.3f} | {up_edge:.1f} s |",
+    ]
+    return figure(
+        KEY,
+        "Convergence through an edge bridge",
+        command="",
+        rows=rows,
+        method=[
+            "one central Mosquitto 2.0 (the bench's settings: persistence off, queue raised) "
+            "and one edge with the same settings plus broker/bridges/make-bridges' bridge "
+            "block (try_private, cleansession false, MQTT 3.1.1, lists/profiles/cmd in and "
+            "reports/status out at QoS 1); one chronyd",
+            "the publisher (bench/listpub.py) and the real collector (bench/collector_worker.py) "
+            "on central; N real agents (bench/fleet_worker.py, one selector loop) first on "
+            "central, then on the edge; per agent: its report of the new version at the "
+            "collector minus the PUBACK, as in the convergence figure",
+        ],
+        notes=[],
+        details=details,
+    )
