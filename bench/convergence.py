@@ -31,7 +31,18 @@ REGION = "bench"
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
-        "--n", type=int, nargs="+", default=[100, 1000, 3000], help="fleet sizes (100 1000 3000)"
+        "--n",
+        type=int,
+        nargs="+",
+        default=[100, 1000, 3000, 10000],
+        help="fleet sizes (100 1000 3000 10000)",
+    )
+    p.add_argument(
+        "--floor-n",
+        type=int,
+        nargs="*",
+        default=[3000],
+        help="fleet sizes at which the minimal-client floor runs too (3000)",
     )
     p.add_argument("--rounds", type=int, default=5, help="list updates per fleet size (5)")
     p.add_argument("--jitter-n", type=int, default=1000, help="fleet size of the jitter run")
@@ -54,7 +65,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def goal_for(n: int) -> float:
-    return 1.0 if n <= 1000 else 3.0
+    return 1.0 if n <= 1000 else 3.0 if n <= 3000 else 4.0
 
 
 def stats(latencies: list[float]) -> dict[str, float]:
@@ -81,6 +92,7 @@ def measure(
     details: list[str],
     profile_to: Path | None = None,
     nodelay: bool = False,
+    floor: bool = False,
 ) -> dict[str, Any]:
     out: dict[str, Any] = {"n": n}
     with Bench(f"conv{n}") as b:
@@ -139,6 +151,23 @@ def measure(
                 "spread_s": (max(queries) - min(queries)) if queries else 0.0,
             }
         fleet.stop()
+        if floor:
+            minimal = b.worker(
+                "bench.ref_minimal",
+                *("--host", mosq.host, "--port", mosq.port, "--n", n),
+                *("--region", REGION, "--trust", pub.pub_path, "--initial", version),
+            )
+            minimal.expect("ready", 240)
+            floors: list[list[float]] = []
+            for _ in range(rounds):
+                version += 1
+                collector.send({"cmd": "watch", "version": version, "n": n})
+                collector.expect("ok", 10)
+                t_ack = pub.publish_list(REGION, version, server, resync_jitter_s=0)
+                ev = collector.expect("converged", 60 + n / 50)
+                floors.append([t - t_ack for t in ev["times"]])
+            minimal.stop()
+            out["floor"] = summarise(floors)
         collector.stop()
 
         reference = b.worker(
@@ -185,7 +214,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     for n in sizes:
         rounds = args.rounds if n in args.n else 0
         jw = args.jitter_w if n == jitter_n else None
-        res = measure(n, max(rounds, 1), jw, args.fleet_workers, details)
+        floor = n in (args.floor_n or [])
+        res = measure(n, max(rounds, 1), jw, args.fleet_workers, details, floor=floor)
         if "jitter" in res:
             jitter = res["jitter"] | {"n": n}
         if n not in args.n:
@@ -201,6 +231,18 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 reference_value=r["p100"],
             )
         )
+        if "floor" in res:
+            f = res["floor"]["p100"]
+            rows.append(
+                row(
+                    f"p100, N={n}, against the minimal-client floor",
+                    "s",
+                    o["p100"],
+                    goal=2 * f,
+                    reference=f"{n} minimal clients (verify, 4-sample NTP, report; one selector)",
+                    reference_value=f,
+                )
+            )
         for q in ("p50", "p99"):
             rows.append(
                 row(
@@ -282,6 +324,11 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             "same list topic at QoS 1, doing json.loads; per client: receive time minus PUBACK "
             "(negative when a subscriber had the list before the publisher had its PUBACK: "
             "Mosquitto writes to the subscribers first)",
+            "floor (at the --floor-n sizes): N minimal clients on one selector in one process "
+            "(bench/ref_minimal.py) that, on the new list, check its signature with PyNaCl, make "
+            "the same four-sample NTP exchange with its first server and publish a retained QoS 1 "
+            "report; timed at the same collector as ours: the least work an agent can do; the "
+            "goal is at most twice it",
             "jitter: the list names a counting UDP relay in front of the same chronyd and sets "
             "resync_jitter_s W; the relay notes each query's arrival (first packet from a new "
             "client socket), counted per whole second from the PUBACK",

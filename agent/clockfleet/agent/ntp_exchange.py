@@ -13,8 +13,9 @@ import socket
 import struct
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Generator
 from dataclasses import dataclass
+from typing import TypeVar
 
 from clockfleet.agent.ntp_checks import (
     KISS_REFUSALS,
@@ -74,7 +75,21 @@ def exchange(
     settings: ProbeSettings,
     previous: tuple[int, int] | None = None,
 ) -> Sample | Failure:
-    """Send one request and wait (until the monotonic deadline) for its validated answer.
+    """Send one request and wait (until the monotonic deadline) for its validated answer."""
+    return run_steps(exchange_steps(sock, kernel_ts, deadline, settings, previous))
+
+
+def exchange_steps(
+    sock: socket.socket,
+    kernel_ts: bool,
+    deadline: float,
+    settings: ProbeSettings,
+    previous: tuple[int, int] | None = None,
+    answer_by: float | None = None,
+) -> Generator[None, None, Sample | Failure]:
+    """exchange() as steps: it yields once, with the request still out, when `answer_by`
+    passes with no answer, so that the caller may hand the rest of the wait to another
+    thread (see probe.py's staggered pass); resumed, it waits on until `deadline`.
 
     Datagrams that are not an answer to this request (unparseable, bad version, wrong origin)
     are ignored; if nothing else arrives, the last such reason is the result.
@@ -90,10 +105,15 @@ def exchange(
         return Failure("unreachable", f"send failed: {e.strerror or e}")
     ignored: Failure | None = None
     while True:
-        remaining = deadline - time.monotonic()
+        now = time.monotonic()
+        if answer_by is not None and now >= answer_by:
+            answer_by = None
+            yield  # silent past the stagger: the caller decides where the rest runs
+            continue
+        remaining = deadline - now
         if remaining <= 0:
             return ignored or Failure("timeout", "no answer")
-        sock.settimeout(remaining)
+        sock.settimeout(remaining if answer_by is None else min(remaining, answer_by - now))
         try:
             data, ancdata, _flags, _addr = sock.recvmsg(_MAX_DATAGRAM, _ANC_SIZE)
         except socket.timeout:  # not yet TimeoutError on Python 3.9
@@ -122,7 +142,19 @@ def sample_burst(
     settings: ProbeSettings,
     on_answer: Callable[[], None] | None = None,
 ) -> BurstResult:
-    """Up to settings.samples exchanges back to back within settings.timeout_s.
+    """Up to settings.samples exchanges back to back within settings.timeout_s."""
+    return run_steps(sample_burst_steps(family, sockaddr, settings, on_answer))
+
+
+def sample_burst_steps(
+    family: int,
+    sockaddr: tuple,
+    settings: ProbeSettings,
+    on_answer: Callable[[], None] | None = None,
+    answer_by: float | None = None,
+) -> Generator[None, None, BurstResult]:
+    """sample_burst() as steps (see exchange_steps: one yield when the first answer has not
+    come by `answer_by`).
 
     The burst stops at the first failure. DENY or RSTR voids the whole burst (the server
     refuses us); any other failure, RATE included (as chrony does), keeps the samples already
@@ -144,7 +176,10 @@ def sample_burst(
             if best is not None:
                 wait_until = min(deadline, time.monotonic() + best.delay_s + LATE_SLACK_S)
             requests += 1
-            result = exchange(sock, kernel_ts, wait_until, settings, last_stamps)
+            first_by = answer_by if best is None and requests == 1 else None
+            result = yield from exchange_steps(
+                sock, kernel_ts, wait_until, settings, last_stamps, first_by
+            )
             if isinstance(result, Failure):
                 failure = result
                 break
@@ -160,6 +195,18 @@ def sample_burst(
     if failure is not None and failure.outcome == "timeout":
         failure = Failure("timeout", f"no answer in {float(settings.timeout_s)} s")
     return BurstResult(best, failure, requests)
+
+
+T = TypeVar("T")
+
+
+def run_steps(steps: Generator[None, None, T]) -> T:
+    """Drive a *_steps generator to its end on this thread; its result."""
+    while True:
+        try:
+            next(steps)
+        except StopIteration as done:
+            return done.value
 
 
 def _receive_time_ns(ancdata: list[tuple[int, int, bytes]]) -> int | None:

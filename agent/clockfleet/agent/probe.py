@@ -21,13 +21,13 @@ import math
 import socket
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Generator, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Union
 
 from clockfleet.agent.choice import Attempt, Choice, ProbeResult
 from clockfleet.agent.ntp_checks import KISS_RATE, KISS_REFUSALS, ProbeSettings, Sample, kod_outcome
-from clockfleet.agent.ntp_exchange import sample_burst
+from clockfleet.agent.ntp_exchange import run_steps, sample_burst_steps
 from clockfleet.protocol.messages import clip_text
 
 __all__ = ["Attempt", "KodMemory", "ProbeResult", "ProbeSettings", "Sample", "probe"]
@@ -182,6 +182,19 @@ def probe_server(
     gets its own settings.timeout_s (at most MAX_ADDRESSES of them). Returns the Attempt and
     the kiss code received, if any.
     """
+    return run_steps(probe_server_steps(host, port, settings, resolved, on_answer))
+
+
+def probe_server_steps(
+    host: str,
+    port: int,
+    settings: ProbeSettings,
+    resolved: Resolved | None = None,
+    on_answer: Callable[[], None] | None = None,
+    answer_by: float | None = None,
+) -> Generator[None, None, tuple[Attempt, str | None]]:
+    """probe_server() as steps: it yields once if the first address has not answered by
+    `answer_by` (ntp_exchange.exchange_steps), so the caller can go on elsewhere."""
     if resolved is None:
         resolved = resolve_all([(host, port)], settings.resolve_timeout_s)[(host, port)]
     if isinstance(resolved, str):
@@ -191,7 +204,8 @@ def probe_server(
     first: Attempt | None = None
     requests = 0
     for family, sockaddr in addresses[:MAX_ADDRESSES]:
-        burst = sample_burst(family, sockaddr, settings, on_answer)
+        burst = yield from sample_burst_steps(family, sockaddr, settings, on_answer, answer_by)
+        answer_by = None
         requests += burst.requests
         address = str(sockaddr[0])
         if burst.sample is not None:
@@ -271,24 +285,40 @@ class _Pass:
     resolved: dict[tuple[str, int], Resolved]
     lock: threading.Condition = field(default_factory=threading.Condition)
 
-    def launch(self, i: int) -> None:
+    def launch(self, i: int, inline_until: float | None = None) -> None:
+        """Start server i's query: on the burst pool, or (inline_until given) on this thread
+        until it answers or that time passes, then handed on to the pool still waiting. A
+        server that answers at once then costs no thread hop at all."""
         s = self.servers[i]
         s.started = time.monotonic()
         skipped = self.kod.skip(s.host, s.port)
         if skipped is not None:
             self._done(s, skipped)
             return
-        _BURSTS.submit(self._run, s)
+        steps = probe_server_steps(
+            s.host, s.port, self.settings, self.resolved.get((s.host, s.port)),
+            on_answer=lambda: self._answered(s), answer_by=inline_until,
+        )  # fmt: skip
+        if inline_until is not None:
+            try:
+                next(steps)
+            except StopIteration as done:
+                self._finish(s, done.value)
+                return
+            except Exception as exc:
+                self._done(s, _failed(s, exc))
+                return
+        _BURSTS.submit(self._run, s, steps)
 
-    def _run(self, s: _Server) -> None:
+    def _run(self, s: _Server, steps: Generator[None, None, tuple[Attempt, str | None]]) -> None:
         try:
-            attempt, kiss = probe_server(
-                s.host, s.port, self.settings, self.resolved.get((s.host, s.port)),
-                on_answer=lambda: self._answered(s),
-            )  # fmt: skip
-            self.kod.record(attempt, kiss)
+            self._finish(s, run_steps(steps))
         except Exception as exc:  # a bug here must end as an outcome, not a hung probe
-            attempt = Attempt(s.host, s.port, "bad-packet", f"probe failed: {exc!r}")
+            self._done(s, _failed(s, exc))
+
+    def _finish(self, s: _Server, outcome: tuple[Attempt, str | None]) -> None:
+        attempt, kiss = outcome
+        self.kod.record(attempt, kiss)
         self._done(s, attempt)
 
     def _answered(self, s: _Server) -> None:
@@ -319,6 +349,10 @@ class _Pass:
             return True
 
 
+def _failed(s: _Server, exc: Exception) -> Attempt:
+    return Attempt(s.host, s.port, "bad-packet", f"probe failed: {exc!r}")
+
+
 def _probe_pass(
     servers: Sequence[tuple[str, int]],
     settings: ProbeSettings,
@@ -333,7 +367,10 @@ def _probe_pass(
     if not servers:
         return choice.result()
     stagger = settings.stagger_s > 0
-    run.launch(0)
+    first = run.servers[0]
+    # The first server on this thread: while it answers in its usual time nothing else runs.
+    until = time.monotonic() + kod.stagger_s(first.host, first.port, settings) if stagger else None
+    run.launch(0, until if until is not None else math.inf)
     launched, k = 1, 0
     while k < len(servers) and not choice.decided:
         # without staggering, nothing is left to launch early: just wait for server k

@@ -1,0 +1,147 @@
+"""Convergence floor (worker): N minimal clients doing the agent's work and nothing else.
+
+Each client, on a new list: parses it, checks its Ed25519 signature (PyNaCl, as the agent),
+makes the same four-sample NTP exchange with the list's first server (one UDP socket, a
+random nonce per request, the lowest-delay sample kept), and publishes a retained QoS 1
+report the collector accepts. All N on one selector in one process, no threads, no
+validation beyond the signature, no state directory, no status file: what is left is the
+real floor for our agents' work on this machine.
+
+Protocol (JSON lines, bench.stack.Worker): emits `ready` once every client holds the retained
+list version `--initial`; then stays until `stop` (the collector worker times the reports).
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import json
+import os
+import socket
+import struct
+import sys
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+import paho.mqtt.client as mqtt
+from nacl.signing import VerifyKey
+from paho.mqtt.enums import CallbackAPIVersion
+
+from bench.selectorloop import SelectorLoop
+from bench.stack import emit, raise_nofile
+from clockfleet.protocol.codec import canonical_bytes
+from clockfleet.protocol.signing import load_public_key
+
+SAMPLES = 4
+NTP_EPOCH = 2_208_988_800
+
+
+def ntp_burst(host: str, port: int, timeout_s: float = 0.3) -> tuple[float, float] | None:
+    """Four SNTP exchanges; (offset, delay) of the lowest-delay one, or None."""
+    best = None
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.settimeout(timeout_s)
+        s.connect((host, port))
+        for _ in range(SAMPLES):
+            nonce = int.from_bytes(os.urandom(8), "big") or 1
+            t1 = time.time()
+            s.send(b"\x23" + b"\0" * 39 + struct.pack("!Q", nonce))
+            try:
+                data = s.recv(512)
+            except OSError:
+                break
+            t4 = time.time()
+            if len(data) < 48 or struct.unpack_from("!Q", data, 24)[0] != nonce:
+                continue
+            rec, xmt = struct.unpack_from("!QQ", data, 32)
+            t2 = (rec >> 32) - NTP_EPOCH + (rec & 0xFFFFFFFF) / 2**32
+            t3 = (xmt >> 32) - NTP_EPOCH + (xmt & 0xFFFFFFFF) / 2**32
+            delay, offset = (t4 - t1) - (t3 - t2), ((t2 - t1) + (t3 - t4)) / 2
+            if best is None or delay < best[1]:
+                best = (offset, max(delay, 0.0))
+    return best
+
+
+def report(agent: str, region: str, version: int, server: dict, sample) -> bytes:
+    at = datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    body: dict = {
+        "schema": "clock.report/1",
+        "agent": agent,
+        "region": region,
+        "list_version": version,
+        "discipline": "observe" if sample else "none",
+        "at": at,
+        "ok": sample is not None,
+        "tried": [{**server, "outcome": "ok" if sample else "timeout"}],
+    }
+    if sample is not None:
+        body.update(server=server, offset_s=sample[0], delay_s=sample[1], stratum=8, leap=0)
+    return json.dumps(body).encode()
+
+
+def main() -> int:
+    p = argparse.ArgumentParser()
+    p.add_argument("--host", required=True)
+    p.add_argument("--port", type=int, required=True)
+    p.add_argument("--region", required=True)
+    p.add_argument("--trust", required=True, help="the publisher's public key file")
+    p.add_argument("--n", type=int, required=True)
+    p.add_argument("--initial", type=int, required=True)
+    args = p.parse_args()
+    raise_nofile()
+    key_id, key = load_public_key(Path(args.trust))
+    verify_key: VerifyKey = key
+    topic = f"clock/v1/regions/{args.region}/servers"
+    loop = SelectorLoop()
+    have = [-1] * args.n
+    stop = False
+
+    def on_connect(client, index, flags, rc, props) -> None:
+        client.subscribe(topic, qos=1)
+
+    def on_message(client, index, msg) -> None:
+        if not msg.payload:
+            return
+        obj = json.loads(msg.payload)
+        sig = obj.get("sig") or {}
+        if sig.get("key_id") != key_id:
+            return
+        verify_key.verify(canonical_bytes(obj), base64.b64decode(sig["value"]))
+        version = obj["version"]
+        if version <= have[index]:
+            return
+        have[index] = version
+        server = obj["servers"][0]
+        sample = ntp_burst(server["host"], server["port"])
+        payload = report(f"floor-{index}", args.region, version, server, sample)
+        client.publish(f"clock/v1/agents/floor-{index}/report", payload, qos=1, retain=True)
+
+    def on_stdin() -> None:
+        nonlocal stop
+        line = sys.stdin.readline()
+        if not line or json.loads(line).get("cmd") == "stop":
+            stop = True
+
+    t0 = time.monotonic()
+    for i in range(args.n):
+        c = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=f"floor-{i}", userdata=i)
+        c.on_connect = on_connect
+        c.on_message = on_message
+        loop.add(c)
+        c.connect(args.host, args.port, keepalive=60)
+        loop.pump(0)
+    loop.watch(sys.stdin, on_stdin)
+    while min(have) < args.initial and not stop:
+        loop.pump(0.05)
+    emit("ready", seconds=time.monotonic() - t0, clients=args.n)
+    while not stop:
+        loop.pump(0.05)
+    for c in loop.clients:
+        c.disconnect()
+        c.loop_write()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
