@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from datetime import UTC, datetime
 
-from clockfleet.collector.fleet_state import FleetState, Outcome, is_behind
+from clockfleet.collector.fleet_state import Disposition, FleetState, is_behind
 from tests.collector.kit import (
     PREFIX,
     failed_report,
@@ -41,7 +41,7 @@ def test_status_from_an_older_session_is_ignored_and_a_newer_one_applies():
     state = FleetState(PREFIX)
     put(state, status_topic("a"), status("a", "online", session=5))
     assert put(state, status_topic("a"), status("a", "offline", session=4)).outcome is (
-        Outcome.IGNORED
+        Disposition.IGNORED
     )
     assert state.agents["a"].status.state == "online"
     put(state, status_topic("a"), status("a", "offline", session=6))
@@ -63,7 +63,7 @@ def test_withdrawing_report_and_status_forgets_the_agent():
     state = FleetState(PREFIX)
     put(state, report_topic("a"), report("a"))
     put(state, status_topic("a"), status("a"))
-    assert put(state, report_topic("a"), b"").outcome is Outcome.WITHDRAWN
+    assert put(state, report_topic("a"), b"").outcome is Disposition.WITHDRAWN
     assert "a" in state.agents
     put(state, status_topic("a"), b"")
     assert "a" not in state.agents
@@ -90,7 +90,7 @@ def test_a_bad_status_is_rejected_and_the_last_good_status_kept():
     state = FleetState(PREFIX)
     put(state, status_topic("a"), status("a", "online", session=5))
     r = put(state, status_topic("a"), status("a", "sleeping", session=6))
-    assert r.outcome is Outcome.REJECTED and r.reason == "invalid-field"
+    assert r.outcome is Disposition.REJECTED and r.reason == "invalid-field"
     assert state.agents["a"].status.session == 5
 
 

@@ -30,7 +30,7 @@ PROPERTY = settings(
 
 
 @dataclass
-class Outcome:
+class Delivered:
     delivered: list[tuple[bytes, bytes]] = field(default_factory=list)
     refused: list[tuple[bytes, str]] = field(default_factory=list)
     to_paho: bytes = b""
@@ -38,12 +38,12 @@ class Outcome:
     most_held: int = 0
 
 
-def run(stream: bytes, cuts: list[int]) -> Outcome:
+def run(stream: bytes, cuts: list[int]) -> Delivered:
     """Send `stream` in pieces (cut at `cuts`), then end it; read as paho does until the
     link reports the end or an error. Fails on a hang or on memory beyond the bound."""
     ours, theirs = socket.socketpair()
     ours.setblocking(False)
-    out = Outcome()
+    out = Delivered()
     link = BufferedLink(
         ours,
         on_publish=lambda t, p: out.delivered.append((t, p)),

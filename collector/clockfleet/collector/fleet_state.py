@@ -31,7 +31,7 @@ FRAMING_REASONS = ("malformed-packet",)
 DROPPED_REASONS = ("rate-limited",)
 
 
-class Outcome(Enum):
+class Disposition(Enum):
     APPLIED = "applied"
     WITHDRAWN = "withdrawn"
     REJECTED = "rejected"
@@ -57,7 +57,7 @@ class AgentEntry:
 class Result:
     """What one message did; `ident` is the agent (or region for a list)."""
 
-    outcome: Outcome
+    outcome: Disposition
     kind: str = ""
     ident: str = ""
     message: Report | Status | ServerList | None = None
@@ -112,7 +112,7 @@ class FleetState:
         except Rejected as exc:
             return self.reject(exc.reason, exc.detail, kind, ident)
         self.regions[ident] = servers
-        return Result(Outcome.APPLIED, kind, ident, servers)
+        return Result(Disposition.APPLIED, kind, ident, servers)
 
     def _apply_report(self, agent: str, report: Report, now: float) -> Result:
         entry = self.agents.get(agent)
@@ -124,7 +124,7 @@ class FleetState:
             at = report.at.timestamp()
             if entry.last_ok_at is None or at > entry.last_ok_at:
                 entry.last_ok_at = at
-        return Result(Outcome.APPLIED, "report", agent, report)
+        return Result(Disposition.APPLIED, "report", agent, report)
 
     def _apply_status(self, agent: str, status: Status) -> Result:
         entry = self.agents.get(agent)
@@ -136,7 +136,7 @@ class FleetState:
         if current is not None and status.session < current.session:
             self.ignored["older-session"] += 1
             return Result(
-                Outcome.IGNORED,
+                Disposition.IGNORED,
                 "status",
                 agent,
                 status,
@@ -144,12 +144,12 @@ class FleetState:
                 f"session {status.session} < current {current.session}",
             )
         entry.status = status
-        return Result(Outcome.APPLIED, "status", agent, status)
+        return Result(Disposition.APPLIED, "status", agent, status)
 
     def _withdraw(self, kind: str, ident: str) -> Result:
         if kind == "servers":
             self.regions.pop(ident, None)
-            return Result(Outcome.WITHDRAWN, kind, ident)
+            return Result(Disposition.WITHDRAWN, kind, ident)
         entry = self.agents.get(ident)
         if entry is not None:
             if kind == "report":
@@ -159,7 +159,7 @@ class FleetState:
                 entry.status = None
             if entry.report is None and entry.status is None:
                 del self.agents[ident]
-        return Result(Outcome.WITHDRAWN, kind, ident)
+        return Result(Disposition.WITHDRAWN, kind, ident)
 
     def refuse(self, topic: bytes, reason: str, detail: str) -> Result:
         """Count a message refused before decoding (its payload was never held)."""
@@ -174,7 +174,7 @@ class FleetState:
 
     def reject(self, reason: str, detail: str, kind: str, ident: str) -> Result:
         self.rejected[reason] = self.rejected.get(reason, 0) + 1
-        return Result(Outcome.REJECTED, kind, ident, None, reason, detail)
+        return Result(Disposition.REJECTED, kind, ident, None, reason, detail)
 
     def snapshot(self) -> Snapshot:
         # dict() of a dict is one C call under the GIL: consistent against the ingest thread.

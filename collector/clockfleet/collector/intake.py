@@ -17,7 +17,7 @@ from collections.abc import Callable
 import paho.mqtt.client as mqtt
 
 from clockfleet.collector import paho_socket
-from clockfleet.collector.fleet_state import FleetState, Outcome, Result
+from clockfleet.collector.fleet_state import Disposition, FleetState, Result
 from clockfleet.collector.ratelimit import RateLimit, RateLimitedLog, RateLimiter
 from clockfleet.collector.text import printable
 from clockfleet.protocol.messages import Report
@@ -122,14 +122,14 @@ class Intake:
         else:
             result = self.state.ingest(topic, payload, now)
         outcome = result.outcome
-        if outcome is Outcome.APPLIED:
+        if outcome is Disposition.APPLIED:
             if self.on_report is not None and result.kind == "report":
                 self.on_report(result.ident, result.message, now)  # type: ignore[arg-type]
-        elif outcome is Outcome.REJECTED:
+        elif outcome is Disposition.REJECTED:
             self._log_rejection(result)
-        elif outcome is Outcome.IGNORED:
+        elif outcome is Disposition.IGNORED:
             log.info("ignored status for %r: %s", result.ident, result.detail)
-        elif outcome is Outcome.WITHDRAWN:
+        elif outcome is Disposition.WITHDRAWN:
             log.info("%s of %r withdrawn", result.kind, result.ident)
         if self.on_message_hook is not None:
             self.on_message_hook(result, now)
