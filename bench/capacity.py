@@ -202,7 +202,7 @@ def measure(kind: str, n: int, rounds: int) -> dict[str, Any]:
         out["kb_per_conn"] = (_rss(pids) - rss_idle) / n / 1024
         if cluster is not None:
             out["connections"] = sum(
-                node.monitor("/connz?limit=1")["num_connections"] for node in cluster.nodes
+                node.monitor("/connz?limit=1")["total"] for node in cluster.nodes
             )
         else:
             out["connections"] = _fds(pids) - fds_idle

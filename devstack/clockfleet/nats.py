@@ -325,7 +325,8 @@ def start_cluster(rundir: Path, *, nodes: int = 3, timeout: float = 60.0) -> Nat
     routes = [n.cluster_port for n in members]
     for n in members:
         n.conf.write_text(render_conf(n, routes))
-        (n.dir / "security.conf").write_text("# loopback test cluster: anonymous, no TLS\n")
+        (n.dir / "security.conf").write_text("# loopback test cluster: anonymous\n")
+        (n.dir / "mqtt-tls.conf").write_text("# loopback test cluster: no TLS\n")
     cluster = NatsCluster(members, rundir)
     try:
         for n in members:
