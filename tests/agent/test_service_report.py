@@ -72,6 +72,22 @@ def test_a_good_sync_names_the_chosen_server_and_every_attempt():
     assert (rep.list_version, rep.profile_version, rep.region) == (7, 3, "r1")
 
 
+def test_at_is_the_corrected_time_whether_or_not_the_backend_has_stepped_the_clock_yet():
+    # sampled at WALL (monotonic 100.0) with +7200 s; the report is built 0.5 s later
+    def built(discipline: str, wall_now: float) -> Report:
+        outcome = SyncOutcome(
+            probed(offset_s=7200.0), Applied(discipline, True), "Europe/Dublin", None, None,
+            measured_at=(WALL, 100.0),
+        )  # fmt: skip
+        return build_report("a1", job(), outcome, wall_now, "0.1.0", mono_now=100.5)
+
+    # chronyd steps when it gets round to it: the host's clock may still be 2 h behind
+    assert built("chrony", WALL + 0.5).at.timestamp() == WALL + 7200.5
+    # the system backend stepped it already
+    assert built("system-step", WALL + 7200.5).at.timestamp() == WALL + 7200.5
+    assert built("observe", WALL + 0.5).at.timestamp() == WALL + 7200.5
+
+
 def test_at_is_written_from_the_corrected_clock_when_only_observing():
     observed = build(probed(offset_s=0.25), Applied("observe", True))
     stepped = build(probed(offset_s=0.25), Applied("system-step", True))

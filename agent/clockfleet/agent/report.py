@@ -44,6 +44,10 @@ class SyncOutcome:
     timezone: Optional[str]
     tz_error: Optional[str]
     error: Optional[str]
+    # This host's wall and monotonic clocks when the probe's sample was taken: the corrected
+    # time of any later moment is then wall + offset + monotonic elapsed, whether or not a
+    # backend has stepped the clock since (chronyd steps it when it gets round to it).
+    measured_at: Optional[tuple[float, float]] = None
 
 
 def _seconds(value: Optional[float]) -> Optional[float]:
@@ -54,10 +58,17 @@ def _seconds(value: Optional[float]) -> Optional[float]:
 
 
 def build_report(
-    agent_id: str, job: SyncJob, o: SyncOutcome, wall_now: float, software: str
+    agent_id: str,
+    job: SyncJob,
+    o: SyncOutcome,
+    wall_now: float,
+    software: str,
+    mono_now: Optional[float] = None,
 ) -> Report:
-    """The report of one sync. `at` is the corrected time: this host's clock plus the
-    measured offset when the backend only observed, its own clock once a backend stepped it."""
+    """The report of one sync. `at` is the corrected time: with the sample's own clock
+    readings (`o.measured_at`, `mono_now`) the time of the sample plus the offset plus the
+    time since; without, this host's clock plus the offset when the backend only observed,
+    its own clock once a backend stepped it. A failed sync knows no better than its own clock."""
     res = o.result
     tried = []
     for a in res.tried if res is not None else []:
@@ -85,8 +96,12 @@ def build_report(
             "leap": s.leap,
             "root_distance_s": _seconds(max(s.root_distance_s, 0.0)),
         }
-        if o.applied.discipline == "observe" and fields["offset_s"] is not None:
-            at += fields["offset_s"]
+        offset = fields["offset_s"]
+        if offset is not None and o.measured_at is not None and mono_now is not None:
+            wall_then, mono_then = o.measured_at
+            at = wall_then + offset + (mono_now - mono_then)
+        elif offset is not None and o.applied.discipline == "observe":
+            at += offset
     errors = [e for e in (o.error, o.tz_error) if e]
     report = Report(
         schema="clock.report/1",

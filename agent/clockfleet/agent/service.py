@@ -486,7 +486,9 @@ class Agent:
         if exc is not None or outcome is None:
             log.error("%s: sync crashed: %r", self.id, exc)
             outcome = SyncOutcome(None, None, job.timezone, None, f"sync crashed: {exc!r}")
-        report = build_report(self.id, job, outcome, self.wall_clock(), self.settings.software)
+        report = build_report(
+            self.id, job, outcome, self.wall_clock(), self.settings.software, time.monotonic()
+        )
         payload = codec.encode(report)
         self.last_report, self.last_report_payload = report, payload
         self.reports_made += 1

@@ -6,6 +6,7 @@ keeping time)."""
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Optional
@@ -28,6 +29,7 @@ def run_sync(
 ) -> SyncOutcome:
     servers = [(s.host, s.port) for s in job.server_list.servers]
     result = probe_fn(servers, probe_settings, kod, first_sync=job.first_sync)
+    measured_at = (time.time(), time.monotonic())  # before any backend moves the clock
     applied = None
     error = None
     if result.ok:
@@ -52,4 +54,4 @@ def run_sync(
         except tzmod.TimezoneError as exc:
             tz_error = f"time zone {job.timezone} not set: {exc}"
             tz = tzmod.current_timezone(tz_root)
-    return SyncOutcome(result, applied, tz, tz_error, error)
+    return SyncOutcome(result, applied, tz, tz_error, error, measured_at)
