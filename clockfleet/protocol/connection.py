@@ -208,10 +208,13 @@ def connect_blocking(
     keepalive: int = 30,
     clean_start: bool | int = mqtt.MQTT_CLEAN_START_FIRST_ONLY,
     properties: object | None = None,
+    same_everywhere: frozenset[str] = frozenset(),
 ) -> BrokerAddress:
     """Connect to the first broker that answers with a good CONNACK and start paho's loop.
 
-    Raises BrokerUnreachable naming each broker and why it failed.
+    `same_everywhere`: refusals every node of the list would give alike (a cluster refusing
+    MQTT 5): after the first of them the other nodes are not tried. Raises BrokerUnreachable
+    naming each broker tried and why it failed.
     """
     timeout = settings.connect_timeout_s if timeout_s is None else timeout_s
     errors = []
@@ -251,4 +254,6 @@ def connect_blocking(
             client.disconnect()
         errors.append(f"{addr}: {rc if ok else f'no CONNACK within {timeout:g} s'}")
         reasons.append((session.refusal(rc) or "unspecified") if ok else "no-connack")
+        if reasons[-1] in same_everywhere:
+            break
     raise BrokerUnreachable("; ".join(errors), tuple(reasons))

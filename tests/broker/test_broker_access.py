@@ -205,7 +205,7 @@ def test_a_packet_over_the_size_limit_is_refused(production_broker: Broker):
 
 # --- Roles get exactly their grants: the agents' `pattern` lines apply to every user ----------
 
-ROLES = ("publisher", "collector", "operator")
+ROLES = ("publisher", "collector", "collector-2", "operator")
 
 
 @pytest.mark.parametrize("role", ROLES)

@@ -31,6 +31,7 @@ def test_identities_writes_roles_and_agents_with_private_password_files(tmp_path
     assert users(tmp_path / "passwd") == [
         "publisher",
         "collector",
+        "collector-2",
         "operator",
         "acme-01",
         "acme-02",
@@ -49,7 +50,7 @@ def test_identities_refresh_keeps_existing_passwords(tmp_path: Path):
     result = identities(tmp_path, "acme-01", "acme-03")
     assert result.returncode == 0
     assert (tmp_path / "acme-01.password").read_text() == before
-    assert "1 new, 4 kept" in result.stdout
+    assert "1 new, 5 kept" in result.stdout
 
 
 def test_identities_rotate_gives_a_new_password(tmp_path: Path):

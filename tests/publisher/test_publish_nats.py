@@ -62,3 +62,15 @@ def test_falls_back_to_mqtt_311_when_the_broker_refuses_mqtt_5(
     # The retained state reads back over 3.1.1 too: the second run has nothing to do.
     assert publish_main(args) == 0
     assert "nothing changed" in capsys.readouterr().out
+
+
+def test_a_cluster_refusing_mqtt_5_is_asked_in_mqtt_5_on_one_node_only(
+    nats_mqtt: int, tmp_path: Path, capsys
+):
+    # three names for one node stand in for a cluster's nodes: all refuse MQTT 5 alike
+    config = tmp_path / "fleet.yaml"
+    config.write_text(FLEET)
+    nodes = ",".join(f"mqtt://127.0.0.1:{nats_mqtt}" for _ in range(3))
+    assert publish_main(["--config", str(config), "--broker", nodes]) == 0
+    refused = capsys.readouterr().err.split("refused MQTT 5", 1)[1].splitlines()[0]
+    assert refused.count("Unsupported protocol version") == 1

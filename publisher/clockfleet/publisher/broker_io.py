@@ -63,7 +63,9 @@ def connect(settings: ConnectionSettings, timeout_s: float) -> Session:
         session = Session(client, protocol, client_id)
         _install_callbacks(session)
         try:
-            connect_blocking(client, settings, timeout_s=timeout_s)
+            # A cluster refusing MQTT 5 refuses it on every node: fall back after the first.
+            same = frozenset({"unsupported-protocol"}) if protocol == mqtt.MQTTv5 else frozenset()
+            connect_blocking(client, settings, timeout_s=timeout_s, same_everywhere=same)
         except BrokerUnreachable as exc:
             if refused_5 is not None:
                 raise refused_5 from None  # MQTT 5's answer is the one that says most
