@@ -63,11 +63,13 @@ start() {
             sleep 0.1
         done
     fi
+    # The three debootstraps wait mostly on the mirror and the disk: side by side they take
+    # little longer than one (a fresh checkout's only slow step; later runs only import).
     for suite in $SUITES; do
-        if ! sh packaging/images/build-image.sh "$suite" .cache/images; then
-            echo "tests/hosts: image $suite could not be built; its tests will fail" >&2
-        fi
+        (sh packaging/images/build-image.sh "$suite" .cache/images ||
+            echo "tests/hosts: image $suite could not be built; its tests will fail" >&2) &
     done
+    wait
 }
 
 stop() {
