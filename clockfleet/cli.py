@@ -12,7 +12,7 @@ import signal
 import sys
 from importlib.util import find_spec
 
-from clockfleet.version import __version__
+from clockfleet.protocol.version import __version__
 
 # name -> (module, function, one-line help)
 COMMANDS: dict[str, tuple[str, str, str]] = {

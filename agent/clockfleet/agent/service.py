@@ -58,7 +58,7 @@ from clockfleet.protocol import codec, signing, topics
 from clockfleet.protocol.codec import Rejected
 from clockfleet.protocol.connection import ConnectionSettings
 from clockfleet.protocol.messages import Command, Profile, Report, ServerList, Status
-from clockfleet.version import __version__
+from clockfleet.protocol.version import __version__
 
 log = logging.getLogger("clockfleet.agent")
 

@@ -1,0 +1,6 @@
+"""The software version every program reports (the dispatcher's --version, each agent's
+`software` in its status and reports). It lives in the protocol package because that is the
+only code the three programs share; `clockfleet` itself is a namespace package spread over
+source roots (see pyproject.toml), so no clockfleet/__init__.py may hold it."""
+
+__version__ = "0.1.0"
