@@ -15,6 +15,7 @@ from pathlib import Path
 from clockfleet.agent import config as cfgmod
 from clockfleet.agent.clock_backends import BACKEND_NAMES
 from clockfleet.protocol import connection
+from clockfleet.protocol.ids import ID_PATTERN
 
 log = logging.getLogger("clockfleet.agent")
 
@@ -28,7 +29,7 @@ flags override it.
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="clockfleet agent", description=DESCRIPTION)
-    p.add_argument("--id", help="this agent's id ([A-Za-z0-9_-]{1,64}); config key `id`")
+    p.add_argument("--id", help=f"this agent's id ({ID_PATTERN}); config key `id`")
     p.add_argument(
         "--config",
         type=Path,
