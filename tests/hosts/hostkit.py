@@ -86,7 +86,7 @@ class Result:
 
 
 class SystemdHost:
-    """One container booted with /lib/systemd/systemd as PID 1 (recipes.md's settings)."""
+    """One container booted with /lib/systemd/systemd as PID 1 (docs/hosts.md has the settings)."""
 
     def __init__(self, image: str, suite: str) -> None:
         self.suite = suite
