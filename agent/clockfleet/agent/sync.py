@@ -53,5 +53,6 @@ def run_sync(
                 log.info("%s: time zone %s: %s", agent_id, job.timezone, done)
         except tzmod.TimezoneError as exc:
             tz_error = f"time zone {job.timezone} not set: {exc}"
+            log.warning("%s: %s", agent_id, tz_error)  # local admins read the journal
             tz = tzmod.current_timezone(tz_root)
     return SyncOutcome(result, applied, tz, tz_error, error, measured_at)
