@@ -22,6 +22,11 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
         "validate config/fleet.yaml, sign and publish changed region lists and profiles",
     ),
     "keygen": ("clockfleet.publisher.cli", "keygen_main", "create an Ed25519 key pair for signing"),
+    "rollout": (
+        "clockfleet.publisher.rollout_cli",
+        "main",
+        "watch, run, promote or abort canary rollouts of region lists (status, --json)",
+    ),
     "agent": ("clockfleet.agent.cli", "main", "run the host service that keeps this host on time"),
     "collector": (
         "clockfleet.collector.cli",
@@ -35,6 +40,7 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
 EXTRAS = {
     "publish": "publisher",
     "keygen": "publisher",
+    "rollout": "publisher",
     "collector": "collector",
     "status": "collector",
 }

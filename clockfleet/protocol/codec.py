@@ -210,13 +210,11 @@ def _check_semantics(msg: Any, topic_id: str | None) -> None:
         if own != topic_id:
             raise Rejected("id-mismatch", f"payload names {own!r}, topic names {topic_id!r}")
     if isinstance(msg, ServerList):
-        seen = set()
-        for s in msg.servers:
-            if (problem := host_problem(s.host)) is not None:
-                raise Rejected("bad-host", problem)
-            if (s.host, s.port) in seen:
-                raise Rejected("invalid-field", f"server {s.host}:{s.port} listed twice")
-            seen.add((s.host, s.port))
+        _check_servers(msg.servers, "server")
+        if msg.canary is not None:
+            _check_servers(msg.canary.servers, "canary server")
+            if msg.canary.servers == msg.servers:
+                raise Rejected("invalid-field", "canary servers equal the list's servers")
     elif isinstance(msg, Report):
         for t in msg.tried:
             if (problem := host_problem(t.host)) is not None:
@@ -230,6 +228,16 @@ def _check_semantics(msg: Any, topic_id: str | None) -> None:
     tz = getattr(msg, "timezone", None)
     if tz is not None and (problem := timezone_problem(tz)) is not None:
         raise Rejected("bad-timezone", problem)
+
+
+def _check_servers(servers: Any, what: str) -> None:
+    seen = set()
+    for s in servers:
+        if (problem := host_problem(s.host)) is not None:
+            raise Rejected("bad-host", problem)
+        if (s.host, s.port) in seen:
+            raise Rejected("invalid-field", f"{what} {s.host}:{s.port} listed twice")
+        seen.add((s.host, s.port))
 
 
 def encode(msg: Any) -> bytes:

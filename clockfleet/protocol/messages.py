@@ -80,6 +80,42 @@ class Signature(_Msg, frozen=True):
     value: Annotated[str, msgspec.Meta(min_length=1, max_length=200)]
 
 
+Percent = Annotated[float, msgspec.Meta(ge=0, le=100)]
+CanaryPercent = Annotated[float, msgspec.Meta(gt=0, le=100)]
+MAX_BAKE_S = 7 * 86400
+Digest = Annotated[str, msgspec.Meta(pattern="^[0-9a-f]{16}\\Z")]
+Count = Annotated[int, msgspec.Meta(ge=0, le=MAX_VERSION)]
+
+
+class Canary(_Msg, frozen=True):
+    """A list change being tried on a cohort of the region's agents (docs/rollout.md).
+
+    Agents in the cohort (`clockfleet.protocol.rollout.in_cohort`) use `servers` from here;
+    every other agent, and every agent that predates the field, keeps the list's `servers`.
+    The decision's parameters travel with it, signed, so whoever continues the rollout after
+    a restart, and `clockfleet rollout status` on any host, read the same ones."""
+
+    id: Id  # the change: cohort membership hashes it with the agent id
+    percent: CanaryPercent
+    servers: Annotated[list[Server], msgspec.Meta(min_length=1, max_length=MAX_SERVERS)]
+    bake_s: Annotated[int, msgspec.Meta(ge=0, le=MAX_BAKE_S)]
+    max_failing_pct: Percent
+    min_reported_pct: Percent
+    offset_tolerance_s: Annotated[float, msgspec.Meta(gt=0, le=3600)]
+
+
+class RolloutRecord(_Msg, frozen=True):
+    """How the region's last canary ended; carried by the list that ended it."""
+
+    id: Id
+    phase: Literal["promoted", "aborted"]
+    reason: Text
+    cohort: Count
+    reported: Count
+    failing: Count
+    by: Literal["auto", "operator"] = "auto"
+
+
 class ServerList(_Msg):
     schema: Literal["clock.servers/1"]
     region: Id
@@ -89,6 +125,8 @@ class ServerList(_Msg):
     timezone: Optional[ZoneName] = None
     poll_interval_s: Optional[PollInterval] = None
     resync_jitter_s: Optional[Jitter] = None
+    canary: Optional[Canary] = None
+    rollout: Optional[RolloutRecord] = None
     sig: Optional[Signature] = None
 
 
@@ -144,6 +182,11 @@ class Report(_Msg):
     # What the agent wants an operator to know about a good sync, e.g. that a single-server
     # list, or a large offset no later server could confirm, was applied unconfirmed.
     note: Optional[Text] = None
+    # Which list content was applied (rollout.list_digest of the servers probed), and for a
+    # list with a canary: which side of it this agent is on, and the change's id.
+    list_digest: Optional[Digest] = None
+    cohort: Optional[Literal["canary", "rest"]] = None
+    change: Optional[Id] = None
 
 
 class Command(_Msg):

@@ -11,7 +11,9 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any, Optional
 
-from clockfleet.protocol import codec
+import msgspec
+
+from clockfleet.protocol import codec, rollout
 from clockfleet.protocol.codec import Rejected
 from clockfleet.protocol.messages import (
     MAX_OFFSET_S,
@@ -35,6 +37,24 @@ class SyncJob:
     profile: Optional[Profile]
     timezone: Optional[str]
     first_sync: bool = False  # no good sync yet since start: the panic limit is waived
+    # A list with a canary: this agent's side of it ("canary" or "rest"). `server_list` then
+    # holds the servers this agent probes (rollout.servers_for), the canary's or the list's.
+    cohort: Optional[str] = None
+
+
+def job_for(
+    agent_id: str,
+    server_list: ServerList,
+    profile: Optional[Profile],
+    tz: Optional[str],
+    first_sync: bool,
+) -> SyncJob:
+    """The sync job for `server_list` as this agent reads it: with a canary, the cohort's
+    servers or the list's own (clockfleet.protocol.rollout.servers_for)."""
+    servers, cohort = rollout.servers_for(server_list, agent_id)
+    if cohort is not None:
+        server_list = msgspec.structs.replace(server_list, servers=servers)
+    return SyncJob(server_list, profile, tz, first_sync=first_sync, cohort=cohort)
 
 
 @dataclass(frozen=True)
@@ -117,6 +137,9 @@ def build_report(
         software=clip_text(software),
         error=clip_text("; ".join(errors)) if errors else None,
         note=clip_text(res.note) if ok and res.note else None,
+        list_digest=rollout.list_digest(job.server_list.servers),
+        cohort=job.cohort,  # type: ignore[arg-type]
+        change=job.server_list.canary.id if job.server_list.canary else None,
         **fields,
     )
     try:
@@ -134,6 +157,8 @@ def build_report(
             discipline="none",
             at=datetime.fromtimestamp(wall_now, timezone.utc),
             tried=[],
+            list_digest=rollout.list_digest(job.server_list.servers),
+            cohort=job.cohort,  # type: ignore[arg-type]
             error=clip_text(f"internal: invalid report ({r.reason}: {r.detail})"),
         )
     return report

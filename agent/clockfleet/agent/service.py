@@ -44,7 +44,7 @@ import msgspec
 from clockfleet.agent import intake, schedule
 from clockfleet.agent.config import Tuning
 from clockfleet.agent.link import BrokerLink, LinkEvents
-from clockfleet.agent.report import SyncJob, SyncOutcome, build_report
+from clockfleet.agent.report import SyncJob, SyncOutcome, build_report, job_for
 from clockfleet.agent.state import (
     LastGood,
     Remembered,
@@ -456,11 +456,12 @@ class Agent:
         if self.server_list is None:
             log.info("%s: nothing to sync from yet (no list for region %s)", self.id, self.region)
             return
-        job = SyncJob(
+        job = job_for(
+            self.id,
             self.server_list,
             self.profile,
             self.desired_timezone(),
-            first_sync=not self.clock_known_good,
+            not self.clock_known_good,
         )
         self._syncing = True
         settings = self.settings

@@ -21,7 +21,18 @@ from clockfleet.protocol.connection import (
     settings_from_args,
 )
 from clockfleet.protocol.ids import ID_PATTERN
-from clockfleet.publisher import broker_copies, broker_io, fleetfile, output, plan, state
+from clockfleet.publisher import (
+    broker_copies,
+    broker_io,
+    fleetfile,
+    output,
+    plan,
+    rollout,
+    rollout_publish,
+    rollout_run,
+    state,
+)
+from clockfleet.publisher.rollout_watch import Watch
 
 log = logging.getLogger("clockfleet.publisher")
 
@@ -152,6 +163,25 @@ def publish_parser() -> argparse.ArgumentParser:
         default=10.0,
         help="seconds to wait for the broker at each step (default: 10)",
     )
+    p.add_argument(
+        "--canary",
+        metavar="PERCENT",
+        help="publish changed server lists to this share of each region's agents first (e.g. "
+        "10%%), then promote or abort by the cohort's reports (docs/rollout.md); default: the "
+        "fleet file's rollout.canary, else 0 (the whole region at once)",
+    )
+    p.add_argument(
+        "--bake",
+        metavar="SECONDS",
+        type=float,
+        help="with a canary: how long the cohort runs the new list before promotion "
+        f"(default: rollout.bake_s, else {rollout.DEFAULT_BAKE_S})",
+    )
+    p.add_argument(
+        "--no-wait",
+        action="store_true",
+        help="with a canary: publish it and exit; `clockfleet rollout run` decides later",
+    )
     p.add_argument("-v", "--verbose", action="store_true", help="log more")
     add_arguments(p)
     return p
@@ -176,8 +206,10 @@ def publish_main(argv: list[str]) -> int:
 
     try:
         settings = settings_from_args(args)
-    except UsageError as exc:
+        policy = rollout_publish.policy_from(args.canary, args.bake, fleet.rollout)
+    except (UsageError, rollout.PolicyError) as exc:
         return _fail(str(exc))
+    args.policy, args.settings = policy, settings
 
     key_path = args.signing_key or fleet.signing_key
     key = None
@@ -246,6 +278,54 @@ def _publish(
             "adopt them; nothing published"
         )
 
+    shaped = rollout_publish.shape(the_plan, on_broker, args.policy, key)
+    if shaped.refused:
+        for line in shaped.refused:
+            print(f"clockfleet publish: {line}", file=sys.stderr)
+        return _fail("nothing published")
+    watch = None
+    if (shaped.canaries or shaped.continuing) and not args.dry_run:
+        watch = Watch(args.settings, prefix, trust)
+        try:
+            watch.start(args.timeout)
+        except (BrokerUnreachable, TimeoutError, OSError) as exc:
+            watch.close()
+            return _fail(f"cannot read the agents' reports for the canary: {exc}", 1)
+        empty = rollout_publish.empty_cohorts(shaped, args.policy.percent, watch.snapshot().reports)
+        if empty:
+            watch.close()
+            for line in empty:
+                print(f"clockfleet publish: {line}", file=sys.stderr)
+            return _fail("nothing published")
+    try:
+        code = _send(args, the_plan, prefix, record, key, session)
+        if watch is None or code != 0:
+            return code
+        if args.no_wait:
+            for region in sorted(set(shaped.canaries) | shaped.continuing):
+                print(f"region {region}: canary left to `clockfleet rollout run` (--no-wait)")
+            return 0
+        ender = rollout_run.Ender(session, record, prefix, key, args.timeout)
+        published = {
+            c.ident: c.new_version or 0
+            for c in the_plan.of("publish")
+            if c.ident in shaped.canaries
+        }
+        regions = set(shaped.canaries) | shaped.continuing
+        return rollout_run.drive(watch, ender, regions, at_least=published)
+    finally:
+        if watch is not None:
+            watch.close()
+
+
+def _send(
+    args: argparse.Namespace,
+    the_plan: plan.Plan,
+    prefix: str,
+    record: state.State,
+    key: signing.SigningKey | None,
+    session: broker_io.Session,
+) -> int:
     to_send = the_plan.of("publish") + the_plan.of("withdraw")
     if key is None and the_plan.of("publish"):
         log.warning(

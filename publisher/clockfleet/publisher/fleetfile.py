@@ -24,7 +24,14 @@ from clockfleet.publisher.yaml_tree import FleetFileError, Tree, read, show
 
 DEFAULT_PORT = 123
 
-TOP_KEYS = ("signing_key", "defaults", "regions", "agents")
+TOP_KEYS = ("signing_key", "defaults", "rollout", "regions", "agents")
+ROLLOUT_KEYS = (
+    "canary",
+    "bake_s",
+    "max_failing_pct",
+    "min_reported_pct",
+    "offset_tolerance_s",
+)
 TIMING_KEYS = ("poll_interval_s", "resync_jitter_s")
 REGION_KEYS = ("timezone", "servers", *TIMING_KEYS)
 SERVER_KEYS = ("host", "port")
@@ -65,6 +72,7 @@ class Fleet:
     regions: dict[str, Region] = field(default_factory=dict)
     agents: dict[str, AgentProfile] = field(default_factory=dict)
     signing_key: Path | None = None  # resolved against the fleet file's folder
+    rollout: dict[str, float] = field(default_factory=dict)  # `rollout:`, checked
 
 
 # --- checks ------------------------------------------------------------------------------
@@ -213,6 +221,43 @@ def _agent(tree: Tree, aid: Any, value: Any, regions: dict[str, Region], all_reg
     return AgentProfile(aid, region, timezone)
 
 
+def _rollout(tree: Tree, value: Any) -> dict[str, float]:
+    """`rollout: {canary: 10%, bake_s: 600, max_failing_pct: 10, min_reported_pct: 80,
+    offset_tolerance_s: 0.5}`: how a changed list goes out (docs/rollout.md)."""
+    section = _mapping(tree, value, "rollout", ROLLOUT_KEYS)
+    out: dict[str, float] = {}
+    if section is None:
+        return out
+    if "canary" in section:
+        raw = section["canary"]
+        text = str(raw).strip()
+        number = text[:-1] if text.endswith("%") else text
+        try:
+            pct = float(number)
+        except ValueError:
+            pct = -1.0
+        if isinstance(raw, bool) or not 0 <= pct <= 100:
+            tree.error("rollout.canary", f"{show(raw)} is not a percentage within 0..100")
+        else:
+            out["canary"] = pct
+    if "bake_s" in section:
+        bake = _int_in(tree, section["bake_s"], "rollout.bake_s", 0, 7 * 86400)
+        if bake is not None:
+            out["bake_s"] = bake
+    for name, low, high in (
+        ("max_failing_pct", 0.0, 100.0),
+        ("min_reported_pct", 0.0, 100.0),
+        ("offset_tolerance_s", 0.001, 3600.0),
+    ):
+        if name in section:
+            v = section[name]
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not low <= v <= high:
+                tree.error(f"rollout.{name}", f"{show(v)} is not a number within {low}..{high}")
+            else:
+                out[name] = float(v)
+    return out
+
+
 def validate(data: Any, tree: Tree, path: Path) -> Fleet:
     fleet = Fleet(path=path)
     top = _mapping(tree, data, "", TOP_KEYS)
@@ -229,6 +274,8 @@ def validate(data: Any, tree: Tree, path: Path) -> Fleet:
         section = _mapping(tree, top["defaults"], "defaults", TIMING_KEYS)
         if section is not None:
             defaults = _timings(tree, section, "defaults")
+    if "rollout" in top:
+        fleet.rollout = _rollout(tree, top["rollout"])
     raw_regions = top.get("regions")
     if raw_regions is None:
         tree.error("", "missing `regions` (at least one region with its servers)")

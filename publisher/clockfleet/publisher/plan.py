@@ -28,7 +28,8 @@ from clockfleet.publisher.versions import (
     next_version,
 )
 
-VOLATILE = ("version", "issued_at", "sig")
+# `rollout` records how the last canary ended: a fact about the past, not content.
+VOLATILE = ("version", "issued_at", "sig", "rollout")
 Action = Literal["publish", "withdraw", "keep-unlisted", "unchanged"]
 
 

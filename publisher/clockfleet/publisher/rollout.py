@@ -1,0 +1,201 @@
+"""Canary rollouts, the pure part: the policy, the canary list, the judgement, the decision.
+
+A changed region list goes out as a canary (version v+1): the list's `servers` stay the
+current ones and a signed `canary` carries the new ones, which only the cohort applies
+(`clockfleet.protocol.rollout.in_cohort`). After the bake time the region is promoted
+(v+2: the new servers, no canary) when the cohort's reports are healthy, or aborted (v+2:
+the previous servers, no canary) when too many cohort agents fail or too few reported.
+Both carry a `rollout` record saying how the change ended. Nothing here touches MQTT.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+from clockfleet.protocol import rollout, signing
+from clockfleet.protocol.codec import Rejected, decode, encode, utcnow_iso
+from clockfleet.protocol.messages import Report, ServerList
+
+DEFAULT_BAKE_S = 600
+DEFAULT_MAX_FAILING_PCT = 10.0
+DEFAULT_MIN_REPORTED_PCT = 80.0
+DEFAULT_OFFSET_TOLERANCE_S = 0.5  # the agents' confirm_offset_s: time-of-day routing's margin
+
+
+class PolicyError(ValueError):
+    """A canary percentage, bake time or threshold outside its bounds."""
+
+
+@dataclass(frozen=True)
+class Policy:
+    percent: float = 0.0  # 0: no canary, a changed list goes to the whole region at once
+    bake_s: int = DEFAULT_BAKE_S
+    max_failing_pct: float = DEFAULT_MAX_FAILING_PCT
+    min_reported_pct: float = DEFAULT_MIN_REPORTED_PCT
+    offset_tolerance_s: float = DEFAULT_OFFSET_TOLERANCE_S
+
+
+def parse_percent(text: Any) -> float:
+    """`5%`, `5`, `0.5%` -> 5.0 ...; PolicyError outside 0..100 or not a number."""
+    raw = str(text).strip()
+    number = raw[:-1].strip() if raw.endswith("%") else raw
+    try:
+        value = float(number)
+    except ValueError:
+        raise PolicyError(f"canary {raw!r}: not a percentage (e.g. 10%)") from None
+    if isinstance(text, bool) or not 0 <= value <= 100 or value != value:
+        raise PolicyError(f"canary {raw!r}: must be within 0..100 %")
+    if 0 < value < 0.01:
+        raise PolicyError(f"canary {raw!r}: the smallest cohort is 0.01 %")
+    return value
+
+
+def change_id(version: int, new_servers: list[dict[str, Any]]) -> str:
+    """The change's id: its version and its content, so every change draws its own cohort."""
+    digest = rollout.list_digest([(s["host"], s["port"]) for s in new_servers])
+    return f"c{version}-{digest[:8]}"
+
+
+def canary_object(
+    current: dict[str, Any], wanted: dict[str, Any], version: int, policy: Policy
+) -> dict[str, Any]:
+    """The canary list (unsigned): `wanted` with the current servers and a canary of its own.
+
+    Everything else (time zone, intervals) is the file's: only the servers are tried on a
+    cohort first."""
+    obj = {k: v for k, v in wanted.items() if k not in ("sig", "canary", "rollout")}
+    obj["servers"] = current["servers"]
+    obj["version"] = version
+    obj["canary"] = {
+        "id": change_id(version, wanted["servers"]),
+        "percent": policy.percent,
+        "servers": wanted["servers"],
+        "bake_s": policy.bake_s,
+        "max_failing_pct": policy.max_failing_pct,
+        "min_reported_pct": policy.min_reported_pct,
+        "offset_tolerance_s": policy.offset_tolerance_s,
+    }
+    return obj
+
+
+@dataclass
+class Health:
+    """The cohort's reports for one canary list, as the decision reads them."""
+
+    cohort: list[str] = field(default_factory=list)  # known agents of the region in the cohort
+    ok: list[str] = field(default_factory=list)
+    failing: dict[str, str] = field(default_factory=dict)  # agent -> why
+    region_agents: int = 0
+
+    @property
+    def reported(self) -> int:
+        return len(self.ok) + len(self.failing)
+
+
+def health(
+    sl: ServerList, reports: dict[str, Report], baselines: dict[str, float | None]
+) -> Health:
+    """Judge every known agent of the region that is in the canary's cohort."""
+    assert sl.canary is not None
+    h = Health()
+    for agent, report in sorted(reports.items()):
+        if report.region != sl.region:
+            continue
+        h.region_agents += 1
+        if not rollout.in_cohort(sl.canary.id, agent, sl.canary.percent):
+            continue
+        h.cohort.append(agent)
+        verdict = rollout.cohort_verdict(sl, report, baselines.get(agent))
+        if verdict == "ok":
+            h.ok.append(agent)
+        elif verdict is not None:
+            h.failing[agent] = verdict
+    return h
+
+
+@dataclass(frozen=True)
+class Decision:
+    phase: str  # "promoted" or "aborted"
+    reason: str
+
+
+def issued(sl: ServerList) -> float:
+    return sl.issued_at.timestamp()
+
+
+def decide(sl: ServerList, h: Health, now: float) -> Decision | None:
+    """Promote, abort, or None (keep baking). Failures abort at once; promotion waits for
+    the bake time and for enough of the cohort to have reported."""
+    canary = sl.canary
+    assert canary is not None
+    n = len(h.cohort)
+    if n == 0:
+        return Decision("aborted", f"no agent of the region is in the {canary.percent:g} % cohort")
+    if len(h.failing) * 100 > canary.max_failing_pct * n:
+        first = sorted(h.failing.items())[0]
+        return Decision(
+            "aborted",
+            f"{len(h.failing)} of {n} cohort agents failing (> {canary.max_failing_pct:g} %), "
+            f"e.g. {first[0]}: {first[1]}",
+        )
+    if now - issued(sl) < canary.bake_s:
+        return None
+    if h.reported * 100 < canary.min_reported_pct * n:
+        return Decision(
+            "aborted",
+            f"only {h.reported} of {n} cohort agents reported within the bake time "
+            f"(< {canary.min_reported_pct:g} %)",
+        )
+    return Decision("promoted", f"{len(h.ok)} of {n} cohort agents healthy after the bake time")
+
+
+def time_left(sl: ServerList, now: float) -> float:
+    assert sl.canary is not None
+    return max(0.0, issued(sl) + sl.canary.bake_s - now)
+
+
+def ending_object(
+    current: dict[str, Any],
+    decision: Decision,
+    h: Health,
+    version: int,
+    *,
+    by: str = "auto",
+    now: datetime | None = None,
+) -> dict[str, Any]:
+    """The list that ends a canary (unsigned): the canary's servers when promoted, the
+    list's own (the previous ones) when aborted; no canary; a record of how it ended."""
+    canary = current["canary"]
+    obj = {k: v for k, v in current.items() if k not in ("sig", "canary", "rollout")}
+    if decision.phase == "promoted":
+        obj["servers"] = canary["servers"]
+    obj["version"] = version
+    obj["issued_at"] = utcnow_iso(now or datetime.now(UTC))
+    obj["rollout"] = {
+        "id": canary["id"],
+        "phase": decision.phase,
+        "reason": decision.reason[:256],
+        "cohort": len(h.cohort),
+        "reported": h.reported,
+        "failing": len(h.failing),
+        "by": by,
+    }
+    return obj
+
+
+class BuiltInvalid(ValueError):
+    pass
+
+
+def finish(obj: dict[str, Any], key: signing.SigningKey | None) -> bytes:
+    """Sign, encode and check an object against the strict decoder before it goes out."""
+    if key is not None:
+        obj = signing.sign(obj, key)
+    payload = encode(obj)
+    try:
+        decode(ServerList, payload, topic_id=obj["region"])
+    except Rejected as exc:
+        raise BuiltInvalid(f"region {obj['region']}: built list is refused: {exc}") from None
+    return payload

@@ -1,0 +1,191 @@
+"""`clockfleet rollout status|run|promote|abort`: watch and steer canary rollouts.
+
+status   per region: phase (canary, baking, promoted, aborted, none), cohort size, cohort
+         reports ok/failing, time left; a table or --json. Reads the broker only.
+run      decide every region's canary (or --region's) by the rules in the canary list:
+         what a killed `clockfleet publish --canary` leaves, this finishes.
+promote  end a region's canary now with the new servers (the operator's decision).
+abort    end a region's canary now with the previous servers.
+
+Exit codes: 0 done (all promoted), 1 a decision not published or still undecided at
+--deadline, 2 bad argument, broker unreachable, no canary to end, 3 a rollout aborted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import ssl
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from clockfleet.protocol import signing
+from clockfleet.protocol.connection import (
+    BrokerUnreachable,
+    UsageError,
+    add_arguments,
+    settings_from_args,
+)
+from clockfleet.publisher import broker_io, fleetfile, rollout, rollout_run, state
+from clockfleet.publisher.rollout_watch import Snapshot, Watch
+
+STATE_FILE_NAME = ".publisher-state.json"
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # type: ignore[override]
+        self.exit(2, f"{self.prog}: {message} (see --help)\n")
+
+
+def _fail(message: str, code: int = 2) -> int:
+    print(f"clockfleet rollout: {message}", file=sys.stderr)
+    return code
+
+
+def parser() -> argparse.ArgumentParser:
+    p = _Parser(
+        prog="clockfleet rollout",
+        description=__doc__.split("\n\n", 1)[1],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("action", choices=("status", "run", "promote", "abort"))
+    p.add_argument("--region", metavar="ID", help="only this region (required by promote/abort)")
+    p.add_argument("--json", action="store_true", help="status as JSON")
+    p.add_argument("--config", metavar="FILE", type=Path, default=Path("config/fleet.yaml"))
+    p.add_argument("--signing-key", metavar="FILE", type=Path)
+    p.add_argument("--trust-key", metavar="FILE|DIR", type=Path, action="append", default=[])
+    p.add_argument("--state-file", metavar="FILE", type=Path)
+    p.add_argument("--timeout", metavar="SECONDS", type=float, default=10.0)
+    p.add_argument(
+        "--deadline",
+        metavar="SECONDS",
+        type=float,
+        help="run: give up (exit 1, region left in canary and named) after this long",
+    )
+    add_arguments(p)
+    return p
+
+
+def main(argv: list[str]) -> int:
+    try:
+        args = parser().parse_args(argv)
+    except SystemExit as exc:
+        return int(exc.code or 0)
+    if args.action in ("promote", "abort") and not args.region:
+        return _fail(f"{args.action} needs --region")
+    try:
+        settings = settings_from_args(args)
+    except UsageError as exc:
+        return _fail(str(exc))
+    key = None
+    try:
+        trust = signing.load_trust(args.trust_key)
+        if args.action != "status":
+            fleet = fleetfile.load(args.config) if args.config.exists() else None
+            key_path = args.signing_key or (fleet.signing_key if fleet else None)
+            if key_path is None:
+                return _fail("a signing key is needed (--signing-key or the fleet file's)")
+            key = signing.load_signing_key(key_path)
+            trust.keys.update(signing.trust_of(key).keys)
+    except (signing.KeyFileError, fleetfile.FleetFileError) as exc:
+        return _fail(str(exc))
+    watch = Watch(settings, settings.prefix, trust)
+    try:
+        watch.start(args.timeout)
+    except BrokerUnreachable as exc:
+        return _fail(f"cannot connect to the broker: {exc}")
+    except (TimeoutError, OSError, ssl.SSLError, ValueError) as exc:
+        return _fail(str(exc))
+    try:
+        if args.action == "status":
+            time.sleep(0.2)  # a quiet spell for brokers that replay retained state late
+            return show_status(watch.snapshot(), args.region, args.json)
+        state_path = args.state_file or args.config.parent / STATE_FILE_NAME
+        try:
+            record = state.load_state(state_path)
+        except state.StateError as exc:
+            return _fail(str(exc))
+        try:
+            session = broker_io.connect(settings, args.timeout)
+        except BrokerUnreachable as exc:
+            return _fail(f"cannot connect to the broker: {exc}")
+        try:
+            ender = rollout_run.Ender(session, record, settings.prefix, key, args.timeout)
+            if args.action == "run":
+                regions = {args.region} if args.region else None
+                return rollout_run.drive(watch, ender, regions, deadline_s=args.deadline)
+            phase = "promoted" if args.action == "promote" else "aborted"
+            return rollout_run.end_by_hand(watch, ender, args.region, phase)
+        finally:
+            broker_io.close(session)
+    finally:
+        watch.close()
+
+
+def status_rows(snap: Snapshot, now: float) -> list[dict[str, Any]]:
+    rows = []
+    for region, (sl, _) in sorted(snap.lists.items()):
+        row: dict[str, Any] = {"region": region, "version": sl.version}
+        if sl.canary is not None:
+            h = rollout.health(sl, snap.reports, snap.baselines)
+            left = rollout.time_left(sl, now)
+            row.update(
+                phase="canary" if h.reported < len(h.cohort) else "baking",
+                change=sl.canary.id,
+                percent=sl.canary.percent,
+                cohort=len(h.cohort),
+                ok=len(h.ok),
+                failing=len(h.failing),
+                pending=len(h.cohort) - h.reported,
+                time_left_s=round(left, 1),
+                overdue_s=round(max(0.0, now - rollout.issued(sl) - sl.canary.bake_s), 1),
+                reason="; ".join(f"{a}: {why}" for a, why in sorted(h.failing.items()))[:200],
+            )
+        elif sl.rollout is not None:
+            r = sl.rollout
+            row.update(
+                phase=r.phase,
+                change=r.id,
+                cohort=r.cohort,
+                ok=r.reported - r.failing,
+                failing=r.failing,
+                pending=r.cohort - r.reported,
+                time_left_s=0.0,
+                reason=f"{r.reason} ({r.by})",
+            )
+        else:
+            row.update(phase="none", cohort=0, ok=0, failing=0, pending=0, time_left_s=0.0)
+        rows.append(row)
+    return rows
+
+
+def show_status(snap: Snapshot, region: str | None, as_json: bool) -> int:
+    rows = [r for r in status_rows(snap, time.time()) if region in (None, r["region"])]
+    if as_json:
+        print(json.dumps({"regions": rows}, indent=1))
+        return 0
+    head = ("REGION", "PHASE", "VERSION", "CHANGE", "COHORT", "OK", "FAILING", "LEFT", "REASON")
+    lines = [head]
+    for r in rows:
+        left = f"{r['time_left_s']:.0f}s" if r["phase"] in ("canary", "baking") else "-"
+        lines.append(
+            (
+                r["region"],
+                r["phase"],
+                str(r["version"]),
+                r.get("change", "-"),
+                str(r["cohort"]),
+                str(r["ok"]),
+                str(r["failing"]),
+                left,
+                "".join(ch if ch.isprintable() else "?" for ch in r.get("reason", "")),
+            )
+        )
+    widths = [max(len(line[i]) for line in lines) for i in range(len(head) - 1)]
+    for line in lines:
+        print("  ".join(c.ljust(w) for c, w in zip(line, widths, strict=False)) + "  " + line[-1])
+    if region is not None and not rows:
+        return _fail(f"region {region}: no list on the broker")
+    return 0
