@@ -90,7 +90,7 @@ def start_collector(broker: Broker, identity: str, port: int, rundir: Path) -> s
 @pytest.fixture(scope="module")
 def pair() -> Iterator[Pair]:
     rundir = Path(tempfile.mkdtemp(prefix="cf-pair-", dir="/tmp"))
-    broker = start_broker(rundir, [*AGENTS, "collector-2"])
+    broker = start_broker(rundir, list(AGENTS))  # collector-2 is one of the roles
     procs: dict[str, subprocess.Popen] = {}
     prom_daemon = None
     try:
