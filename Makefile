@@ -4,10 +4,10 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 DEBS := mosquitto mosquitto-clients chrony faketime prometheus
-# Only the tests: the publisher's MQTT 3.1.1 fallback runs against a real NATS server.
+# Tests and benchmarks: the 3-node NATS cluster (and the publisher's MQTT 3.1.1 fallback).
 TEST_DEBS := nats-server
-# Only the benchmarks: ntpdig is one of the references.
-BENCH_DEBS := ntpsec-ntpdig
+# Only the benchmarks: ntpdig is one of the references; scaleout runs the NATS cluster.
+BENCH_DEBS := ntpsec-ntpdig nats-server
 STAMP := $(VENV)/.installed-stamp
 
 .PHONY: all setup debs test lint demo bench clean help deb
