@@ -285,7 +285,10 @@ class BrokerLink:
                 self._retry_timer = self.host.call_later(0.0, self._connect)
             return
         low, high = self._reconnect
-        delay = backoff_delay(self._attempt - 1, low, high, self.rng)
+        # The backoff grows per round of the node list, not per node: when one node of a
+        # cluster dies, the next node is tried soon, not after a doubled delay.
+        rounds = (self._attempt - 1) // len(self._brokers)
+        delay = backoff_delay(rounds, low, high, self.rng)
         log.warning("%s: broker unreachable (%s); retrying in %.1f s", self.id, why, delay)
         self._retry_timer = self.host.call_later(delay, self._connect)
 
