@@ -195,8 +195,10 @@ def test_a_retained_snapshot_is_never_rate_limited(broker_url, publisher):
             e.report is not None and e.status is not None for e in collector.state.agents.values()
         )
         assert collector.state.dropped["rate-limited"] == 0
-        # ...while a second live message on one topic is over that limit
+        # ...while live messages on one topic are over that limit: the newest waits, held,
+        # and what it replaces is dropped
         publisher.publish(report_topic("a0"), report("a0", offset_s=0.5))
+        publisher.publish(report_topic("a0"), report("a0", offset_s=0.6))
         wait_until(lambda: collector.state.dropped["rate-limited"] == 1, what="the drop")
     finally:
         collector.stop()
@@ -214,8 +216,33 @@ def test_the_rate_limit_keeps_a_burst_and_drops_the_excess_of_one_topic(broker_u
         )
         publisher.publish(report_topic("other"), report("other"))
         wait_until(lambda: "other" in collector.state.agents, what="another agent's report")
-        assert collector.state.dropped["rate-limited"] == 4
+        # 3 applied, the newest (0.7) held until a token comes back, 4..6 dropped
+        assert collector.state.dropped["rate-limited"] == 3
         assert collector.state.agents["chatty"].report.offset_s == pytest.approx(0.3)
+    finally:
+        collector.stop()
+
+
+def test_the_newest_message_over_the_limit_is_applied_once_the_topic_has_a_token(
+    broker_url, publisher
+):
+    collector = Collector(
+        ConnectionSettings(parse_brokers(broker_url)), rate_limit=RateLimit(3, 5.0)
+    )
+    collector.start()
+    try:
+        wait_until(lambda: collector.connected, what="subscribed")
+        publisher.publish_many(
+            (report_topic("chatty"), report("chatty", offset_s=k * 0.1)) for k in range(1, 8)
+        )
+        wait_until(
+            lambda: (
+                "chatty" in collector.state.agents
+                and collector.state.agents["chatty"].report.offset_s == pytest.approx(0.7)
+            ),
+            what="the newest report applied",
+        )
+        assert collector.state.dropped["rate-limited"] <= 3
     finally:
         collector.stop()
 

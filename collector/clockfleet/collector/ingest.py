@@ -304,6 +304,7 @@ class Collector:
                     return False
                 if self._stop.is_set() or time.monotonic() > until:
                     break
+            self.intake.apply_held()
             return client.loop_misc() == mqtt.MQTT_ERR_SUCCESS and client.socket() is not None
         except Exception as exc:  # paho's state is unknown now: reconnect
             self.intake.handler_error(str(self.current_broker or "broker"), exc)

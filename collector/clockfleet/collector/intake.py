@@ -29,6 +29,9 @@ REFUSED_DETAIL = {
     "malformed-packet": "a PUBLISH whose topic length runs past the packet",
 }
 
+# Topics whose newest over-the-limit message waits to be applied, at most (one each).
+MAX_HELD = 65_536
+
 ReportHook = Callable[[str, Report, float], None]
 MessageHook = Callable[[Result, float], None]
 
@@ -46,6 +49,11 @@ class Intake:
         self.on_report = on_report
         self.on_message_hook = on_message
         self._limiter = RateLimiter(rate_limit) if rate_limit is not None else None
+        # A topic over its rate keeps its newest message here, applied once its bucket has a
+        # token again: a flood costs no more than the limit, yet the collector never sits on
+        # an agent's stale report until its next one (an hour away) because the last of a
+        # quick series came over the limit. Whatever a newer message replaces is dropped.
+        self._held: dict[bytes, tuple[str | None, bytes]] = {}
         self._errors = RateLimitedLog()
         self._rejects = RateLimitedLog()
 
@@ -53,18 +61,43 @@ class Intake:
         """Full buckets: a new connection's retained snapshot comes in one burst."""
         if self._limiter is not None:
             self._limiter.reset()
+        self._held.clear()  # the snapshot brings each topic's newest again
+
+    def _over_limit(self, raw: bytes, text: str | None, payload: bytes) -> bool:
+        """True when the topic is over its rate: the message is held (replacing an older
+        held one, which is dropped) for apply_held()."""
+        if self._limiter is None or self._limiter.allow(raw, time.monotonic()):
+            return False
+        if raw in self._held or len(self._held) >= MAX_HELD:
+            self.state.dropped["rate-limited"] += 1
+        if len(self._held) < MAX_HELD or raw in self._held:
+            self._held[raw] = (text, payload)
+        return True
+
+    def apply_held(self) -> None:
+        """Apply held messages whose topic has a token again (the collector's loop calls this
+        between reads)."""
+        if not self._held or self._limiter is None:
+            return
+        now = time.monotonic()
+        for raw in list(self._held):
+            if self._limiter.allow(raw, now):
+                text, payload = self._held.pop(raw)
+                try:
+                    self._ingest(text, payload)
+                except Exception as exc:  # no message may end the loop
+                    self.handler_error(raw, exc)
 
     def on_message(self, client, userdata, msg: mqtt.MQTTMessage) -> None:
         # What paho hands over: anything but a QoS 0 PUBLISH, which the link delivers itself.
         raw = paho_socket.raw_topic(msg)
         try:
-            if self._limiter is not None and not self._limiter.allow(raw, time.monotonic()):
-                self.state.dropped["rate-limited"] += 1
-                return
             try:
                 topic = msg.topic
             except UnicodeDecodeError:
                 topic = None
+            if self._over_limit(raw, topic, msg.payload):
+                return
             self._ingest(topic, msg.payload)
         except Exception as exc:  # no message may end the loop
             self.handler_error(raw, exc)
@@ -72,13 +105,12 @@ class Intake:
     def on_raw_publish(self, topic: bytes, payload: bytes) -> None:
         # The hot path (every QoS 0 PUBLISH): keep the work before _ingest small.
         try:
-            if self._limiter is not None and not self._limiter.allow(topic, time.monotonic()):
-                self.state.dropped["rate-limited"] += 1
-                return
             try:
                 text = topic.decode("utf-8")
             except UnicodeDecodeError:
                 text = None
+            if self._limiter is not None and self._over_limit(topic, text, payload):
+                return
             self._ingest(text, payload)
         except Exception as exc:  # no message may end the loop
             self.handler_error(topic, exc)
