@@ -1,0 +1,375 @@
+"""The compose stack, started: `docker compose -f compose.yaml -f compose.local.yaml up --wait`.
+
+compose.yaml is the file users run with official images; none can be pulled here, so
+compose.local.yaml builds every service's image on a local Debian 12 base
+(packaging/images/build-compose-base.sh, cached under .cache/images) and puts every container
+on host networking with its listeners on 127.0.0.1, on ports chosen free for this run (an
+--env-file). Grafana is left out: its image cannot be had (docs/compose.md).
+
+testcontainers' DockerCompose runs it (reaper off, docker_host connection mode, as in
+tests/hosts); the stack is brought up once for the module and `down -v` by the last test.
+Without an engine or the compose v2 plugin every test skips with the reason (`pytest -rs`);
+`make test` starts the engine with tests/hosts/engine.sh, which also builds the base image.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import urllib.parse
+import urllib.request
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import paho.mqtt.client as mqtt
+import psutil
+import pytest
+import yaml
+from paho.mqtt.enums import CallbackAPIVersion
+from prometheus_client.parser import text_string_to_metric_families
+
+from clockfleet import devstack
+from tests.helpers import REPO, wait_until
+from tests.hosts import hostkit  # sets testcontainers' reaper off and docker_host mode
+
+from testcontainers.compose import DockerCompose  # isort: skip  (after hostkit's settings)
+
+pytestmark = pytest.mark.timeout(600)
+
+FILES = ["compose.yaml", "compose.local.yaml"]
+AGENTS = ("pbx-sample-1", "pbx-sample-2")
+LONG_RUNNING = ("mosquitto", "ntp", "collector", "prometheus", "agent-1", "agent-2")
+ONE_SHOTS = ("setup", "publisher")
+WITH_HEALTHCHECK = ("mosquitto", "collector", "prometheus")
+
+
+@dataclass
+class Stack:
+    compose: DockerCompose
+    project: str
+    ports: dict[str, int]
+    workdir: Path
+    _operator: tuple[Path, Path] | None = field(default=None, repr=False)
+
+    def docker_compose(self, *args: str, timeout_s: float = 120) -> subprocess.CompletedProcess:
+        argv = [*self.compose.compose_command_property, *args]
+        return subprocess.run(argv, cwd=REPO, capture_output=True, text=True, timeout=timeout_s)
+
+    def operator(self) -> tuple[Path, Path]:
+        """(password file, CA certificate) of the `operator` identity, from the stack's
+        volumes, as an operator of this stack would fetch them."""
+        if self._operator is None:
+            files = []
+            for path, name in (
+                ("/identities/operator.password", "password"),
+                ("/trust/ca.crt", "ca.crt"),
+            ):
+                r = self.docker_compose(
+                    "run", "--rm", "--no-deps", "-T", "--entrypoint", "cat", "setup", path
+                )
+                assert r.returncode == 0 and r.stdout, r.stderr
+                out = self.workdir / name
+                out.write_text(r.stdout)
+                out.chmod(0o600)
+                files.append(out)
+            self._operator = (files[0], files[1])
+        return self._operator
+
+    def broker_url(self) -> str:
+        return f"mqtts://127.0.0.1:{self.ports['MQTTS']}"
+
+    def http_json(self, port_name: str, path: str) -> Any:
+        url = f"http://127.0.0.1:{self.ports[port_name]}{path}"
+        with urllib.request.urlopen(url, timeout=5) as resp:
+            return json.loads(resp.read())
+
+    def metrics(self) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+        url = f"http://127.0.0.1:{self.ports['COLLECTOR']}/metrics"
+        with urllib.request.urlopen(url, timeout=5) as resp:
+            text = resp.read().decode()
+        return {
+            (s.name, tuple(sorted(s.labels.items()))): s.value
+            for fam in text_string_to_metric_families(text)
+            for s in fam.samples
+        }
+
+    def containers(self) -> list[dict[str, Any]]:
+        r = subprocess.run(
+            ["docker", "ps", "-aq", "--filter", f"label=com.docker.compose.project={self.project}"],
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
+        ids = r.stdout.split()
+        if not ids:
+            return []
+        r = subprocess.run(["docker", "inspect", *ids], capture_output=True, text=True, timeout=30)
+        return json.loads(r.stdout)
+
+
+def _problem() -> str | None:
+    problem = hostkit.engine_problem()
+    if problem is not None:
+        return problem
+    r = subprocess.run(["docker", "compose", "version"], capture_output=True, text=True)
+    if r.returncode != 0:
+        why = r.stderr.strip()[:200]
+        return f"no docker compose v2 plugin ({why}); tests/hosts/engine.sh installs it"
+    return None
+
+
+def _logs(stack: Stack) -> str:
+    r = stack.docker_compose("logs", "--no-color", "--tail", "40")
+    ps = stack.docker_compose("ps", "-a")
+    return f"{ps.stdout}\n{r.stdout[-6000:]}{r.stderr[-2000:]}"
+
+
+@pytest.fixture(scope="module")
+def stack() -> Iterator[Stack]:
+    problem = _problem()
+    if problem is not None:
+        pytest.skip(problem)
+    started = time.monotonic()
+    base = subprocess.run(
+        ["sh", str(REPO / "packaging/images/build-compose-base.sh"), str(hostkit.CACHE / "images")],
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
+    assert base.returncode == 0, f"compose base image: {base.stdout[-2000:]}{base.stderr[-3000:]}"
+    work = Path(tempfile.mkdtemp(prefix="cf-compose-", dir="/tmp"))
+    ports = {
+        "MQTTS": devstack.free_port(),
+        "MQTT": devstack.free_port(),
+        "NTP": devstack.free_udp_port(),
+        "COLLECTOR": devstack.free_port(),
+        "PROMETHEUS": devstack.free_port(),
+    }
+    project = f"cf-test-{os.getpid()}"
+    env = work / "stack.env"
+    env.write_text(
+        f"COMPOSE_PROJECT_NAME={project}\n"
+        + "".join(f"CLOCKFLEET_{name}_PORT={port}\n" for name, port in ports.items())
+    )
+    compose = DockerCompose(
+        context=REPO, compose_file_name=FILES, env_file=str(env), build=True, wait=True
+    )
+    s = Stack(compose, project, ports, work)
+    try:
+        try:
+            compose.start()
+        except subprocess.CalledProcessError as exc:
+            pytest.fail(
+                f"`up --build --wait` failed: {exc.stderr.decode(errors='replace')[-3000:]}\n"
+                + _logs(s)
+            )
+        print(f"\ncompose stack up in {time.monotonic() - started:.1f} s", file=sys.stderr)
+        yield s
+    finally:
+        s.docker_compose("down", "--volumes", "--remove-orphans")
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def _retained(stack: Stack, topics: list[str], count: int, timeout_s: float = 10) -> dict:
+    """topic -> decoded payload of the retained messages on `topics`, read as the operator."""
+    password, ca = stack.operator()
+    got: dict[str, Any] = {}
+    done = threading.Event()
+
+    def on_connect(client: mqtt.Client, userdata: Any, flags: Any, rc: Any, props: Any) -> None:
+        for t in topics:
+            client.subscribe(t, qos=0)
+
+    def on_message(client: mqtt.Client, userdata: Any, msg: mqtt.MQTTMessage) -> None:
+        if msg.payload:
+            got[msg.topic] = json.loads(msg.payload)
+        if len(got) >= count:
+            done.set()
+
+    client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id="operator")
+    client.username_pw_set("operator", password.read_text().strip())
+    client.tls_set(ca_certs=str(ca))
+    client.on_connect = on_connect
+    client.on_message = on_message
+    client.connect("127.0.0.1", stack.ports["MQTTS"])
+    client.loop_start()
+    try:
+        done.wait(timeout_s)
+    finally:
+        client.loop_stop()
+        client.disconnect()
+    return got
+
+
+def _state(container: dict[str, Any]) -> tuple[str, int, str | None]:
+    st = container["State"]
+    return st["Status"], st["ExitCode"], (st.get("Health") or {}).get("Status")
+
+
+def test_up_wait_leaves_every_service_running_or_done_and_grafana_out(stack: Stack):
+    by_service = {
+        c["Config"]["Labels"]["com.docker.compose.service"]: _state(c)
+        for c in stack.containers()
+        if c["Config"]["Labels"].get("com.docker.compose.oneoff") != "True"
+    }
+    want = {s: ("running", 0, "healthy" if s in WITH_HEALTHCHECK else None) for s in LONG_RUNNING}
+    want |= {s: ("exited", 0, None) for s in ONE_SHOTS}
+    assert by_service == want
+
+
+def test_every_container_uses_host_networking_and_none_may_set_the_clock(stack: Stack):
+    settings = {
+        c["Name"]: (
+            c["HostConfig"]["NetworkMode"],
+            c["HostConfig"]["Privileged"],
+            tuple(sorted(c["HostConfig"].get("CapAdd") or [])),
+        )
+        for c in stack.containers()
+    }
+    assert len(settings) == len(LONG_RUNNING) + len(ONE_SHOTS)
+    assert set(settings.values()) == {("host", False, ())}
+
+
+def test_every_listener_in_the_stack_is_on_loopback(stack: Stack):
+    # TCP: every listening socket of every process in the stack; UDP: chronyd's (the agents'
+    # own UDP sockets are short-lived NTP client sockets).
+    listening = []
+    for c in stack.containers():
+        if c["State"]["Status"] != "running":
+            continue
+        service = c["Config"]["Labels"]["com.docker.compose.service"]
+        root = psutil.Process(c["State"]["Pid"])
+        try:
+            conns = [
+                conn
+                for proc in [root, *root.children(recursive=True)]
+                for conn in proc.net_connections(kind="inet")
+            ]
+        except psutil.AccessDenied as exc:
+            pytest.skip(f"cannot see the containers' sockets without root: {exc}")
+        for conn in conns:
+            tcp_listen = conn.type == socket.SOCK_STREAM and conn.status == psutil.CONN_LISTEN
+            udp_server = conn.type == socket.SOCK_DGRAM and service == "ntp"
+            if tcp_listen or udp_server:
+                listening.append((service, conn.laddr.ip, conn.laddr.port))
+    ports = {p for _, _, p in listening}
+    assert set(stack.ports.values()) <= ports, listening
+    assert [x for x in listening if x[1] not in ("127.0.0.1", "::1")] == []
+
+
+def test_the_publishers_signed_list_reaches_both_sample_agents(stack: Stack):
+    topics = ["clock/v1/regions/docker/servers"] + [f"clock/v1/agents/{a}/report" for a in AGENTS]
+
+    def applied() -> dict | None:
+        got = _retained(stack, topics, len(topics))
+        lst = got.get(topics[0])
+        reports = [got.get(t) for t in topics[1:]]
+        if lst is None or any(r is None or r["list_version"] != lst["version"] for r in reports):
+            return None
+        return got
+
+    got = wait_until(applied, 60, "both agents to report the published list", step_s=1)
+    lst = got[topics[0]]
+    assert lst["sig"]["key_id"] == "ops-2026"
+    assert lst["servers"] == [{"host": "127.0.0.1", "port": stack.ports["NTP"]}]
+    for agent in AGENTS:
+        report = got[f"clock/v1/agents/{agent}/report"]
+        assert report["ok"] is True, report
+        assert report["server"] == {"host": "127.0.0.1", "port": stack.ports["NTP"]}
+        assert report["discipline"] == "observe"
+
+
+def test_agent_reports_reach_the_collector(stack: Stack):
+    def exported() -> dict | None:
+        m = stack.metrics()
+        ok = [
+            m.get(("clockfleet_agent_last_report_ok", (("agent", a), ("region", "docker"))))
+            for a in AGENTS
+        ]
+        return m if ok == [1.0, 1.0] else None
+
+    m = wait_until(exported, 60, "the collector to export both agents' good reports", step_s=1)
+    published = m[("clockfleet_region_list_version", (("region", "docker"),))]
+    for agent in AGENTS:
+        key = ("clockfleet_agent_list_version", (("agent", agent), ("region", "docker")))
+        assert m[key] == published
+    assert m[("clockfleet_region_agents_behind", (("region", "docker"),))] == 0
+
+
+def _query(stack: Stack, promql: str) -> list[dict[str, Any]]:
+    q = urllib.parse.urlencode({"query": promql})
+    body = stack.http_json("PROMETHEUS", f"/api/v1/query?{q}")
+    assert body["status"] == "success", body
+    return body["data"]["result"]
+
+
+def test_prometheus_scrapes_the_collector(stack: Stack):
+    # config/prometheus.yml scrapes every 15 s: the first scrape is within one interval.
+    def scraped() -> list | None:
+        result = _query(stack, 'clockfleet_agent_last_report_ok{job="clockfleet-collector"} == 1')
+        return result if len(result) == len(AGENTS) else None
+
+    result = wait_until(scraped, 45, "Prometheus to scrape both agents' reports", step_s=1)
+    assert sorted(r["metric"]["agent"] for r in result) == list(AGENTS)
+    (up,) = _query(stack, 'up{job="clockfleet-collector"}')
+    assert up["value"][1] == "1"
+
+
+def test_prometheus_loads_every_alert_and_recording_rule_of_config_alerts_yml(stack: Stack):
+    want = {
+        rule.get("alert") or rule.get("record")
+        for group in yaml.safe_load((REPO / "config/alerts.yml").read_text())["groups"]
+        for rule in group["rules"]
+    }
+    body = stack.http_json("PROMETHEUS", "/api/v1/rules")
+    loaded = {rule["name"] for group in body["data"]["groups"] for rule in group["rules"]}
+    assert want and loaded == want
+    assert [r for g in body["data"]["groups"] for r in g["rules"] if r.get("health") == "err"] == []
+
+
+def test_clockfleet_status_from_this_checkout_lists_the_sample_agents_with_a_good_sync(
+    stack: Stack,
+):
+    password, ca = stack.operator()
+    argv = [str(Path(sys.executable).parent / "clockfleet"), "status", "--json"]
+    argv += ["--broker", stack.broker_url(), "--ca-file", str(ca)]
+    argv += ["--username", "operator", "--password-file", str(password)]
+
+    def rows() -> list | None:
+        r = subprocess.run(argv, capture_output=True, text=True, timeout=60)
+        assert r.returncode == 0, r.stderr
+        table = json.loads(r.stdout)
+        good = [row for row in table if row["ok"] is True and row["outcome"] == "ok"]
+        return table if len(good) == len(AGENTS) else None
+
+    table = wait_until(rows, 60, "`clockfleet status` to show both agents synced", step_s=1)
+    assert sorted(row["agent"] for row in table) == list(AGENTS)
+    for row in table:
+        assert row["state"] == "online", row
+        assert row["list_version"] == row["published_version"] and not row["behind"], row
+        assert row["server"] == f"127.0.0.1:{stack.ports['NTP']}", row
+        assert abs(row["offset_s"]) < 0.5, row
+
+
+def test_compose_down_leaves_no_container_network_or_volume_behind(stack: Stack):
+    # The last test of the module: the stack is gone after it.
+    r = stack.docker_compose("down", "--volumes")
+    assert r.returncode == 0, r.stderr
+    label = f"label=com.docker.compose.project={stack.project}"
+    left = {}
+    for what in (["ps", "-aq"], ["network", "ls", "-q"], ["volume", "ls", "-q"]):
+        out = subprocess.run(
+            ["docker", *what, "--filter", label], capture_output=True, text=True, timeout=30
+        )
+        assert out.returncode == 0, out.stderr
+        left[what[0]] = out.stdout.split()
+    assert left == {"ps": [], "network": [], "volume": []}
