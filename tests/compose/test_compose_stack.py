@@ -14,8 +14,9 @@ Without an engine or the compose v2 plugin every test skips with the reason (`py
 
 from __future__ import annotations
 
+import hashlib
 import json
-import os
+import random
 import shutil
 import socket
 import subprocess
@@ -37,7 +38,6 @@ import yaml
 from paho.mqtt.enums import CallbackAPIVersion
 from prometheus_client.parser import text_string_to_metric_families
 
-from clockfleet import devstack
 from tests.helpers import REPO, wait_until
 from tests.hosts import hostkit  # sets testcontainers' reaper off and docker_host mode
 
@@ -127,10 +127,38 @@ def _problem() -> str | None:
     return None
 
 
+PORTS = ("MQTTS", "MQTT", "NTP", "COLLECTOR", "PROMETHEUS")
+
+
+def _free_ports(count: int) -> list[int]:
+    """Ports free on 127.0.0.1 for both TCP and UDP, outside the kernel's ephemeral range
+    (which every outgoing connection on this machine draws its local port from)."""
+    low, high = map(int, Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split())
+    candidates = [p for p in range(10000, 65536) if not low <= p <= high]
+    random.shuffle(candidates)
+    found: list[int] = []
+    for port in candidates:
+        try:
+            for kind in (socket.SOCK_STREAM, socket.SOCK_DGRAM):
+                with socket.socket(socket.AF_INET, kind) as s:
+                    s.bind(("127.0.0.1", port))
+        except OSError:
+            continue
+        found.append(port)
+        if len(found) == count:
+            return found
+    raise AssertionError("no free loopback ports outside the ephemeral range")
+
+
 def _logs(stack: Stack) -> str:
     r = stack.docker_compose("logs", "--no-color", "--tail", "40")
     ps = stack.docker_compose("ps", "-a")
-    return f"{ps.stdout}\n{r.stdout[-6000:]}{r.stderr[-2000:]}"
+    # Mosquitto logs to a file (broker/mosquitto.conf), in a volume only setup mounts.
+    broker = stack.docker_compose(
+        "run", "--rm", "--no-deps", "-T", "--entrypoint", "tail", "setup",
+        "-n", "20", "/mosquitto-log/mosquitto.log",
+    )  # fmt: skip
+    return f"{ps.stdout}\n{r.stdout[-6000:]}{r.stderr[-2000:]}\nmosquitto.log:\n{broker.stdout}"
 
 
 @pytest.fixture(scope="module")
@@ -147,23 +175,22 @@ def stack() -> Iterator[Stack]:
     )
     assert base.returncode == 0, f"compose base image: {base.stdout[-2000:]}{base.stderr[-3000:]}"
     work = Path(tempfile.mkdtemp(prefix="cf-compose-", dir="/tmp"))
-    ports = {
-        "MQTTS": devstack.free_port(),
-        "MQTT": devstack.free_port(),
-        "NTP": devstack.free_udp_port(),
-        "COLLECTOR": devstack.free_port(),
-        "PROMETHEUS": devstack.free_port(),
-    }
-    project = f"cf-test-{os.getpid()}"
+    # One name per checkout, the same on every run: compose labels the images it builds with
+    # the project, so a new name per run would leave the previous run's images dangling.
+    project = "cf-test-" + hashlib.sha256(str(REPO).encode()).hexdigest()[:8]
     env = work / "stack.env"
+    env.write_text(f"COMPOSE_PROJECT_NAME={project}\n")
+    compose = DockerCompose(context=REPO, compose_file_name=FILES, env_file=str(env), wait=True)
+    s = Stack(compose, project, {}, work)
+    # Build first, then choose the ports: the shorter the time between the two, the smaller
+    # the chance that something else takes a port meanwhile.
+    built = s.docker_compose("build", timeout_s=900)
+    assert built.returncode == 0, f"compose build: {built.stdout[-3000:]}{built.stderr[-3000:]}"
+    s.ports.update(zip(PORTS, _free_ports(len(PORTS))))
     env.write_text(
         f"COMPOSE_PROJECT_NAME={project}\n"
-        + "".join(f"CLOCKFLEET_{name}_PORT={port}\n" for name, port in ports.items())
+        + "".join(f"CLOCKFLEET_{name}_PORT={port}\n" for name, port in s.ports.items())
     )
-    compose = DockerCompose(
-        context=REPO, compose_file_name=FILES, env_file=str(env), build=True, wait=True
-    )
-    s = Stack(compose, project, ports, work)
     try:
         try:
             compose.start()

@@ -3,7 +3,8 @@
 #
 #   start  as root: install what is missing (Debian's docker.io and debootstrap; the compose v2
 #          plugin from Debian 13, bookworm has only v1), start dockerd when none answers and
-#          remember its pid, build the base images (cached under .cache/images).
+#          remember its pid, build the base images (cached under .cache/images): the systemd
+#          hosts of tests/hosts and the Debian 12 base of compose.local.yaml (tests/compose).
 #          Not root, or the engine cannot run: say why and go on; the container tests then
 #          skip with that reason (pytest -rs).
 #   stop   stop the dockerd that `start` started, and only that one.
@@ -69,6 +70,9 @@ start() {
         (sh packaging/images/build-image.sh "$suite" .cache/images ||
             echo "tests/hosts: image $suite could not be built; its tests will fail" >&2) &
     done
+    # The base of compose.local.yaml's images, for tests/compose/test_compose_stack.py.
+    (sh packaging/images/build-compose-base.sh .cache/images ||
+        echo "tests/hosts: the compose base image could not be built; the stack test will fail" >&2) &
     wait
 }
 
