@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Sequence
+from functools import lru_cache
 from typing import Any, Optional
 
 from clockfleet.protocol.messages import Server, ServerList
@@ -34,8 +35,17 @@ def list_digest(servers: Sequence[Any]) -> str:
 
     Accepts `Server` structs or (host, port) pairs; the same content gives the same digest
     whichever program computes it."""
-    pairs = [[s.host, s.port] if isinstance(s, Server) else [str(s[0]), int(s[1])] for s in servers]
-    text = json.dumps(pairs, separators=(",", ":"), ensure_ascii=False)
+    return _digest(
+        tuple(
+            (s.host, s.port) if isinstance(s, Server) else (str(s[0]), int(s[1])) for s in servers
+        )
+    )
+
+
+# Every report of every agent carries the digest of one of a few lists: compute each once.
+@lru_cache(maxsize=256)
+def _digest(pairs: tuple[tuple[str, int], ...]) -> str:
+    text = json.dumps([list(p) for p in pairs], separators=(",", ":"), ensure_ascii=False)
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 

@@ -99,6 +99,11 @@ class Fleet:
         self._wake_w.setblocking(False)
         self._sel.register(self._wake_r, selectors.EVENT_READ, None)
         self._clients: set[mqtt.Client] = set()
+        # Clients with bytes to send: written at the top of the next loop turn, and watched
+        # for writability only when the kernel would not take it all (rarely): changing a
+        # socket's selector registration twice per packet is measurable with 10,000 agents.
+        self._to_write: dict[mqtt.Client, None] = {}
+        self._watching_write: set[mqtt.Client] = set()
         # Blocking work runs on plain threads reading one queue: a ThreadPoolExecutor's
         # Future (a Condition and a lock each) per sync is measurable CPU with 10,000 agents.
         self._work: queue.SimpleQueue[Any] | None = None
@@ -254,7 +259,21 @@ class Fleet:
 
     # --- the loop -------------------------------------------------------------------------
 
+    def _write_pending(self) -> None:
+        while self._to_write:
+            client = next(iter(self._to_write))
+            del self._to_write[client]
+            if client.socket() is None:
+                continue
+            self._guard(client.loop_write)
+            sock = client.socket()
+            if sock is not None and client.want_write() and client not in self._watching_write:
+                with contextlib.suppress(KeyError, ValueError):
+                    self._sel.modify(sock, selectors.EVENT_READ | selectors.EVENT_WRITE, client)
+                    self._watching_write.add(client)
+
     def _run_once(self, max_wait_s: float) -> None:
+        self._write_pending()
         now = time.monotonic()
         wait = max_wait_s
         if self._posted:
@@ -310,13 +329,17 @@ class Fleet:
 
     def _socket_close(self, client: mqtt.Client, userdata: Any, sock: Any) -> None:
         self._clients.discard(client)
+        self._to_write.pop(client, None)
+        self._watching_write.discard(client)
         with contextlib.suppress(KeyError, ValueError):
             self._sel.unregister(sock)
 
     def _want_write(self, client: mqtt.Client, userdata: Any, sock: Any) -> None:
-        with contextlib.suppress(KeyError, ValueError):
-            self._sel.modify(sock, selectors.EVENT_READ | selectors.EVENT_WRITE, client)
+        self._to_write[client] = None
 
     def _no_write(self, client: mqtt.Client, userdata: Any, sock: Any) -> None:
-        with contextlib.suppress(KeyError, ValueError):
-            self._sel.modify(sock, selectors.EVENT_READ, client)
+        self._to_write.pop(client, None)
+        if client in self._watching_write:
+            self._watching_write.discard(client)
+            with contextlib.suppress(KeyError, ValueError):
+                self._sel.modify(sock, selectors.EVENT_READ, client)

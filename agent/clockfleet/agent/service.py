@@ -358,8 +358,11 @@ class Agent:
         if self.state is not None:
             self.state.save_list_payload(payload)
         self._save_memory()
-        servers = ", ".join(f"{s.host}:{s.port}" for s in sl.servers)
-        log.info("%s: list v%d applied from region %s: %s", self.id, sl.version, region, servers)
+        if log.isEnabledFor(logging.INFO):  # a fleet of 10,000 pays this per list otherwise
+            servers = ", ".join(f"{s.host}:{s.port}" for s in sl.servers)
+            log.info(
+                "%s: list v%d applied from region %s: %s", self.id, sl.version, region, servers
+            )
         self._changed("new list")
 
     def _on_profile(self, payload: bytes) -> None:
