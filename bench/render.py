@@ -13,6 +13,8 @@ ORDER = [
     ("failover", "4. Failover past three silent servers"),
     ("accuracy", "5. Offset accuracy against a server with a known offset"),
     ("footprint", "6. Agent footprint"),
+    ("scaleout", "7. Beyond one broker: a 3-node NATS cluster, and a node killed mid-run"),
+    ("bridges", "8. One edge-bridge hop (central + edges)"),
 ]
 
 
