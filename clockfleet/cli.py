@@ -21,7 +21,11 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
         "publish_main",
         "validate config/fleet.yaml, sign and publish changed region lists and profiles",
     ),
-    "keygen": ("clockfleet.publisher.cli", "keygen_main", "create an Ed25519 key pair for signing"),
+    "keygen": (
+        "clockfleet.publisher.keygen",
+        "keygen_main",
+        "create an Ed25519 key pair for signing",
+    ),
     "rollout": (
         "clockfleet.publisher.rollout_cli",
         "main",
@@ -40,6 +44,7 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
 EXTRAS = {
     "publish": "publisher",
     "keygen": "publisher",
+    "rollout": "publisher",
     "rollout": "publisher",
     "collector": "collector",
     "status": "collector",

@@ -7,7 +7,8 @@ from pathlib import Path
 import pytest
 
 from clockfleet.protocol import signing
-from clockfleet.publisher.cli import keygen_main, publish_main
+from clockfleet.publisher.cli import publish_main
+from clockfleet.publisher.keygen import keygen_main
 from tests.publisher.conftest import FLEET
 
 

@@ -10,7 +10,6 @@ import argparse
 import logging
 import ssl
 import sys
-from datetime import UTC, datetime
 from pathlib import Path
 
 from clockfleet.protocol import signing
@@ -367,44 +366,3 @@ def _send(
             log.error("%s %s: %s (%s)", change.kind, change.ident, outcome.reason, change.topic)
     print(output.run_summary(the_plan, len(to_send) - failed, failed, session.version_name))
     return 1 if failed else 0
-
-
-# --- keygen ------------------------------------------------------------------------------
-
-
-def keygen_main(argv: list[str]) -> int:
-    year = datetime.now(UTC).year
-    p = _Parser(
-        prog="clockfleet keygen",
-        description="Create an Ed25519 key pair for signing region lists and profiles. "
-        "The key id is the file name; rotate by adding the new .pub to every agent's "
-        "trust before the publisher signs with the new key.",
-    )
-    p.add_argument(
-        "--out", metavar="DIR", required=True, type=Path, help="directory for KEY_ID.key and .pub"
-    )
-    p.add_argument(
-        "--key-id",
-        metavar="ID",
-        default=f"ops-{year}",
-        help=f"key id, {ID_PATTERN} (default: ops-{year})",
-    )
-    try:
-        args = p.parse_args(argv)
-    except SystemExit as exc:
-        return int(exc.code or 0)
-    try:
-        private, public = signing.generate(args.out, args.key_id)
-    except signing.KeyFileError as exc:
-        print(f"clockfleet keygen: {exc}", file=sys.stderr)
-        return 2
-    except OSError as exc:
-        print(f"clockfleet keygen: cannot write to {args.out}: {exc}", file=sys.stderr)
-        return 2
-    print(f"private key: {private}")
-    print("  stays with the publisher (mode 0600): clockfleet publish --signing-key, or")
-    print("  signing_key: in fleet.yaml. Never copy it to agents.")
-    print(f"public key:  {public}")
-    print("  goes to every agent: clockfleet agent --trust-key (agents then refuse unsigned")
-    print("  or wrongly signed lists and profiles).")
-    return 0
