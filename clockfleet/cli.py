@@ -45,7 +45,6 @@ EXTRAS = {
     "publish": "publisher",
     "keygen": "publisher",
     "rollout": "publisher",
-    "rollout": "publisher",
     "collector": "collector",
     "status": "collector",
 }
