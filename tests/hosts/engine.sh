@@ -66,14 +66,20 @@ start() {
     fi
     # The three debootstraps wait mostly on the mirror and the disk: side by side they take
     # little longer than one (a fresh checkout's only slow step; later runs only import).
+    # Wait for these builds only: a bare `wait` would also wait for the dockerd started above.
+    builds=""
     for suite in $SUITES; do
         (sh packaging/images/build-image.sh "$suite" .cache/images ||
             echo "tests/hosts: image $suite could not be built; its tests will fail" >&2) &
+        builds="$builds $!"
     done
     # The base of compose.local.yaml's images, for tests/compose/test_compose_stack.py.
     (sh packaging/images/build-compose-base.sh .cache/images ||
         echo "tests/hosts: the compose base image could not be built; the stack test will fail" >&2) &
-    wait
+    builds="$builds $!"
+    for pid in $builds; do
+        wait "$pid" || true
+    done
 }
 
 stop() {
