@@ -1,7 +1,8 @@
 """Canary rollouts: who is in a change's cohort, and which list content an agent applied.
 
 One function each, shared by the agent (which list to probe), the publisher (who to wait
-for, what to decide) and the collector (cohort labels), so the three always agree.
+for, what to decide) and the collector (phase and cohort metrics: `region_status`, the same
+function `clockfleet rollout status` prints), so the three always agree.
 docs/rollout.md describes the whole mechanism.
 """
 
@@ -10,10 +11,11 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 from functools import lru_cache
 from typing import Any, Optional
 
-from clockfleet.protocol.messages import Server, ServerList
+from clockfleet.protocol.messages import Report, Server, ServerList
 
 BUCKETS = 10_000  # percent with two decimals: 0.01 % is one bucket
 
@@ -91,3 +93,86 @@ def cohort_verdict(
     if abs(offset - before) > canary.offset_tolerance_s:
         return f"offset jumped {offset - before:+.3f} s"
     return "ok"
+
+
+@dataclass
+class Health:
+    """The cohort's reports for one canary list, as the decision reads them."""
+
+    cohort: list[str] = field(default_factory=list)  # known agents of the region in the cohort
+    ok: list[str] = field(default_factory=list)
+    failing: dict[str, str] = field(default_factory=dict)  # agent -> why
+    region_agents: int = 0
+
+    @property
+    def reported(self) -> int:
+        return len(self.ok) + len(self.failing)
+
+
+def health(
+    sl: ServerList, reports: dict[str, Report], baselines: dict[str, float | None]
+) -> Health:
+    """Judge every known agent of the region that is in the canary's cohort."""
+    assert sl.canary is not None
+    h = Health()
+    for agent, report in sorted(reports.items()):
+        if report.region != sl.region:
+            continue
+        h.region_agents += 1
+        if not in_cohort(sl.canary.id, agent, sl.canary.percent):
+            continue
+        h.cohort.append(agent)
+        verdict = cohort_verdict(sl, report, baselines.get(agent))
+        if verdict == "ok":
+            h.ok.append(agent)
+        elif verdict is not None:
+            h.failing[agent] = verdict
+    return h
+
+
+def issued(sl: ServerList) -> float:
+    return sl.issued_at.timestamp()
+
+
+def time_left(sl: ServerList, now: float) -> float:
+    assert sl.canary is not None
+    return max(0.0, issued(sl) + sl.canary.bake_s - now)
+
+
+PHASES = ("none", "canary", "baking", "promoted", "aborted")
+
+
+def region_status(
+    sl: ServerList, reports: dict[str, Report], baselines: dict[str, float | None], now: float
+) -> dict[str, Any]:
+    """One region's rollout as `clockfleet rollout status` shows it and the collector exports
+    it: phase (one of PHASES: "canary" while cohort reports are pending, "baking" once all
+    reported), change, cohort size, ok / failing / pending, time left and overdue (seconds
+    past the bake time without a decision), and the reason (failures, or how it ended)."""
+    if sl.canary is not None:
+        h = health(sl, reports, baselines)
+        return {
+            "phase": "canary" if h.reported < len(h.cohort) else "baking",
+            "change": sl.canary.id,
+            "percent": sl.canary.percent,
+            "cohort": len(h.cohort),
+            "ok": len(h.ok),
+            "failing": len(h.failing),
+            "pending": len(h.cohort) - h.reported,
+            "time_left_s": round(time_left(sl, now), 1),
+            "overdue_s": round(max(0.0, now - issued(sl) - sl.canary.bake_s), 1),
+            "reason": "; ".join(f"{a}: {why}" for a, why in sorted(h.failing.items()))[:200],
+        }
+    if sl.rollout is not None:
+        r = sl.rollout
+        return {
+            "phase": r.phase,
+            "change": r.id,
+            "cohort": r.cohort,
+            "ok": r.reported - r.failing,
+            "failing": r.failing,
+            "pending": r.cohort - r.reported,
+            "time_left_s": 0.0,
+            "reason": f"{r.reason} ({r.by})",
+        }
+    return {"phase": "none", "cohort": 0, "ok": 0, "failing": 0, "pending": 0, "time_left_s": 0.0}

@@ -74,6 +74,7 @@ def test_reports_status_and_lists_become_series_with_values_and_labels(
         "list_version": "7",
         "software": "0.1.0",
         "discipline": "observe",
+        "cohort": "",  # no canary in its region
     }
     assert s[("clockfleet_agent_info", frozenset(info.items()))] == 1
     # A failed report: no offset, no good sync, but a report time, ok 0 and its version.

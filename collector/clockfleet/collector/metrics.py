@@ -11,7 +11,8 @@ form the tests compare the writer with (against prometheus_client's own expositi
 
 Per agent (labels `agent`, `region`): offset, delay, root distance, stratum, last good sync,
 last report time, last report ok, online, applied list version, and an `_info` series with
-the chosen server, time zone, list version, software and discipline. Per region: the
+the chosen server, time zone, list version, software, discipline and canary cohort.
+Per region, the rollout's phase and cohort (rollout_metrics.py). Per region: the
 published list version and counts of agents, agents behind (`fleet_state.is_behind`, the one
 definition of "behind the published list") and agents failing (all three are derivable in
 PromQL from the agent series; they are kept because dashboards and alerts read them more
@@ -36,7 +37,10 @@ from clockfleet.collector.text import LABEL_TEXT_MAX, printable
 from clockfleet.protocol.messages import Report, Status
 
 AGENT_LABELS = ("agent", "region")
-INFO_LABELS = ("agent", "region", "server", "timezone", "list_version", "software", "discipline")
+INFO_LABELS = (
+    *("agent", "region", "server", "timezone", "list_version", "software", "discipline"),
+    "cohort",  # "canary" | "rest" under a canary (docs/rollout.md), else ""
+)
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 ID_MAX = 64  # an agent or region id's longest valid form (ids.ID_PATTERN)
 
@@ -123,6 +127,7 @@ def agent_values(
         str(report.list_version),
         printable(software, LABEL_TEXT_MAX),
         report.discipline,
+        report.cohort or "",
     )
     return region, values, info
 
@@ -249,7 +254,14 @@ def own_families(state: FleetState, link: LinkStats) -> list[Family]:
 
 
 def families(state: FleetState, link: LinkStats) -> list[Family]:
-    return [*agent_families(state), *region_families(state), *own_families(state, link)]
+    from clockfleet.collector.rollout_metrics import rollout_families
+
+    return [
+        *agent_families(state),
+        *region_families(state),
+        *rollout_families(state),
+        *own_families(state, link),
+    ]
 
 
 # --- the text exposition format, written directly ------------------------------------------
@@ -314,11 +326,11 @@ def _agent_lines(
     if info is None:
         lines.append("")
     else:
-        _, _, server, timezone, version, software, discipline = map(_escape, info)
+        _, _, server, timezone, version, software, discipline, cohort = map(_escape, info)
         lines.append(
             f'{INFO_NAME}{{agent="{agent}",region="{region}",server="{server}",'
             f'timezone="{timezone}",list_version="{version}",software="{software}",'
-            f'discipline="{discipline}"}} 1.0\n'
+            f'discipline="{discipline}",cohort="{cohort}"}} 1.0\n'
         )
     return lines
 
@@ -360,7 +372,13 @@ class MetricsRenderer:
         for i, header in enumerate(_AGENT_HEADERS):
             parts.append(header)
             parts.append("".join([lines[i] for lines in all_lines]))
-        rest = [*region_families(self._state), *own_families(self._state, self._link())]
+        from clockfleet.collector.rollout_metrics import rollout_families
+
+        rest = [
+            *region_families(self._state),
+            *rollout_families(self._state),
+            *own_families(self._state, self._link()),
+        ]
         return "".join(parts).encode() + render_text(rest)
 
 

@@ -10,13 +10,19 @@ Both carry a `rollout` record saying how the change ended. Nothing here touches 
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
 from clockfleet.protocol import rollout, signing
 from clockfleet.protocol.codec import Rejected, decode, encode, utcnow_iso
-from clockfleet.protocol.messages import Report, ServerList
+from clockfleet.protocol.messages import ServerList
+
+# The judging is shared with the collector's metrics: it lives in the protocol package.
+from clockfleet.protocol.rollout import Health as Health
+from clockfleet.protocol.rollout import health as health
+from clockfleet.protocol.rollout import issued as issued
+from clockfleet.protocol.rollout import time_left as time_left
 
 DEFAULT_BAKE_S = 600
 DEFAULT_MAX_FAILING_PCT = 10.0
@@ -80,49 +86,10 @@ def canary_object(
     return obj
 
 
-@dataclass
-class Health:
-    """The cohort's reports for one canary list, as the decision reads them."""
-
-    cohort: list[str] = field(default_factory=list)  # known agents of the region in the cohort
-    ok: list[str] = field(default_factory=list)
-    failing: dict[str, str] = field(default_factory=dict)  # agent -> why
-    region_agents: int = 0
-
-    @property
-    def reported(self) -> int:
-        return len(self.ok) + len(self.failing)
-
-
-def health(
-    sl: ServerList, reports: dict[str, Report], baselines: dict[str, float | None]
-) -> Health:
-    """Judge every known agent of the region that is in the canary's cohort."""
-    assert sl.canary is not None
-    h = Health()
-    for agent, report in sorted(reports.items()):
-        if report.region != sl.region:
-            continue
-        h.region_agents += 1
-        if not rollout.in_cohort(sl.canary.id, agent, sl.canary.percent):
-            continue
-        h.cohort.append(agent)
-        verdict = rollout.cohort_verdict(sl, report, baselines.get(agent))
-        if verdict == "ok":
-            h.ok.append(agent)
-        elif verdict is not None:
-            h.failing[agent] = verdict
-    return h
-
-
 @dataclass(frozen=True)
 class Decision:
     phase: str  # "promoted" or "aborted"
     reason: str
-
-
-def issued(sl: ServerList) -> float:
-    return sl.issued_at.timestamp()
 
 
 def decide(sl: ServerList, h: Health, now: float) -> Decision | None:
@@ -149,11 +116,6 @@ def decide(sl: ServerList, h: Health, now: float) -> Decision | None:
             f"(< {canary.min_reported_pct:g} %)",
         )
     return Decision("promoted", f"{len(h.ok)} of {n} cohort agents healthy after the bake time")
-
-
-def time_left(sl: ServerList, now: float) -> float:
-    assert sl.canary is not None
-    return max(0.0, issued(sl) + sl.canary.bake_s - now)
 
 
 def ending_object(

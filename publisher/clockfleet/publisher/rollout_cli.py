@@ -28,7 +28,8 @@ from clockfleet.protocol.connection import (
     add_arguments,
     settings_from_args,
 )
-from clockfleet.publisher import broker_io, fleetfile, rollout, rollout_run, state
+from clockfleet.protocol.rollout import region_status
+from clockfleet.publisher import broker_io, fleetfile, rollout_run, state
 from clockfleet.publisher.rollout_watch import Snapshot, Watch
 
 STATE_FILE_NAME = ".publisher-state.json"
@@ -125,40 +126,14 @@ def main(argv: list[str]) -> int:
 
 
 def status_rows(snap: Snapshot, now: float) -> list[dict[str, Any]]:
-    rows = []
-    for region, (sl, _) in sorted(snap.lists.items()):
-        row: dict[str, Any] = {"region": region, "version": sl.version}
-        if sl.canary is not None:
-            h = rollout.health(sl, snap.reports, snap.baselines)
-            left = rollout.time_left(sl, now)
-            row.update(
-                phase="canary" if h.reported < len(h.cohort) else "baking",
-                change=sl.canary.id,
-                percent=sl.canary.percent,
-                cohort=len(h.cohort),
-                ok=len(h.ok),
-                failing=len(h.failing),
-                pending=len(h.cohort) - h.reported,
-                time_left_s=round(left, 1),
-                overdue_s=round(max(0.0, now - rollout.issued(sl) - sl.canary.bake_s), 1),
-                reason="; ".join(f"{a}: {why}" for a, why in sorted(h.failing.items()))[:200],
-            )
-        elif sl.rollout is not None:
-            r = sl.rollout
-            row.update(
-                phase=r.phase,
-                change=r.id,
-                cohort=r.cohort,
-                ok=r.reported - r.failing,
-                failing=r.failing,
-                pending=r.cohort - r.reported,
-                time_left_s=0.0,
-                reason=f"{r.reason} ({r.by})",
-            )
-        else:
-            row.update(phase="none", cohort=0, ok=0, failing=0, pending=0, time_left_s=0.0)
-        rows.append(row)
-    return rows
+    return [
+        {
+            "region": region,
+            "version": sl.version,
+            **region_status(sl, snap.reports, snap.baselines, now),
+        }
+        for region, (sl, _) in sorted(snap.lists.items())
+    ]
 
 
 def show_status(snap: Snapshot, region: str | None, as_json: bool) -> int:
