@@ -275,3 +275,51 @@ def prometheus_factory() -> Iterator[Callable[[str], Prometheus]]:
         for d in started:
             d.stop()
         shutil.rmtree(rundir, ignore_errors=True)
+
+
+# --- canary rollouts (docs/rollout.md) -------------------------------------------------------
+
+CANARY_SERVERS = [{"host": "192.0.2.99", "port": 123}]
+
+
+def canary(change: str, percent: float = 100, bake_s: int = 600) -> dict:
+    """A list's `canary` field trying CANARY_SERVERS (100 %: every agent is in the cohort)."""
+    return {
+        "id": change,
+        "percent": percent,
+        "servers": CANARY_SERVERS,
+        "bake_s": bake_s,
+        "max_failing_pct": 10,
+        "min_reported_pct": 80,
+        "offset_tolerance_s": 0.5,
+    }
+
+
+def ended(change: str, phase: str, reason: str, cohort: int, reported: int, failing: int) -> dict:
+    """A list's `rollout` record, as the list that ended a canary carries it."""
+    return {
+        "id": change,
+        "phase": phase,
+        "reason": reason,
+        "cohort": cohort,
+        "reported": reported,
+        "failing": failing,
+        "by": "auto",
+    }
+
+
+def cohort_report(agent: str, region: str, version: int, change: str, ok: bool = True) -> dict:
+    """A cohort agent's report on the canary's servers (a good or a failed sync)."""
+    from clockfleet.protocol.rollout import list_digest
+
+    head = CANARY_SERVERS[0]
+    fields = {
+        "region": region,
+        "list_version": version,
+        "cohort": "canary",
+        "change": change,
+        "list_digest": list_digest([(s["host"], s["port"]) for s in CANARY_SERVERS]),
+    }
+    if not ok:
+        return failed_report(agent, **fields, tried=[{**head, "outcome": "timeout"}])
+    return report(agent, **fields, server=head, tried=[{**head, "outcome": "ok"}])
