@@ -1,5 +1,6 @@
 """Every program keeps to its folder's rules: it imports of clockfleet only the protocol
-package and its own modules, keeps each module to about 400 lines (or says at its top why
+package, the NTP package (clockfleet.ntp, shared by the agent and the publisher) and its own
+modules, keeps each module to about 400 lines (or says at its top why
 not), spells the id rule only through `clockfleet.protocol.ids`, and nothing in the
 repository cites a document outside it."""
 
@@ -38,11 +39,24 @@ def imported(path: Path) -> set[str]:
     return {n for n in names if n == "clockfleet" or n.startswith("clockfleet.")}
 
 
+def within(name: str, packages: tuple[str, ...]) -> bool:
+    return any(name == p or name.startswith(p + ".") for p in packages)
+
+
 @pytest.mark.parametrize("item", MODULES, ids=ident)
-def test_a_program_imports_of_clockfleet_only_the_protocol_and_its_own_package(item):
+def test_a_program_imports_of_clockfleet_only_the_protocol_the_ntp_and_its_own_package(item):
     program, path = item
-    allowed = ("clockfleet.protocol", f"clockfleet.{program}")
-    assert [n for n in imported(path) if not n.startswith(allowed)] == []
+    allowed = ("clockfleet.protocol", "clockfleet.ntp", f"clockfleet.{program}")
+    assert [n for n in imported(path) if not within(n, allowed)] == []
+
+
+NTP_MODULES = sorted((REPO / "clockfleet" / "ntp").glob("*.py"))
+
+
+@pytest.mark.parametrize("path", NTP_MODULES, ids=lambda p: p.name)
+def test_the_ntp_package_imports_of_clockfleet_only_the_protocol_and_itself(path):
+    allowed = ("clockfleet.protocol", "clockfleet.ntp")
+    assert [n for n in imported(path) if not within(n, allowed)] == []
 
 
 @pytest.mark.parametrize("item", [*MODULES, *(("shared", p) for p in SHARED)], ids=ident)

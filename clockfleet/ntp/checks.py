@@ -35,7 +35,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 
-from clockfleet.agent.ntp_packet import (
+from clockfleet.ntp.packet import (
     LEAP_UNSYNCHRONISED,
     MODE_SERVER,
     NtpPacket,
@@ -50,7 +50,7 @@ MAX_SERVER_INTERVAL_S = 4.0  # chrony's MAX_SERVER_INTERVAL: T3 - T2 (test A)
 MAX_STRATUM = 16  # chrony's NTP_MAX_STRATUM (test 6)
 MAX_DISPERSION_S = 16.0  # RFC 5905's MAXDISP, chrony's NTP_MAX_DISPERSION (test 7)
 
-log = logging.getLogger("clockfleet.agent.ntp")
+log = logging.getLogger("clockfleet.ntp")
 
 _NS = 1_000_000_000
 

@@ -17,7 +17,7 @@ from collections.abc import Callable, Generator
 from dataclasses import dataclass
 from typing import TypeVar
 
-from clockfleet.agent.ntp_checks import (
+from clockfleet.ntp.checks import (
     KISS_REFUSALS,
     Failure,
     ProbeSettings,
@@ -25,7 +25,7 @@ from clockfleet.agent.ntp_checks import (
     check_reply,
     gate,
 )
-from clockfleet.agent.ntp_packet import encode_request
+from clockfleet.ntp.packet import encode_request
 
 # Python 3.11 does not export it; 35 is SO_TIMESTAMPNS(_OLD) on x86_64 and arm64 Linux,
 # delivering a native struct timespec.

@@ -44,7 +44,7 @@ import threading
 import time
 from collections.abc import Sequence
 
-from clockfleet.agent.ntp_packet import NtpPacket, decode, unix_ns_to_ntp
+from clockfleet.ntp.packet import NtpPacket, decode, unix_ns_to_ntp
 
 BEHAVIOURS = (
     "ok",

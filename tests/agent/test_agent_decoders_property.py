@@ -14,9 +14,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from clockfleet.agent import config
-from clockfleet.agent.ntp_checks import Failure, ProbeSettings, Sample, check_reply, gate
-from clockfleet.agent.ntp_packet import PacketError, decode
 from clockfleet.agent.state import Remembered, StateDir
+from clockfleet.ntp.checks import Failure, ProbeSettings, Sample, check_reply, gate
+from clockfleet.ntp.packet import PacketError, decode
 from clockfleet.protocol.messages import Report, Server
 
 FAST = settings(max_examples=300, deadline=None, suppress_health_check=list(HealthCheck))

@@ -8,8 +8,8 @@ import logging
 
 import pytest
 
-from clockfleet.agent.ntp_checks import Failure, ProbeSettings, Sample, check_reply, gate
-from clockfleet.agent.ntp_packet import NtpPacket, unix_ns_to_ntp
+from clockfleet.ntp.checks import Failure, ProbeSettings, Sample, check_reply, gate
+from clockfleet.ntp.packet import NtpPacket, unix_ns_to_ntp
 
 NS = 1_000_000_000
 T1 = 1_800_000_000 * NS  # our send time
@@ -190,6 +190,6 @@ def test_7_is_the_fixed_16_s_bound_and_maxdistance_the_configurable_one() -> Non
 
 
 def test_a_failure_logs_the_tests_passed_before_it_at_debug_level(caplog) -> None:
-    caplog.set_level(logging.DEBUG, logger="clockfleet.agent.ntp")
+    caplog.set_level(logging.DEBUG, logger="clockfleet.ntp")
     check(reply(stratum=16))
     assert "NTP tests passed 1 2 3 5, failed 6" in caplog.text

@@ -6,7 +6,7 @@ import calendar
 
 import pytest
 
-from clockfleet.agent.ntp_packet import (
+from clockfleet.ntp.packet import (
     MODE_CLIENT,
     NTP_UNIX_DELTA_S,
     PacketError,

@@ -152,8 +152,8 @@ def test_concurrent_probes_from_several_threads_each_get_their_own_answer(
 
 
 def test_replies_carry_a_kernel_receive_timestamp_for_t4() -> None:
-    from clockfleet.agent.ntp_exchange import _receive_time_ns, open_socket
-    from clockfleet.agent.ntp_packet import encode_request
+    from clockfleet.ntp.exchange import _receive_time_ns, open_socket
+    from clockfleet.ntp.packet import encode_request
 
     with FakeNtpServer("ok") as fake:
         sock, kernel_ts = open_socket(socket.AF_INET, fake.address)

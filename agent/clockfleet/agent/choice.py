@@ -14,7 +14,7 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 from typing import Optional
 
-from clockfleet.agent.ntp_checks import ProbeSettings, Sample
+from clockfleet.ntp.checks import ProbeSettings, Sample
 from clockfleet.protocol.messages import Outcome, clip_text
 
 

@@ -26,8 +26,8 @@ from dataclasses import dataclass, field, replace
 from typing import Union
 
 from clockfleet.agent.choice import Attempt, Choice, ProbeResult
-from clockfleet.agent.ntp_checks import KISS_RATE, KISS_REFUSALS, ProbeSettings, Sample, kod_outcome
-from clockfleet.agent.ntp_exchange import run_steps, sample_burst_steps
+from clockfleet.ntp.checks import KISS_RATE, KISS_REFUSALS, ProbeSettings, Sample, kod_outcome
+from clockfleet.ntp.exchange import run_steps, sample_burst_steps
 from clockfleet.protocol.messages import clip_text
 
 __all__ = ["Attempt", "KodMemory", "ProbeResult", "ProbeSettings", "Sample", "probe"]
@@ -194,7 +194,7 @@ def probe_server_steps(
     answer_by: float | None = None,
 ) -> Generator[None, None, tuple[Attempt, str | None]]:
     """probe_server() as steps: it yields once if the first address has not answered by
-    `answer_by` (ntp_exchange.exchange_steps), so the caller can go on elsewhere."""
+    `answer_by` (clockfleet.ntp.exchange.exchange_steps), so the caller can go on elsewhere."""
     if resolved is None:
         resolved = resolve_all([(host, port)], settings.resolve_timeout_s)[(host, port)]
     if isinstance(resolved, str):
