@@ -4,7 +4,8 @@
     .venv/bin/python config/grafana/build_dashboard.py --check  # exit 1 if the file is stale
 
 Every panel reads the collector's series (`clockfleet_agent_*`, `clockfleet_region_*`,
-`clockfleet_collector_*`) through the `datasource` variable and narrows them to `$region`.
+`clockfleet_rollout_*`, `clockfleet_collector_*`) through the `datasource` variable and
+narrows them to `$region`.
 tests/collector/test_prometheus.py runs every expression here against a live Prometheus.
 """
 
@@ -400,6 +401,55 @@ def build() -> dashboard.Dashboard:
             .legend(legend())
             .height(7)
             .span(24)
+        )
+    )
+
+    d = d.with_row(dashboard.Row("Rollouts"))
+    d = (
+        d.with_panel(
+            table.Panel()
+            .title("Rollout phase by region")
+            .description(
+                "none, canary (cohort reports pending), baking (all reported), promoted or "
+                "aborted, with the change and why it fails or how it ended (docs/rollout.md)."
+            )
+            .datasource(DS)
+            .with_target(instant_table(one("clockfleet_rollout_phase") + " == 1"))
+            .with_target(instant_table(one("clockfleet_rollout_info"), ref="B"))
+            .height(8)
+            .span(8)
+        )
+        .with_panel(
+            bargauge.Panel()
+            .title("Canary cohort by report")
+            .description("Cohort agents whose report for the change is ok, failing or missing.")
+            .datasource(DS)
+            .with_target(
+                query(one("clockfleet_rollout_cohort_agents"), "{{region}} {{state}}").instant()
+            )
+            .thresholds(thresholds((None, "blue")))
+            .display_mode(BarGaugeDisplayMode.GRADIENT)
+            .orientation(VizOrientation.HORIZONTAL)
+            .reduce_options(last_value())
+            .height(8)
+            .span(8)
+        )
+        .with_panel(
+            timeseries.Panel()
+            .title("Bake time left / overdue")
+            .description(
+                "Seconds until the canary is decided, and past the bake time without a "
+                "decision (ClockfleetRolloutStalled beyond 5 minutes)."
+            )
+            .datasource(DS)
+            .with_target(query(one("clockfleet_rollout_bake_remaining_seconds"), "{{region}} left"))
+            .with_target(
+                query(one("clockfleet_rollout_overdue_seconds"), "{{region}} overdue", ref="B")
+            )
+            .unit("s")
+            .legend(legend())
+            .height(8)
+            .span(8)
         )
     )
 

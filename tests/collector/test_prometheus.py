@@ -18,6 +18,8 @@ from tests.collector.kit import (
     Prometheus,
     Publisher,
     RunningCollector,
+    canary,
+    cohort_report,
     failed_report,
     now_iso,
     report,
@@ -33,7 +35,9 @@ CONFIG = Path(__file__).resolve().parents[2] / "config"
 PROMTOOL = shutil.which("promtool")
 
 # A fleet in which every dashboard panel has something to show: two regions, an agent on an
-# old list, a failing one, an offline one, one silent for three hours, a drifting one.
+# old list, a failing one, an offline one, one silent for three hours, a drifting one; and a
+# third region with a canary in progress (every agent in its cohort) and one cohort report.
+CHANGE = "c5-1f2e3d4c"
 FLEET = {
     "ok-east": ("us-east", report("ok-east", offset_s=0.002, list_version=8)),
     "drift-east": ("us-east", report("drift-east", offset_s=-0.75, list_version=8)),
@@ -54,9 +58,11 @@ FLEET = {
         "eu-west",
         report("silent-west", region="eu-west", list_version=3, at=now_iso(-3 * 3600)),
     ),
+    "canary-south": ("ap-south", cohort_report("canary-south", "ap-south", 5, CHANGE)),
 }
 OFFLINE = "ok-west"
-PUBLISHED = {"us-east": 8, "eu-west": 3}
+PUBLISHED = {"us-east": 8, "eu-west": 3, "ap-south": 5}
+CANARIES = {"ap-south": canary(CHANGE)}
 
 
 @pytest.fixture(scope="module")
@@ -67,7 +73,8 @@ def live(prometheus) -> Iterator[tuple[RunningCollector, Prometheus]]:
     try:
         pub = Publisher(broker.host, broker.port)
         for region, version in PUBLISHED.items():
-            pub.publish(servers_topic(region), servers(region, version))
+            extra = {"canary": CANARIES[region]} if region in CANARIES else {}
+            pub.publish(servers_topic(region), servers(region, version, **extra))
         for agent, (region, body) in FLEET.items():
             pub.publish(report_topic(agent), body)
             state = "offline" if agent == OFFLINE else "online"
