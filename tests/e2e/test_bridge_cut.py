@@ -96,6 +96,7 @@ class Site:
             [
                 sys.executable, "-m", "clockfleet", "publish", "--config", str(path), "--prune",
                 "--signing-key", str(self.key), "--broker", self.topo.publisher_url,
+                "--force",  # the preflight reports, never blocks: servers may be edge-only
             ],
             capture_output=True, text=True, timeout=60,
         )  # fmt: skip

@@ -70,7 +70,7 @@ def _publish_cmd(rundir: Path, key: Path, url: str, servers: list[tuple[str, int
     path.write_text(FLEET.format(jitter=2, region=REGION, servers=listed))
     return [
         sys.executable, "-m", "clockfleet", "publish", "--config", str(path),
-        "--signing-key", str(key), "--broker", url,
+        "--signing-key", str(key), "--broker", url, "--force",  # silent servers on purpose
     ]  # fmt: skip
 
 

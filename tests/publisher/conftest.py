@@ -55,9 +55,13 @@ class Run:
 
 @pytest.fixture
 def publish(broker: Broker, tmp_path: Path, capsys: pytest.CaptureFixture) -> Callable[..., Run]:
-    """publish(*extra_args, fleet=PATH, identity="publisher") -> Run, in process."""
+    """publish(*extra_args, fleet=PATH, identity="publisher", preflight=False) -> Run, in
+    process. The fleet files here name documentation servers (example.net, 192.0.2.0/24) that
+    answer nobody, so the preflight is off unless a test asks for it."""
 
-    def run(*extra: str, fleet: Path | None = None, identity: str = "publisher") -> Run:
+    def run(
+        *extra: str, fleet: Path | None = None, identity: str = "publisher", preflight: bool = False
+    ) -> Run:
         capsys.readouterr()
         args = [
             "--config",
@@ -65,6 +69,7 @@ def publish(broker: Broker, tmp_path: Path, capsys: pytest.CaptureFixture) -> Ca
             "--state-file",
             str(tmp_path / "state.json"),
             *broker.login(identity),
+            *([] if preflight else ["--no-preflight"]),
             *extra,
         ]
         rc = publish_main(args)

@@ -54,7 +54,7 @@ def test_falls_back_to_mqtt_311_when_the_broker_refuses_mqtt_5(
 ):
     config = tmp_path / "fleet.yaml"
     config.write_text(FLEET)
-    args = ["--config", str(config), "--broker", f"mqtt://127.0.0.1:{nats_mqtt}"]
+    args = ["--config", str(config), "--no-preflight", "--broker", f"mqtt://127.0.0.1:{nats_mqtt}"]
     assert publish_main(args) == 0
     first = capsys.readouterr()
     assert "4 sent, 0 failed, 0 unchanged (MQTT 3.1.1)" in first.out
@@ -71,6 +71,6 @@ def test_a_cluster_refusing_mqtt_5_is_asked_in_mqtt_5_on_one_node_only(
     config = tmp_path / "fleet.yaml"
     config.write_text(FLEET)
     nodes = ",".join(f"mqtt://127.0.0.1:{nats_mqtt}" for _ in range(3))
-    assert publish_main(["--config", str(config), "--broker", nodes]) == 0
+    assert publish_main(["--config", str(config), "--no-preflight", "--broker", nodes]) == 0
     refused = capsys.readouterr().err.split("refused MQTT 5", 1)[1].splitlines()[0]
     assert refused.count("Unsupported protocol version") == 1

@@ -29,6 +29,7 @@ def args(b: Broker, config: Path, *extra: str) -> list[str]:
         "publisher",
         "--password-file",
         str(b.password_file("publisher")),
+        "--no-preflight",  # FLEET names documentation servers that answer nobody
         *extra,
     ]
 

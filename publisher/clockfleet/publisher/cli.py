@@ -1,7 +1,8 @@
 """`clockfleet publish` and `clockfleet keygen`: the operator's commands.
 
 Exit codes: 0 done (or nothing to do), 1 the broker refused or did not acknowledge a
-publish, 2 a bad argument, an invalid fleet file, a bad key or an unreachable broker.
+publish, 2 a bad argument, an invalid fleet file, a bad key, an unreachable broker or a
+new or moved server failing the preflight (preflight.py) without --force.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from clockfleet.publisher import (
     fleetfile,
     output,
     plan,
+    preflight,
     rollout,
     rollout_publish,
     rollout_run,
@@ -49,6 +51,10 @@ replaced.
 
 An invalid file is reported in full (FILE:LINE: PATH: reason per problem) with exit 2, and
 nothing is published.
+
+Preflight: every server that is new in a changed list, or at another position, is queried
+from this host with the agents' own checks, one line per server. A server that fails blocks
+the publish (exit 2) unless --force: some servers answer only from the PBXs' networks.
 """
 
 PUBLISH_EPILOG = f"""\
@@ -60,6 +66,7 @@ errors. Example: config/fleet.yaml.
 
 exit codes: 0 published (or nothing to publish), 1 the broker refused or did not acknowledge
 a publish (e.g. the ACL denies this identity), 2 bad argument, invalid fleet file, bad key,
+a new or moved server failing the preflight (without --force),
 broker unreachable / login refused, or a verified version on the broker more than
 1,000,000 (a year of date floors) above this publisher's own record and today's date floor
 (a leaked key or a broken publisher; --accept-version-jump adopts it).
@@ -181,6 +188,7 @@ def publish_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="with a canary: publish it and exit; `clockfleet rollout run` decides later",
     )
+    preflight.add_arguments(p)
     p.add_argument("-v", "--verbose", action="store_true", help="log more")
     add_arguments(p)
     return p
@@ -282,6 +290,9 @@ def _publish(
         for line in shaped.refused:
             print(f"clockfleet publish: {line}", file=sys.stderr)
         return _fail("nothing published")
+    blocked = preflight.check(args, the_plan, fleet, on_broker)
+    if blocked is not None:
+        return blocked
     watch = None
     if (shaped.canaries or shaped.continuing) and not args.dry_run:
         watch = Watch(args.settings, prefix, trust)

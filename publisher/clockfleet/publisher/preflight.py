@@ -1,0 +1,166 @@
+"""`clockfleet publish`'s preflight: ask every new or moved server before its list goes out.
+
+For each region list the run would publish, every server that is new in the list or at
+another position than in the broker's copy is queried from this host, all at once, with the
+agent's own sample burst and reply checks (`clockfleet.ntp`). The panic limit and the
+falseticker rule are the agent's decision among servers, not a check of one server, so they
+do not apply here: the line says the offset, stratum and delay, and the outcome.
+
+A server that fails blocks the publish (exit 2, nothing sent) unless --force. Some servers
+answer only from the PBXs' networks, never from the publisher's host: that is what --force
+(or --no-preflight) is for, and every blocking message says so.
+"""
+
+from __future__ import annotations
+
+import argparse
+import concurrent.futures
+import socket
+import sys
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from clockfleet.ntp.checks import Failure, ProbeSettings, Sample
+from clockfleet.ntp.exchange import sample_burst
+from clockfleet.publisher.broker_copies import Retained
+from clockfleet.publisher.fleetfile import Fleet
+from clockfleet.publisher.plan import Plan
+from clockfleet.publisher.versions import Kind
+
+TIMEOUT_S = 1.0  # the whole sample burst of one server
+RESOLVE_TIMEOUT_S = 2.0  # every name, looked up at once
+# The agent's checks, without the panic limit: how far off a server is, is shown, not judged.
+SETTINGS = ProbeSettings(timeout_s=TIMEOUT_S, panic_offset_s=float("inf"))
+PBX_NOTE = (
+    "some servers answer only from the PBXs' networks, not from this host: if these are such "
+    "servers, publish with --force (or --no-preflight)"
+)
+
+
+@dataclass(frozen=True)
+class Target:
+    region: str
+    host: str
+    port: int
+
+
+@dataclass(frozen=True)
+class Result:
+    target: Target
+    outcome: str
+    detail: str = ""
+    sample: Sample | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.sample is not None
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--force",
+        action="store_true",
+        help="publish even when a new or moved server fails the preflight (it may answer "
+        "only from the PBXs' networks, not from this host)",
+    )
+    p.add_argument(
+        "--no-preflight",
+        action="store_true",
+        help="do not query new or moved servers before publishing (e.g. no NTP traffic is "
+        "allowed out of this host, or none of the servers is reachable from it)",
+    )
+
+
+def targets(
+    the_plan: Plan, fleet: Fleet, on_broker: dict[tuple[Kind, str], Retained]
+) -> list[Target]:
+    """Every server of a region list about to go out that is new or at another position."""
+    out: list[Target] = []
+    for change in the_plan.of("publish"):
+        if change.kind != "region":
+            continue
+        have = on_broker.get(("region", change.ident))
+        old: list[tuple[str, int]] = []
+        if have is not None and have.obj is not None:
+            old = [(s.get("host"), s.get("port")) for s in have.obj.get("servers") or []]
+        for position, server in enumerate(fleet.regions[change.ident].servers):
+            key = (server.host, server.port)
+            if position >= len(old) or old[position] != key:
+                out.append(Target(change.ident, server.host, server.port))
+    return out
+
+
+def query(target: Target) -> Result:
+    """One server, as an agent would ask it (its first address)."""
+    try:
+        infos = socket.getaddrinfo(target.host, target.port, type=socket.SOCK_DGRAM)
+    except (OSError, UnicodeError, ValueError, OverflowError) as e:
+        detail = getattr(e, "strerror", None) or str(e)
+        return Result(target, "unresolvable", f"cannot resolve {target.host}: {detail}")
+    if not infos:
+        return Result(target, "unresolvable", f"cannot resolve {target.host}: no address")
+    family, _type, _proto, _name, sockaddr = infos[0]
+    burst = sample_burst(family, sockaddr, SETTINGS)
+    if burst.sample is not None:
+        return Result(target, "ok", sample=burst.sample)
+    failure = burst.failure or Failure("timeout", "no answer")
+    return Result(target, failure.outcome, failure.detail)
+
+
+def run(found: Sequence[Target]) -> list[Result]:
+    """Query every target concurrently; each has RESOLVE_TIMEOUT_S + TIMEOUT_S at most."""
+    if not found:
+        return []
+    pool = concurrent.futures.ThreadPoolExecutor(max_workers=min(32, len(found)))
+    try:
+        futures = [pool.submit(query, t) for t in found]
+        concurrent.futures.wait(futures, RESOLVE_TIMEOUT_S + TIMEOUT_S + 0.5)
+        results = []
+        for target, future in zip(found, futures):
+            if future.done():
+                results.append(future.result())
+            else:
+                results.append(
+                    Result(target, "unresolvable", f"name lookup took over {RESOLVE_TIMEOUT_S:g} s")
+                )
+        return results
+    finally:
+        pool.shutdown(wait=False, cancel_futures=True)
+
+
+def line(result: Result) -> str:
+    t = result.target
+    host = f"[{t.host}]" if ":" in t.host else t.host
+    head = f"preflight  {t.region}  {host}:{t.port}  {result.outcome}"
+    s = result.sample
+    if s is None:
+        return f"{head}  {result.detail}"
+    return f"{head}  offset {s.offset_s:+.6f} s stratum {s.stratum} delay {s.delay_s:.6f} s"
+
+
+def check(
+    args: argparse.Namespace,
+    the_plan: Plan,
+    fleet: Fleet,
+    on_broker: dict[tuple[Kind, str], Retained],
+) -> int | None:
+    """Run the preflight and print it; the exit code when it blocks the run, else None."""
+    if args.no_preflight:
+        return None
+    results = run(targets(the_plan, fleet, on_broker))
+    for result in results:
+        print(line(result))
+    failed = [r for r in results if not r.ok]
+    if not failed:
+        if results:
+            print(f"preflight: {len(results)} new or moved servers answered, checks passed")
+        return None
+    what = f"preflight: {len(failed)} of {len(results)} new or moved servers failed from this host"
+    if args.dry_run:
+        print(f"{what}; a publish would be blocked ({PBX_NOTE})")
+        return None
+    if args.force:
+        print(f"{what}; publishing anyway (--force)")
+        return None
+    print(f"clockfleet publish: {what}; nothing published. {PBX_NOTE}", file=sys.stderr)
+    return 2
