@@ -84,6 +84,18 @@ def summarise(rounds: list[list[float]]) -> dict[str, float]:
     }
 
 
+def one_round(
+    collector: Any, pub: ListPublisher, version: int, n: int, server: list, jitter_s: int = 0
+) -> tuple[float, list[float]]:
+    """Publish list `version` and wait until the collector has every one of n agents' reports
+    of it: the PUBACK time and each report's time after it."""
+    collector.send({"cmd": "watch", "version": version, "n": n})
+    collector.expect("ok", 10)
+    t_ack = pub.publish_list(REGION, version, server, resync_jitter_s=jitter_s)
+    ev = collector.expect("converged", jitter_s + 60 + n / 50)
+    return t_ack, [t - t_ack for t in ev["times"]]
+
+
 def measure(
     n: int,
     rounds: int,
@@ -120,11 +132,8 @@ def measure(
         made: list[list[float]] = []
         for _ in range(rounds):
             version += 1
-            collector.send({"cmd": "watch", "version": version, "n": n})
-            collector.expect("ok", 10)
-            t_ack = pub.publish_list(REGION, version, server, resync_jitter_s=0)
-            ev = collector.expect("converged", 60 + n / 50)
-            ours.append([t - t_ack for t in ev["times"]])
+            t_ack, latencies = one_round(collector, pub, version, n, server)
+            ours.append(latencies)
             fleet.send({"cmd": "made", "version": version})
             made.append([t - t_ack for t in fleet.expect("made", 10)["times"]])
         out["ours"] = summarise(ours)
@@ -134,11 +143,7 @@ def measure(
             relay = CountingRelay(chrony.host, (chrony.host, chrony.port))
             b.callback(relay.close)
             version += 1
-            collector.send({"cmd": "watch", "version": version, "n": n})
-            collector.expect("ok", 10)
-            t_ack = pub.publish_list(REGION, version, [relay.address], resync_jitter_s=jitter_w)
-            ev = collector.expect("converged", jitter_w + 60 + n / 50)
-            latencies = [t - t_ack for t in ev["times"]]
+            t_ack, latencies = one_round(collector, pub, version, n, [relay.address], jitter_w)
             queries = [t for t in relay.queries if t >= t_ack]
             buckets = per_second(queries, t_ack)
             out["jitter"] = {
@@ -161,11 +166,7 @@ def measure(
             floors: list[list[float]] = []
             for _ in range(rounds):
                 version += 1
-                collector.send({"cmd": "watch", "version": version, "n": n})
-                collector.expect("ok", 10)
-                t_ack = pub.publish_list(REGION, version, server, resync_jitter_s=0)
-                ev = collector.expect("converged", 60 + n / 50)
-                floors.append([t - t_ack for t in ev["times"]])
+                floors.append(one_round(collector, pub, version, n, server)[1])
             minimal.stop()
             out["floor"] = summarise(floors)
         collector.stop()

@@ -27,7 +27,7 @@ from typing import Any
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 
-from bench.convergence import summarise
+from bench.convergence import one_round, summarise
 from bench.listpub import ListPublisher
 from bench.results import figure, row
 from bench.stack import Bench, Worker
@@ -132,11 +132,7 @@ def measure(kind: str, n: int, rounds: int, workers: int, failover: bool) -> dic
         ours: list[list[float]] = []
         for _ in range(rounds):
             version += 1
-            collector.send({"cmd": "watch", "version": version, "n": n})
-            collector.expect("ok", 10)
-            t_ack = pub.publish_list(REGION, version, server, resync_jitter_s=0)
-            ev = collector.expect("converged", 60 + n / 50)
-            ours.append([t - t_ack for t in ev["times"]])
+            ours.append(one_round(collector, pub, version, n, server)[1])
         out["ours"] = summarise(ours)
         if failover and cluster is not None:
             out["failover"] = _failover(b, cluster, pub, collector, urls, n, version, server)
