@@ -54,8 +54,9 @@ def test_a_silent_new_first_server_aborts_by_itself_and_only_the_cohort_queried_
         assert (row["phase"], row["cohort"], row["failing"]) == ("aborted", 2, 2), row
         cohort = {a for a in ids if rollout.in_cohort(change_id_for(CANARY_V, new), a, 10)}
         assert set(tried_relay) == cohort
-        # Every query that reached the silent server is one of the cohort's probes.
-        assert len(relay.senders) == sum(tried_relay.values()) == 2
+        # Every query that reached the silent server is one of the cohort's probes (a cohort
+        # agent may probe it more than once before the abort: each probe is one socket).
+        assert len(relay.senders) == sum(tried_relay.values()) >= len(cohort) == 2
     finally:
         relay.close()
         silent.close()
