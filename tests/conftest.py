@@ -16,8 +16,8 @@ import pytest
 
 from clockfleet import devstack
 
-# Fixtures below; shared helpers live in tests/helpers.py (re-exported here for old imports).
-from tests.helpers import REPO, next_loopback_address, wait_until  # noqa: F401
+# Fixtures only; the helpers tests share live in tests/helpers.py.
+from tests.helpers import next_loopback_address
 
 # Tests that start daemons, processes or containers, by the fixtures they use or the folder
 # they live in: `pytest -m "not integration"` runs the rest (pure rules) in seconds.

@@ -28,7 +28,7 @@ import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 
 from clockfleet import devstack
-from tests.conftest import next_loopback_address
+from tests.helpers import next_loopback_address
 from tests.hosts import hostkit
 
 REPO_UNIT = hostkit.REPO / "agent" / "clockfleet-agent.service"
