@@ -9,7 +9,7 @@ import pytest
 from clockfleet.protocol import signing
 from clockfleet.publisher.cli import publish_main
 from clockfleet.publisher.keygen import keygen_main
-from tests.publisher.conftest import FLEET
+from tests.publisher.kit import FLEET
 
 
 def test_keygen_writes_a_key_pair_and_says_where_each_goes(tmp_path: Path, capsys):

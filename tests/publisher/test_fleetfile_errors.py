@@ -13,7 +13,7 @@ import pytest
 
 from clockfleet.publisher.cli import publish_main
 from tests.broker.brokerstack import Broker, start_broker
-from tests.publisher.conftest import retained
+from tests.publisher.kit import retained
 
 GOOD_REGION = """\
 regions:

@@ -19,7 +19,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from clockfleet.publisher import fleetfile, yaml_prescan
-from tests.publisher.conftest import FLEET
+from tests.publisher.kit import FLEET
 
 PROPERTY = settings(max_examples=300, deadline=None, suppress_health_check=list(HealthCheck))
 

@@ -11,7 +11,7 @@ import pytest
 from clockfleet import devstack
 from tests.agent.fakentp import FakeNtpServer
 from tests.broker.brokerstack import Broker
-from tests.publisher.conftest import retained
+from tests.publisher.kit import retained
 
 US_EAST = "clock/v1/regions/us-east/servers"
 

@@ -15,7 +15,7 @@ from clockfleet.protocol.messages import Profile, ServerList
 from clockfleet.publisher.versions import date_floor
 from tests.broker.brokerstack import Broker
 from tests.broker.mqttclient import connect
-from tests.publisher.conftest import FLEET, retained
+from tests.publisher.kit import FLEET, retained
 
 US_EAST = "clock/v1/regions/us-east/servers"
 EU_WEST = "clock/v1/regions/eu-west/servers"

@@ -14,7 +14,7 @@ import pytest
 
 from clockfleet import devstack
 from clockfleet.publisher.cli import publish_main
-from tests.publisher.conftest import FLEET
+from tests.publisher.kit import FLEET
 
 pytestmark = pytest.mark.skipif(
     shutil.which("nats-server") is None and not Path("/usr/sbin/nats-server").exists(),

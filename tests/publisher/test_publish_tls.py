@@ -9,7 +9,7 @@ import pytest
 
 from clockfleet.publisher.cli import publish_main
 from tests.broker.brokerstack import Broker, start_broker
-from tests.publisher.conftest import FLEET, retained
+from tests.publisher.kit import FLEET, retained
 
 
 @pytest.fixture

@@ -19,7 +19,7 @@ from clockfleet.protocol.messages import MAX_VERSION
 from clockfleet.publisher.versions import MAX_VERSION_JUMP, date_floor
 from tests.broker.brokerstack import Broker
 from tests.broker.mqttclient import connect
-from tests.publisher.conftest import FLEET, retained
+from tests.publisher.kit import FLEET, retained
 
 US_EAST = "clock/v1/regions/us-east/servers"
 END_OF_SPACE = 9_007_199_254_740_990  # 2^53 - 2: one more publish and nothing is newer
