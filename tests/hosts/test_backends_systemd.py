@@ -8,7 +8,7 @@ from __future__ import annotations
 import pytest
 
 from tests.hosts import hostkit
-from tests.hosts.conftest import configure
+from tests.hosts.stack import configure
 
 pytestmark = pytest.mark.slow
 

@@ -13,7 +13,7 @@ import pytest
 
 from clockfleet import devstack
 from tests.hosts import hostkit
-from tests.hosts.conftest import REPO_UNIT, Stack, configure
+from tests.hosts.stack import REPO_UNIT, Stack, configure
 
 pytestmark = pytest.mark.slow
 

@@ -14,7 +14,7 @@ from collections.abc import Iterator
 import pytest
 
 from tests.hosts import hostkit
-from tests.hosts.conftest import Stack, configure
+from tests.hosts.stack import Stack, configure
 
 pytestmark = pytest.mark.slow
 
