@@ -57,6 +57,10 @@ from clockfleet.protocol.session import backoff_delay, fence_topic, refusal
 log = logging.getLogger("clockfleet.agent")
 
 REPORT_BACKLOG = 16  # reports kept while the broker is away; the oldest go first
+# A report not acknowledged by then on a live connection: the broker took it but cannot store
+# it (a NATS node whose JetStream leader died keeps the connection and never answers). paho
+# resends in-flight QoS 1 messages only on a new connection, so make one.
+REPORT_ACK_TIMEOUT_S = 10.0
 
 
 class LinkState(enum.Enum):
@@ -197,7 +201,20 @@ class BrokerLink:
             return False
         info = self.client.publish(self._t_report, payload, qos=1, retain=True)
         self._report_mids.add(info.mid)
+        mid = info.mid
+        self.host.call_later(REPORT_ACK_TIMEOUT_S, lambda: self._ack_overdue(mid))
         return True
+
+    def _ack_overdue(self, mid: int) -> None:
+        if mid not in self._report_mids or self.state != LinkState.ONLINE:
+            return
+        self.counters["report-ack-timeouts"] += 1
+        log.warning(
+            "%s: report not acknowledged within %g s; reconnecting so it is sent again",
+            self.id,
+            REPORT_ACK_TIMEOUT_S,
+        )
+        self.client.disconnect()
 
     @property
     def reports_in_flight(self) -> int:
