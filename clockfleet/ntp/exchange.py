@@ -1,14 +1,21 @@
-"""SNTP exchanges with one server address over a connected UDP socket.
+"""SNTP exchanges with one server address over a connected, non-blocking UDP socket.
 
 The socket is connected, so the kernel delivers only datagrams from the queried address and
 port (and reports an ICMP port-unreachable as ECONNREFUSED). Each request carries a fresh
 random 64-bit nonce in its transmit field; the real send time T1 stays here. T4 is the
 kernel's receive timestamp (SO_TIMESTAMPNS) where Linux offers it.
+
+The exchanges are written as steps (generators) that never block: each yields a `Wait`
+(this socket, until this monotonic time) and expects to be resumed when the socket is
+readable or the time has come. `run_steps` drives them on the calling thread with poll(2);
+the agent's probe drives many of them at once from one selector loop (agent/probe.py), so a
+fleet of agents waits on its NTP servers without a thread per query.
 """
 
 from __future__ import annotations
 
 import secrets
+import select
 import socket
 import struct
 import sys
@@ -50,9 +57,14 @@ class BurstResult:
     requests: int
 
 
+Wait = tuple[socket.socket, float]  # resume me when this socket is readable or at this time
+
+
 def open_socket(family: int, sockaddr: tuple) -> tuple[socket.socket, bool]:
-    """A UDP socket connected to sockaddr; the flag says whether kernel timestamps are on."""
+    """A non-blocking UDP socket connected to sockaddr; the flag says whether kernel
+    timestamps are on."""
     sock = socket.socket(family, socket.SOCK_DGRAM)
+    sock.setblocking(False)
     kernel_ts = False
     if SO_TIMESTAMPNS is not None:
         try:
@@ -85,11 +97,8 @@ def exchange_steps(
     deadline: float,
     settings: ProbeSettings,
     previous: tuple[int, int] | None = None,
-    answer_by: float | None = None,
-) -> Generator[None, None, Sample | Failure]:
-    """exchange() as steps: it yields once, with the request still out, when `answer_by`
-    passes with no answer, so that the caller may hand the rest of the wait to another
-    thread (see probe.py's staggered pass); resumed, it waits on until `deadline`.
+) -> Generator[Wait, None, Sample | Failure]:
+    """exchange() as steps (see the module docstring).
 
     Datagrams that are not an answer to this request (unparseable, bad version, wrong origin)
     are ignored; if nothing else arrives, the last such reason is the result.
@@ -105,35 +114,32 @@ def exchange_steps(
         return Failure("unreachable", f"send failed: {e.strerror or e}")
     ignored: Failure | None = None
     while True:
-        now = time.monotonic()
-        if answer_by is not None and now >= answer_by:
-            answer_by = None
-            yield  # silent past the stagger: the caller decides where the rest runs
-            continue
-        remaining = deadline - now
-        if remaining <= 0:
+        # The answer cannot be there yet right after the send, nor right after an ignored
+        # datagram: wait first, read after.
+        yield sock, deadline
+        while True:
+            try:
+                data, ancdata, _flags, _addr = sock.recvmsg(_MAX_DATAGRAM, _ANC_SIZE)
+            except BlockingIOError:
+                break
+            except ConnectionRefusedError:
+                return Failure("unreachable", "port unreachable (ICMP): connection refused")
+            except OSError as e:
+                return Failure("unreachable", f"receive failed: {e.strerror or e}")
+            now_ns = time.time_ns()
+            t4_ns = _receive_time_ns(ancdata) if kernel_ts else None
+            if t4_ns is None or not 0 <= now_ns - t4_ns <= MAX_KERNEL_LAG_NS:
+                # No kernel stamp, or one from another clock than our T1 (the wall clock was
+                # stepped meanwhile, or time is faked in user space as libfaketime does):
+                # mixing the two would turn that difference into a bogus offset.
+                t4_ns = now_ns
+            verdict = gate(data, nonce)
+            if isinstance(verdict, Failure):
+                ignored = verdict
+                continue
+            return check_reply(verdict, t1_ns, t4_ns, settings, previous)
+        if time.monotonic() >= deadline:
             return ignored or Failure("timeout", "no answer")
-        sock.settimeout(remaining if answer_by is None else min(remaining, answer_by - now))
-        try:
-            data, ancdata, _flags, _addr = sock.recvmsg(_MAX_DATAGRAM, _ANC_SIZE)
-        except socket.timeout:  # not yet TimeoutError on Python 3.9
-            continue
-        except ConnectionRefusedError:
-            return Failure("unreachable", "port unreachable (ICMP): connection refused")
-        except OSError as e:
-            return Failure("unreachable", f"receive failed: {e.strerror or e}")
-        now_ns = time.time_ns()
-        t4_ns = _receive_time_ns(ancdata) if kernel_ts else None
-        if t4_ns is None or not 0 <= now_ns - t4_ns <= MAX_KERNEL_LAG_NS:
-            # No kernel stamp, or one from another clock than our T1 (the wall clock was
-            # stepped meanwhile, or time is faked in user space as libfaketime does):
-            # mixing the two would turn that difference into a bogus offset.
-            t4_ns = now_ns
-        verdict = gate(data, nonce)
-        if isinstance(verdict, Failure):
-            ignored = verdict
-            continue
-        return check_reply(verdict, t1_ns, t4_ns, settings, previous)
 
 
 def sample_burst(
@@ -151,10 +157,9 @@ def sample_burst_steps(
     sockaddr: tuple,
     settings: ProbeSettings,
     on_answer: Callable[[], None] | None = None,
-    answer_by: float | None = None,
-) -> Generator[None, None, BurstResult]:
-    """sample_burst() as steps (see exchange_steps: one yield when the first answer has not
-    come by `answer_by`).
+) -> Generator[Wait, None, BurstResult]:
+    """sample_burst() as steps (see the module docstring). `on_answer` is called at the
+    first good sample: the server is alive, which the staggered probe wants to know early.
 
     The burst stops at the first failure. DENY or RSTR voids the whole burst (the server
     refuses us); any other failure, RATE included (as chrony does), keeps the samples already
@@ -176,17 +181,14 @@ def sample_burst_steps(
             if best is not None:
                 wait_until = min(deadline, time.monotonic() + best.delay_s + LATE_SLACK_S)
             requests += 1
-            first_by = answer_by if best is None and requests == 1 else None
-            result = yield from exchange_steps(
-                sock, kernel_ts, wait_until, settings, last_stamps, first_by
-            )
+            result = yield from exchange_steps(sock, kernel_ts, wait_until, settings, last_stamps)
             if isinstance(result, Failure):
                 failure = result
                 break
             last_stamps = result.stamps
             if best is None:
                 if on_answer is not None:
-                    on_answer()  # the server is alive: no need to ask the next one yet
+                    on_answer()
                 best = result
             elif result.delay_s < best.delay_s:
                 best = result
@@ -200,13 +202,27 @@ def sample_burst_steps(
 T = TypeVar("T")
 
 
-def run_steps(steps: Generator[None, None, T]) -> T:
-    """Drive a *_steps generator to its end on this thread; its result."""
-    while True:
-        try:
-            next(steps)
-        except StopIteration as done:
-            return done.value
+def run_steps(steps: Generator[Wait, None, T]) -> T:
+    """Drive a *_steps generator to its end on this thread, blocking in poll(2) at each
+    Wait (poll, not select: a fleet process holds far more than FD_SETSIZE descriptors)."""
+    poller = select.poll()
+    watched: int | None = None
+    try:
+        while True:
+            try:
+                sock, until = next(steps)
+            except StopIteration as done:
+                return done.value
+            fd = sock.fileno()
+            if fd != watched:
+                if watched is not None:
+                    poller.unregister(watched)
+                poller.register(fd, select.POLLIN)
+                watched = fd
+            left_ms = max(0.0, until - time.monotonic()) * 1000
+            poller.poll(left_ms)
+    finally:
+        steps.close()
 
 
 def _receive_time_ns(ancdata: list[tuple[int, int, bytes]]) -> int | None:

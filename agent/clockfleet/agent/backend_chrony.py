@@ -90,6 +90,7 @@ class ChronyBackend:
     confirm_timeout_s: float = 5.0
     command_timeout_s: float = 10.0
     name: str = field(default="chrony", init=False)
+    blocking: bool = field(default=True, init=False)  # apply() runs commands, writes files
 
     def __post_init__(self) -> None:
         self.sourcedir = Path(self.sourcedir)

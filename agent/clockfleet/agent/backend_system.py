@@ -73,6 +73,7 @@ class SystemBackend:
     syscalls: ClockSyscalls | None = None
     proc_status: str | Path = "/proc/self/status"
     name: str = field(default="system", init=False)
+    blocking: bool = field(default=True, init=False)  # kept off the loop, as the others
 
     def __post_init__(self) -> None:
         if not self.step_threshold_s > 0:

@@ -59,6 +59,7 @@ class TimesyncdBackend:
     restart_command: str | Sequence[str] = ("systemctl", "restart", "systemd-timesyncd")
     command_timeout_s: float = 30.0
     name: str = field(default="timesyncd", init=False)
+    blocking: bool = field(default=True, init=False)  # apply() runs commands, writes files
     _restart_pending: bool = field(default=False, init=False, repr=False)
 
     def __post_init__(self) -> None:

@@ -59,6 +59,7 @@ class Applied:
 
 class ClockBackend(Protocol):
     name: str
+    blocking: bool  # apply() may block (commands, files): the agent runs it on a worker
 
     def check(self) -> str | None:
         """Why this backend cannot work on this host, or None. Called at start-up."""
@@ -144,6 +145,7 @@ def writable_dir_problem(d: Path) -> str | None:
 @dataclass
 class ObserveBackend:
     name: str = field(default="observe", init=False)
+    blocking: bool = field(default=False, init=False)  # apply() does no I/O: runs on the loop
 
     def check(self) -> str | None:
         return None

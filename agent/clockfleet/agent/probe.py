@@ -8,9 +8,11 @@ still decides which answer wins. A server that answers within its usual time mea
 server is asked at all. Every server ends up in `ProbeResult.tried` with an outcome;
 nothing raises for a bad server.
 
-`probe()` is synchronous and keeps no global state, so many agents may call it from several
-threads at once; what an agent remembers of its servers (kiss-o'-death, usual delays) lives
-in a `KodMemory` each agent owns.
+`start_probe()` runs on the agent's event loop and never blocks it: every query is a
+non-blocking socket the loop watches (probe_pass.py), so a fleet of 10,000 agents probes from
+one thread with no hand-offs. `probe()` is the same, blocking its caller on a loop of its own.
+Neither keeps global state; what an agent remembers of its servers (kiss-o'-death, usual
+delays) lives in a `KodMemory` each agent owns.
 """
 
 from __future__ import annotations
@@ -22,15 +24,25 @@ import socket
 import threading
 import time
 from collections.abc import Callable, Generator, Sequence
-from dataclasses import dataclass, field, replace
-from typing import Union
+from dataclasses import replace
+from typing import Any, Union
 
-from clockfleet.agent.choice import Attempt, Choice, ProbeResult
+from clockfleet.agent.choice import Attempt, ProbeResult
+from clockfleet.agent.localloop import LocalLoop
+from clockfleet.agent.probe_pass import Pass
 from clockfleet.ntp.checks import KISS_RATE, KISS_REFUSALS, ProbeSettings, Sample, kod_outcome
-from clockfleet.ntp.exchange import run_steps, sample_burst_steps
+from clockfleet.ntp.exchange import Wait, run_steps, sample_burst_steps
 from clockfleet.protocol.messages import clip_text
 
-__all__ = ["Attempt", "KodMemory", "ProbeResult", "ProbeSettings", "Sample", "probe"]
+__all__ = [
+    "Attempt",
+    "KodMemory",
+    "ProbeResult",
+    "ProbeSettings",
+    "Sample",
+    "probe",
+    "start_probe",
+]
 
 MAX_ADDRESSES = 4  # of one name; bounds the time a many-address name can take
 # getaddrinfo() cannot be cancelled and a dead resolver holds each call for its own timeouts
@@ -182,6 +194,8 @@ def probe_server(
     gets its own settings.timeout_s (at most MAX_ADDRESSES of them). Returns the Attempt and
     the kiss code received, if any.
     """
+    if resolved is None:
+        resolved = resolve_all([(host, port)], settings.resolve_timeout_s)[(host, port)]
     return run_steps(probe_server_steps(host, port, settings, resolved, on_answer))
 
 
@@ -189,14 +203,10 @@ def probe_server_steps(
     host: str,
     port: int,
     settings: ProbeSettings,
-    resolved: Resolved | None = None,
+    resolved: Resolved,
     on_answer: Callable[[], None] | None = None,
-    answer_by: float | None = None,
-) -> Generator[None, None, tuple[Attempt, str | None]]:
-    """probe_server() as steps: it yields once if the first address has not answered by
-    `answer_by` (clockfleet.ntp.exchange.exchange_steps), so the caller can go on elsewhere."""
-    if resolved is None:
-        resolved = resolve_all([(host, port)], settings.resolve_timeout_s)[(host, port)]
+) -> Generator[Wait, None, tuple[Attempt, str | None]]:
+    """probe_server() as steps that never block (clockfleet.ntp.exchange)."""
     if isinstance(resolved, str):
         outcome = "unreachable" if resolved.startswith("port ") else "unresolvable"
         return Attempt(host, port, outcome, resolved), None
@@ -204,8 +214,7 @@ def probe_server_steps(
     first: Attempt | None = None
     requests = 0
     for family, sockaddr in addresses[:MAX_ADDRESSES]:
-        burst = yield from sample_burst_steps(family, sockaddr, settings, on_answer, answer_by)
-        answer_by = None
+        burst = yield from sample_burst_steps(family, sockaddr, settings, on_answer)
         requests += burst.requests
         address = str(sockaddr[0])
         if burst.sample is not None:
@@ -234,7 +243,26 @@ def probe(
     *,
     first_sync: bool = False,
 ) -> ProbeResult:
-    """Probe servers in order; see the module docstring for the rules.
+    """Probe servers in order, blocking until the result; see start_probe for the rules."""
+    loop = LocalLoop()
+    results: list[ProbeResult] = []
+    start_probe(servers, settings, kod, loop, results.append, first_sync=first_sync)
+    loop.run_until(lambda: bool(results))
+    return results[0]
+
+
+def start_probe(
+    servers: Sequence[tuple[str, int]],
+    settings: ProbeSettings,
+    kod: KodMemory | None,
+    host: Any,
+    done: Callable[[ProbeResult], None],
+    *,
+    first_sync: bool = False,
+) -> None:
+    """Probe servers in order on `host`'s loop (a Fleet or a LocalLoop); `done(result)` is
+    called there. Nothing blocks the loop: names are looked up through host.run_blocking,
+    and every query waits on the loop (probe_pass.py).
 
     A first pass uses the short settings.timeout_s so that silent servers early in the
     list cost little; when it finds no server and some of them only timed out, one more
@@ -245,151 +273,47 @@ def probe(
     offset that the next passing server confirms (the falseticker rule); a list of one
     server applies it unconfirmed and says so. Afterwards the limit stands.
     """
-    kod = kod if kod is not None else KodMemory()
+    memory = kod if kod is not None else KodMemory()
     panic_s: float | None = None
     if first_sync and math.isfinite(settings.panic_offset_s):
         panic_s = settings.panic_offset_s
         settings = replace(settings, panic_offset_s=math.inf)
-    resolved = resolve_all(servers, settings.resolve_timeout_s)
-    first = _probe_pass(servers, settings, kod, resolved, panic_s)
     slow = settings.retry_timeout_s
-    if first.ok or slow <= settings.timeout_s or all(a.outcome != "timeout" for a in first.tried):
-        return first
-    second = _probe_pass(servers, replace(settings, timeout_s=slow), kod, resolved, panic_s)
-    retried = f"no server answered within {settings.timeout_s:g} s; retried at {slow:g} s"
-    second.note = clip_text(f"{retried}; {second.note}" if second.note else retried)
-    return second
 
+    def run_pass(
+        resolved: dict[tuple[str, int], Resolved],
+        pass_settings: ProbeSettings,
+        then: Callable[[ProbeResult], None],
+    ) -> None:
+        def steps_for(i: int, on_answer: Callable[[], None]) -> Any:
+            h, p = servers[i]
+            return probe_server_steps(h, p, pass_settings, resolved[(h, p)], on_answer)
 
-# Bursts of a staggered pass run here, so the agent's own worker waits on them. 32 covers
-# the workers of a fleet process each probing a few silent servers at once.
-_BURSTS = concurrent.futures.ThreadPoolExecutor(max_workers=32, thread_name_prefix="ntp")
+        Pass(servers, pass_settings, memory, panic_s, steps_for, host, then).start()
 
-
-@dataclass
-class _Server:
-    """One server's progress in a pass."""
-
-    host: str
-    port: int
-    started: float | None = None  # monotonic time its query began
-    answered: bool = False  # a first answer (or its failure) came
-    result: Attempt | None = None  # its final Attempt
-
-
-@dataclass
-class _Pass:
-    servers: list[_Server]
-    settings: ProbeSettings
-    kod: KodMemory
-    resolved: dict[tuple[str, int], Resolved]
-    lock: threading.Condition = field(default_factory=threading.Condition)
-
-    def launch(self, i: int, inline_until: float | None = None) -> None:
-        """Start server i's query: on the burst pool, or (inline_until given) on this thread
-        until it answers or that time passes, then handed on to the pool still waiting. A
-        server that answers at once then costs no thread hop at all."""
-        s = self.servers[i]
-        s.started = time.monotonic()
-        skipped = self.kod.skip(s.host, s.port)
-        if skipped is not None:
-            self._done(s, skipped)
-            return
-        steps = probe_server_steps(
-            s.host, s.port, self.settings, self.resolved.get((s.host, s.port)),
-            on_answer=lambda: self._answered(s), answer_by=inline_until,
-        )  # fmt: skip
-        if inline_until is not None:
-            try:
-                next(steps)
-            except StopIteration as done:
-                self._finish(s, done.value)
+    def with_addresses(resolved: dict[tuple[str, int], Resolved]) -> None:
+        def first_done(first: ProbeResult) -> None:
+            timeouts = any(a.outcome == "timeout" for a in first.tried)
+            if first.ok or slow <= settings.timeout_s or not timeouts:
+                done(first)
                 return
-            except Exception as exc:
-                self._done(s, _failed(s, exc))
-                return
-        _BURSTS.submit(self._run, s, steps)
+            run_pass(resolved, replace(settings, timeout_s=slow), second_done)
 
-    def _run(self, s: _Server, steps: Generator[None, None, tuple[Attempt, str | None]]) -> None:
-        try:
-            self._finish(s, run_steps(steps))
-        except Exception as exc:  # a bug here must end as an outcome, not a hung probe
-            self._done(s, _failed(s, exc))
+        def second_done(second: ProbeResult) -> None:
+            retried = f"no server answered within {settings.timeout_s:g} s; retried at {slow:g} s"
+            second.note = clip_text(f"{retried}; {second.note}" if second.note else retried)
+            done(second)
 
-    def _finish(self, s: _Server, outcome: tuple[Attempt, str | None]) -> None:
-        attempt, kiss = outcome
-        self.kod.record(attempt, kiss)
-        self._done(s, attempt)
+        run_pass(resolved, settings, first_done)
 
-    def _answered(self, s: _Server) -> None:
-        with self.lock:
-            s.answered = True
-            self.lock.notify_all()
+    if all(_is_ip_literal(h) for h, _ in servers):
+        with_addresses(resolve_all(servers, settings.resolve_timeout_s))  # nothing to wait for
+        return
 
-    def _done(self, s: _Server, attempt: Attempt) -> None:
-        with self.lock:
-            s.answered, s.result = True, attempt
-            self.lock.notify_all()
+    def looked_up(resolved: Any, error: BaseException | None) -> None:
+        if error is not None:  # resolve_all returns reasons; this would be a bug
+            why = f"name lookup failed: {error!r}"
+            resolved = {(h, p): why for h, p in servers}
+        with_addresses(resolved)
 
-    def next_event(self, k: int, launched: int) -> bool:
-        """Wait until server k has its result (True) or the last launched server's stagger
-        ran out while another is left to launch (False)."""
-        with self.lock:
-            while self.servers[k].result is None:
-                last = self.servers[launched - 1]
-                if launched < len(self.servers) and not last.answered:
-                    assert last.started is not None
-                    stagger = self.kod.stagger_s(last.host, last.port, self.settings)
-                    left = last.started + stagger - time.monotonic()
-                    if left <= 0:
-                        return False
-                    self.lock.wait(left)
-                else:
-                    self.lock.wait()
-            return True
-
-
-def _failed(s: _Server, exc: Exception) -> Attempt:
-    return Attempt(s.host, s.port, "bad-packet", f"probe failed: {exc!r}")
-
-
-def _probe_pass(
-    servers: Sequence[tuple[str, int]],
-    settings: ProbeSettings,
-    kod: KodMemory,
-    resolved: dict[tuple[str, int], Resolved],
-    panic_s: float | None,
-) -> ProbeResult:
-    """One pass over the list: queries start in order, each when the one before has failed
-    or stayed silent past its stagger; results are taken in order (choice.py)."""
-    choice = Choice(settings, panic_s, len(servers))
-    run = _Pass([_Server(h, p) for h, p in servers], settings, kod, resolved)
-    if not servers:
-        return choice.result()
-    stagger = settings.stagger_s > 0
-    first = run.servers[0]
-    # The first server on this thread: while it answers in its usual time nothing else runs.
-    until = time.monotonic() + kod.stagger_s(first.host, first.port, settings) if stagger else None
-    run.launch(0, until if until is not None else math.inf)
-    launched, k = 1, 0
-    while k < len(servers) and not choice.decided:
-        # without staggering, nothing is left to launch early: just wait for server k
-        if not run.next_event(k, launched if stagger else len(servers)):
-            run.launch(launched)
-            launched += 1
-            continue
-        result = run.servers[k].result
-        assert result is not None
-        choice.add(result)
-        k += 1
-        if not choice.decided and k < len(servers) and launched <= k:
-            run.launch(k)  # server k-1 failed before its stagger ran out
-            launched = k + 1
-    for s in run.servers[k:]:
-        if s.started is None:
-            choice.add(Attempt(s.host, s.port, "not-tried"))
-        else:  # asked while an earlier server was slow; that one gave the sync
-            choice.add(
-                Attempt(s.host, s.port, "not-tried", "asked after a stagger; an earlier server won")
-            )
-    return choice.result()
+    host.run_blocking(lambda: resolve_all(servers, settings.resolve_timeout_s), looked_up)

@@ -8,12 +8,14 @@ broker link's socket. One process can hold one agent (the service, `--once`) or 
     host.call_later(delay_s, fn) -> handle with .cancel()
     host.run_blocking(fn, done)   # fn() on a worker; done(result, error) back on the loop
     host.watch(client)            # route this paho client's socket through the loop
+    host.watch_readable(fd, fn)   # and an NTP query's socket (probe_pass.py); unwatch(fd)
 
 Where each job lives:
 
     link.py     the broker connection: connect, rotation, backoff, subscriptions, status
     intake.py   what is accepted: lists, profiles, commands (pure rules)
-    sync.py     one sync on a worker: probe, clock backend, time zone
+    probe.py    the probe, on the host's loop (probe_pass.py: the staggered pass)
+    sync.py     the rest of a sync: clock backend, time zone (on a worker if it blocks)
     report.py   the report of one sync (pure)
     schedule.py when the next sync is due (pure)
     state.py    the state directory and status.json
@@ -44,6 +46,7 @@ import msgspec
 from clockfleet.agent import intake, schedule
 from clockfleet.agent.config import Tuning
 from clockfleet.agent.link import BrokerLink, LinkEvents
+from clockfleet.agent.probe import KodMemory, ProbeResult, ProbeSettings, start_probe
 from clockfleet.agent.report import SyncJob, SyncOutcome, build_report, job_for
 from clockfleet.agent.state import (
     LastGood,
@@ -53,7 +56,7 @@ from clockfleet.agent.state import (
     local_status,
     residual_offset,
 )
-from clockfleet.agent.sync import run_sync
+from clockfleet.agent.sync import finish_sync, needs_worker
 from clockfleet.protocol import codec, signing, topics
 from clockfleet.protocol.codec import Rejected
 from clockfleet.protocol.connection import ConnectionSettings
@@ -83,7 +86,6 @@ class Agent:
         conn: ConnectionSettings,
         *,
         backend: Any,
-        probe_fn: Optional[Callable[..., Any]] = None,
         kod: Any = None,
         state: Optional[StateDir] = None,
         rng: Optional[random.Random] = None,
@@ -91,16 +93,13 @@ class Agent:
         once: bool = False,
         client_id: Optional[str] = None,
     ) -> None:
-        from clockfleet.agent import probe as probe_mod
-
         self.settings = settings
         self.id = settings.agent_id
         self.conn = conn
         self.prefix = conn.prefix
         self.backend = backend
-        self.probe_fn = probe_fn or probe_mod.probe
-        self.probe_settings = settings.probe_settings or probe_mod.ProbeSettings()
-        self.kod = kod if kod is not None else probe_mod.KodMemory()
+        self.probe_settings = settings.probe_settings or ProbeSettings()
+        self.kod = kod if kod is not None else KodMemory()
         self.state = state
         self.rng = rng or random.Random()
         self.wall_clock = wall_clock
@@ -467,21 +466,43 @@ class Agent:
             not self.clock_known_good,
         )
         self._syncing = True
+        servers = [(s.host, s.port) for s in job.server_list.servers]
+        try:
+            start_probe(
+                servers,
+                self.probe_settings,
+                self.kod,
+                self.host,
+                lambda result: self._probed(job, result),
+                first_sync=job.first_sync,
+            )
+        except Exception as exc:  # a bug must end this sync, not leave it running forever
+            self._sync_done(job, None, exc)
+
+    def _probed(self, job: SyncJob, result: ProbeResult) -> None:
+        measured_at = (time.time(), time.monotonic())  # before any backend moves the clock
         settings = self.settings
 
-        def work() -> SyncOutcome:
-            return run_sync(
+        def finish() -> SyncOutcome:
+            return finish_sync(
                 self.id,
                 job,
-                probe_fn=self.probe_fn,
-                probe_settings=self.probe_settings,
-                kod=self.kod,
+                result,
+                measured_at,
                 backend=self.backend,
                 tz_root=settings.tz_root,
                 use_timedatectl=settings.use_timedatectl,
             )
 
-        self.host.run_blocking(work, lambda r, e: self._sync_done(job, r, e))
+        if needs_worker(job, self.backend, settings.tz_root):
+            self.host.run_blocking(finish, lambda r, e: self._sync_done(job, r, e))
+            return
+        try:
+            outcome = finish()
+        except Exception as exc:
+            self._sync_done(job, None, exc)
+        else:
+            self._sync_done(job, outcome, None)
 
     def _sync_done(
         self, job: SyncJob, outcome: Optional[SyncOutcome], exc: Optional[BaseException]

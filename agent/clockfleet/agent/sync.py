@@ -1,35 +1,40 @@
-"""One sync, on a worker thread: probe the list, hand the result to the clock backend, set
-the time zone. Touches only its arguments and I/O, never the agent's state; whatever fails
-becomes part of the outcome, never an exception (a backend bug must not stop an agent
-keeping time)."""
+"""The second half of a sync, once the probe has its result: hand it to the clock backend,
+set the time zone. Touches only its arguments and I/O, never the agent's state; whatever
+fails becomes part of the outcome, never an exception (a backend bug must not stop an agent
+keeping time). It runs on a worker when it does I/O (`needs_worker`), on the loop when not
+(the observe backend and no time zone: a fleet of agents then syncs with no thread hop)."""
 
 from __future__ import annotations
 
 import logging
-import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Optional
 
+from clockfleet.agent.choice import ProbeResult
 from clockfleet.agent.report import SyncJob, SyncOutcome
 
 log = logging.getLogger("clockfleet.agent")
 
 
-def run_sync(
+def needs_worker(job: SyncJob, backend: Any, tz_root: Optional[Path]) -> bool:
+    """Whether finish_sync may block (a backend that runs commands or writes files, or a
+    time zone to set), so that it must not run on the agent's loop."""
+    return getattr(backend, "blocking", True) or (job.timezone is not None and tz_root is not None)
+
+
+def finish_sync(
     agent_id: str,
     job: SyncJob,
+    result: ProbeResult,
+    measured_at: tuple[float, float],
     *,
-    probe_fn: Callable[..., Any],
-    probe_settings: Any,
-    kod: Any,
     backend: Any,
     tz_root: Optional[Path],
     use_timedatectl: Optional[bool],
 ) -> SyncOutcome:
+    """`measured_at`: (wall, monotonic) time the probe ended, taken before any backend moves
+    the clock."""
     servers = [(s.host, s.port) for s in job.server_list.servers]
-    result = probe_fn(servers, probe_settings, kod, first_sync=job.first_sync)
-    measured_at = (time.time(), time.monotonic())  # before any backend moves the clock
     applied = None
     error = None
     if result.ok:
