@@ -327,9 +327,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             "Mosquitto writes to the subscribers first)",
             "floor (at the --floor-n sizes): N minimal clients on one selector in one process "
             "(bench/ref_minimal.py) that, on the new list, check its signature with PyNaCl, make "
-            "the same four-sample NTP exchange with its first server and publish a retained QoS 1 "
-            "report; timed at the same collector as ours: the least work an agent can do; the "
-            "goal is at most twice it",
+            "the same four-sample NTP exchange with its first server (non-blocking, on the same "
+            "selector, so that the clients' exchanges overlap as our agents' do) and publish a "
+            "retained QoS 1 report; timed at the same collector as ours: the least work an agent "
+            "can do; the goal is at most twice it",
             "jitter: the list names a counting UDP relay in front of the same chronyd and sets "
             "resync_jitter_s W; the relay notes each query's arrival (first packet from a new "
             "client socket), counted per whole second from the PUBACK",

@@ -1,7 +1,8 @@
 """Convergence floor (worker): N minimal clients doing the agent's work and nothing else.
 
 Each client, on a new list: parses it, checks its Ed25519 signature (PyNaCl, as the agent),
-makes the same four-sample NTP exchange with the list's first server (one UDP socket, a
+makes the same four-sample NTP exchange with the list's first server (one non-blocking UDP
+socket on the same selector, so that many clients' exchanges overlap as our agents' do; a
 random nonce per request, the lowest-delay sample kept), and publishes a retained QoS 1
 report the collector accepts. All N on one selector in one process, no threads, no
 validation beyond the signature, no state directory, no status file: what is left is the
@@ -34,33 +35,54 @@ from clockfleet.protocol.codec import canonical_bytes
 from clockfleet.protocol.signing import load_public_key
 
 SAMPLES = 4
+TIMEOUT_S = 0.3
 NTP_EPOCH = 2_208_988_800
 
 
-def ntp_burst(host: str, port: int, timeout_s: float = 0.3) -> tuple[float, float] | None:
-    """Four SNTP exchanges; (offset, delay) of the lowest-delay one, or None."""
-    best = None
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
-        s.settimeout(timeout_s)
-        s.connect((host, port))
-        for _ in range(SAMPLES):
-            nonce = int.from_bytes(os.urandom(8), "big") or 1
-            t1 = time.time()
-            s.send(b"\x23" + b"\0" * 39 + struct.pack("!Q", nonce))
-            try:
-                data = s.recv(512)
-            except OSError:
-                break
-            t4 = time.time()
-            if len(data) < 48 or struct.unpack_from("!Q", data, 24)[0] != nonce:
-                continue
-            rec, xmt = struct.unpack_from("!QQ", data, 32)
-            t2 = (rec >> 32) - NTP_EPOCH + (rec & 0xFFFFFFFF) / 2**32
-            t3 = (xmt >> 32) - NTP_EPOCH + (xmt & 0xFFFFFFFF) / 2**32
-            delay, offset = (t4 - t1) - (t3 - t2), ((t2 - t1) + (t3 - t4)) / 2
-            if best is None or delay < best[1]:
-                best = (offset, max(delay, 0.0))
-    return best
+class Burst:
+    """Four SNTP exchanges with one server, none blocking: each answer, read when the loop
+    finds the socket readable, sends the next request; `done(best)` gets (offset, delay) of
+    the lowest-delay sample, or None if the server stayed silent past the timeout."""
+
+    def __init__(self, loop: SelectorLoop, host: str, port: int, done) -> None:
+        self.loop, self.done = loop, done
+        self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        self.sock.setblocking(False)
+        self.sock.connect((host, port))
+        self.deadline = time.monotonic() + TIMEOUT_S
+        self.best: tuple[float, float] | None = None
+        self.sent = 0
+        loop.watch(self.sock, self.on_readable)
+        self.send()
+
+    def send(self) -> None:
+        self.nonce = int.from_bytes(os.urandom(8), "big") or 1
+        self.t1 = time.time()
+        self.sent += 1
+        self.sock.send(b"\x23" + b"\0" * 39 + struct.pack("!Q", self.nonce))
+
+    def on_readable(self) -> None:
+        try:
+            data = self.sock.recv(512)
+        except OSError:
+            return self.finish()
+        t4 = time.time()
+        if len(data) < 48 or struct.unpack_from("!Q", data, 24)[0] != self.nonce:
+            return None
+        rec, xmt = struct.unpack_from("!QQ", data, 32)
+        t2 = (rec >> 32) - NTP_EPOCH + (rec & 0xFFFFFFFF) / 2**32
+        t3 = (xmt >> 32) - NTP_EPOCH + (xmt & 0xFFFFFFFF) / 2**32
+        delay, offset = (t4 - self.t1) - (t3 - t2), ((t2 - self.t1) + (t3 - t4)) / 2
+        if self.best is None or delay < self.best[1]:
+            self.best = (offset, max(delay, 0.0))
+        if self.sent < SAMPLES:
+            return self.send()
+        return self.finish()
+
+    def finish(self) -> None:
+        self.loop.unwatch(self.sock)
+        self.sock.close()
+        self.done(self.best)
 
 
 def report(agent: str, region: str, version: int, server: dict, sample) -> bytes:
@@ -95,6 +117,7 @@ def main() -> int:
     topic = f"clock/v1/regions/{args.region}/servers"
     loop = SelectorLoop()
     have = [-1] * args.n
+    bursts: dict[int, Burst] = {}
     stop = False
 
     def on_connect(client, index, flags, rc, props) -> None:
@@ -113,9 +136,15 @@ def main() -> int:
             return
         have[index] = version
         server = obj["servers"][0]
-        sample = ntp_burst(server["host"], server["port"])
-        payload = report(f"floor-{index}", args.region, version, server, sample)
-        client.publish(f"clock/v1/agents/floor-{index}/report", payload, qos=1, retain=True)
+
+        def measured(sample) -> None:
+            del bursts[index]
+            payload = report(f"floor-{index}", args.region, version, server, sample)
+            client.publish(f"clock/v1/agents/floor-{index}/report", payload, qos=1, retain=True)
+
+        if index in bursts:
+            bursts[index].finish()  # a newer list while the last burst is out
+        bursts[index] = Burst(loop, server["host"], server["port"], measured)
 
     def on_stdin() -> None:
         nonlocal stop
@@ -137,6 +166,9 @@ def main() -> int:
     emit("ready", seconds=time.monotonic() - t0, clients=args.n)
     while not stop:
         loop.pump(0.05)
+        now = time.monotonic()
+        for burst in [b for b in bursts.values() if now > b.deadline]:
+            burst.finish()  # silent past the timeout: report with what it has
     for c in loop.clients:
         c.disconnect()
         c.loop_write()

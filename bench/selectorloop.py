@@ -34,6 +34,10 @@ class SelectorLoop:
         """Another readable file (the worker's stdin) served by the same loop."""
         self.sel.register(fileobj, selectors.EVENT_READ, on_readable)
 
+    def unwatch(self, fileobj) -> None:
+        with contextlib.suppress(KeyError, ValueError):
+            self.sel.unregister(fileobj)
+
     def _open(self, client, userdata, sock) -> None:
         self.sel.register(sock, selectors.EVENT_READ, client)
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import secrets
+import ssl
 import threading
 import time
 from collections.abc import Callable
@@ -52,6 +53,20 @@ class Session:
     @property
     def version_name(self) -> str:
         return "MQTT 5" if self.protocol == mqtt.MQTTv5 else "MQTT 3.1.1"
+
+
+class CannotConnect(RuntimeError):
+    """The broker cannot be reached, or the connection not set up: one line for the user."""
+
+
+def open_session(settings: ConnectionSettings, timeout_s: float) -> Session:
+    """connect(), with every way it can fail turned into CannotConnect and its message."""
+    try:
+        return connect(settings, timeout_s)
+    except BrokerUnreachable as exc:
+        raise CannotConnect(f"cannot connect to the broker: {exc}") from exc
+    except (OSError, ssl.SSLError, ValueError) as exc:
+        raise CannotConnect(f"cannot set up the connection: {exc}") from exc
 
 
 def connect(settings: ConnectionSettings, timeout_s: float) -> Session:

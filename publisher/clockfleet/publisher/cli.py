@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-import ssl
 import sys
 from pathlib import Path
 
@@ -235,15 +234,9 @@ def publish_main(argv: list[str]) -> int:
     state_path = args.state_file or fleet.path.parent / STATE_FILE_NAME
     try:
         record = state.load_state(state_path)
-    except state.StateError as exc:
+        session = broker_io.open_session(settings, args.timeout)
+    except (state.StateError, broker_io.CannotConnect) as exc:
         return _fail(str(exc))
-
-    try:
-        session = broker_io.connect(settings, args.timeout)
-    except BrokerUnreachable as exc:
-        return _fail(f"cannot connect to the broker: {exc}")
-    except (OSError, ssl.SSLError, ValueError) as exc:
-        return _fail(f"cannot set up the connection: {exc}")
     try:
         return _publish(args, fleet, settings.prefix, record, key, trust, session)
     finally:

@@ -106,12 +106,9 @@ def main(argv: list[str]) -> int:
         state_path = args.state_file or args.config.parent / STATE_FILE_NAME
         try:
             record = state.load_state(state_path)
-        except state.StateError as exc:
+            session = broker_io.open_session(settings, args.timeout)
+        except (state.StateError, broker_io.CannotConnect) as exc:
             return _fail(str(exc))
-        try:
-            session = broker_io.connect(settings, args.timeout)
-        except BrokerUnreachable as exc:
-            return _fail(f"cannot connect to the broker: {exc}")
         try:
             ender = rollout_run.Ender(session, record, settings.prefix, key, args.timeout)
             if args.action == "run":
