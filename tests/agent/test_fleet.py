@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+import time
 from pathlib import Path
 
 from clockfleet.agent.fleet import Fleet
@@ -106,3 +107,19 @@ def test_agent_sockets_do_not_wait_for_delayed_acks(broker_url, short_tmp: Path)
         wait_until(lambda: agent.connected)
         sock = agent.client.socket()
         assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) != 0
+
+
+def test_run_until_sees_a_socket_closed_by_its_last_write_without_waiting(broker_url):
+    # `agent --once` ends this way: its DISCONNECT is the last write, and the socket it
+    # closes is what the driver waits for; the loop must not block a whole turn after it
+    agent = make_agent(broker_url, "closing", region=None)
+    fleet = Fleet(workers=0)
+    fleet.add(agent)
+    try:
+        assert fleet.run_until(lambda: agent.connected, timeout_s=10)
+        agent.stop()
+        started = time.monotonic()
+        assert fleet.run_until(lambda: agent.closed, timeout_s=5)
+        assert time.monotonic() - started < 1.0  # not the next keepalive sweep, 5 s on
+    finally:
+        fleet.close()

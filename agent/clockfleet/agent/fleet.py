@@ -281,7 +281,9 @@ class Fleet:
 
     # --- the loop -------------------------------------------------------------------------
 
-    def _write_pending(self) -> None:
+    def _write_pending(self) -> bool:
+        """Write what clients hold; whether a socket closed meanwhile (a DISCONNECT sent)."""
+        closed = False
         while self._to_write:
             client = next(iter(self._to_write))
             del self._to_write[client]
@@ -289,16 +291,20 @@ class Fleet:
                 continue
             self._guard(client.loop_write)
             sock = client.socket()
+            closed = closed or sock is None
             if sock is not None and client.want_write() and client not in self._watching_write:
                 with contextlib.suppress(KeyError, ValueError):
                     self._sel.modify(sock, selectors.EVENT_READ | selectors.EVENT_WRITE, client)
                     self._watching_write.add(client)
+        return closed
 
     def _run_once(self, max_wait_s: float) -> None:
-        self._write_pending()
+        # A socket closed by its last write may be what run_until's predicate waits for:
+        # this turn must not block then (--once waited a whole second after its DISCONNECT)
+        closed = self._write_pending()
         now = time.monotonic()
         wait = max_wait_s
-        if self._posted:
+        if self._posted or closed:
             wait = 0.0
         else:
             due = self._timers.next_due()
