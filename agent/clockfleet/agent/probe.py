@@ -18,6 +18,7 @@ delays) lives in a `KodMemory` each agent owns.
 from __future__ import annotations
 
 import concurrent.futures
+import functools
 import ipaddress
 import math
 import socket
@@ -149,7 +150,7 @@ def resolve_all(
         if not 1 <= port <= 65535:  # getaddrinfo would wrap 65536 + n around to n
             out[(host, port)] = f"port {port} outside 1..65535"
         elif _is_ip_literal(host):
-            out[(host, port)] = _lookup(host, port)
+            out[(host, port)] = _literal_address(host, port)
         else:
             pending[(host, port)] = _RESOLVER.submit(_lookup, host, port)
     deadline = time.monotonic() + timeout_s
@@ -161,6 +162,14 @@ def resolve_all(
     return out
 
 
+@functools.lru_cache(maxsize=4096)
+def _literal_address(host: str, port: int) -> Resolved:
+    # An address literal always resolves the same: one lookup per process, not per probe
+    # (a fleet of 10,000 agents probes the same few addresses). Callers only read the list.
+    return _lookup(host, port)
+
+
+@functools.lru_cache(maxsize=4096)
 def _is_ip_literal(host: str) -> bool:
     try:
         ipaddress.ip_address(host)
