@@ -145,3 +145,14 @@ def test_a_sync_that_only_measures_finishes_on_the_loop(tmp_path):
     assert not needs_worker(_job("Europe/Paris"), observe, None)
     assert needs_worker(_job("Europe/Paris"), observe, tmp_path)  # writes /etc/localtime
     assert needs_worker(_job(None), chrony, tmp_path)  # runs chronyc
+
+
+def test_full_collections_come_back_only_when_the_last_running_fleet_closes():
+    threshold = gc.get_threshold()
+    first, second = Fleet(workers=0), Fleet(workers=0)
+    first.run_until(lambda: True, timeout_s=1)
+    second.run_until(lambda: True, timeout_s=1)
+    first.close()
+    assert gc.get_threshold()[2] > threshold[2]  # the second still runs
+    second.close()
+    assert gc.get_threshold() == threshold

@@ -55,10 +55,37 @@ log = logging.getLogger("clockfleet.agent.fleet")
 # 4.0-4.7 s with them, 2.4 s without). Agents' objects almost never form cycles (they die by
 # reference counting), so young collections stay automatic and the full one runs from the
 # loop on a quiet turn, at most every FULL_GC_INTERVAL_S, and after FULL_GC_OVERDUE_S even if
-# no turn is quiet. Nothing is changed unless the loop runs; close() restores the threshold.
+# no turn is quiet. Nothing is changed unless a loop runs; the last fleet's close() restores
+# the threshold.
 FULL_GC_INTERVAL_S = 60.0
 FULL_GC_OVERDUE_S = 600.0
 _NO_AUTOMATIC_FULL_GC = 1 << 30
+
+
+class _FullCollections:
+    """The process-wide switch: off while any fleet's loop runs, as it was after the last."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._holders = 0
+        self._saved: tuple[int, int, int] | None = None
+
+    def hold(self) -> None:
+        with self._lock:
+            self._holders += 1
+            if self._holders == 1:
+                self._saved = gc.get_threshold()
+                young, middle, _ = self._saved
+                gc.set_threshold(young, middle, _NO_AUTOMATIC_FULL_GC)
+
+    def release(self) -> None:
+        with self._lock:
+            self._holders -= 1
+            if self._holders == 0 and self._saved is not None:
+                gc.set_threshold(*self._saved)
+
+
+_FULL_COLLECTIONS = _FullCollections()
 
 # paho's keepalive bookkeeping (send PINGREQ, notice a missing PINGRESP). A PINGREQ sent up
 # to 5 s late is still far inside the broker's 1.5 x keepalive (45 s at our 30 s), and an
@@ -129,7 +156,7 @@ class Fleet:
         self._stop_requested = False
         self._loop_thread_id: int | None = None
         self._next_misc = 0.0
-        self._gc_threshold: tuple[int, int, int] | None = None  # to restore on close()
+        self._holds_gc = False  # automatic full collections are off while this loop runs
         self._last_full_gc = time.monotonic()
 
     # --- the host interface agents use ----------------------------------------------------
@@ -214,10 +241,9 @@ class Fleet:
 
     def _begin(self) -> None:
         self._running = True
-        if self._gc_threshold is None:
-            self._gc_threshold = gc.get_threshold()
-            young, middle, _ = self._gc_threshold
-            gc.set_threshold(young, middle, _NO_AUTOMATIC_FULL_GC)
+        if not self._holds_gc:
+            self._holds_gc = True
+            _FULL_COLLECTIONS.hold()
         for a in list(self.agents):
             self._guard(a.start)
 
@@ -245,9 +271,9 @@ class Fleet:
         self.close()
 
     def close(self) -> None:
-        if self._gc_threshold is not None:
-            gc.set_threshold(*self._gc_threshold)
-            self._gc_threshold = None
+        if self._holds_gc:
+            self._holds_gc = False
+            _FULL_COLLECTIONS.release()
         if self._work is not None:
             while True:  # work not yet started is dropped, as the agents are gone
                 try:
