@@ -7,7 +7,8 @@ times are CLOCK_MONOTONIC, one clock with the publisher's PUBACK times.
 
 Commands (stdin): `watch` {version, n} -> `converged` once n agents reported list_version
 >= version, with each agent's first such time; `count` {n} -> `counted` once n reports more
-have been accepted, with the first and last time; `rss` -> `rss`; `stop`.
+have been accepted, with the first and last time; `seen` -> `seen` (the agents whose report
+of the watched version is in); `rss` -> `rss`; `stop`.
 With --expect N it emits `known` once N distinct agents have a report, timed from before
 the collector was created (a restart in front of a retained fleet).
 """
@@ -101,7 +102,16 @@ def main() -> int:
             elif name == "count":
                 tracker.count = 0
                 tracker.count_target = cmd["n"]
-        if name == "rss":
+        if name == "seen":  # which agents' reports of the watched version are in (diagnosis)
+            with tracker.lock:
+                emit(
+                    "seen",
+                    agents=sorted(tracker.watched),
+                    connected=collector.connected,
+                    broker=str(collector.current_broker),
+                    known=len(collector.state.agents),
+                )
+        elif name == "rss":
             emit(
                 "rss",
                 rss=me.memory_info().rss,

@@ -5,7 +5,8 @@ with its own MQTT connection, the observe backend (measure and report, clock unt
 trust key (so every list's signature is checked) and no state directory. Emits `ready` once
 every agent has made its first report (the fleet is up and synced), then serves `made`
 {version} (when each agent made its report of that list version: the agents' side of the
-convergence time), `rss` and `stop`.
+convergence time), `agents` {ids} (what those agents are doing: a failed run's diagnosis),
+`rss` and `stop`.
 """
 
 from __future__ import annotations
@@ -19,6 +20,23 @@ from pathlib import Path
 import psutil
 
 from bench.stack import commands, emit, raise_nofile
+
+
+def describe(agent) -> dict:
+    """One agent's state, read from another thread: good enough for a diagnosis."""
+    link = agent.link
+    last = agent.last_report
+    return {
+        "id": agent.id,
+        "list": agent.server_list.version if agent.server_list else None,
+        "made": agent.reports_made,
+        "acked": agent.reports_acked,
+        "last_report_list": last.list_version if last else None,
+        "link": str(link.state),
+        "node": f"{link.client.host}:{link.client.port}",
+        "in_flight": link.reports_in_flight,
+        "counters": dict(agent.counters),
+    }
 
 
 def main() -> int:
@@ -92,6 +110,9 @@ def main() -> int:
         if cmd.get("cmd") == "made":
             with lock:
                 emit("made", times=list(made.get(cmd["version"], [])))
+        if cmd.get("cmd") == "agents":  # what the named agents are doing (diagnosis)
+            wanted = set(cmd["ids"])
+            emit("agents", agents=[describe(a) for a in fleet.agents if a.id in wanted])
         if cmd.get("cmd") == "rss":
             emit("rss", rss=me.memory_info().rss, cpu=sum(me.cpu_times()[:2]))
     fleet.stop(timeout_s=10.0)

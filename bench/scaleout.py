@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import json
 import threading
 import time
 from typing import Any
@@ -135,7 +136,7 @@ def measure(kind: str, n: int, rounds: int, workers: int, failover: bool) -> dic
             ours.append(one_round(collector, pub, version, n, server)[1])
         out["ours"] = summarise(ours)
         if failover and cluster is not None:
-            out["failover"] = _failover(b, cluster, pub, collector, urls, n, version, server)
+            out["failover"] = _failover(b, cluster, pub, collector, fleet, urls, n, version, server)
         fleet.stop()
     return out
 
@@ -145,6 +146,7 @@ def _failover(
     cluster: Any,
     pub: ListPublisher,
     collector: Worker,
+    fleet: Worker,
     urls: str,
     n: int,
     version: int,
@@ -191,7 +193,11 @@ def _failover(
     t_ack = pub.publish_list(REGION, version, server, resync_jitter_s=FAILOVER_JITTER_S)
     time.sleep(max(0.0, t_ack + KILL_AFTER_S - time.monotonic()))
     t_kill = cluster.kill(target)
-    ev = collector.expect("converged", 120)
+    try:
+        ev = collector.expect("converged", 120)
+    except TimeoutError as exc:
+        why = _diagnosis(collector, fleet, n) + "\n" + _retained_views(cluster, target, version)
+        raise TimeoutError(f"{exc}\n{why}") from None
     res["all_back_s"] = max(ev["times"]) - t_kill
     res["before_kill"] = sum(1 for t in ev["times"] if t < t_kill)
     first = probe.first_ack_after(t_kill + 0.01)
@@ -201,6 +207,48 @@ def _failover(
     res["rejoin_s"] = time.monotonic() - t0
     res["leaders_after"] = _stream_leaders(cluster)
     return res
+
+
+def _diagnosis(collector: Worker, fleet: Worker, n: int) -> str:
+    """Which agents' reports never came, and what those agents say they did."""
+    collector.send({"cmd": "seen"})
+    answer = collector.expect("seen", 10)
+    seen = set(answer["agents"])
+    missing = sorted({f"bench-{i}" for i in range(n)} - seen)
+    fleet.send({"cmd": "agents", "ids": missing[:20]})
+    states = fleet.expect("agents", 10)["agents"]
+    lines = [
+        f"collector connected {answer['connected']} to {answer['broker']}, knows "
+        f"{answer['known']} agents; {len(missing)} of {n} agents' reports missing there:"
+    ]
+    lines += [json.dumps(a, sort_keys=True) for a in states]
+    return "\n".join(lines)
+
+
+def _retained_views(cluster: Any, killed: int, version: int) -> str:
+    """What a fresh wildcard subscriber on each surviving node gets: retained reports of
+    `version` (is the cluster's retained store behind what it acknowledged?)."""
+    lines = []
+    for node in cluster.nodes:
+        if node.index == killed:
+            continue
+        got: dict[str, int] = {}
+        c = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=f"bench-view-{node.index}")
+
+        def on_message(c, ud, msg, got=got) -> None:
+            with contextlib.suppress(ValueError, KeyError, TypeError):
+                got[msg.topic] = json.loads(msg.payload)["list_version"]
+
+        c.on_message = on_message
+        c.on_connect = lambda c, ud, f, rc, p: c.subscribe("clock/v1/agents/+/report", qos=1)
+        c.connect("127.0.0.1", node.mqtt_port, keepalive=10)
+        c.loop_start()
+        time.sleep(3.0)
+        c.disconnect()
+        c.loop_stop()
+        new = sum(1 for v in got.values() if v >= version)
+        lines.append(f"node {node.index}: {len(got)} retained reports, {new} of version {version}")
+    return "\n".join(lines)
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
