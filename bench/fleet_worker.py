@@ -21,11 +21,14 @@ import psutil
 
 from bench.stack import commands, emit, raise_nofile
 
+TIMES: dict[str, dict[str, float]] = {}  # agent -> when its last report was made, acked
+
 
 def describe(agent) -> dict:
     """One agent's state, read from another thread: good enough for a diagnosis."""
     link = agent.link
     last = agent.last_report
+    t = TIMES.get(agent.id, {})
     return {
         "id": agent.id,
         "list": agent.server_list.version if agent.server_list else None,
@@ -35,6 +38,7 @@ def describe(agent) -> dict:
         "link": str(link.state),
         "node": f"{link.client.host}:{link.client.port}",
         "in_flight": link.reports_in_flight,
+        "ack_after_s": round(t["acked"] - t["made"], 3) if "acked" in t and "made" in t else None,
         "counters": dict(agent.counters),
     }
 
@@ -70,6 +74,7 @@ def main() -> int:
 
     def on_report(agent, report) -> None:
         now = time.monotonic()
+        TIMES.setdefault(agent.id, {})["made"] = now
         with lock:
             made.setdefault(report.list_version, []).append(now)
             reported.add(agent.id)
@@ -91,6 +96,7 @@ def main() -> int:
             backend=make_backend("observe"),
         )
         agent.on_report = on_report
+        agent.on_acked = lambda a=agent: TIMES.setdefault(a.id, {}).update(acked=time.monotonic())
         fleet.add(agent)
     fleet.start()
     if not all_reported.wait(120):

@@ -217,11 +217,14 @@ def _diagnosis(collector: Worker, fleet: Worker, n: int) -> str:
     missing = sorted({f"bench-{i}" for i in range(n)} - seen)
     fleet.send({"cmd": "agents", "ids": missing[:20]})
     states = fleet.expect("agents", 10)["agents"]
+    fleet.send({"cmd": "agents", "ids": sorted(seen)[:20]})
+    arrived = [a["ack_after_s"] for a in fleet.expect("agents", 10)["agents"]]
     lines = [
         f"collector connected {answer['connected']} to {answer['broker']}, knows "
         f"{answer['known']} agents; {len(missing)} of {n} agents' reports missing there:"
     ]
     lines += [json.dumps(a, sort_keys=True) for a in states]
+    lines.append(f"for comparison, report-to-PUBACK of agents whose report arrived: {arrived}")
     return "\n".join(lines)
 
 

@@ -17,6 +17,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from clockfleet import devstack
+from clockfleet.collector import ingest
 from clockfleet.collector.ingest import Collector
 from clockfleet.protocol import session
 from clockfleet.protocol.connection import ConnectionSettings, parse_brokers
@@ -257,6 +258,28 @@ def test_the_collector_reconnects_and_resubscribes_after_the_broker_restarts(
         again.publish(report_topic("acme-02"), report("acme-02"))
         again.close()
         wait_until(lambda: "acme-02" in c.state.agents, what="report after reconnect")
+    finally:
+        restarted.stop()
+
+
+def test_after_a_reconnection_the_collector_reads_the_retained_state_again(
+    mosquitto, running_collector, publisher, monkeypatch
+):
+    monkeypatch.setattr(ingest, "REREAD_AFTER_S", (1.0,))
+    c = running_collector
+    publisher.close()
+    mosquitto.stop()
+    wait_until(lambda: c.value("clockfleet_collector_broker_connected") == 0, what="disconnect")
+    restarted = devstack.restart(mosquitto)
+    try:
+        wait_until(lambda: c.value("clockfleet_collector_broker_connected") == 1, 40, "reconnect")
+        again = Publisher(restarted.host, restarted.port)
+        again.publish(report_topic("acme-02"), report("acme-02"))
+        again.close()
+        wait_until(lambda: "acme-02" in c.state.agents, what="the report, live")
+        live = c.state.received["report"]
+        # the broker sends the retained report once more when the collector reads again
+        wait_until(lambda: c.state.received["report"] == live + 1, 10, "the report, again")
     finally:
         restarted.stop()
 

@@ -100,3 +100,27 @@ def test_failed_report_without_a_server_leaves_no_offset_but_counts_as_failing()
     entry = state.agents["a"]
     assert entry.report.ok is False and entry.report.offset_s is None
     assert entry.last_ok_at is None
+
+
+def test_an_old_copy_of_a_report_never_replaces_a_report_of_a_newer_list():
+    # a broker whose retained store is behind replays it when the collector reads again
+    state = FleetState(PREFIX)
+    put(state, report_topic("a"), report("a", list_version=8))
+    result = put(state, report_topic("a"), report("a", list_version=7))
+    assert result.outcome is Disposition.IGNORED and result.reason == "older-list"
+    assert state.agents["a"].report.list_version == 8
+    assert state.ignored["older-list"] == 1
+
+
+def test_a_report_from_another_region_applies_whatever_its_list_version():
+    state = FleetState(PREFIX)
+    put(state, report_topic("a"), report("a", list_version=8))
+    put(state, report_topic("a"), report("a", region="eu-west", list_version=3))
+    assert state.agents["a"].report.region == "eu-west"
+
+
+def test_the_same_report_again_applies():
+    state = FleetState(PREFIX)
+    put(state, report_topic("a"), report("a", list_version=8))
+    again = put(state, report_topic("a"), report("a", list_version=8))
+    assert again.outcome is Disposition.APPLIED

@@ -22,9 +22,12 @@ from clockfleet.protocol.topics import TopicError, parse_topic
 
 KINDS = ("report", "status", "servers")
 
-# Not a bad message, so not under "rejected": a status whose session is older than the one
-# already known (a will that fired on session takeover after the new session said online).
-IGNORED_REASONS = ("older-session",)
+# Not bad messages, so not under "rejected": a status whose session is older than the one
+# already known (a will that fired on session takeover after the new session said online);
+# a report of an older list of the same region than the one already known (a retained copy
+# a broker replays from a store that is behind: the collector reads the retained state again
+# after a reconnection, ingest.py).
+IGNORED_REASONS = ("older-session", "older-list")
 # Refused by the collector's own MQTT framing, before any decoding (see link.py).
 FRAMING_REASONS = ("malformed-packet",)
 # Messages never looked at: the excess of one topic's flood (see ingest.RateLimiter).
@@ -118,6 +121,18 @@ class FleetState:
         entry = self.agents.get(agent)
         if entry is None:
             entry = self.agents[agent] = AgentEntry()
+        held = entry.report
+        # List versions of a region only grow, so an agent's reports do too: a lower one is
+        # an old copy. (A move to another region starts another sequence: compared only
+        # within one region.)
+        if (
+            held is not None
+            and held.region == report.region
+            and report.list_version < held.list_version
+        ):
+            self.ignored["older-list"] += 1
+            why = f"list {report.list_version} < held {held.list_version}"
+            return Result(Disposition.IGNORED, "report", agent, report, "older-list", why)
         entry.report = report
         entry.report_received = now
         if report.ok:
