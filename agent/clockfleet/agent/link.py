@@ -33,6 +33,7 @@ import collections
 import enum
 import logging
 import random
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Optional
@@ -61,6 +62,14 @@ REPORT_BACKLOG = 16  # reports kept while the broker is away; the oldest go firs
 # it (a NATS node whose JetStream leader died keeps the connection and never answers). paho
 # resends in-flight QoS 1 messages only on a new connection, so make one.
 REPORT_ACK_TIMEOUT_S = 10.0
+# A report acknowledged this late was held through the broker's trouble, and may not have been
+# stored: a NATS node whose JetStream store timed out acknowledges the QoS 1 PUBLISH after 4 s
+# without keeping it (measured, `python -m bench scaleout`: 38 of 1000 reports of a list
+# change, each PUBACKed after 4.001 s, were in no node's retained store, so the collector never
+# saw them). Such a report is sent once more a while later, if no newer one went out meanwhile;
+# readers take a duplicate as the same report.
+SLOW_ACK_S = 2.0
+RESEND_AFTER_S = 10.0
 
 
 class LinkState(enum.Enum):
@@ -124,7 +133,9 @@ class BrokerLink:
         self._fences: dict[int, Callable[[], None]] = {}  # UNSUBSCRIBE mid -> callback
         self._wanted: list[str] = []  # topics to hold on every connection
         self._backlog: collections.deque[bytes] = collections.deque(maxlen=REPORT_BACKLOG)
-        self._report_mids: set[int] = set()
+        # in flight: mid -> (sent at, payload, whether it is a resend)
+        self._report_mids: dict[int, tuple[float, bytes, bool]] = {}
+        self._latest_report: Optional[bytes] = None
         self._learning_seen: Optional[int] = None
         self._learn = False
         self._t_status = topics.status_topic(conn.prefix, agent_id)
@@ -194,13 +205,15 @@ class BrokerLink:
         if rc == mqtt.MQTT_ERR_SUCCESS and mid is not None:
             self._fences[mid] = then
 
-    def publish_report(self, payload: bytes) -> bool:
+    def publish_report(self, payload: bytes, resend: bool = False) -> bool:
         """Send a report (QoS 1, retained); False when it waits in the backlog."""
+        if not resend:
+            self._latest_report = payload
         if not self.connected:
             self._backlog.append(payload)
             return False
         info = self.client.publish(self._t_report, payload, qos=1, retain=True)
-        self._report_mids.add(info.mid)
+        self._report_mids[info.mid] = (time.monotonic(), payload, resend)
         mid = info.mid
         self.host.call_later(REPORT_ACK_TIMEOUT_S, lambda: self._ack_overdue(mid))
         return True
@@ -447,9 +460,20 @@ class BrokerLink:
         self._learning_seen = max(self._learning_seen or 0, status.session)
 
     def _on_publish(self, client, userdata, mid, reason_code, properties) -> None:
-        if mid in self._report_mids:
-            self._report_mids.discard(mid)
-            self.events.report_acked()
+        sent = self._report_mids.pop(mid, None)
+        if sent is None:
+            return
+        self.events.report_acked()
+        sent_at, payload, resend = sent
+        if not resend and time.monotonic() - sent_at >= SLOW_ACK_S:
+            self.counters["report-slow-acks"] += 1
+            self.host.call_later(RESEND_AFTER_S, lambda: self._resend(payload))
+
+    def _resend(self, payload: bytes) -> None:
+        if payload is not self._latest_report or self.state == LinkState.STOPPING:
+            return  # a newer report went out (or we are leaving): that one stands
+        log.info("%s: sending the last report again (its PUBACK came late)", self.id)
+        self.publish_report(payload, resend=True)
 
     def _publish_status(self, state: str) -> None:
         self.client.publish(self._t_status, self._status_payload(state, self.session), 1, True)

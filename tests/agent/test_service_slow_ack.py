@@ -1,0 +1,64 @@
+"""A report whose PUBACK came late may not have been stored (a NATS node whose store timed
+out acknowledges after 4 s without keeping it): the agent sends it once more a while later,
+unless a newer report went out meanwhile."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+from clockfleet.agent import link
+from tests.agent.servicekit import (
+    PREFIX,
+    Publisher,
+    Watcher,
+    hosted,
+    make_agent,
+    make_keys,
+    wait_until,
+)
+
+
+def test_a_report_acknowledged_late_is_sent_once_more(
+    broker_url, chrony_server, short_tmp: Path, monkeypatch
+):
+    monkeypatch.setattr(link, "SLOW_ACK_S", 0.0)  # every PUBACK counts as late
+    monkeypatch.setattr(link, "RESEND_AFTER_S", 0.3)
+    keys = make_keys(short_tmp / "keys")
+    ntp = chrony_server()
+    pub = Publisher(broker_url, keys)
+    pub.server_list("r1", 1, [(ntp.host, ntp.port)])
+    reports = Watcher(broker_url, f"{PREFIX}/agents/slow-ack-1/report")
+    agent = make_agent(broker_url, "slow-ack-1", keys=keys, poll_interval_s=3600)
+    try:
+        with hosted(agent):
+            wait_until(lambda: len(reports.messages) >= 2, timeout_s=15)
+            time.sleep(1.0)  # three resend delays: a resend is never resent
+            sent = [payload for _, payload, _ in reports.messages]
+            assert len(sent) == 2 and sent[0] == sent[1]
+            assert agent.reports_made == 1
+            assert agent.counters["report-slow-acks"] == 1
+    finally:
+        pub.close()
+        reports.close()
+
+
+def test_no_resend_when_the_puback_comes_in_its_usual_time(
+    broker_url, chrony_server, short_tmp: Path, monkeypatch
+):
+    monkeypatch.setattr(link, "RESEND_AFTER_S", 0.3)
+    keys = make_keys(short_tmp / "keys")
+    ntp = chrony_server()
+    pub = Publisher(broker_url, keys)
+    pub.server_list("r1", 1, [(ntp.host, ntp.port)])
+    reports = Watcher(broker_url, f"{PREFIX}/agents/slow-ack-2/report")
+    agent = make_agent(broker_url, "slow-ack-2", keys=keys, poll_interval_s=3600)
+    try:
+        with hosted(agent):
+            wait_until(lambda: agent.reports_acked >= 1, timeout_s=15)
+            time.sleep(1.0)
+            assert len(reports.messages) == 1
+            assert agent.counters["report-slow-acks"] == 0
+    finally:
+        pub.close()
+        reports.close()
