@@ -66,10 +66,12 @@ REPORT_ACK_TIMEOUT_S = 10.0
 # stored: a NATS node whose JetStream store timed out acknowledges the QoS 1 PUBLISH after 4 s
 # without keeping it (measured, `python -m bench scaleout`: 38 of 1000 reports of a list
 # change, each PUBACKed after 4.001 s, were in no node's retained store, so the collector never
-# saw them). Such a report is sent once more a while later, if no newer one went out meanwhile;
-# readers take a duplicate as the same report.
+# saw them). Such a report is sent again a while later, if no newer one went out meanwhile,
+# and again while its PUBACKs stay late (a NATS leader election takes 4-9 s), at most
+# MAX_RESENDS times; readers take a duplicate as the same report.
 SLOW_ACK_S = 2.0
-RESEND_AFTER_S = 10.0
+RESEND_AFTER_S = 5.0
+MAX_RESENDS = 3
 
 
 class LinkState(enum.Enum):
@@ -133,8 +135,8 @@ class BrokerLink:
         self._fences: dict[int, Callable[[], None]] = {}  # UNSUBSCRIBE mid -> callback
         self._wanted: list[str] = []  # topics to hold on every connection
         self._backlog: collections.deque[bytes] = collections.deque(maxlen=REPORT_BACKLOG)
-        # in flight: mid -> (sent at, payload, whether it is a resend)
-        self._report_mids: dict[int, tuple[float, bytes, bool]] = {}
+        # in flight: mid -> (sent at, payload, how many times it was sent before)
+        self._report_mids: dict[int, tuple[float, bytes, int]] = {}
         self._latest_report: Optional[bytes] = None
         self._learning_seen: Optional[int] = None
         self._learn = False
@@ -205,8 +207,9 @@ class BrokerLink:
         if rc == mqtt.MQTT_ERR_SUCCESS and mid is not None:
             self._fences[mid] = then
 
-    def publish_report(self, payload: bytes, resend: bool = False) -> bool:
-        """Send a report (QoS 1, retained); False when it waits in the backlog."""
+    def publish_report(self, payload: bytes, resend: int = 0) -> bool:
+        """Send a report (QoS 1, retained); False when it waits in the backlog. `resend`:
+        how many times this report was sent before (see SLOW_ACK_S)."""
         if not resend:
             self._latest_report = payload
         if not self.connected:
@@ -464,16 +467,16 @@ class BrokerLink:
         if sent is None:
             return
         self.events.report_acked()
-        sent_at, payload, resend = sent
-        if not resend and time.monotonic() - sent_at >= SLOW_ACK_S:
+        sent_at, payload, resent = sent
+        if resent < MAX_RESENDS and time.monotonic() - sent_at >= SLOW_ACK_S:
             self.counters["report-slow-acks"] += 1
-            self.host.call_later(RESEND_AFTER_S, lambda: self._resend(payload))
+            self.host.call_later(RESEND_AFTER_S, lambda: self._resend(payload, resent + 1))
 
-    def _resend(self, payload: bytes) -> None:
+    def _resend(self, payload: bytes, times: int) -> None:
         if payload is not self._latest_report or self.state == LinkState.STOPPING:
             return  # a newer report went out (or we are leaving): that one stands
         log.info("%s: sending the last report again (its PUBACK came late)", self.id)
-        self.publish_report(payload, resend=True)
+        self.publish_report(payload, resend=times)
 
     def _publish_status(self, state: str) -> None:
         self.client.publish(self._t_status, self._status_payload(state, self.session), 1, True)

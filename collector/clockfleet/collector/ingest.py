@@ -88,7 +88,7 @@ KEEPALIVE_S = 30
 # the SUBACK). Measured with `python -m bench scaleout` on NATS: 94 of 1000 reports of a list
 # change missing for good in one run of five. An identical SUBSCRIBE makes the broker send the
 # retained messages again; an old copy cannot roll a report back (fleet_state: "older-list").
-REREAD_AFTER_S = (5.0, 30.0)
+REREAD_AFTER_S = (5.0, 15.0, 30.0)
 RECONNECT_BASE_S = 0.5
 RECONNECT_CAP_S = 30.0
 # Longest a turn of the loop reads before paho may write and check its keepalive.
