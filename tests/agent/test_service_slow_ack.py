@@ -64,3 +64,31 @@ def test_no_resend_when_the_puback_comes_in_its_usual_time(
     finally:
         pub.close()
         reports.close()
+
+
+def test_an_older_report_is_never_sent_again_after_a_newer_one(
+    broker_url, chrony_server, short_tmp: Path, monkeypatch
+):
+    monkeypatch.setattr(link, "SLOW_ACK_S", 0.0)
+    monkeypatch.setattr(link, "RESEND_AFTER_S", 0.5)
+    monkeypatch.setattr(link, "MAX_RESENDS", 1)
+    keys = make_keys(short_tmp / "keys")
+    ntp = chrony_server()
+    pub = Publisher(broker_url, keys)
+    pub.server_list("r1", 1, [(ntp.host, ntp.port)])
+    reports = Watcher(broker_url, f"{PREFIX}/agents/slow-ack-3/report")
+    agent = make_agent(broker_url, "slow-ack-3", keys=keys, poll_interval_s=3600)
+    try:
+        with hosted(agent) as fleet:
+            wait_until(lambda: agent.reports_acked >= 1, timeout_s=15)
+            fleet.call_soon_threadsafe(agent.sync_now)  # a newer report before the resend
+            wait_until(lambda: agent.reports_made >= 2, timeout_s=15)
+            time.sleep(1.5)
+            sent = [payload for _, payload, _ in reports.messages]
+            first, newer = sent[0], sent[-1]
+            assert first != newer
+            assert first not in sent[sent.index(newer) :]  # never after the newer one
+            assert sent.count(newer) == 2  # the newer one's own resend
+    finally:
+        pub.close()
+        reports.close()
