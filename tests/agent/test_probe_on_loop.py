@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import gc
 import os
+import socket
 import time
 import weakref
 from datetime import datetime
@@ -15,7 +16,13 @@ from clockfleet.agent import fleet as fleet_mod
 from clockfleet.agent.clock_backends import make_backend
 from clockfleet.agent.fleet import Fleet
 from clockfleet.agent.localloop import LocalLoop
-from clockfleet.agent.probe import KodMemory, ProbeResult, ProbeSettings, start_probe
+from clockfleet.agent.probe import (
+    KodMemory,
+    ProbeResult,
+    ProbeSettings,
+    probe_server_steps,
+    start_probe,
+)
 from clockfleet.agent.probe_pass import Pass
 from clockfleet.agent.report import SyncJob
 from clockfleet.agent.sync import needs_worker
@@ -156,3 +163,37 @@ def test_full_collections_come_back_only_when_the_last_running_fleet_closes():
     assert gc.get_threshold()[2] > threshold[2]  # the second still runs
     second.close()
     assert gc.get_threshold() == threshold
+
+
+def test_each_address_socket_is_watched_even_when_it_reuses_the_last_ones_number():
+    # The first address's socket is closed before the second's is opened, which then often
+    # gets the same descriptor number; epoll forgot the closed one, so the loop must be told
+    # to watch the new socket (else its answer is read only when the wait runs out).
+    fleet = Fleet(workers=0)
+    watched: list[int] = []
+
+    class Recording:
+        def __getattr__(self, name):
+            return getattr(fleet, name)
+
+        def watch_readable(self, fd, fn):
+            watched.append(fd)
+            fleet.watch_readable(fd, fn)
+
+    results: list[ProbeResult] = []
+    settings = ProbeSettings(timeout_s=0.2, retry_timeout_s=0, stagger_s=0, samples=1)
+    with (
+        FakeNtpServer("silent", host="127.0.0.84") as silent,
+        FakeNtpServer("ok", host="127.0.0.85") as good,
+    ):
+        addresses = [(socket.AF_INET, silent.address), (socket.AF_INET, good.address)]
+
+        def steps_for(i, on_answer):
+            return probe_server_steps("two.example", 123, settings, addresses, on_answer)
+
+        servers = [("two.example", 123)]
+        Pass(servers, settings, KodMemory(), None, steps_for, Recording(), results.append).start()
+        assert fleet.run_until(lambda: bool(results), timeout_s=5)
+    fleet.close()
+    assert results[0].tried[0].outcome == "ok"
+    assert len(watched) == 2  # one per address, whatever their numbers

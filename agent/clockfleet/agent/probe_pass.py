@@ -30,7 +30,18 @@ StepsFor = Callable[[int, Callable[[], None]], Generator[Wait, None, Outcome]]
 
 
 class _Server:
-    __slots__ = ("answered", "fd", "host", "port", "result", "stagger", "started", "steps", "timer")
+    __slots__ = (
+        "answered",
+        "fd",
+        "host",
+        "port",
+        "result",
+        "sock",
+        "stagger",
+        "started",
+        "steps",
+        "timer",
+    )
 
     def __init__(self, host: str, port: int) -> None:
         self.host = host
@@ -39,7 +50,8 @@ class _Server:
         self.answered = False  # a first good sample (or the final result) came
         self.result: Attempt | None = None
         self.steps: Generator[Wait, None, Outcome] | None = None
-        self.fd: int | None = None  # the socket being watched for it
+        self.sock: Any = None  # the socket being watched for it, and its number
+        self.fd: int | None = None
         self.timer: Any = None  # resumes its steps when their wait runs out
         self.stagger: Any = None  # starts the next server if this one stays silent
 
@@ -114,13 +126,12 @@ class Pass:
             self._forget(s)
             self._result(i, _failed(s, exc))
             return
-        fd = sock.fileno()
-        if fd != s.fd:
-            # The socket before was closed by the steps already; the loop thread has opened
-            # nothing since, so its number still names nothing else of ours.
+        if sock is not s.sock:
+            # The socket before (the last address's) was closed by the steps already, and
+            # its number may even be the new socket's: forget it by number, then watch anew.
             self._unwatch(s)
-            self._host.watch_readable(fd, lambda: self._resume(i))
-            s.fd = fd
+            s.sock, s.fd = sock, sock.fileno()
+            self._host.watch_readable(s.fd, lambda: self._resume(i))
         s.timer = self._host.call_later(until - time.monotonic(), lambda: self._resume(i))
 
     def _answered(self, i: int) -> None:
@@ -189,7 +200,7 @@ class Pass:
     def _unwatch(self, s: _Server) -> None:
         if s.fd is not None:
             self._host.unwatch(s.fd)
-            s.fd = None
+        s.sock, s.fd = None, None
 
     def _guarded(self, fn: Callable[[int], None], i: int) -> None:
         """Run a step of the pass; should the pass itself fail, the probe still ends, with
