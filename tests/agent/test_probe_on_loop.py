@@ -12,7 +12,7 @@ import weakref
 from datetime import datetime
 from datetime import timezone as timezone_utc_mod
 
-from clockfleet.agent import fleet as fleet_mod
+from clockfleet.agent import full_collections
 from clockfleet.agent.clock_backends import make_backend
 from clockfleet.agent.fleet import Fleet
 from clockfleet.agent.localloop import LocalLoop
@@ -110,7 +110,7 @@ def test_a_cancelled_timer_lets_go_of_what_its_callback_holds():
 
 
 def test_the_fleet_loop_runs_full_collections_itself_and_restores_the_threshold(monkeypatch):
-    monkeypatch.setattr(fleet_mod, "FULL_GC_INTERVAL_S", 0.0)
+    monkeypatch.setattr(full_collections, "FULL_GC_INTERVAL_S", 0.0)
     threshold = gc.get_threshold()
     gc.disable()  # only the fleet's own collection may free the cycle below
     try:

@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import collections
 import contextlib
-import gc
 import logging
 import queue
 import selectors
@@ -43,49 +42,10 @@ from typing import Any
 
 import paho.mqtt.client as mqtt
 
+from clockfleet.agent.full_collections import LoopCollections
 from clockfleet.agent.localloop import Timer, TimerHeap, run_inline
 
 log = logging.getLogger("clockfleet.agent.fleet")
-
-# Full garbage collections. CPython starts one whenever a quarter more objects have reached
-# its oldest generation. A process hosting 10,000 agents holds over a million objects, and
-# the short-lived ones of a list change (queries in flight, reports awaiting PUBACK) reach the
-# oldest generation within a second: that meant several full collections of ~0.5 s each per
-# list change, stopping the loop while every agent waited (measured: N=10,000 converged in
-# 4.0-4.7 s with them, 2.4 s without). Agents' objects almost never form cycles (they die by
-# reference counting), so young collections stay automatic and the full one runs from the
-# loop on a quiet turn, at most every FULL_GC_INTERVAL_S, and after FULL_GC_OVERDUE_S even if
-# no turn is quiet. Nothing is changed unless a loop runs; the last fleet's close() restores
-# the threshold.
-FULL_GC_INTERVAL_S = 60.0
-FULL_GC_OVERDUE_S = 600.0
-_NO_AUTOMATIC_FULL_GC = 1 << 30
-
-
-class _FullCollections:
-    """The process-wide switch: off while any fleet's loop runs, as it was after the last."""
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._holders = 0
-        self._saved: tuple[int, int, int] | None = None
-
-    def hold(self) -> None:
-        with self._lock:
-            self._holders += 1
-            if self._holders == 1:
-                self._saved = gc.get_threshold()
-                young, middle, _ = self._saved
-                gc.set_threshold(young, middle, _NO_AUTOMATIC_FULL_GC)
-
-    def release(self) -> None:
-        with self._lock:
-            self._holders -= 1
-            if self._holders == 0 and self._saved is not None:
-                gc.set_threshold(*self._saved)
-
-
-_FULL_COLLECTIONS = _FullCollections()
 
 # paho's keepalive bookkeeping (send PINGREQ, notice a missing PINGRESP). A PINGREQ sent up
 # to 5 s late is still far inside the broker's 1.5 x keepalive (45 s at our 30 s), and an
@@ -156,8 +116,7 @@ class Fleet:
         self._stop_requested = False
         self._loop_thread_id: int | None = None
         self._next_misc = 0.0
-        self._holds_gc = False  # automatic full collections are off while this loop runs
-        self._last_full_gc = time.monotonic()
+        self._collections = LoopCollections()  # this loop runs the full ones itself
 
     # --- the host interface agents use ----------------------------------------------------
 
@@ -241,9 +200,7 @@ class Fleet:
 
     def _begin(self) -> None:
         self._running = True
-        if not self._holds_gc:
-            self._holds_gc = True
-            _FULL_COLLECTIONS.hold()
+        self._collections.start()
         for a in list(self.agents):
             self._guard(a.start)
 
@@ -271,9 +228,7 @@ class Fleet:
         self.close()
 
     def close(self) -> None:
-        if self._holds_gc:
-            self._holds_gc = False
-            _FULL_COLLECTIONS.release()
+        self._collections.stop()
         if self._work is not None:
             while True:  # work not yet started is dropped, as the agents are gone
                 try:
@@ -338,7 +293,7 @@ class Fleet:
                 wait = min(wait, max(0.0, due - now))
         wait = min(wait, max(0.0, self._next_misc - now))
         events = self._sel.select(wait)
-        self._collect_if_due(FULL_GC_INTERVAL_S if not events and wait > 0 else FULL_GC_OVERDUE_S)
+        self._collections.after_turn(quiet=not events and wait > 0)
         for key, mask in events:
             client = key.data
             if client is None:
@@ -366,14 +321,6 @@ class Fleet:
             self._next_misc = now + MISC_INTERVAL_S
             for c in list(self._clients):
                 self._guard(c.loop_misc)
-
-    def _collect_if_due(self, interval_s: float) -> None:
-        now = time.monotonic()
-        # count[2]: young collections since the last full one; none means nothing new can
-        # have reached the oldest generation, as in an idle single agent
-        if now - self._last_full_gc >= interval_s and gc.get_count()[2] > 0:
-            gc.collect()
-            self._last_full_gc = time.monotonic()
 
     def _guard(self, fn: Callable[[], Any]) -> None:
         try:
