@@ -80,17 +80,6 @@ def open_socket(family: int, sockaddr: tuple) -> tuple[socket.socket, bool]:
     return sock, kernel_ts
 
 
-def exchange(
-    sock: socket.socket,
-    kernel_ts: bool,
-    deadline: float,
-    settings: ProbeSettings,
-    previous: tuple[int, int] | None = None,
-) -> Sample | Failure:
-    """Send one request and wait (until the monotonic deadline) for its validated answer."""
-    return run_steps(exchange_steps(sock, kernel_ts, deadline, settings, previous))
-
-
 def exchange_steps(
     sock: socket.socket,
     kernel_ts: bool,
@@ -98,7 +87,8 @@ def exchange_steps(
     settings: ProbeSettings,
     previous: tuple[int, int] | None = None,
 ) -> Generator[Wait, None, Sample | Failure]:
-    """exchange() as steps (see the module docstring).
+    """Send one request and wait (until the monotonic deadline) for its validated answer, as
+    steps (see the module docstring).
 
     Datagrams that are not an answer to this request (unparseable, bad version, wrong origin)
     are ignored; if nothing else arrives, the last such reason is the result.

@@ -32,7 +32,7 @@ from clockfleet.agent.choice import Attempt, ProbeResult
 from clockfleet.agent.localloop import LocalLoop
 from clockfleet.agent.probe_pass import Pass
 from clockfleet.ntp.checks import KISS_RATE, KISS_REFUSALS, ProbeSettings, Sample, kod_outcome
-from clockfleet.ntp.exchange import Wait, run_steps, sample_burst_steps
+from clockfleet.ntp.exchange import Wait, sample_burst_steps
 from clockfleet.protocol.messages import clip_text
 
 __all__ = [
@@ -190,24 +190,6 @@ def _lookup(host: str, port: int) -> Resolved:
     return addresses or f"cannot resolve {host}: no address"
 
 
-def probe_server(
-    host: str,
-    port: int,
-    settings: ProbeSettings,
-    resolved: Resolved | None = None,
-    on_answer: Callable[[], None] | None = None,
-) -> tuple[Attempt, str | None]:
-    """Take a sample burst from the server's addresses in turn until one passes.
-
-    `resolved` is what resolve_all() found (looked up here when not given). Each address
-    gets its own settings.timeout_s (at most MAX_ADDRESSES of them). Returns the Attempt and
-    the kiss code received, if any.
-    """
-    if resolved is None:
-        resolved = resolve_all([(host, port)], settings.resolve_timeout_s)[(host, port)]
-    return run_steps(probe_server_steps(host, port, settings, resolved, on_answer))
-
-
 def probe_server_steps(
     host: str,
     port: int,
@@ -215,7 +197,10 @@ def probe_server_steps(
     resolved: Resolved,
     on_answer: Callable[[], None] | None = None,
 ) -> Generator[Wait, None, tuple[Attempt, str | None]]:
-    """probe_server() as steps that never block (clockfleet.ntp.exchange)."""
+    """Take a sample burst from the server's addresses in turn until one passes, as steps that
+    never block (clockfleet.ntp.exchange). `resolved` is what resolve_all() found; each
+    address gets its own settings.timeout_s (at most MAX_ADDRESSES of them). Returns the
+    Attempt and the kiss code received, if any."""
     if isinstance(resolved, str):
         outcome = "unreachable" if resolved.startswith("port ") else "unresolvable"
         return Attempt(host, port, outcome, resolved), None
