@@ -46,6 +46,7 @@ import msgspec
 from clockfleet.agent import intake, schedule
 from clockfleet.agent.config import Tuning
 from clockfleet.agent.link import BrokerLink, LinkEvents
+from clockfleet.agent.localloop import run_inline
 from clockfleet.agent.probe import KodMemory, ProbeResult, ProbeSettings, start_probe
 from clockfleet.agent.report import SyncJob, SyncOutcome, build_report, job_for
 from clockfleet.agent.state import (
@@ -494,15 +495,9 @@ class Agent:
                 use_timedatectl=settings.use_timedatectl,
             )
 
-        if needs_worker(job, self.backend, settings.tz_root):
-            self.host.run_blocking(finish, lambda r, e: self._sync_done(job, r, e))
-            return
-        try:
-            outcome = finish()
-        except Exception as exc:
-            self._sync_done(job, None, exc)
-        else:
-            self._sync_done(job, outcome, None)
+        blocks = needs_worker(job, self.backend, settings.tz_root)
+        run = self.host.run_blocking if blocks else run_inline
+        run(finish, lambda r, e: self._sync_done(job, r, e))
 
     def _sync_done(
         self, job: SyncJob, outcome: Optional[SyncOutcome], exc: Optional[BaseException]
