@@ -170,11 +170,15 @@ class Pass:
         elif self._staggered and i == self._launched - 1 and attempt.outcome != "ok":
             self._launch(self._launched)  # the newest failed while an earlier one is slow
 
-    def _finish(self) -> None:
+    def _finish(self, failure: Exception | None = None) -> None:
+        """The choice is made (or the pass failed: `failure`): every server not yet in it is
+        dropped and added as not tried (or failed), and the result handed on."""
         self._finished = True
         for s in self._servers[self._taken :]:
             self._drop(s)
-            if not s.started:
+            if failure is not None:
+                self._choice.add(_failed(s, failure))
+            elif not s.started:
                 self._choice.add(Attempt(s.host, s.port, "not-tried"))
             else:  # asked while an earlier server was slow; that one gave the sync
                 detail = "asked after a stagger; an earlier server won"
@@ -209,13 +213,8 @@ class Pass:
             fn(i)
         except Exception as exc:
             log.exception("probe pass failed")
-            if self._finished:
-                return
-            self._finished = True
-            for s in self._servers[self._taken :]:
-                self._drop(s)
-                self._choice.add(_failed(s, exc))
-            self._done_cb(self._choice.result())
+            if not self._finished:
+                self._finish(failure=exc)
 
 
 def _failed(s: _Server, exc: Exception) -> Attempt:
