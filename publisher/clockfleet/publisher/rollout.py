@@ -18,11 +18,9 @@ from clockfleet.protocol import rollout, signing
 from clockfleet.protocol.codec import Rejected, decode, encode, utcnow_iso
 from clockfleet.protocol.messages import ServerList
 
-# The judging is shared with the collector's metrics: it lives in the protocol package.
-from clockfleet.protocol.rollout import Health as Health
-from clockfleet.protocol.rollout import health as health
-from clockfleet.protocol.rollout import issued as issued
-from clockfleet.protocol.rollout import time_left as time_left
+# The judging (Health, health, time_left) is shared with the collector's metrics: it lives
+# in the protocol package.
+from clockfleet.protocol.rollout import Health, issued
 
 DEFAULT_BAKE_S = 600
 DEFAULT_MAX_FAILING_PCT = 10.0

@@ -16,6 +16,7 @@ from datetime import UTC, datetime
 
 from clockfleet.protocol import signing
 from clockfleet.protocol.messages import ServerList
+from clockfleet.protocol.rollout import Health, health, time_left
 from clockfleet.protocol.topics import servers_topic
 from clockfleet.publisher import broker_io, rollout
 from clockfleet.publisher.rollout_watch import Watch
@@ -37,7 +38,7 @@ class Ender:
     out: list[str] = field(default_factory=list)
 
     def end(
-        self, sl: ServerList, obj: dict, decision: rollout.Decision, h: rollout.Health, by: str
+        self, sl: ServerList, obj: dict, decision: rollout.Decision, h: Health, by: str
     ) -> bool:
         region = sl.region
         try:
@@ -106,13 +107,13 @@ def drive(
                 pending.discard(region)
                 continue
             sl, obj = have
-            h = rollout.health(sl, snap.reports, snap.baselines)
+            h = health(sl, snap.reports, snap.baselines)
             if region not in announced:
                 announced.add(region)
                 _say(
                     f"region {region}: canary {sl.canary.id} (v{sl.version}), cohort "
                     f"{len(h.cohort)} of {h.region_agents} known agents, "
-                    f"{rollout.time_left(sl, time.time()):.0f} s of bake time left"
+                    f"{time_left(sl, time.time()):.0f} s of bake time left"
                 )
             decision = rollout.decide(sl, h, time.time())
             if decision is None:
@@ -142,7 +143,7 @@ def end_by_hand(watch: Watch, ender: Ender, region: str, phase: str) -> int:
         print(f"clockfleet rollout: region {region} has no canary in progress", file=sys.stderr)
         return 2
     sl, obj = have
-    h = rollout.health(sl, snap.reports, snap.baselines)
+    h = health(sl, snap.reports, snap.baselines)
     when = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
     decision = rollout.Decision(phase, f"by the operator at {when}")
     return 0 if ender.end(sl, obj, decision, h, "operator") else 1
