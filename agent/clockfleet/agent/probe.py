@@ -21,18 +21,18 @@ import concurrent.futures
 import functools
 import ipaddress
 import math
-import socket
 import threading
 import time
 from collections.abc import Callable, Generator, Sequence
 from dataclasses import replace
-from typing import Any, Union
+from typing import Any
 
 from clockfleet.agent.choice import Attempt, ProbeResult
 from clockfleet.agent.localloop import LocalLoop
 from clockfleet.agent.probe_pass import Pass
 from clockfleet.ntp.checks import KISS_RATE, KISS_REFUSALS, ProbeSettings, Sample, kod_outcome
 from clockfleet.ntp.exchange import Wait, sample_burst_steps
+from clockfleet.ntp.lookup import Addresses, addresses
 from clockfleet.protocol.messages import clip_text
 
 __all__ = [
@@ -53,7 +53,7 @@ MAX_ADDRESSES = 4  # of one name; bounds the time a many-address name can take
 # pool, unwaited.
 _RESOLVER = concurrent.futures.ThreadPoolExecutor(max_workers=16, thread_name_prefix="dns")
 
-Resolved = Union[list[tuple[int, tuple]], str]  # addresses to try, or why there are none
+Resolved = Addresses  # addresses to try, or why there are none
 
 
 class KodMemory:
@@ -152,7 +152,7 @@ def resolve_all(
         elif _is_ip_literal(host):
             out[(host, port)] = _literal_address(host, port)
         else:
-            pending[(host, port)] = _RESOLVER.submit(_lookup, host, port)
+            pending[(host, port)] = _RESOLVER.submit(addresses, host, port)
     deadline = time.monotonic() + timeout_s
     for key, future in pending.items():
         try:
@@ -166,7 +166,7 @@ def resolve_all(
 def _literal_address(host: str, port: int) -> Resolved:
     # An address literal always resolves the same: one lookup per process, not per probe
     # (a fleet of 10,000 agents probes the same few addresses). Callers only read the list.
-    return _lookup(host, port)
+    return addresses(host, port)
 
 
 @functools.lru_cache(maxsize=4096)
@@ -176,18 +176,6 @@ def _is_ip_literal(host: str) -> bool:
     except ValueError:
         return False
     return True
-
-
-def _lookup(host: str, port: int) -> Resolved:
-    try:
-        infos = socket.getaddrinfo(host, port, type=socket.SOCK_DGRAM)
-    except (OSError, UnicodeError, ValueError, OverflowError) as e:
-        return f"cannot resolve {host}: {getattr(e, 'strerror', None) or e}"
-    addresses: list[tuple[int, tuple]] = []
-    for family, _type, _proto, _name, sockaddr in infos:
-        if (family, sockaddr) not in addresses:
-            addresses.append((family, sockaddr))
-    return addresses or f"cannot resolve {host}: no address"
 
 
 def probe_server_steps(

@@ -15,13 +15,13 @@ from __future__ import annotations
 
 import argparse
 import concurrent.futures
-import socket
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 from clockfleet.ntp.checks import Failure, ProbeSettings, Sample
 from clockfleet.ntp.exchange import sample_burst
+from clockfleet.ntp.lookup import addresses
 from clockfleet.publisher.broker_copies import Retained
 from clockfleet.publisher.fleetfile import Fleet
 from clockfleet.publisher.plan import Plan
@@ -92,14 +92,10 @@ def targets(
 
 def query(target: Target) -> Result:
     """One server, as an agent would ask it (its first address)."""
-    try:
-        infos = socket.getaddrinfo(target.host, target.port, type=socket.SOCK_DGRAM)
-    except (OSError, UnicodeError, ValueError, OverflowError) as e:
-        detail = getattr(e, "strerror", None) or str(e)
-        return Result(target, "unresolvable", f"cannot resolve {target.host}: {detail}")
-    if not infos:
-        return Result(target, "unresolvable", f"cannot resolve {target.host}: no address")
-    family, _type, _proto, _name, sockaddr = infos[0]
+    found = addresses(target.host, target.port)
+    if isinstance(found, str):
+        return Result(target, "unresolvable", found)
+    family, sockaddr = found[0]
     burst = sample_burst(family, sockaddr, SETTINGS)
     if burst.sample is not None:
         return Result(target, "ok", sample=burst.sample)
