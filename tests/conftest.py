@@ -1,4 +1,4 @@
-"""Fixtures that start real daemons on loopback: Mosquitto, chronyd, Prometheus.
+"""Fixtures that start real daemons on loopback: Mosquitto (as shipped), chronyd, Prometheus.
 
 Every daemon is a child process in a short temporary directory (chronyd's command socket
 path must stay under 108 bytes) and is stopped when the test ends.
@@ -15,20 +15,21 @@ from pathlib import Path
 import pytest
 
 from clockfleet import devstack
+from clockfleet.devstack.mosquitto import ShippedBroker
 
 # Fixtures only; the helpers tests share live in tests/helpers.py.
 from tests.helpers import next_loopback_address
+
+# Prints, after every run, how many brokers ran the shipped configuration (and why not).
+pytest_plugins = ["tests.broker_census"]
 
 # Tests that start daemons, processes or containers, by the fixtures they use or the folder
 # they live in: `pytest -m "not integration"` runs the rest (pure rules) in seconds.
 DAEMON_FIXTURES = frozenset(
     {
-        "mosquitto",
-        "broker_url",
+        "broker",
         "chrony_server",
         "chrony_client",
-        "production_broker",
-        "broker",
         "publish",
         "start_collector",
         "running_collector",
@@ -60,17 +61,28 @@ def short_tmp() -> Iterator[Path]:
     shutil.rmtree(d, ignore_errors=True)
 
 
-@pytest.fixture
-def mosquitto(short_tmp: Path) -> Iterator[devstack.Daemon]:
-    """A fresh anonymous Mosquitto on a free loopback port, persistence on."""
-    d = devstack.start_mosquitto(short_tmp / "mosquitto")
-    yield d
-    d.stop()
+TAKEOVER = "already connected, closing old connection"
 
 
 @pytest.fixture
-def broker_url(mosquitto: devstack.Daemon) -> str:
-    return f"mqtt://{mosquitto.host}:{mosquitto.port}"
+def broker(short_tmp: Path, request: pytest.FixtureRequest) -> Iterator[ShippedBroker]:
+    """Mosquitto as shipped (broker/mosquitto.conf): identities made by
+    broker/clockfleet-identities, broker/acl, the TLS listener with a test CA and the plain
+    loopback listener. broker.settings(ID) / broker.login(ID) connect as an identity; an
+    agent id is provisioned on first use (SIGHUP, as an operator adds a host).
+
+    The test fails if the broker closed any session because the same identity logged in
+    again (two sessions knocking each other off), unless it is marked `takeover`."""
+    b = devstack.start_shipped_mosquitto(short_tmp / "broker")
+    yield b
+    b.stop()
+    log = b.daemon.log.read_text(errors="replace") if b.daemon.log.exists() else ""
+    takeovers = [line for line in log.splitlines() if TAKEOVER in line]
+    if takeovers and request.node.get_closest_marker("takeover") is None:
+        pytest.fail(
+            "two sessions of one identity knocked each other off:\n" + "\n".join(takeovers[:5]),
+            pytrace=False,
+        )
 
 
 @pytest.fixture

@@ -106,8 +106,8 @@ def keys(short_tmp: Path) -> Keys:
 
 
 @pytest.fixture
-def publisher(broker_url: str, keys: Keys) -> Iterator[Publisher]:
+def publisher(broker: str, keys: Keys) -> Iterator[Publisher]:
     """A plain paho client publishing signed lists and profiles to the test broker."""
-    p = Publisher(broker_url, keys)
+    p = Publisher(broker, keys)
     yield p
     p.close()

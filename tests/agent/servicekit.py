@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import random
 import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -21,8 +20,9 @@ from clockfleet.agent.fleet import Fleet
 from clockfleet.agent.probe import ProbeSettings
 from clockfleet.agent.service import Agent, AgentSettings
 from clockfleet.agent.state import StateDir
+from clockfleet.devstack.mosquitto import ShippedBroker
 from clockfleet.protocol import codec, signing
-from clockfleet.protocol.connection import settings_from_args
+from clockfleet.protocol.connection import parse_brokers
 from tests.helpers import wait_until
 
 PREFIX = "clock/v1"
@@ -63,20 +63,28 @@ def profile_object(agent: str, region: str, timezone: str, version: int) -> dict
     }
 
 
-def broker_host_port(url: str) -> tuple[str, int]:
-    host, port = url.split("://", 1)[1].rsplit(":", 1)
-    return host, int(port)
+def paho_client(broker: ShippedBroker, identity: str, **kwargs: Any) -> mqtt.Client:
+    """A paho client logged in as `identity` on the broker's plain loopback listener (its
+    client id is the identity's name there: the shipped config binds them)."""
+    client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=identity, **kwargs)
+    client.username_pw_set(identity, broker.password(identity))
+    client.reconnect_delay_set(0.1, 0.5)
+    return client
 
 
 class Publisher:
-    """A plain paho client, as any operator tool would write the contract's messages."""
+    """A plain paho client logged in as `publisher` (the role that writes lists and
+    profiles), as any operator tool would write the contract's messages; commands go out
+    as `operator`."""
 
-    def __init__(self, broker_url: str, keys: Keys | None) -> None:
+    def __init__(
+        self, broker: ShippedBroker, keys: Keys | None, identity: str = "publisher"
+    ) -> None:
         self.keys = keys
-        self.client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=f"pub-{random.random()}")
-        self.client.reconnect_delay_set(0.1, 0.5)
-        host, port = broker_host_port(broker_url)
-        self.client.connect(host, port)
+        self.broker = broker
+        self.operator: mqtt.Client | None = None
+        self.client = paho_client(broker, identity)
+        self.client.connect(broker.host, broker.port)
         self.client.loop_start()
 
     def raw(self, topic: str, payload: bytes | str, retain: bool = True) -> None:
@@ -97,41 +105,44 @@ class Publisher:
         return obj
 
     def resync(self, agent: str) -> None:
-        self.raw(
-            f"{PREFIX}/agents/{agent}/cmd",
-            b'{"schema":"clock.cmd/1","command":"resync"}',
-            retain=False,
-        )
+        self.command(agent, b'{"schema":"clock.cmd/1","command":"resync"}')
+
+    def command(self, agent: str, payload: bytes) -> None:
+        """A command to one agent, sent as `operator` (the only role the ACL lets send them)."""
+        if self.operator is None:
+            self.operator = paho_client(self.broker, "operator")
+            self.operator.connect(self.broker.host, self.broker.port)
+            self.operator.loop_start()
+        topic = f"{PREFIX}/agents/{agent}/cmd"
+        self.operator.publish(topic, payload, qos=1).wait_for_publish(10)
 
     def close(self) -> None:
-        self.client.disconnect()  # first: it wakes paho's loop thread, so loop_stop is quick
-        self.client.loop_stop()
+        for client in (self.client, self.operator):
+            if client is not None:
+                client.disconnect()  # first: it wakes paho's loop thread: loop_stop is quick
+                client.loop_stop()
 
 
 @dataclass
 class Watcher:
-    """Collects every message on a topic filter (QoS 1; persistent session if asked)."""
+    """Collects every message on a topic filter (QoS 1; persistent session if asked), logged
+    in as `identity`: `collector-2` reads lists, profiles, statuses and reports; a second
+    watcher in one test needs another reader (`collector`, or `operator`, who reads all)."""
 
-    broker_url: str
+    broker: ShippedBroker
     topic: str
-    client_id: str = ""
+    identity: str = "collector-2"
     persistent: bool = False
     messages: list[tuple[str, bytes, bool]] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         self._lock = threading.Lock()
         self._subscribed = threading.Event()
-        self.client = mqtt.Client(
-            CallbackAPIVersion.VERSION2,
-            client_id=self.client_id or f"watch-{random.random()}",
-            clean_session=not self.persistent,
-        )
-        self.client.reconnect_delay_set(0.1, 0.5)
+        self.client = paho_client(self.broker, self.identity, clean_session=not self.persistent)
         self.client.on_connect = lambda c, u, f, rc, p: c.subscribe(self.topic, 1)
         self.client.on_subscribe = lambda *a: self._subscribed.set()
         self.client.on_message = self._on_message
-        host, port = broker_host_port(self.broker_url)
-        self.client.connect(host, port)
+        self.client.connect(self.broker.host, self.broker.port)
         self.client.loop_start()
         assert self._subscribed.wait(10), "watcher did not subscribe"
 
@@ -154,7 +165,7 @@ class Watcher:
 
 
 def make_agent(
-    broker_url: str,
+    broker: ShippedBroker,
     agent_id: str,
     *,
     region: str | None = "r1",
@@ -162,12 +173,15 @@ def make_agent(
     state_dir: Path | None = None,
     probe_timeout_s: float = 0.3,
     once: bool = False,
+    brokers: str | None = None,
     **overrides: Any,
 ) -> Agent:
-    """An agent with the observe backend, jitter 0, start-up delay 0, quick reconnects."""
-    import argparse
-
-    conn = settings_from_args(argparse.Namespace(broker=broker_url))
+    """An agent with the observe backend, jitter 0, start-up delay 0, quick reconnects,
+    logged in as its own identity. `brokers`: another broker list for the same identity
+    (a cluster's nodes, a dead address first)."""
+    conn = broker.settings(agent_id)
+    if brokers is not None:
+        conn.brokers = parse_brokers(brokers)
     conn.connect_timeout_s = 3.0
     options: dict[str, Any] = dict(
         agent_id=agent_id,

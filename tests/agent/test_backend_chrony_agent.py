@@ -31,7 +31,7 @@ def write_config(path: Path, **settings) -> Path:
 
 
 def test_agent_hands_its_list_to_chronyd_and_sets_the_zone(
-    broker_url, keys, publisher, chrony_server, chrony_client, short_tmp
+    broker, keys, publisher, chrony_server, chrony_client, short_tmp
 ):
     first, second = chrony_server(), chrony_server()
     servers = [(first.host, first.port), (second.host, second.port)]
@@ -42,7 +42,9 @@ def test_agent_hands_its_list_to_chronyd_and_sets_the_zone(
         short_tmp / "agent.yaml",
         id="a1",
         region="r1",
-        broker=broker_url,
+        broker=broker.url,
+        username="a1",
+        password_file=str(broker.password_file("a1")),
         trust_keys=[str(keys.pub)],
         state_dir=str(short_tmp / "state"),
         tz_root=str(tz_root),
@@ -69,7 +71,7 @@ def test_agent_hands_its_list_to_chronyd_and_sets_the_zone(
 
 
 def test_agent_reports_a_failed_sync_when_chronyd_is_down(
-    broker_url, keys, publisher, chrony_server, chrony_client, short_tmp
+    broker, keys, publisher, chrony_server, chrony_client, short_tmp
 ):
     ntp = chrony_server()
     publisher.server_list("r1", 5, [(ntp.host, ntp.port)])
@@ -78,7 +80,9 @@ def test_agent_reports_a_failed_sync_when_chronyd_is_down(
         short_tmp / "agent.yaml",
         id="a1",
         region="r1",
-        broker=broker_url,
+        broker=broker.url,
+        username="a1",
+        password_file=str(broker.password_file("a1")),
         trust_keys=[str(keys.pub)],
         state_dir=str(short_tmp / "state"),
         tz_root=None,

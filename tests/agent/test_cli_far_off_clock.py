@@ -16,21 +16,23 @@ import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 
 from clockfleet import devstack
+from clockfleet.devstack.mosquitto import ShippedBroker, start_shipped
 from clockfleet.protocol import signing
 from tests.agent.servicekit import PREFIX, list_object, make_keys
-from tests.broker.brokerstack import Broker, start_broker
 
 DAY = 86400.0
 
 
 @pytest.fixture
 def tls_broker(short_tmp: Path):
-    broker = start_broker(short_tmp / "b", ["acme-01"], production=True)
+    broker = start_shipped(short_tmp / "b", ["acme-01"])
     yield broker
     broker.daemon.stop()
 
 
-def publish_list(broker: Broker, key: signing.SigningKey, servers: list[tuple[str, int]]) -> None:
+def publish_list(
+    broker: ShippedBroker, key: signing.SigningKey, servers: list[tuple[str, int]]
+) -> None:
     c = mqtt.Client(CallbackAPIVersion.VERSION2, client_id="test-publisher")
     c.username_pw_set("publisher", broker.password("publisher"))
     c.tls_set_context(ssl.create_default_context(cafile=str(broker.certs / "ca.crt")))
@@ -43,7 +45,7 @@ def publish_list(broker: Broker, key: signing.SigningKey, servers: list[tuple[st
 
 
 def agent_once(
-    broker: Broker, keys, state: Path, faketime: str | None
+    broker: ShippedBroker, keys, state: Path, faketime: str | None
 ) -> subprocess.CompletedProcess[str]:
     env = dict(os.environ)
     if faketime is not None:
@@ -64,7 +66,7 @@ def agent_once(
 
 
 def test_a_host_400_days_behind_gets_its_list_over_tls_and_syncs(
-    tls_broker: Broker, chrony_server, short_tmp: Path
+    tls_broker: ShippedBroker, chrony_server, short_tmp: Path
 ):
     keys = make_keys(short_tmp / "keys")
     servers = [chrony_server(), chrony_server()]
@@ -81,7 +83,7 @@ def test_a_host_400_days_behind_gets_its_list_over_tls_and_syncs(
 
 
 def test_a_first_sync_to_two_servers_2_hours_ahead_reports_ok_with_that_offset(
-    tls_broker: Broker, chrony_server, short_tmp: Path
+    tls_broker: ShippedBroker, chrony_server, short_tmp: Path
 ):
     keys = make_keys(short_tmp / "keys")
     servers = [chrony_server(fake_offset_s=7200.0), chrony_server(fake_offset_s=7200.0)]
@@ -96,7 +98,7 @@ def test_a_first_sync_to_two_servers_2_hours_ahead_reports_ok_with_that_offset(
 
 
 def test_a_host_with_a_right_clock_checks_the_brokers_certificate_dates(
-    tls_broker: Broker, chrony_server, short_tmp: Path
+    tls_broker: ShippedBroker, chrony_server, short_tmp: Path
 ):
     keys = make_keys(short_tmp / "keys")
     server = chrony_server()

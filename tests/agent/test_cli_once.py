@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 from clockfleet import devstack
+from clockfleet.devstack.mosquitto import ShippedBroker
 from clockfleet.protocol import codec
 from clockfleet.protocol.messages import Report
 from tests.agent.fakentp import FakeNtpServer
@@ -25,7 +26,9 @@ def run_agent(*args: str, timeout: float = 30) -> subprocess.CompletedProcess[st
     )
 
 
-def once_args(broker_url: str, keys, state: Path, *extra: str) -> list[str]:
+def once_args(broker: ShippedBroker | str, keys, state: Path, *extra: str) -> list[str]:
+    """`agent --once` as a1; `broker` a string: a broker URL with no identity (unreachable)."""
+    login = broker.login("a1") if isinstance(broker, ShippedBroker) else ["--broker", broker]
     return [
         "--id",
         "a1",
@@ -34,8 +37,7 @@ def once_args(broker_url: str, keys, state: Path, *extra: str) -> list[str]:
         "--once",
         "--backend",
         "observe",
-        "--broker",
-        broker_url,
+        *login,
         "--trust-key",
         str(keys.pub),
         "--state-dir",
@@ -48,12 +50,12 @@ def once_args(broker_url: str, keys, state: Path, *extra: str) -> list[str]:
 
 
 def test_once_reports_the_first_healthy_server_in_list_order(
-    broker_url, keys, publisher, chrony_server, short_tmp
+    broker, keys, publisher, chrony_server, short_tmp
 ):
     first, second = chrony_server(), chrony_server()
     publisher.server_list("r1", 7, [(first.host, first.port), (second.host, second.port)])
 
-    done = run_agent(*once_args(broker_url, keys, short_tmp / "state"))
+    done = run_agent(*once_args(broker, keys, short_tmp / "state"))
 
     assert done.returncode == 0, done.stderr
     report = json.loads(done.stdout)
@@ -65,15 +67,13 @@ def test_once_reports_the_first_healthy_server_in_list_order(
     assert [t["outcome"] for t in report["tried"]] == ["ok", "not-tried"]
 
 
-def test_once_report_is_retained_on_the_broker(
-    broker_url, keys, publisher, chrony_server, short_tmp
-):
+def test_once_report_is_retained_on_the_broker(broker, keys, publisher, chrony_server, short_tmp):
     ntp = chrony_server()
     publisher.server_list("r1", 3, [(ntp.host, ntp.port)])
-    done = run_agent(*once_args(broker_url, keys, short_tmp / "state"))
+    done = run_agent(*once_args(broker, keys, short_tmp / "state"))
     assert done.returncode == 0, done.stderr
 
-    watcher = Watcher(broker_url, f"{PREFIX}/agents/a1/report")
+    watcher = Watcher(broker, f"{PREFIX}/agents/a1/report")
     try:
         retained = watcher.wait_for(lambda m: m["list_version"] == 3, timeout_s=10)
     finally:
@@ -82,7 +82,7 @@ def test_once_report_is_retained_on_the_broker(
 
 
 def test_once_fails_over_past_a_silent_and_a_kiss_o_death_server(
-    broker_url, keys, publisher, chrony_server, short_tmp
+    broker, keys, publisher, chrony_server, short_tmp
 ):
     silent = devstack.silent_udp(next_loopback_address())
     good = chrony_server()
@@ -93,7 +93,7 @@ def test_once_fails_over_past_a_silent_and_a_kiss_o_death_server(
         publisher.server_list(
             "r1", 4, [(silent_at[0], silent_at[1]), (kod.host, kod.port), (good.host, good.port)]
         )
-        done = run_agent(*once_args(broker_url, keys, short_tmp / "s", "--config", str(config)))
+        done = run_agent(*once_args(broker, keys, short_tmp / "s", "--config", str(config)))
     silent.close()
 
     assert done.returncode == 0, done.stderr
@@ -107,14 +107,14 @@ def test_once_fails_over_past_a_silent_and_a_kiss_o_death_server(
 
 
 def test_once_with_no_healthy_server_exits_1_with_a_failed_report(
-    broker_url, keys, publisher, short_tmp
+    broker, keys, publisher, short_tmp
 ):
     silent = devstack.silent_udp(next_loopback_address())
     host, port = silent.getsockname()
     config = short_tmp / "agent.yaml"
     config.write_text("probe:\n  timeout_s: 0.2\n")
     publisher.server_list("r1", 2, [(host, port)])
-    done = run_agent(*once_args(broker_url, keys, short_tmp / "s", "--config", str(config)))
+    done = run_agent(*once_args(broker, keys, short_tmp / "s", "--config", str(config)))
     silent.close()
 
     assert done.returncode == 1, done.stderr
@@ -126,16 +126,16 @@ def test_once_with_no_healthy_server_exits_1_with_a_failed_report(
 
 
 def test_once_without_a_broker_syncs_from_the_cached_list(
-    mosquitto, broker_url, keys, publisher, chrony_server, short_tmp
+    broker, keys, publisher, chrony_server, short_tmp
 ):
     ntp = chrony_server()
     publisher.server_list("r1", 9, [(ntp.host, ntp.port)])
     state = short_tmp / "state"
-    assert run_agent(*once_args(broker_url, keys, state)).returncode == 0
+    assert run_agent(*once_args(broker, keys, state)).returncode == 0
     publisher.close()
-    mosquitto.stop()
+    broker.stop()
 
-    done = run_agent(*once_args(broker_url, keys, state))
+    done = run_agent(*once_args(broker, keys, state))
 
     assert done.returncode == 0, done.stderr
     report = json.loads(done.stdout)
@@ -144,20 +144,18 @@ def test_once_without_a_broker_syncs_from_the_cached_list(
     assert "syncing from the cached list" in done.stderr
 
 
-def test_once_refuses_a_tampered_cache(
-    mosquitto, broker_url, keys, publisher, chrony_server, short_tmp
-):
+def test_once_refuses_a_tampered_cache(broker, keys, publisher, chrony_server, short_tmp):
     ntp = chrony_server()
     publisher.server_list("r1", 9, [(ntp.host, ntp.port)])
     state = short_tmp / "state"
-    assert run_agent(*once_args(broker_url, keys, state)).returncode == 0
+    assert run_agent(*once_args(broker, keys, state)).returncode == 0
     publisher.close()
-    mosquitto.stop()
+    broker.stop()
     cached = json.loads((state / "list.json").read_bytes())
     cached["servers"] = [{"host": "192.0.2.66", "port": 123}]  # an attacker's server
     (state / "list.json").write_text(json.dumps(cached))
 
-    done = run_agent(*once_args(broker_url, keys, state))
+    done = run_agent(*once_args(broker, keys, state))
 
     assert done.returncode == 2
     assert "cached list refused (bad-signature)" in done.stderr
@@ -176,14 +174,14 @@ def test_once_without_a_broker_or_a_cache_exits_2_with_one_line(keys, short_tmp)
 
 
 def test_once_follows_the_profile_to_its_region_and_time_zone(
-    broker_url, keys, publisher, chrony_server, short_tmp
+    broker, keys, publisher, chrony_server, short_tmp
 ):
     wrong, right = chrony_server(), chrony_server()
     publisher.server_list("r1", 1, [(wrong.host, wrong.port)], timezone="Europe/Dublin")
     publisher.server_list("r2", 5, [(right.host, right.port)], timezone="Europe/Berlin")
     publisher.profile("a1", "r2", "America/Chicago", 3)
     root = short_tmp / "root"
-    args = once_args(broker_url, keys, short_tmp / "s")
+    args = once_args(broker, keys, short_tmp / "s")
     args.remove("--no-timezone")
 
     done = run_agent(*args, "--tz-root", str(root))
@@ -198,12 +196,12 @@ def test_once_follows_the_profile_to_its_region_and_time_zone(
 
 
 def test_once_uses_the_list_time_zone_when_no_profile_names_one(
-    broker_url, keys, publisher, chrony_server, short_tmp
+    broker, keys, publisher, chrony_server, short_tmp
 ):
     ntp = chrony_server()
     publisher.server_list("r1", 1, [(ntp.host, ntp.port)], timezone="Europe/Dublin")
     root = short_tmp / "root"
-    args = once_args(broker_url, keys, short_tmp / "s")
+    args = once_args(broker, keys, short_tmp / "s")
     args.remove("--no-timezone")
 
     done = run_agent(*args, "--tz-root", str(root), "--timezone", "UTC")
@@ -213,10 +211,10 @@ def test_once_uses_the_list_time_zone_when_no_profile_names_one(
     assert (root / "etc/timezone").read_text() == "Europe/Dublin\n"
 
 
-def test_once_with_no_list_on_the_broker_and_no_cache_exits_1(broker_url, keys, short_tmp):
+def test_once_with_no_list_on_the_broker_and_no_cache_exits_1(broker, keys, short_tmp):
     config = short_tmp / "agent.yaml"
     config.write_text("profile_grace_s: 0.2\n")
-    done = run_agent(*once_args(broker_url, keys, short_tmp / "s", "--config", str(config)))
+    done = run_agent(*once_args(broker, keys, short_tmp / "s", "--config", str(config)))
 
     assert done.returncode == 1
     assert "no server list for region r1" in done.stderr
@@ -224,7 +222,7 @@ def test_once_with_no_list_on_the_broker_and_no_cache_exits_1(broker_url, keys, 
 
 
 def test_once_with_the_chrony_backend_hands_the_list_to_chronyd(
-    broker_url, keys, publisher, chrony_server, chrony_client, short_tmp
+    broker, keys, publisher, chrony_server, chrony_client, short_tmp
 ):
     first, second = chrony_server(), chrony_server()
     publisher.server_list("r1", 8, [(first.host, first.port), (second.host, second.port)])
@@ -234,7 +232,7 @@ def test_once_with_the_chrony_backend_hands_the_list_to_chronyd(
         f"  sourcedir: {chrony_client.sourcedir}\n"
         f"  socket: {chrony_client.socket}\n"
     )
-    args = once_args(broker_url, keys, short_tmp / "s", "--config", str(config))
+    args = once_args(broker, keys, short_tmp / "s", "--config", str(config))
     args[args.index("observe")] = "chrony"
 
     done = run_agent(*args)

@@ -14,13 +14,12 @@ import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 
 from clockfleet.agent.service import Agent
+from clockfleet.devstack.mosquitto import ShippedBroker, start_shipped
 from clockfleet.protocol import signing
-from clockfleet.protocol.connection import ConnectionSettings
 from tests.agent.servicekit import PREFIX, hosted, list_object, make_agent, make_keys, wait_until
-from tests.broker.brokerstack import Broker, start_broker
 
 
-def tls_client(broker: Broker, identity: str) -> mqtt.Client:
+def tls_client(broker: ShippedBroker, identity: str) -> mqtt.Client:
     c = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=f"test-{identity}")
     c.username_pw_set(identity, broker.password(identity))
     c.tls_set_context(ssl.create_default_context(cafile=str(broker.certs / "ca.crt")))
@@ -28,7 +27,7 @@ def tls_client(broker: Broker, identity: str) -> mqtt.Client:
 
 
 def test_agent_once_over_tls_with_its_own_identity_under_the_acl(chrony_server, short_tmp: Path):
-    broker = start_broker(short_tmp / "b", ["acme-01"], production=True)
+    broker = start_shipped(short_tmp / "b", ["acme-01"])
     keys = make_keys(short_tmp / "keys")
     ntp = chrony_server()
     try:
@@ -72,7 +71,7 @@ def test_agent_once_over_tls_with_its_own_identity_under_the_acl(chrony_server, 
 
 
 def test_hosted_agent_over_tls_says_online_and_reports(chrony_server, short_tmp: Path):
-    broker = start_broker(short_tmp / "b", ["acme-02"], production=True)
+    broker = start_shipped(short_tmp / "b", ["acme-02"])
     keys = make_keys(short_tmp / "keys")
     ntp = chrony_server()
     seen: list[dict] = []
@@ -92,13 +91,8 @@ def test_hosted_agent_over_tls_says_online_and_reports(chrony_server, short_tmp:
         pub.disconnect()
         pub.loop_stop()
 
-        template = make_agent(broker.tls_url, "acme-02", keys=keys)
-        conn = ConnectionSettings(
-            brokers=template.conn.brokers,
-            username="acme-02",
-            password=broker.password("acme-02"),
-            ca_file=str(broker.certs / "ca.crt"),
-        )
+        template = make_agent(broker, "acme-02", keys=keys)
+        conn = broker.settings("acme-02", tls=True)
         agent = Agent(template.settings, conn, backend=template.backend)
         with hosted(agent):
             try:

@@ -12,17 +12,18 @@ from tests.agent.servicekit import PREFIX, Publisher, Watcher, make_keys
 
 
 def test_service_reports_follows_a_new_list_and_stops_cleanly_on_sigterm(
-    broker_url, chrony_server, short_tmp: Path
+    broker, chrony_server, short_tmp: Path
 ):
     keys = make_keys(short_tmp / "keys")
     ntp = chrony_server()
-    pub = Publisher(broker_url, keys)
+    pub = Publisher(broker, keys)
     pub.server_list("r1", 1, [(ntp.host, ntp.port)], resync_jitter_s=0)
-    reports = Watcher(broker_url, f"{PREFIX}/agents/svc1/report")
-    statuses = Watcher(broker_url, f"{PREFIX}/agents/svc1/status")
+    reports = Watcher(broker, f"{PREFIX}/agents/svc1/report")
+    statuses = Watcher(broker, f"{PREFIX}/agents/svc1/status", identity="collector")
     config = short_tmp / "agent.yaml"
     config.write_text(
-        f"id: svc1\nregion: r1\nbackend: observe\nbroker: {broker_url}\n"
+        f"id: svc1\nregion: r1\nbackend: observe\nbroker: {broker.url}\n"
+        f"username: svc1\npassword_file: {broker.password_file('svc1')}\n"
         f"trust_keys: [{keys.pub}]\nstate_dir: {short_tmp / 'state'}\ntz_root: null\n"
         "startup_delay_s: 0\n"
     )

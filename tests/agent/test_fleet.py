@@ -21,14 +21,14 @@ N = 50
 
 
 def test_fifty_agents_on_one_loop_all_report_a_newly_published_list(
-    broker_url, chrony_server, short_tmp: Path
+    broker, chrony_server, short_tmp: Path
 ):
     keys = make_keys(short_tmp / "keys")
     ntp = chrony_server()
-    pub = Publisher(broker_url, keys)
+    pub = Publisher(broker, keys)
     pub.server_list("r1", 1, [(ntp.host, ntp.port)])
-    reports = Watcher(broker_url, f"{PREFIX}/agents/+/report")
-    agents = [make_agent(broker_url, f"a{i}", keys=keys) for i in range(N)]
+    reports = Watcher(broker, f"{PREFIX}/agents/+/report")
+    agents = [make_agent(broker, f"a{i}", keys=keys) for i in range(N)]
     threads_before = {t.ident for t in threading.enumerate()}
     try:
         with hosted(*agents, workers=4):
@@ -89,30 +89,30 @@ def test_a_failing_callback_does_not_stop_the_loop():
     fleet.close()
 
 
-def test_an_agent_added_while_running_starts(broker_url, short_tmp: Path):
+def test_an_agent_added_while_running_starts(broker, short_tmp: Path):
     keys = make_keys(short_tmp / "keys")
-    first = make_agent(broker_url, "a1", keys=keys)
-    late = make_agent(broker_url, "a2", keys=keys)
+    first = make_agent(broker, "a1", keys=keys)
+    late = make_agent(broker, "a2", keys=keys)
     with hosted(first) as fleet:
         wait_until(lambda: first.connected)
         fleet.add(late)
         wait_until(lambda: late.connected, timeout_s=10)
 
 
-def test_agent_sockets_do_not_wait_for_delayed_acks(broker_url, short_tmp: Path):
+def test_agent_sockets_do_not_wait_for_delayed_acks(broker, short_tmp: Path):
     import socket
 
-    agent = make_agent(broker_url, "a1", keys=make_keys(short_tmp / "keys"))
+    agent = make_agent(broker, "a1", keys=make_keys(short_tmp / "keys"))
     with hosted(agent):
         wait_until(lambda: agent.connected)
         sock = agent.client.socket()
         assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) != 0
 
 
-def test_run_until_sees_a_socket_closed_by_its_last_write_without_waiting(broker_url):
+def test_run_until_sees_a_socket_closed_by_its_last_write_without_waiting(broker):
     # `agent --once` ends this way: its DISCONNECT is the last write, and the socket it
     # closes is what the driver waits for; the loop must not block a whole turn after it
-    agent = make_agent(broker_url, "closing", region=None)
+    agent = make_agent(broker, "closing", region=None)
     fleet = Fleet(workers=0)
     fleet.add(agent)
     try:

@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from clockfleet import devstack
 from tests.agent.servicekit import (
     PREFIX,
     Publisher,
@@ -19,16 +18,16 @@ from tests.agent.servicekit import (
 
 
 def test_reports_made_while_the_broker_is_down_arrive_when_it_is_back(
-    mosquitto, broker_url, chrony_server, short_tmp: Path
+    broker, chrony_server, short_tmp: Path
 ):
     keys = make_keys(short_tmp / "keys")
     ntp = chrony_server()
-    pub = Publisher(broker_url, keys)
+    pub = Publisher(broker, keys)
     pub.server_list("r1", 1, [(ntp.host, ntp.port)])
     # A reader with a persistent session: the broker keeps its QoS 1 messages across the
     # restart (persistence is on in the fixture's config).
-    reader = Watcher(broker_url, f"{PREFIX}/agents/a1/report", client_id="reader", persistent=True)
-    agent = make_agent(broker_url, "a1", keys=keys, state_dir=short_tmp / "state")
+    reader = Watcher(broker, f"{PREFIX}/agents/a1/report", persistent=True)
+    agent = make_agent(broker, "a1", keys=keys, state_dir=short_tmp / "state")
     made: list[str] = []
     agent.on_report = lambda a, report: made.append(json.loads(a.last_report_payload)["at"])
     try:
@@ -36,7 +35,7 @@ def test_reports_made_while_the_broker_is_down_arrive_when_it_is_back(
             reader.wait_for(lambda m: m["list_version"] == 1)
             pub.close()
             reader.close()
-            mosquitto.stop()  # SIGTERM: mosquitto saves its sessions and retained messages
+            broker.stop()  # SIGTERM: mosquitto saves its sessions and retained messages
             wait_until(lambda: not agent.connected, timeout_s=10)
 
             for n in (2, 3):  # two syncs while the broker is away
@@ -44,41 +43,39 @@ def test_reports_made_while_the_broker_is_down_arrive_when_it_is_back(
                 wait_until(lambda n=n: len(made) >= n, timeout_s=10)
             down = made[1:]
 
-            restarted = devstack.restart(mosquitto)
+            broker.restart()
             try:
-                reader = Watcher(
-                    broker_url, f"{PREFIX}/agents/a1/report", client_id="reader", persistent=True
-                )
+                reader = Watcher(broker, f"{PREFIX}/agents/a1/report", persistent=True)
                 wait_until(lambda: {m["at"] for m in reader.payloads()} >= set(down), 15)
 
                 # reconverges: a new list after the restart is followed without restarting
-                pub = Publisher(broker_url, keys)
+                pub = Publisher(broker, keys)
                 pub.server_list("r1", 2, [(ntp.host, ntp.port)])
                 reader.wait_for(lambda m: m["list_version"] == 2, timeout_s=10)
                 assert agent.counters["broker-lost"] == 1
                 pub.close()
                 reader.close()
             finally:
-                restarted.stop()
+                broker.stop()
     finally:
-        mosquitto.stop()
+        broker.stop()
 
 
 def test_a_restarted_agent_with_no_broker_keeps_time_from_its_cache(
-    mosquitto, broker_url, chrony_server, short_tmp: Path
+    broker, chrony_server, short_tmp: Path
 ):
     keys = make_keys(short_tmp / "keys")
     ntp = chrony_server()
-    pub = Publisher(broker_url, keys)
+    pub = Publisher(broker, keys)
     pub.server_list("r1", 4, [(ntp.host, ntp.port)])
     state = short_tmp / "state"
-    first = make_agent(broker_url, "a1", keys=keys, state_dir=state)
+    first = make_agent(broker, "a1", keys=keys, state_dir=state)
     with hosted(first):
         wait_until(lambda: first.reports_acked >= 1)
     pub.close()
-    mosquitto.stop()
+    broker.stop()
 
-    again = make_agent(broker_url, "a1", keys=keys, state_dir=state)
+    again = make_agent(broker, "a1", keys=keys, state_dir=state)
     with hosted(again):
         wait_until(lambda: again.last_report is not None)
         assert not again.connected

@@ -16,23 +16,22 @@ from clockfleet.protocol import codec
 from tests.agent.servicekit import PREFIX, Watcher, hosted, make_agent, wait_until
 
 LIST_TOPIC = f"{PREFIX}/regions/r1/servers"
-CMD_TOPIC = f"{PREFIX}/agents/a1/cmd"
 NESTED = b'{"schema":"clock.servers/1","region":' + b"[" * 6000 + b"]" * 6000 + b"}"
 
 
 @pytest.fixture
-def reports(broker_url: str):
-    w = Watcher(broker_url, f"{PREFIX}/agents/+/report")
+def reports(broker):
+    w = Watcher(broker, f"{PREFIX}/agents/+/report")
     yield w
     w.close()
 
 
 @pytest.fixture
-def running(broker_url, keys, publisher, chrony_server, short_tmp, reports):
+def running(broker, keys, publisher, chrony_server, short_tmp, reports):
     """An agent on list v5, having reported it once."""
     ntp = chrony_server()
     publisher.server_list("r1", 5, [(ntp.host, ntp.port)])
-    agent = make_agent(broker_url, "a1", keys=keys, state_dir=short_tmp / "state")
+    agent = make_agent(broker, "a1", keys=keys, state_dir=short_tmp / "state")
     with hosted(agent):
         reports.wait_for(lambda m: m["list_version"] == 5)
         yield agent
@@ -72,7 +71,7 @@ def test_a_handler_that_raises_is_counted_and_the_message_still_acknowledged(
 def test_a_flood_of_resync_commands_runs_one_sync(running, publisher, reports):
     before = running.reports_made
     for _ in range(20):
-        publisher.raw(CMD_TOPIC, cmd(), retain=False)
+        publisher.command("a1", cmd())
     wait_until(lambda: running.counters["cmd-resync"] + running.counters["cmd-ignored"] == 20)
     assert (running.counters["cmd-resync"], running.counters["cmd-ignored"]) == (1, 19)
     wait_until(lambda: running.reports_made == before + 1)
@@ -82,14 +81,14 @@ def test_a_flood_of_resync_commands_runs_one_sync(running, publisher, reports):
 
 def test_a_command_older_than_the_bound_is_dropped_once_the_clock_is_good(running, publisher):
     stale = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(time.time() - 3600))
-    publisher.raw(CMD_TOPIC, cmd(stale), retain=False)
+    publisher.command("a1", cmd(stale))
     wait_until(lambda: running.counters["cmd-ignored"] == 1)
     assert running.counters["cmd-resync"] == 0
 
 
 def test_a_fresh_command_with_its_issue_time_is_obeyed(running, publisher, reports):
     before = running.reports_made
-    publisher.raw(CMD_TOPIC, cmd(codec.utcnow_iso()), retain=False)
+    publisher.command("a1", cmd(codec.utcnow_iso()))
     wait_until(lambda: running.reports_made == before + 1)
     assert running.counters["cmd-resync"] == 1
 
@@ -111,12 +110,12 @@ def hanging_broker_name(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
 
 
 def test_a_broker_name_that_never_resolves_does_not_stall_the_other_agents(
-    broker_url, keys, publisher, chrony_server, reports, hanging_broker_name
+    broker, keys, publisher, chrony_server, reports, hanging_broker_name
 ):
     ntp = chrony_server()
     publisher.server_list("r1", 5, [(ntp.host, ntp.port)])
-    stuck = make_agent("mqtt://broker.example.test:1883", "stuck", keys=keys)
-    healthy = make_agent(broker_url, "a1", keys=keys)
+    stuck = make_agent(broker, "stuck", keys=keys, brokers="mqtt://broker.example.test:1883")
+    healthy = make_agent(broker, "a1", keys=keys)
     with hosted(stuck, healthy):
         started = time.monotonic()
         reports.wait_for(lambda m: m["agent"] == "a1" and m["list_version"] == 5)

@@ -13,15 +13,15 @@ from tests.agent.servicekit import Publisher, make_agent, make_keys
 
 
 def test_a_list_arriving_during_the_grace_period_is_synced_at_once(
-    broker_url, chrony_server, short_tmp: Path
+    broker, chrony_server, short_tmp: Path
 ):
     keys = make_keys(short_tmp / "keys")
     ntp = chrony_server()
-    agent = make_agent(broker_url, "a1", keys=keys, once=True, profile_grace_s=30.0)
+    agent = make_agent(broker, "a1", keys=keys, once=True, profile_grace_s=30.0)
     driver = OnceDriver(agent)
     fleet = Fleet(workers=0)
     fleet.add(agent)
-    pub = Publisher(broker_url, keys)
+    pub = Publisher(broker, keys)
     try:
         assert fleet.run_until(lambda: driver.waiting_grace, 10)
         pub.server_list("r1", 3, [(ntp.host, ntp.port)])

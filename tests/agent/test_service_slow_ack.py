@@ -26,15 +26,15 @@ from tests.agent.servicekit import (
 
 @contextlib.contextmanager
 def reporting(
-    broker_url: str, chrony_server, short_tmp: Path, agent_id: str
+    broker: str, chrony_server, short_tmp: Path, agent_id: str
 ) -> Iterator[tuple[Agent, Watcher, Fleet]]:
     """An agent with a list to sync from, hosted, and a watcher of its report topic."""
     keys = make_keys(short_tmp / "keys")
     ntp = chrony_server()
-    pub = Publisher(broker_url, keys)
+    pub = Publisher(broker, keys)
     pub.server_list("r1", 1, [(ntp.host, ntp.port)])
-    reports = Watcher(broker_url, f"{PREFIX}/agents/{agent_id}/report")
-    agent = make_agent(broker_url, agent_id, keys=keys, poll_interval_s=3600)
+    reports = Watcher(broker, f"{PREFIX}/agents/{agent_id}/report")
+    agent = make_agent(broker, agent_id, keys=keys, poll_interval_s=3600)
     try:
         with hosted(agent) as fleet:
             yield agent, reports, fleet
@@ -48,11 +48,11 @@ def sent(reports: Watcher) -> list[bytes]:
 
 
 def test_a_report_acknowledged_late_is_sent_again_a_bounded_number_of_times(
-    broker_url, chrony_server, short_tmp: Path, monkeypatch
+    broker, chrony_server, short_tmp: Path, monkeypatch
 ):
     monkeypatch.setattr(link, "SLOW_ACK_S", 0.0)  # every PUBACK counts as late
     monkeypatch.setattr(link, "RESEND_AFTER_S", 0.3)
-    with reporting(broker_url, chrony_server, short_tmp, "slow-ack-1") as (agent, reports, _):
+    with reporting(broker, chrony_server, short_tmp, "slow-ack-1") as (agent, reports, _):
         copies = 1 + link.MAX_RESENDS
         wait_until(lambda: len(reports.messages) >= copies, timeout_s=15)
         time.sleep(1.0)  # three more resend delays: nothing more comes
@@ -62,10 +62,10 @@ def test_a_report_acknowledged_late_is_sent_again_a_bounded_number_of_times(
 
 
 def test_no_resend_when_the_puback_comes_in_its_usual_time(
-    broker_url, chrony_server, short_tmp: Path, monkeypatch
+    broker, chrony_server, short_tmp: Path, monkeypatch
 ):
     monkeypatch.setattr(link, "RESEND_AFTER_S", 0.3)
-    with reporting(broker_url, chrony_server, short_tmp, "slow-ack-2") as (agent, reports, _):
+    with reporting(broker, chrony_server, short_tmp, "slow-ack-2") as (agent, reports, _):
         wait_until(lambda: agent.reports_acked >= 1, timeout_s=15)
         time.sleep(1.0)
         assert len(reports.messages) == 1
@@ -73,12 +73,12 @@ def test_no_resend_when_the_puback_comes_in_its_usual_time(
 
 
 def test_an_older_report_is_never_sent_again_after_a_newer_one(
-    broker_url, chrony_server, short_tmp: Path, monkeypatch
+    broker, chrony_server, short_tmp: Path, monkeypatch
 ):
     monkeypatch.setattr(link, "SLOW_ACK_S", 0.0)
     monkeypatch.setattr(link, "RESEND_AFTER_S", 0.5)
     monkeypatch.setattr(link, "MAX_RESENDS", 1)
-    with reporting(broker_url, chrony_server, short_tmp, "slow-ack-3") as (agent, reports, fleet):
+    with reporting(broker, chrony_server, short_tmp, "slow-ack-3") as (agent, reports, fleet):
         wait_until(lambda: agent.reports_acked >= 1, timeout_s=15)
         fleet.call_soon_threadsafe(agent.sync_now)  # a newer report before the resend
         wait_until(lambda: agent.reports_made >= 2, timeout_s=15)

@@ -14,15 +14,15 @@ from tests.helpers import wait_until
 
 
 def test_a_wiped_agent_accepts_an_old_list_signed_by_a_trusted_key(
-    broker_url, keys, chrony_server, short_tmp
+    broker, keys, chrony_server, short_tmp
 ):
     ntp = chrony_server()
-    pub = Publisher(broker_url, keys)
+    pub = Publisher(broker, keys)
     pub.server_list("r1", 3, [(ntp.host, ntp.port)])
-    reports = Watcher(broker_url, f"{PREFIX}/agents/+/report")
+    reports = Watcher(broker, f"{PREFIX}/agents/+/report")
     wiped = short_tmp / "state"
     wiped.mkdir()
-    agent = make_agent(broker_url, "a1", keys=keys, state_dir=wiped)
+    agent = make_agent(broker, "a1", keys=keys, state_dir=wiped)
     try:
         with hosted(agent):
             report = reports.wait_for(lambda m: m["agent"] == "a1")
@@ -33,7 +33,7 @@ def test_a_wiped_agent_accepts_an_old_list_signed_by_a_trusted_key(
 
 
 def test_a_list_signed_by_a_retired_key_is_refused_by_a_wiped_agent(
-    broker_url, chrony_server, short_tmp
+    broker, chrony_server, short_tmp
 ):
     old = make_keys(short_tmp / "old", key_id="ops-2025")
     new = make_keys(short_tmp / "new", key_id="ops-2026")
@@ -42,10 +42,10 @@ def test_a_list_signed_by_a_retired_key_is_refused_by_a_wiped_agent(
     trust_dir.mkdir()
     shutil.copy(new.pub, trust_dir)
     ntp = chrony_server()
-    pub = Publisher(broker_url, old)
+    pub = Publisher(broker, old)
     pub.server_list("r1", 3, [(ntp.host, ntp.port)])  # a replayed, once-valid list
     agent = make_agent(
-        broker_url,
+        broker,
         "a1",
         keys=None,
         trust=signing.load_trust([trust_dir]),

@@ -13,7 +13,7 @@ import paho.mqtt.client as mqtt
 import pytest
 
 from clockfleet import devstack
-from tests.broker.brokerstack import Broker
+from clockfleet.devstack.mosquitto import ShippedBroker
 from tests.broker.mqttclient import ConnectRefused, MqttProbe, connect
 
 REGION = "clock/v1/regions/us-east/servers"
@@ -21,11 +21,11 @@ PROFILE = "clock/v1/agents/{}/profile"
 NOT_AUTHORISED = 135
 
 
-def login(b: Broker, identity: str, **kwargs) -> MqttProbe:
+def login(b: ShippedBroker, identity: str, **kwargs) -> MqttProbe:
     return connect(b.daemon.port, identity, b.password(identity), **kwargs)
 
 
-def publish_fixtures(b: Broker) -> None:
+def publish_fixtures(b: ShippedBroker) -> None:
     pub = login(b, "publisher")
     try:
         for topic in (REGION, PROFILE.format("acme-01"), PROFILE.format("acme-02")):
@@ -36,25 +36,23 @@ def publish_fixtures(b: Broker) -> None:
         pub.close()
 
 
-def test_anonymous_clients_are_refused(production_broker: Broker):
+def test_anonymous_clients_are_refused(broker: ShippedBroker):
     with pytest.raises(ConnectRefused, match=r"Not authorized|Bad user"):
-        connect(production_broker.daemon.port)
+        connect(broker.daemon.port)
 
 
-def test_a_wrong_password_is_refused(production_broker: Broker):
+def test_a_wrong_password_is_refused(broker: ShippedBroker):
     with pytest.raises(ConnectRefused, match=r"Not authorized|Bad user"):
-        connect(production_broker.daemon.port, "acme-01", "not-the-password")
+        connect(broker.daemon.port, "acme-01", "not-the-password")
 
 
-def test_a_wrong_password_is_refused_under_mqtt_311(production_broker: Broker):
+def test_a_wrong_password_is_refused_under_mqtt_311(broker: ShippedBroker):
     with pytest.raises(ConnectRefused):
-        connect(
-            production_broker.daemon.port, "acme-01", "not-the-password", protocol=mqtt.MQTTv311
-        )
+        connect(broker.daemon.port, "acme-01", "not-the-password", protocol=mqtt.MQTTv311)
 
 
-def test_tls_listener_accepts_a_client_that_trusts_the_test_ca(production_broker: Broker):
-    b = production_broker
+def test_tls_listener_accepts_a_client_that_trusts_the_test_ca(broker: ShippedBroker):
+    b = broker
     c = connect(
         b.tls_port,
         "acme-01",
@@ -68,14 +66,14 @@ def test_tls_listener_accepts_a_client_that_trusts_the_test_ca(production_broker
         c.close()
 
 
-def test_tls_listener_is_refused_by_a_client_without_the_test_ca(production_broker: Broker):
-    b = production_broker
+def test_tls_listener_is_refused_by_a_client_without_the_test_ca(broker: ShippedBroker):
+    b = broker
     with pytest.raises(ssl.SSLCertVerificationError):
         connect(b.tls_port, "acme-01", b.password("acme-01"), host="localhost", tls=True)
 
 
-def test_an_agent_cannot_publish_a_region_list(production_broker: Broker):
-    b = production_broker
+def test_an_agent_cannot_publish_a_region_list(broker: ShippedBroker):
+    b = broker
     watcher = login(b, "operator")
     agent = login(b, "acme-01")
     try:
@@ -88,8 +86,8 @@ def test_an_agent_cannot_publish_a_region_list(production_broker: Broker):
         watcher.close()
 
 
-def test_an_agent_cannot_write_under_another_agent(production_broker: Broker):
-    b = production_broker
+def test_an_agent_cannot_write_under_another_agent(broker: ShippedBroker):
+    b = broker
     agent = login(b, "acme-01")
     try:
         for kind in ("report", "status", "profile"):
@@ -100,8 +98,8 @@ def test_an_agent_cannot_write_under_another_agent(production_broker: Broker):
         agent.close()
 
 
-def test_an_agent_writes_its_own_status_and_report(production_broker: Broker):
-    b = production_broker
+def test_an_agent_writes_its_own_status_and_report(broker: ShippedBroker):
+    b = broker
     collector = login(b, "collector")
     agent = login(b, "acme-01")
     try:
@@ -119,8 +117,8 @@ def test_an_agent_writes_its_own_status_and_report(production_broker: Broker):
         collector.close()
 
 
-def test_an_agent_reads_its_region_list_and_its_own_profile_only(production_broker: Broker):
-    b = production_broker
+def test_an_agent_reads_its_region_list_and_its_own_profile_only(broker: ShippedBroker):
+    b = broker
     publish_fixtures(b)
     agent = login(b, "acme-02")
     operator = login(b, "operator")
@@ -144,8 +142,8 @@ def test_an_agent_reads_its_region_list_and_its_own_profile_only(production_brok
         operator.close()
 
 
-def test_an_agent_cannot_read_another_agents_commands(production_broker: Broker):
-    b = production_broker
+def test_an_agent_cannot_read_another_agents_commands(broker: ShippedBroker):
+    b = broker
     agent = login(b, "acme-02")
     operator = login(b, "operator")
     try:
@@ -159,8 +157,8 @@ def test_an_agent_cannot_read_another_agents_commands(production_broker: Broker)
         operator.close()
 
 
-def test_the_collector_cannot_publish_lists(production_broker: Broker):
-    b = production_broker
+def test_the_collector_cannot_publish_lists(broker: ShippedBroker):
+    b = broker
     collector = login(b, "collector")
     try:
         assert collector.publish(REGION, b"x", retain=True).value == NOT_AUTHORISED
@@ -168,8 +166,8 @@ def test_the_collector_cannot_publish_lists(production_broker: Broker):
         collector.close()
 
 
-def test_retained_lists_survive_a_broker_restart(production_broker: Broker):
-    b = production_broker
+def test_retained_lists_survive_a_broker_restart(broker: ShippedBroker):
+    b = broker
     publish_fixtures(b)
     b.daemon.stop()
     b.daemon = devstack.restart(b.daemon)
@@ -187,9 +185,9 @@ def test_retained_lists_survive_a_broker_restart(production_broker: Broker):
         agent.close()
 
 
-def test_a_packet_over_the_size_limit_is_refused(production_broker: Broker):
+def test_a_packet_over_the_size_limit_is_refused(broker: ShippedBroker):
     """max_packet_size: a payload beyond the contract's 64 KiB never reaches a reader."""
-    b = production_broker
+    b = broker
     watcher = login(b, "operator")
     sender = login(b, "publisher", protocol=mqtt.MQTTv311)
     try:
@@ -210,11 +208,9 @@ ROLES = ("publisher", "collector", "collector-2", "operator")
 
 @pytest.mark.parametrize("role", ROLES)
 @pytest.mark.parametrize("kind", ["status", "report"])
-def test_a_role_cannot_write_as_an_agent_named_like_it(
-    production_broker: Broker, role: str, kind: str
-):
+def test_a_role_cannot_write_as_an_agent_named_like_it(broker: ShippedBroker, role: str, kind: str):
     """Without the role's deny line, the pattern would let it appear as an agent."""
-    b = production_broker
+    b = broker
     topic = f"clock/v1/agents/{role}/{kind}"
     watcher = login(b, "collector" if role != "collector" else "operator")
     writer = login(b, role)
@@ -234,9 +230,9 @@ def test_a_role_cannot_write_as_an_agent_named_like_it(
 
 
 def test_the_publisher_cannot_read_commands_for_an_agent_named_like_it(
-    production_broker: Broker,
+    broker: ShippedBroker,
 ):
-    b = production_broker
+    b = broker
     publisher = login(b, "publisher")
     operator = login(b, "operator")
     try:
@@ -250,10 +246,8 @@ def test_the_publisher_cannot_read_commands_for_an_agent_named_like_it(
 
 
 @pytest.mark.parametrize("kind", ["status", "report"])
-def test_the_publisher_cannot_write_an_agents_status_or_report(
-    production_broker: Broker, kind: str
-):
-    b = production_broker
+def test_the_publisher_cannot_write_an_agents_status_or_report(broker: ShippedBroker, kind: str):
+    b = broker
     publisher = login(b, "publisher")
     try:
         topic = f"clock/v1/agents/acme-01/{kind}"
@@ -263,8 +257,8 @@ def test_the_publisher_cannot_write_an_agents_status_or_report(
 
 
 @pytest.mark.parametrize("role", ["publisher", "collector"])
-def test_only_the_operator_sends_commands(production_broker: Broker, role: str):
-    b = production_broker
+def test_only_the_operator_sends_commands(broker: ShippedBroker, role: str):
+    b = broker
     agent = login(b, "acme-01")
     sender = login(b, role)
     operator = login(b, "operator")
@@ -281,8 +275,8 @@ def test_only_the_operator_sends_commands(production_broker: Broker, role: str):
 
 
 @pytest.mark.parametrize("topic", [REGION, PROFILE.format("acme-01")])
-def test_the_operator_cannot_publish_lists_or_profiles(production_broker: Broker, topic: str):
-    b = production_broker
+def test_the_operator_cannot_publish_lists_or_profiles(broker: ShippedBroker, topic: str):
+    b = broker
     operator = login(b, "operator")
     try:
         assert operator.publish(topic, b"x", retain=True).value == NOT_AUTHORISED
@@ -291,8 +285,8 @@ def test_the_operator_cannot_publish_lists_or_profiles(production_broker: Broker
 
 
 @pytest.mark.parametrize("topic", [PROFILE.format("acme-01"), "clock/v1/agents/acme-01/report"])
-def test_the_collector_cannot_write_profiles_or_reports(production_broker: Broker, topic: str):
-    b = production_broker
+def test_the_collector_cannot_write_profiles_or_reports(broker: ShippedBroker, topic: str):
+    b = broker
     collector = login(b, "collector")
     try:
         assert collector.publish(topic, b"x", retain=True).value == NOT_AUTHORISED
@@ -301,8 +295,8 @@ def test_the_collector_cannot_write_profiles_or_reports(production_broker: Broke
 
 
 @pytest.mark.parametrize("kind", ["status", "report"])
-def test_an_agent_cannot_read_another_agents_status_or_report(production_broker: Broker, kind: str):
-    b = production_broker
+def test_an_agent_cannot_read_another_agents_status_or_report(broker: ShippedBroker, kind: str):
+    b = broker
     reader = login(b, "acme-02")
     other = login(b, "acme-01")
     try:

@@ -12,14 +12,14 @@ import time
 
 import pytest
 
-from tests.broker.brokerstack import Broker
+from clockfleet.devstack.mosquitto import ShippedBroker
 from tests.broker.mqttclient import MqttProbe, connect
 
 STATUS = "clock/v1/agents/{}/status"
 REPORT = "clock/v1/agents/{}/report"
 
 
-def login(b: Broker, identity: str, *, tls: bool = False, **kwargs) -> MqttProbe:
+def login(b: ShippedBroker, identity: str, *, tls: bool = False, **kwargs) -> MqttProbe:
     if tls:
         kwargs.update(host="localhost", ca_file=str(b.certs / "ca.crt"))
     port = b.tls_port if tls else b.daemon.port
@@ -32,9 +32,9 @@ def login(b: Broker, identity: str, *, tls: bool = False, **kwargs) -> MqttProbe
     [("loopback", "clockfleet-agent-acme-02"), ("loopback", "acme-02"), ("tls", "acme-02")],
 )
 def test_an_agent_cannot_knock_another_offline_by_using_its_client_id(
-    production_broker: Broker, listener: str, stolen_id: str
+    broker: ShippedBroker, listener: str, stolen_id: str
 ):
-    b = production_broker
+    b = broker
     tls = listener == "tls"
     watcher = login(b, "collector")
     victim = login(
@@ -56,10 +56,10 @@ def test_an_agent_cannot_knock_another_offline_by_using_its_client_id(
         watcher.close()
 
 
-def test_a_second_login_as_the_same_identity_replaces_the_first(production_broker: Broker):
+def test_a_second_login_as_the_same_identity_replaces_the_first(broker: ShippedBroker):
     """The binding's price, documented in docs/trust.md: one connection per identity, so
     every program instance that runs at the same time needs an identity of its own."""
-    b = production_broker
+    b = broker
     first = login(b, "acme-01", client_id="service")
     try:
         second = login(b, "acme-01", client_id="once")
@@ -73,10 +73,10 @@ def test_a_second_login_as_the_same_identity_replaces_the_first(production_broke
 
 
 def test_the_publisher_and_an_operator_reading_state_do_not_disturb_the_collector(
-    production_broker: Broker,
+    broker: ShippedBroker,
 ):
     """The roles run side by side: each has its own identity, so its own client id."""
-    b = production_broker
+    b = broker
     collector = login(b, "collector")
     try:
         collector.subscribe(REPORT.format("acme-01"))
@@ -95,10 +95,10 @@ def test_the_publisher_and_an_operator_reading_state_do_not_disturb_the_collecto
         collector.close()
 
 
-def test_the_production_config_listens_only_where_it_says(production_broker: Broker):
+def test_the_production_config_listens_only_where_it_says(broker: ShippedBroker):
     """A listener option placed before the first `listener` line makes Mosquitto open a
     default listener on port 1883 on every address: the config must never do that."""
-    b = production_broker
+    b = broker
     opened = [line for line in b.daemon.log.read_text().splitlines() if "listen socket" in line]
     ports = {int(line.rsplit(" ", 1)[1].rstrip(".")) for line in opened}
     assert ports == {b.daemon.port, b.tls_port}, opened

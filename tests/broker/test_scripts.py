@@ -11,13 +11,13 @@ from pathlib import Path
 import pytest
 
 from clockfleet import devstack
-from tests.broker.brokerstack import BROKER_DIR, IDENTITIES, MAKE_TEST_CA, copy_acl
+from clockfleet.devstack.mosquitto import BROKER_DIR, IDENTITIES_TOOL, MAKE_TEST_CA, copy_acl
 from tests.broker.mqttclient import connect
 
 
 def identities(out: Path, *args: str) -> subprocess.CompletedProcess:
     return subprocess.run(
-        [str(IDENTITIES), "--out", str(out), *args], capture_output=True, text=True, timeout=60
+        [str(IDENTITIES_TOOL), "--out", str(out), *args], capture_output=True, text=True, timeout=60
     )
 
 

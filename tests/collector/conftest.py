@@ -1,4 +1,4 @@
-"""Fixtures for the collector's tests: a plain paho publisher writing the wire contract, the
+"""Fixtures for the collector's tests: a publisher writing as each message's writer would, the
 collector in-process with its /metrics endpoint, and a real Prometheus scraping it."""
 
 from __future__ import annotations
@@ -7,24 +7,26 @@ from collections.abc import Callable, Iterator
 
 import pytest
 
-from clockfleet import devstack
+from clockfleet.devstack.mosquitto import ShippedBroker
 from tests.collector.kit import Prometheus, Publisher, RunningCollector, prometheus_factory
 from tests.helpers import wait_until
 
 
 @pytest.fixture
-def publisher(mosquitto: devstack.Daemon) -> Iterator[Publisher]:
-    p = Publisher(mosquitto.host, mosquitto.port)
+def publisher(broker: ShippedBroker) -> Iterator[Publisher]:
+    """Writes each message as the identity the ACL lets write it (agents, publisher)."""
+    p = Publisher(broker)
     yield p
     p.close()
 
 
 @pytest.fixture
-def start_collector(broker_url: str) -> Iterator[Callable[[], RunningCollector]]:
+def start_collector(broker: ShippedBroker) -> Iterator[Callable[..., RunningCollector]]:
+    """start_collector(identity="collector"): two at once need two identities."""
     started: list[RunningCollector] = []
 
-    def start() -> RunningCollector:
-        c = RunningCollector(broker_url)
+    def start(identity: str = "collector") -> RunningCollector:
+        c = RunningCollector(broker, identity)
         started.append(c)
         return c
 

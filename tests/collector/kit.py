@@ -28,21 +28,20 @@ from clockfleet.collector.fleet_state import FleetState
 from clockfleet.collector.http import serve
 from clockfleet.collector.ingest import Collector
 from clockfleet.collector.metrics import LinkStats, MetricsRenderer, families
-from clockfleet.protocol.connection import ConnectionSettings, parse_brokers
+from clockfleet.devstack.mosquitto import ShippedBroker
 from tests.helpers import wait_until
 
 PREFIX = "clock/v1"
 
 
-# Mosquitto as shipped: no max_queued_messages, so a QoS 1 wildcard subscriber would get at
-# most ~1020 retained messages. The collector must see every agent on it anyway.
-DEFAULT_LIMITS_MOSQUITTO_CONF = """\
-per_listener_settings false
-listener @PORT@ @HOST@
-allow_anonymous true
-persistence false
-log_dest file @RUNDIR@/mosquitto.log
-"""
+# The shipped config without its max_queued_messages: Mosquitto's default queue, with which
+# a QoS 1 wildcard subscriber gets at most ~1020 retained messages. The collector and
+# `clockfleet status` must see every agent on such a broker too (design.md).
+DEFAULT_QUEUE = {
+    "without": ("max_queued_messages 100000",),
+    "why": "Mosquitto's default queue limit (max_queued_messages left out of the shipped "
+    "config): readers must see every retained report on an operator's broker that keeps it",
+}
 
 
 def iso(t: datetime) -> str:
@@ -154,33 +153,61 @@ def reference_exposition(state: FleetState, link: LinkStats | None = None) -> st
 
 
 class Publisher:
-    """A plain paho client publishing retained QoS 1 messages, as agents and publisher do."""
+    """Writes retained QoS 1 messages as the identity the shipped ACL lets write each one: an
+    agent's report and status as that agent, lists and profiles as `publisher`. One short
+    MQTT 3.1.1 session per identity per call (paho driven by hand, no thread), so a test can
+    write for a thousand agents."""
 
-    def __init__(self, host: str, port: int) -> None:
-        self.client = mqtt.Client(CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv311)
-        self.client.max_queued_messages_set(0)
-        self.client.connect(host, port)
-        self.client.loop_start()
+    def __init__(self, broker: ShippedBroker) -> None:
+        self.broker = broker
 
     def publish(self, topic: str, payload: dict | bytes | str, *, retain: bool = True) -> None:
         self.publish_many([(topic, payload)], retain=retain)
 
     def publish_many(self, items, *, retain: bool = True) -> None:
-        infos = []
+        by_identity: dict[str, list[tuple[str, bytes]]] = {}
         for topic, payload in items:
-            data = json.dumps(payload) if isinstance(payload, dict) else payload
-            infos.append(self.client.publish(topic, data, qos=1, retain=retain))
-        for info in infos:
-            info.wait_for_publish(30)
+            data = json.dumps(payload).encode() if isinstance(payload, dict) else payload
+            by_identity.setdefault(writer_of(topic), []).append((topic, data))
+        self.broker.add(*(i for i in by_identity if i != "publisher"))
+        for identity, messages in by_identity.items():
+            publish_as(self.broker, identity, messages, retain=retain)
 
     def close(self) -> None:
-        self.client.disconnect()
-        self.client.loop_stop()
+        pass  # nothing stays open
+
+
+def writer_of(topic: str) -> str:
+    """Who writes `topic` under broker/acl: the agent for its status and report."""
+    parts = topic.split("/")
+    if len(parts) == 5 and parts[2] == "agents" and parts[4] in ("report", "status"):
+        return parts[3]
+    return "publisher"
+
+
+def publish_as(
+    broker: ShippedBroker, identity: str, messages: list[tuple[str, bytes]], *, retain: bool
+) -> None:
+    client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=identity, protocol=mqtt.MQTTv311)
+    client.username_pw_set(identity, broker.password(identity))
+    client.max_queued_messages_set(0)
+    client.connect(broker.host, broker.port)
+    try:
+        infos = [client.publish(t, d, qos=1, retain=retain) for t, d in messages]
+        deadline = time.monotonic() + 30
+        while not all(i.is_published() for i in infos):
+            assert time.monotonic() < deadline, f"{identity}: no PUBACK within 30 s"
+            assert client.loop(0.05) == mqtt.MQTT_ERR_SUCCESS, f"{identity}: connection lost"
+    finally:
+        client.disconnect()
+        client.loop(0.05)
 
 
 class RunningCollector:
-    def __init__(self, broker_url: str) -> None:
-        self.collector = Collector(ConnectionSettings(parse_brokers(broker_url), prefix=PREFIX))
+    """The collector in-process, logged in as `identity`, with its /metrics endpoint."""
+
+    def __init__(self, broker: ShippedBroker, identity: str = "collector") -> None:
+        self.collector = Collector(broker.settings(identity))
         self.collector.start()
         self.renderer = MetricsRenderer(self.collector.state, self.collector.link)
         self.server, _ = serve("127.0.0.1", 0, self.renderer.render)

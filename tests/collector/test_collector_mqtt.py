@@ -20,10 +20,10 @@ from clockfleet import devstack
 from clockfleet.collector import ingest
 from clockfleet.collector.ingest import Collector
 from clockfleet.protocol import session
-from clockfleet.protocol.connection import ConnectionSettings, parse_brokers
+from clockfleet.protocol.connection import parse_brokers
 from clockfleet.protocol.messages import Report
 from tests.collector.kit import (
-    DEFAULT_LIMITS_MOSQUITTO_CONF,
+    DEFAULT_QUEUE,
     PREFIX,
     Publisher,
     failed_report,
@@ -93,12 +93,10 @@ def test_reports_status_and_lists_become_series_with_values_and_labels(
     assert s[("clockfleet_collector_broker_reconnects_total", frozenset())] == 0
 
 
-def test_the_report_hook_gets_agent_decoded_report_and_monotonic_receive_time(
-    broker_url, publisher
-):
+def test_the_report_hook_gets_agent_decoded_report_and_monotonic_receive_time(broker, publisher):
     seen: list[tuple[str, Report, float]] = []
     collector = Collector(
-        ConnectionSettings(parse_brokers(broker_url)),
+        broker.settings("collector"),
         on_report=lambda agent, rep, t: seen.append((agent, rep, t)),
     )
     before = time.monotonic()
@@ -138,7 +136,8 @@ BAD_REPORTS = [
     ("infinite-offset", "not-a-number", _with_offset_literal("Infinity")),
     ("offset-1e308", "invalid-field", _with_offset_literal("1e308")),
     ("at-two-days-ahead", "future-timestamp", report("acme-01", at=now_iso(2 * 86400))),
-    ("oversized", "oversized", json.dumps({**report("acme-01"), "pad": "x" * 70_000})),
+    # over the contract's 64 KiB, under the shipped broker's max_packet_size (70000)
+    ("oversized", "oversized", json.dumps({**report("acme-01"), "pad": "x" * 66_000})),
     ("duplicate-key", "duplicate-key", json.dumps(report("acme-01"))[:-1] + ', "stratum": 1}'),
 ]
 
@@ -164,11 +163,13 @@ def test_a_bad_report_is_counted_under_its_reason_and_keeps_the_last_good_values
     wait_until(lambda: c.value("clockfleet_agent_offset_seconds", **agent_labels(agent)) == 0.0456)
 
 
-def test_a_report_on_a_topic_with_a_dot_in_the_id_is_counted_as_bad_topic(
+def test_a_message_on_a_topic_with_a_dot_in_the_id_is_counted_as_bad_topic(
     running_collector, publisher
 ):
+    # No agent identity can hold a dot (broker/clockfleet-identities refuses it), but the
+    # ACL's `regions/+/servers` lets the publisher identity write a region id with one.
     c = running_collector
-    publisher.publish(f"{PREFIX}/agents/a.b/report", report("a.b"))
+    publisher.publish(f"{PREFIX}/regions/a.b/servers", servers("a.b", 3))
     publisher.publish(report_topic("acme-01"), report("acme-01"))  # delivered after the bad one
     wait_until(lambda: "acme-01" in c.state.agents)
     assert c.value("clockfleet_collector_messages_rejected_total", reason="bad-topic") == 1
@@ -213,20 +214,16 @@ def test_an_offline_will_from_an_older_session_is_ignored(running_collector, pub
 
 def test_a_restarted_collector_knows_every_retained_agent_beyond_the_qos1_cap(short_tmp):
     # Mosquitto with its default queue limits: a QoS 1 wildcard subscriber would get ~1020.
-    broker = devstack.start_mosquitto(
-        short_tmp / "default-mosquitto", conf_template=DEFAULT_LIMITS_MOSQUITTO_CONF
-    )
+    broker = devstack.start_shipped_mosquitto(short_tmp / "default-queue", **DEFAULT_QUEUE)
     try:
-        pub = Publisher(broker.host, broker.port)
+        pub = Publisher(broker)
         n = 10_000  # beyond the QoS 1 cap, and a burst a slow reader would lose at QoS 0 too
         pub.publish_many(
             (report_topic(f"agent-{i:04d}"), report(f"agent-{i:04d}", offset_s=i * 1e-6))
             for i in range(n)
         )
         pub.close()
-        collector = Collector(
-            ConnectionSettings(parse_brokers(f"mqtt://{broker.host}:{broker.port}"))
-        )
+        collector = Collector(broker.settings("collector"))
         collector.start()
         try:
             wait_until(lambda: len(collector.state.agents) == n, what=f"{n} agents")
@@ -238,42 +235,42 @@ def test_a_restarted_collector_knows_every_retained_agent_beyond_the_qos1_cap(sh
 
 
 def test_the_collector_reconnects_and_resubscribes_after_the_broker_restarts(
-    mosquitto, running_collector, publisher
+    broker, running_collector, publisher
 ):
     c = running_collector
     publisher.publish(report_topic("acme-01"), report("acme-01"))
     wait_until(lambda: "acme-01" in c.state.agents)
     publisher.close()
-    mosquitto.stop()
+    broker.stop()
     wait_until(
         lambda: c.value("clockfleet_collector_broker_connected") == 0, what="disconnect seen"
     )
     # still serving the last known state while the broker is away
     assert c.value("clockfleet_agent_offset_seconds", **agent_labels("acme-01")) == 0.0012
-    restarted = devstack.restart(mosquitto)
+    broker.restart()
     try:
         wait_until(lambda: c.value("clockfleet_collector_broker_connected") == 1, 40, "reconnect")
         assert c.value("clockfleet_collector_broker_reconnects_total") == 1
-        again = Publisher(restarted.host, restarted.port)
+        again = Publisher(broker)
         again.publish(report_topic("acme-02"), report("acme-02"))
         again.close()
         wait_until(lambda: "acme-02" in c.state.agents, what="report after reconnect")
     finally:
-        restarted.stop()
+        broker.stop()
 
 
 def test_after_a_reconnection_the_collector_reads_the_retained_state_again(
-    mosquitto, running_collector, publisher, monkeypatch
+    broker, running_collector, publisher, monkeypatch
 ):
     monkeypatch.setattr(ingest, "REREAD_AFTER_S", (1.0,))
     c = running_collector
     publisher.close()
-    mosquitto.stop()
+    broker.stop()
     wait_until(lambda: c.value("clockfleet_collector_broker_connected") == 0, what="disconnect")
-    restarted = devstack.restart(mosquitto)
+    broker.restart()
     try:
         wait_until(lambda: c.value("clockfleet_collector_broker_connected") == 1, 40, "reconnect")
-        again = Publisher(restarted.host, restarted.port)
+        again = Publisher(broker)
         again.publish(report_topic("acme-02"), report("acme-02"))
         again.close()
         wait_until(lambda: "acme-02" in c.state.agents, what="the report, live")
@@ -281,7 +278,7 @@ def test_after_a_reconnection_the_collector_reads_the_retained_state_again(
         # the broker sends the retained report once more when the collector reads again
         wait_until(lambda: c.state.received["report"] == live + 1, 10, "the report, again")
     finally:
-        restarted.stop()
+        broker.stop()
 
 
 def test_metrics_match_prometheus_clients_own_exposition_first_and_from_the_cache(
@@ -328,13 +325,13 @@ def test_collector_cli_exits_2_with_one_line_when_no_broker_answers():
     assert len(lines) == 1 and "no broker reachable" in lines[0], r.stderr
 
 
-def test_collector_cli_exits_2_on_a_bad_listen_address(broker_url):
-    r = run_cli("collector", "--broker", broker_url, "--listen", "nowhere")
+def test_collector_cli_exits_2_on_a_bad_listen_address(broker):
+    r = run_cli("collector", *broker.login("collector"), "--listen", "nowhere")
     assert r.returncode == 2
     assert "HOST:PORT" in r.stderr
 
 
-def test_collector_cli_serves_metrics_on_the_listen_address(broker_url, publisher):
+def test_collector_cli_serves_metrics_on_the_listen_address(broker, publisher):
     publisher.publish(report_topic("acme-01"), report("acme-01", offset_s=0.042))
     port = devstack.free_port()
     proc = subprocess.Popen(
@@ -343,8 +340,7 @@ def test_collector_cli_serves_metrics_on_the_listen_address(broker_url, publishe
             "-m",
             "clockfleet",
             "collector",
-            "--broker",
-            broker_url,
+            *broker.login("collector"),
             "--listen",
             f"127.0.0.1:{port}",
         ],
@@ -386,21 +382,23 @@ def test_a_flood_of_bad_messages_is_counted_in_full_but_logged_once(
     assert len(lines) == 1
 
 
-def test_start_rotates_past_a_dead_broker_in_the_list(broker_url, publisher, monkeypatch):
+def test_start_rotates_past_a_dead_broker_in_the_list(broker, publisher, monkeypatch):
     monkeypatch.setattr("clockfleet.collector.ingest.rotation", list)  # the dead one first
     dead = f"mqtt://127.0.0.1:{devstack.free_port()}"
-    collector = Collector(ConnectionSettings(parse_brokers(f"{dead},{broker_url}")))
+    settings = broker.settings("collector")
+    settings.brokers = parse_brokers(f"{dead},{broker.url}")
+    collector = Collector(settings)
     collector.start()
     try:
         publisher.publish(report_topic("acme-01"), report("acme-01"))
         wait_until(lambda: "acme-01" in collector.state.agents)
-        assert str(collector.current_broker) == broker_url
+        assert str(collector.current_broker) == broker.url
     finally:
         collector.stop()
 
 
 def test_the_snapshot_fence_is_an_unsubscribe_of_the_sessions_fence_topic(
-    broker_url, publisher, monkeypatch
+    broker, publisher, monkeypatch
 ):
     unsubscribed: list[str] = []
     real = mqtt.Client.unsubscribe
@@ -411,7 +409,7 @@ def test_the_snapshot_fence_is_an_unsubscribe_of_the_sessions_fence_topic(
 
     monkeypatch.setattr(mqtt.Client, "unsubscribe", unsubscribe)
     publisher.publish_many((report_topic(f"a{i}"), report(f"a{i}")) for i in range(200))
-    collector = Collector(ConnectionSettings(parse_brokers(broker_url), prefix=PREFIX))
+    collector = Collector(broker.settings("collector"))
     collector.start()
     try:
         wait_until(collector.retained_loaded.is_set, what="the fence answered")

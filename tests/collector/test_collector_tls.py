@@ -11,19 +11,19 @@ import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 
 from clockfleet.collector.ingest import Collector
+from clockfleet.devstack.mosquitto import ShippedBroker, start_shipped
 from clockfleet.protocol.connection import BrokerUnreachable, ConnectionSettings, parse_brokers
-from tests.broker.brokerstack import Broker, start_broker
 from tests.collector.kit import report, report_topic, wait_until
 
 
 @pytest.fixture
-def tls_broker(short_tmp: Path) -> Iterator[Broker]:
-    b = start_broker(short_tmp, ["acme-01"], production=True)
+def tls_broker(short_tmp: Path) -> Iterator[ShippedBroker]:
+    b = start_shipped(short_tmp, ["acme-01"])
     yield b
     b.daemon.stop()
 
 
-def publish_as_agent(b: Broker, agent: str, body: dict) -> None:
+def publish_as_agent(b: ShippedBroker, agent: str, body: dict) -> None:
     client = mqtt.Client(CallbackAPIVersion.VERSION2)
     client.username_pw_set(agent, b.password(agent))
     client.connect(b.daemon.host, b.daemon.port)

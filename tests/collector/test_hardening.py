@@ -12,7 +12,7 @@ import pytest
 
 from clockfleet.collector.ingest import Collector
 from clockfleet.collector.ratelimit import RateLimit
-from clockfleet.protocol.connection import ConnectionSettings, parse_brokers
+from clockfleet.devstack.mosquitto import ShippedBroker
 from tests.collector.kit import (
     RunningCollector,
     report,
@@ -41,7 +41,7 @@ def refused_or_failed(c: RunningCollector) -> float:
 
 
 def test_a_retained_nested_report_beside_good_ones_is_counted_also_after_a_restart(
-    broker_url, publisher, start_collector
+    broker, publisher, start_collector
 ):
     publisher.publish(report_topic("nested"), NESTED)
     for agent in GOOD:
@@ -87,13 +87,13 @@ def test_an_exception_in_the_decoder_is_counted_logged_with_the_topic_and_the_lo
 
 
 def test_an_exception_in_the_report_hook_is_counted_and_later_reports_are_still_applied(
-    broker_url, publisher
+    broker, publisher
 ):
     def hook(agent: str, rep, t: float) -> None:
         if agent == "boom":
             raise RuntimeError("hook failed")
 
-    collector = Collector(ConnectionSettings(parse_brokers(broker_url)), on_report=hook)
+    collector = Collector(broker.settings("collector"), on_report=hook)
     collector.start()
     try:
         publisher.publish(report_topic("boom"), report("boom"))
@@ -109,10 +109,11 @@ class RawFlood:
     """A bare MQTT 3.1.1 client writing pre-encoded QoS 0 PUBLISHes as fast as the socket
     takes them: a flooding agent (paho's own publish path would be the bottleneck)."""
 
-    def __init__(self, host: str, port: int, topic: str, payload: bytes) -> None:
-        self.sock = socket.create_connection((host, port))
-        client_id = b"flooder"
-        var = b"\x00\x04MQTT\x04\x02\x00\x3c" + len(client_id).to_bytes(2, "big") + client_id
+    def __init__(self, broker: ShippedBroker, topic: str, payload: bytes) -> None:
+        self.sock = socket.create_connection((broker.host, broker.port))
+        var = b"\x00\x04MQTT\x04\xc2\x00\x3c"  # user name, password, clean session
+        for field in (b"flooder", b"flooder", broker.password("flooder").encode()):
+            var += len(field).to_bytes(2, "big") + field
         self.sock.sendall(bytes([0x10, len(var)]) + var)
         assert self.sock.recv(4)[:2] == b"\x20\x02"  # CONNACK
         self.batch = publish_packet(topic, payload, retain=False) * 200
@@ -136,17 +137,16 @@ class RawFlood:
         self.sock.close()
 
 
-def test_a_flood_from_one_agent_is_rate_limited_and_keepalives_still_flow(mosquitto, publisher):
+def test_a_flood_from_one_agent_is_rate_limited_and_keepalives_still_flow(broker, publisher):
     # A short keepalive: the broker drops a client that sends nothing for 1.5 x 2 s.
     collector = Collector(
-        ConnectionSettings(parse_brokers(f"mqtt://{mosquitto.host}:{mosquitto.port}")),
+        broker.settings("collector"),
         keepalive_s=2,
         max_buffer=4 * 1024 * 1024,
     )
     collector.start()
     flood = RawFlood(
-        mosquitto.host,
-        mosquitto.port,
+        broker,
         report_topic("flooder"),
         json.dumps(report("flooder")).encode(),
     )
@@ -179,14 +179,12 @@ def test_a_flood_from_one_agent_is_rate_limited_and_keepalives_still_flow(mosqui
         collector.stop()
 
 
-def test_a_retained_snapshot_is_never_rate_limited(broker_url, publisher):
+def test_a_retained_snapshot_is_never_rate_limited(broker, publisher):
     n = 300
     publisher.publish_many((report_topic(f"a{i}"), report(f"a{i}")) for i in range(n))
     publisher.publish_many((status_topic(f"a{i}"), status(f"a{i}")) for i in range(n))
     # The tightest limit there is: one message per topic, then one every 1000 s.
-    collector = Collector(
-        ConnectionSettings(parse_brokers(broker_url)), rate_limit=RateLimit(1, 0.001)
-    )
+    collector = Collector(broker.settings("collector"), rate_limit=RateLimit(1, 0.001))
     collector.start()
     try:
         wait_until(collector.retained_loaded.is_set, what="the retained snapshot")
@@ -204,10 +202,8 @@ def test_a_retained_snapshot_is_never_rate_limited(broker_url, publisher):
         collector.stop()
 
 
-def test_the_rate_limit_keeps_a_burst_and_drops_the_excess_of_one_topic(broker_url, publisher):
-    collector = Collector(
-        ConnectionSettings(parse_brokers(broker_url)), rate_limit=RateLimit(3, 0.001)
-    )
+def test_the_rate_limit_keeps_a_burst_and_drops_the_excess_of_one_topic(broker, publisher):
+    collector = Collector(broker.settings("collector"), rate_limit=RateLimit(3, 0.001))
     collector.start()
     try:
         wait_until(lambda: collector.connected, what="subscribed")
@@ -223,12 +219,8 @@ def test_the_rate_limit_keeps_a_burst_and_drops_the_excess_of_one_topic(broker_u
         collector.stop()
 
 
-def test_the_newest_message_over_the_limit_is_applied_once_the_topic_has_a_token(
-    broker_url, publisher
-):
-    collector = Collector(
-        ConnectionSettings(parse_brokers(broker_url)), rate_limit=RateLimit(3, 5.0)
-    )
+def test_the_newest_message_over_the_limit_is_applied_once_the_topic_has_a_token(broker, publisher):
+    collector = Collector(broker.settings("collector"), rate_limit=RateLimit(3, 5.0))
     collector.start()
     try:
         wait_until(lambda: collector.connected, what="subscribed")
@@ -247,9 +239,9 @@ def test_the_newest_message_over_the_limit_is_applied_once_the_topic_has_a_token
         collector.stop()
 
 
-def test_the_collector_cli_refuses_a_rate_limit_of_zero_burst(broker_url):
+def test_the_collector_cli_refuses_a_rate_limit_of_zero_burst(broker):
     from tests.collector.test_collector_mqtt import run_cli
 
-    r = run_cli("collector", "--broker", broker_url, "--rate-limit-burst", "0")
+    r = run_cli("collector", *broker.login("collector"), "--rate-limit-burst", "0")
     assert r.returncode == 2
     assert "--rate-limit-burst" in r.stderr

@@ -23,9 +23,9 @@ import tomllib
 from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.reasoncodes import ReasonCode
 
-from clockfleet import devstack
 from clockfleet.collector import paho_socket
 from clockfleet.collector.link import BufferedLink
+from clockfleet.devstack.mosquitto import ShippedBroker
 from clockfleet.protocol import session
 from tests.collector.test_link_framing import publish as publish_packet
 
@@ -105,6 +105,10 @@ class Stub:
         self.closed = True
 
 
+SEED_TOPIC = "clock/v1/agents/contract-seed/report"
+REPORTS = "clock/v1/agents/+/report"
+
+
 def raise_(exc: BaseException) -> Callable[..., Any]:
     def f(*_: object) -> Any:
         raise exc
@@ -112,8 +116,10 @@ def raise_(exc: BaseException) -> Callable[..., Any]:
     return f
 
 
-def new_client(**callbacks: Callable) -> mqtt.Client:
-    client = mqtt.Client(CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv311)
+def new_client(broker: ShippedBroker, identity: str, **callbacks: Callable) -> mqtt.Client:
+    """A paho client logged in as `identity`, as the collector's is (MQTT 3.1.1)."""
+    client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=identity, protocol=mqtt.MQTTv311)
+    client.username_pw_set(identity, broker.password(identity))
     for name, fn in callbacks.items():
         setattr(client, name, fn)
     return client
@@ -132,17 +138,20 @@ def pump(client: mqtt.Client, real: socket.socket, until: Callable[[], bool]) ->
 
 
 @pytest.fixture
-def connected(mosquitto: devstack.Daemon):
-    """A paho client just past connect() (CONNECT sent, nothing read yet), and its socket."""
+def connected(broker: ShippedBroker):
+    """A paho client logged in as `collector`, just past connect() (CONNECT sent, nothing
+    read yet), and its socket."""
     acks: dict[str, Any] = {}
     client = new_client(
+        broker,
+        "collector",
         on_connect=lambda c, u, flags, rc, props: acks.setdefault("connack", rc),
         on_subscribe=lambda c, u, mid, rcs, props: acks.setdefault("suback", rcs),
         on_unsubscribe=lambda c, u, mid, rcs, props: acks.setdefault("unsuback", rcs),
         on_disconnect=lambda c, u, flags, rc, props: acks.setdefault("disconnect", rc),
         on_message=lambda c, u, msg: acks.setdefault("messages", []).append(msg),
     )
-    client.connect(mosquitto.host, mosquitto.port, keepalive=1)
+    client.connect(broker.host, broker.port, keepalive=1)
     real = client.socket()
     yield client, real, acks
     real.close()
@@ -158,20 +167,20 @@ def test_after_connect_the_sock_attribute_is_the_socket_paho_hands_out(connected
 
 
 def test_after_the_hand_off_paho_works_through_the_replacement_with_recv_send_close_only(
-    connected, mosquitto
+    connected, broker
 ):
     client, real, acks = connected
     recorder = paho_socket.install_link(client, Recorder)
     assert client.socket() is recorder
 
     pump(client, real, lambda: "connack" in acks)
-    seed = new_client()
-    seed.connect(mosquitto.host, mosquitto.port)
+    seed = new_client(broker, "contract-seed")  # an agent writing its report
+    seed.connect(broker.host, broker.port)
     seed.loop_start()
-    seed.publish("contract/t", b"retained", qos=1, retain=True).wait_for_publish(10)
+    seed.publish(SEED_TOPIC, b"retained", qos=1, retain=True).wait_for_publish(10)
     seed.disconnect()
     seed.loop_stop()
-    client.subscribe("contract/#", 0)
+    client.subscribe(REPORTS, 0)
     pump(client, real, lambda: acks.get("messages"))
     client.unsubscribe("contract/fence")
     pump(client, real, lambda: "unsuback" in acks)
@@ -219,7 +228,7 @@ def test_an_oserror_from_send_is_a_lost_connection_not_an_exception(connected):
     )
     # Without a loop thread paho writes at once, else on the next loop_write(): either way
     # the error ends in a closed stand-in, never in an exception.
-    client.subscribe("contract/#", 0)
+    client.subscribe(REPORTS, 0)
     client.loop_write()
     assert stub.closed and client.socket() is None
 
@@ -250,7 +259,7 @@ def test_callbacks_of_api_version_2_carry_reason_code_objects(connected):
     client, real, acks = connected
     paho_socket.install_link(client, Recorder)
     pump(client, real, lambda: "connack" in acks)
-    client.subscribe([("contract/a", 0), ("contract/b", 0)])
+    client.subscribe([(REPORTS, 0), ("clock/v1/agents/+/status", 0)])
     pump(client, real, lambda: "suback" in acks)
     client.unsubscribe("contract/fence")
     pump(client, real, lambda: "unsuback" in acks)

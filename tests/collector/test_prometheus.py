@@ -68,10 +68,10 @@ CANARIES = {"ap-south": canary(CHANGE)}
 @pytest.fixture(scope="module")
 def live(prometheus) -> Iterator[tuple[RunningCollector, Prometheus]]:
     rundir = Path(tempfile.mkdtemp(prefix="cf-live-", dir="/tmp"))
-    broker = devstack.start_mosquitto(rundir / "mosquitto")
+    broker = devstack.start_shipped_mosquitto(rundir / "broker")
     collector = None
     try:
-        pub = Publisher(broker.host, broker.port)
+        pub = Publisher(broker)
         for region, version in PUBLISHED.items():
             extra = {"canary": CANARIES[region]} if region in CANARIES else {}
             pub.publish(servers_topic(region), servers(region, version, **extra))
@@ -81,7 +81,7 @@ def live(prometheus) -> Iterator[tuple[RunningCollector, Prometheus]]:
             pub.publish(status_topic(agent), status(agent, state, 4, region=region))
         pub.publish(report_topic("ghost"), b"{not json")  # one rejection for rate()
         pub.close()
-        collector = RunningCollector(f"mqtt://{broker.host}:{broker.port}")
+        collector = RunningCollector(broker)
         wait_until(lambda: len(collector.state.agents) == len(FLEET), what="the fleet")
         yield collector, prometheus(f"127.0.0.1:{collector.server.server_port}")
     finally:

@@ -10,8 +10,9 @@ from pathlib import Path
 import pytest
 
 from clockfleet import devstack
+from clockfleet.devstack.mosquitto import ShippedBroker
 from tests.collector.kit import (
-    DEFAULT_LIMITS_MOSQUITTO_CONF,
+    DEFAULT_QUEUE,
     Publisher,
     failed_report,
     now_iso,
@@ -26,9 +27,11 @@ from tests.collector.kit import (
 REPO = Path(__file__).resolve().parents[2]
 
 
-def status_cli(broker_url: str, *args: str) -> subprocess.CompletedProcess:
+def status_cli(broker: ShippedBroker | str, *args: str) -> subprocess.CompletedProcess:
+    """`clockfleet status` as `operator` (as the README runs it); a string: a bare URL."""
+    login = broker.login("operator") if isinstance(broker, ShippedBroker) else ["--broker", broker]
     return subprocess.run(
-        [sys.executable, "-m", "clockfleet", "status", "--broker", broker_url, *args],
+        [sys.executable, "-m", "clockfleet", "status", *login, *args],
         capture_output=True,
         text=True,
         timeout=60,
@@ -51,8 +54,8 @@ def fleet(publisher) -> None:
     publisher.publish(status_topic("west"), status("west", "offline", 5, region="eu-west"))
 
 
-def test_status_json_lists_every_agent_worst_offset_first(broker_url, fleet):
-    r = status_cli(broker_url, "--json")
+def test_status_json_lists_every_agent_worst_offset_first(broker, fleet):
+    r = status_cli(broker, "--json")
     assert r.returncode == 0, r.stderr
     rows = json.loads(r.stdout)
     assert [row["agent"] for row in rows] == ["large", "west", "small", "failing"]
@@ -70,20 +73,20 @@ def test_status_json_lists_every_agent_worst_offset_first(broker_url, fleet):
     assert by_agent["small"]["server"] == "192.0.2.10:123"
 
 
-def test_status_region_filter_shows_only_that_region(broker_url, fleet):
-    rows = json.loads(status_cli(broker_url, "--json", "--region", "eu-west").stdout)
+def test_status_region_filter_shows_only_that_region(broker, fleet):
+    rows = json.loads(status_cli(broker, "--json", "--region", "eu-west").stdout)
     assert [row["agent"] for row in rows] == ["west"]
 
 
-def test_status_stale_after_overrides_the_poll_interval(broker_url, fleet):
-    rows = json.loads(status_cli(broker_url, "--json", "--stale-after", "20000").stdout)
+def test_status_stale_after_overrides_the_poll_interval(broker, fleet):
+    rows = json.loads(status_cli(broker, "--json", "--stale-after", "20000").stdout)
     west = next(row for row in rows if row["agent"] == "west")
     assert west["report_age_s"] > 4 * 3600 - 60
     assert west["stale"] is False  # 4 h < 20000 s
 
 
-def test_status_prints_a_table_with_behind_and_stale_marks(broker_url, fleet):
-    r = status_cli(broker_url)
+def test_status_prints_a_table_with_behind_and_stale_marks(broker, fleet):
+    r = status_cli(broker)
     assert r.returncode == 0, r.stderr
     out = r.stdout
     for agent in ("large", "west", "small", "failing"):
@@ -102,14 +105,12 @@ def test_status_exits_2_with_one_line_when_no_broker_answers():
 
 
 def test_status_sees_more_retained_agents_than_a_qos1_subscriber_could(short_tmp):
-    broker = devstack.start_mosquitto(
-        short_tmp / "default-mosquitto", conf_template=DEFAULT_LIMITS_MOSQUITTO_CONF
-    )
+    broker = devstack.start_shipped_mosquitto(short_tmp / "default-queue", **DEFAULT_QUEUE)
     try:
-        pub = Publisher(broker.host, broker.port)
+        pub = Publisher(broker)
         pub.publish_many((report_topic(f"a{i}"), report(f"a{i}")) for i in range(1500))
         pub.close()
-        r = status_cli(f"mqtt://{broker.host}:{broker.port}", "--json")
+        r = status_cli(broker, "--json")
         assert r.returncode == 0, r.stderr
         assert len(json.loads(r.stdout)) == 1500
     finally:

@@ -23,17 +23,17 @@ import yaml
 from paho.mqtt.enums import CallbackAPIVersion
 
 from clockfleet import devstack
-from tests.broker.brokerstack import Broker, start_broker
+from clockfleet.devstack.mosquitto import ShippedBroker, start_shipped
 from tests.collector.kit import Prometheus, report, servers, status
 from tests.collector.test_prometheus import dashboard_queries
 from tests.helpers import REPO, wait_until
 
 CONFIG = REPO / "config"
 AGENTS = {"pbx-01": "us-east", "pbx-02": "eu-west"}
-IDENTITIES = ("collector", "collector-2")
+IDENTITIES_TOOL = ("collector", "collector-2")
 
 
-def publish_as(broker: Broker, identity: str, items: list[tuple[str, dict]]) -> None:
+def publish_as(broker: ShippedBroker, identity: str, items: list[tuple[str, dict]]) -> None:
     c = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=identity, protocol=mqtt.MQTTv311)
     c.username_pw_set(identity, broker.password(identity))
     c.connect(broker.daemon.host, broker.daemon.port)
@@ -66,7 +66,7 @@ def prometheus_config(targets: list[str], rules: Path) -> str:
 
 @dataclass
 class Pair:
-    broker: Broker
+    broker: ShippedBroker
     procs: dict[str, subprocess.Popen]
     targets: dict[str, str]
     prom: Prometheus
@@ -76,7 +76,9 @@ class Pair:
             return json.load(resp)["data"]
 
 
-def start_collector(broker: Broker, identity: str, port: int, rundir: Path) -> subprocess.Popen:
+def start_collector(
+    broker: ShippedBroker, identity: str, port: int, rundir: Path
+) -> subprocess.Popen:
     log = open(rundir / f"{identity}.log", "wb")  # noqa: SIM115 - lives as long as the process
     return subprocess.Popen(
         [
@@ -90,7 +92,7 @@ def start_collector(broker: Broker, identity: str, port: int, rundir: Path) -> s
 @pytest.fixture(scope="module")
 def pair() -> Iterator[Pair]:
     rundir = Path(tempfile.mkdtemp(prefix="cf-pair-", dir="/tmp"))
-    broker = start_broker(rundir, list(AGENTS))  # collector-2 is one of the roles
+    broker = start_shipped(rundir, list(AGENTS))  # collector-2 is one of the roles
     procs: dict[str, subprocess.Popen] = {}
     prom_daemon = None
     try:
@@ -104,7 +106,7 @@ def pair() -> Iterator[Pair]:
                 (f"clock/v1/agents/{agent}/status", status(agent, "online", 1, region=region)),
             ])  # fmt: skip
         targets = {}
-        for identity in IDENTITIES:
+        for identity in IDENTITIES_TOOL:
             port = devstack.free_port()
             procs[identity] = start_collector(broker, identity, port, rundir)
             targets[identity] = f"127.0.0.1:{port}"

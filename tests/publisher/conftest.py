@@ -1,23 +1,15 @@
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
+from clockfleet.devstack.mosquitto import ShippedBroker
 from clockfleet.protocol import signing
 from clockfleet.publisher.cli import publish_main
-from tests.broker.brokerstack import Broker, start_broker
-from tests.publisher.kit import AGENTS, FLEET
-
-
-@pytest.fixture
-def broker(short_tmp: Path) -> Iterator[Broker]:
-    """Mosquitto from broker/mosquitto.demo.conf: real identities and the real ACL."""
-    b = start_broker(short_tmp, AGENTS)
-    yield b
-    b.daemon.stop()
+from tests.publisher.kit import FLEET
 
 
 @pytest.fixture
@@ -33,7 +25,9 @@ class Run:
 
 
 @pytest.fixture
-def publish(broker: Broker, tmp_path: Path, capsys: pytest.CaptureFixture) -> Callable[..., Run]:
+def publish(
+    broker: ShippedBroker, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> Callable[..., Run]:
     """publish(*extra_args, fleet=PATH, identity="publisher", preflight=False) -> Run, in
     process. The fleet files here name documentation servers (example.net, 192.0.2.0/24) that
     answer nobody, so the preflight is off unless a test asks for it."""

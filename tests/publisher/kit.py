@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 
-from tests.broker.brokerstack import Broker
+from clockfleet.devstack.mosquitto import ShippedBroker
 from tests.broker.mqttclient import connect
 
 AGENTS = ["acme-01", "acme-02", "globex-02"]
@@ -29,7 +29,7 @@ agents:
 """
 
 
-def retained(b: Broker) -> dict[str, dict]:
+def retained(b: ShippedBroker) -> dict[str, dict]:
     """Every retained list and profile on the broker, as a reader (the operator) sees it."""
     c = connect(b.daemon.port, "operator", b.password("operator"))
     try:

@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
+from clockfleet.devstack.mosquitto import ShippedBroker, start_shipped
 from clockfleet.publisher.cli import publish_main
-from tests.broker.brokerstack import Broker, start_broker
 from tests.publisher.kit import retained
 
 GOOD_REGION = """\
@@ -250,16 +250,16 @@ CASES: dict[str, tuple[str, str, str]] = {
 
 
 @pytest.fixture(scope="module")
-def shared_broker() -> Iterator[Broker]:
+def shared_broker() -> Iterator[ShippedBroker]:
     """One broker for all cases: each case proves it published nothing there."""
     rundir = Path(tempfile.mkdtemp(prefix="cf-", dir="/tmp"))
-    b = start_broker(rundir, ["acme-01"])
+    b = start_shipped(rundir, ["acme-01"])
     yield b
     b.daemon.stop()
     shutil.rmtree(rundir, ignore_errors=True)
 
 
-def run(broker: Broker, config: Path, capsys: pytest.CaptureFixture) -> tuple[int, str]:
+def run(broker: ShippedBroker, config: Path, capsys: pytest.CaptureFixture) -> tuple[int, str]:
     capsys.readouterr()
     rc = publish_main(
         [
@@ -275,7 +275,7 @@ def run(broker: Broker, config: Path, capsys: pytest.CaptureFixture) -> tuple[in
 
 @pytest.mark.parametrize("case", sorted(CASES))
 def test_invalid_fleet_file_is_refused_with_file_path_and_reason(
-    case: str, shared_broker: Broker, tmp_path: Path, capsys: pytest.CaptureFixture
+    case: str, shared_broker: ShippedBroker, tmp_path: Path, capsys: pytest.CaptureFixture
 ):
     text, where, reason = CASES[case]
     config = tmp_path / "fleet.yaml"
@@ -290,13 +290,13 @@ def test_invalid_fleet_file_is_refused_with_file_path_and_reason(
     assert retained(shared_broker) == {}
 
 
-def test_a_missing_file_is_refused(shared_broker: Broker, tmp_path: Path, capsys):
+def test_a_missing_file_is_refused(shared_broker: ShippedBroker, tmp_path: Path, capsys):
     rc, err = run(shared_broker, tmp_path / "nope.yaml", capsys)
     assert rc == 2
     assert f"{tmp_path / 'nope.yaml'}: no such file" in err
 
 
-def test_a_file_that_is_not_utf8_is_refused(shared_broker: Broker, tmp_path: Path, capsys):
+def test_a_file_that_is_not_utf8_is_refused(shared_broker: ShippedBroker, tmp_path: Path, capsys):
     config = tmp_path / "fleet.yaml"
     config.write_bytes(b"regions: caf\xe9\n")
     rc, err = run(shared_broker, config, capsys)
@@ -304,7 +304,9 @@ def test_a_file_that_is_not_utf8_is_refused(shared_broker: Broker, tmp_path: Pat
     assert f"{config}: cannot read" in err
 
 
-def test_every_problem_in_a_file_is_reported_at_once(shared_broker: Broker, tmp_path, capsys):
+def test_every_problem_in_a_file_is_reported_at_once(
+    shared_broker: ShippedBroker, tmp_path, capsys
+):
     config = tmp_path / "fleet.yaml"
     config.write_text(
         "regions:\n"
@@ -327,8 +329,8 @@ def test_every_problem_in_a_file_is_reported_at_once(shared_broker: Broker, tmp_
 
 
 def test_the_example_fleet_file_in_config_is_valid():
+    from clockfleet.devstack.mosquitto import REPO
     from clockfleet.publisher import fleetfile
-    from tests.broker.brokerstack import REPO
 
     fleet = fleetfile.load(REPO / "config" / "fleet.yaml")
     assert set(fleet.regions) == {"us-east", "eu-west"}
@@ -336,7 +338,7 @@ def test_the_example_fleet_file_in_config_is_valid():
 
 
 def test_a_host_with_a_zone_id_and_a_second_line_exits_2_naming_file_path_and_reason(
-    shared_broker: Broker, tmp_path: Path
+    shared_broker: ShippedBroker, tmp_path: Path
 ):
     """The installed command: a host that would add a line to chrony's sources file."""
     config = tmp_path / "fleet.yaml"

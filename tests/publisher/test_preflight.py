@@ -9,8 +9,8 @@ from collections.abc import Iterator
 import pytest
 
 from clockfleet import devstack
+from clockfleet.devstack.mosquitto import ShippedBroker
 from tests.agent.fakentp import FakeNtpServer
-from tests.broker.brokerstack import Broker
 from tests.publisher.kit import retained
 
 US_EAST = "clock/v1/regions/us-east/servers"
@@ -42,7 +42,7 @@ def counting() -> Iterator[FakeNtpServer]:
 
 
 def test_a_healthy_new_server_passes_and_the_list_is_published(
-    broker: Broker, fleet, publish, chrony_server
+    broker: ShippedBroker, fleet, publish, chrony_server
 ):
     ntp = chrony_server()
     fleet(fleet_text((ntp.host, ntp.port)))
@@ -54,7 +54,7 @@ def test_a_healthy_new_server_passes_and_the_list_is_published(
 
 
 def test_a_silent_new_server_blocks_the_publish_with_exit_2(
-    broker: Broker, fleet, publish, chrony_server, silent
+    broker: ShippedBroker, fleet, publish, chrony_server, silent
 ):
     ntp = chrony_server()
     fleet(fleet_text((ntp.host, ntp.port), silent))
@@ -67,7 +67,7 @@ def test_a_silent_new_server_blocks_the_publish_with_exit_2(
 
 
 def test_a_blocked_publish_says_some_servers_answer_only_from_the_pbx_networks(
-    broker: Broker, fleet, publish, silent
+    broker: ShippedBroker, fleet, publish, silent
 ):
     fleet(fleet_text(silent))
     run = publish(preflight=True)
@@ -75,7 +75,9 @@ def test_a_blocked_publish_says_some_servers_answer_only_from_the_pbx_networks(
     assert "only from the PBXs' networks" in run.err and "--force" in run.err
 
 
-def test_force_publishes_past_a_failing_server_and_says_so(broker: Broker, fleet, publish, silent):
+def test_force_publishes_past_a_failing_server_and_says_so(
+    broker: ShippedBroker, fleet, publish, silent
+):
     fleet(fleet_text(silent))
     run = publish("--force", preflight=True)
     assert run.rc == 0, run.err
@@ -83,7 +85,7 @@ def test_force_publishes_past_a_failing_server_and_says_so(broker: Broker, fleet
     assert retained(broker)[US_EAST]["servers"] == [{"host": silent[0], "port": silent[1]}]
 
 
-def test_an_unchanged_list_queries_nothing(broker: Broker, fleet, publish, counting):
+def test_an_unchanged_list_queries_nothing(broker: ShippedBroker, fleet, publish, counting):
     fleet(fleet_text(counting.address))
     assert publish(preflight=True).rc == 0
     asked = counting.requests
@@ -96,7 +98,7 @@ def test_an_unchanged_list_queries_nothing(broker: Broker, fleet, publish, count
 
 
 def test_a_server_kept_in_place_is_not_queried_again(
-    broker: Broker, fleet, publish, counting, chrony_server
+    broker: ShippedBroker, fleet, publish, counting, chrony_server
 ):
     fleet(fleet_text(counting.address))
     assert publish(preflight=True).rc == 0
@@ -110,7 +112,7 @@ def test_a_server_kept_in_place_is_not_queried_again(
 
 
 def test_a_server_moved_to_another_position_is_queried(
-    broker: Broker, fleet, publish, counting, chrony_server
+    broker: ShippedBroker, fleet, publish, counting, chrony_server
 ):
     first = chrony_server()
     fleet(fleet_text(counting.address, (first.host, first.port)))
@@ -123,7 +125,9 @@ def test_a_server_moved_to_another_position_is_queried(
     assert counting.requests > asked
 
 
-def test_a_dry_run_shows_the_verdict_and_publishes_nothing(broker: Broker, fleet, publish, silent):
+def test_a_dry_run_shows_the_verdict_and_publishes_nothing(
+    broker: ShippedBroker, fleet, publish, silent
+):
     fleet(fleet_text(silent))
     run = publish("--dry-run", preflight=True)
     assert run.rc == 0
@@ -132,7 +136,7 @@ def test_a_dry_run_shows_the_verdict_and_publishes_nothing(broker: Broker, fleet
     assert retained(broker) == {}
 
 
-def test_no_preflight_queries_nothing(broker: Broker, fleet, publish, counting):
+def test_no_preflight_queries_nothing(broker: ShippedBroker, fleet, publish, counting):
     fleet(fleet_text(counting.address))
     run = publish("--no-preflight", preflight=True)
     assert run.rc == 0, run.err
@@ -141,7 +145,7 @@ def test_no_preflight_queries_nothing(broker: Broker, fleet, publish, counting):
 
 
 def test_a_canary_publish_is_blocked_by_a_silent_new_server(
-    broker: Broker, fleet, publish, counting, silent
+    broker: ShippedBroker, fleet, publish, counting, silent
 ):
     fleet(fleet_text(counting.address))
     assert publish(preflight=True).rc == 0

@@ -9,11 +9,11 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from clockfleet import devstack
+from clockfleet.devstack.mosquitto import ShippedBroker
 from clockfleet.protocol import signing
 from clockfleet.protocol.codec import decode
 from clockfleet.protocol.messages import Profile, ServerList
 from clockfleet.publisher.versions import date_floor
-from tests.broker.brokerstack import Broker
 from tests.broker.mqttclient import connect
 from tests.publisher.kit import FLEET, retained
 
@@ -36,7 +36,7 @@ agents:
 """
 
 
-def test_each_region_list_arrives_retained_and_signed(broker: Broker, fleet, publish, keys):
+def test_each_region_list_arrives_retained_and_signed(broker: ShippedBroker, fleet, publish, keys):
     fleet()
     private, public = keys
     assert publish("--signing-key", str(private)).rc == 0
@@ -59,7 +59,7 @@ def test_each_region_list_arrives_retained_and_signed(broker: Broker, fleet, pub
 
 
 def test_each_profile_arrives_signed_with_the_region_time_zone_as_default(
-    broker: Broker, fleet, publish, keys
+    broker: ShippedBroker, fleet, publish, keys
 ):
     fleet()
     private, public = keys
@@ -87,7 +87,7 @@ def test_without_a_key_lists_go_out_unsigned_with_a_warning(broker, fleet, publi
     assert "sig" not in retained(broker)[US_EAST]
 
 
-def test_an_unchanged_file_publishes_nothing(broker: Broker, fleet, publish, keys):
+def test_an_unchanged_file_publishes_nothing(broker: ShippedBroker, fleet, publish, keys):
     fleet()
     assert publish("--signing-key", str(keys[0])).rc == 0
     before = retained(broker)
@@ -110,7 +110,7 @@ def test_an_unchanged_file_publishes_nothing(broker: Broker, fleet, publish, key
 
 
 def test_a_changed_region_gets_version_plus_one_and_alone_is_republished(
-    broker: Broker, fleet, publish, keys
+    broker: ShippedBroker, fleet, publish, keys
 ):
     fleet()
     assert publish("--signing-key", str(keys[0])).rc == 0
@@ -135,7 +135,7 @@ def test_a_changed_region_gets_version_plus_one_and_alone_is_republished(
         assert after[topic] == before[topic]
 
 
-def test_a_profile_change_republishes_only_that_profile(broker: Broker, fleet, publish):
+def test_a_profile_change_republishes_only_that_profile(broker: ShippedBroker, fleet, publish):
     fleet()
     assert publish().rc == 0
     before = retained(broker)
@@ -149,7 +149,7 @@ def test_a_profile_change_republishes_only_that_profile(broker: Broker, fleet, p
 
 
 def test_versions_never_go_backwards_after_the_broker_lost_its_state(
-    broker: Broker, fleet, publish
+    broker: ShippedBroker, fleet, publish
 ):
     fleet()
     assert publish().rc == 0
@@ -168,7 +168,7 @@ def test_versions_never_go_backwards_after_the_broker_lost_its_state(
 
 
 def test_with_no_record_anywhere_versions_start_above_todays_date_floor(
-    broker: Broker, fleet, publish
+    broker: ShippedBroker, fleet, publish
 ):
     fleet()
     assert publish().rc == 0
@@ -179,7 +179,7 @@ def test_with_no_record_anywhere_versions_start_above_todays_date_floor(
     assert version > date_floor(yesterday) + 99
 
 
-def test_state_file_records_the_issued_versions(broker: Broker, fleet, publish, tmp_path):
+def test_state_file_records_the_issued_versions(broker: ShippedBroker, fleet, publish, tmp_path):
     fleet()
     assert publish().rc == 0
     state = json.loads((tmp_path / "state.json").read_text())
@@ -188,7 +188,7 @@ def test_state_file_records_the_issued_versions(broker: Broker, fleet, publish, 
     )
 
 
-def test_an_invalid_retained_payload_is_replaced(broker: Broker, fleet, publish):
+def test_an_invalid_retained_payload_is_replaced(broker: ShippedBroker, fleet, publish):
     fleet()
     pub = connect(broker.daemon.port, "publisher", broker.password("publisher"))
     try:
@@ -201,7 +201,9 @@ def test_an_invalid_retained_payload_is_replaced(broker: Broker, fleet, publish)
     assert retained(broker)[US_EAST]["region"] == "us-east"
 
 
-def test_a_new_signing_key_republishes_everything(broker: Broker, fleet, publish, keys, tmp_path):
+def test_a_new_signing_key_republishes_everything(
+    broker: ShippedBroker, fleet, publish, keys, tmp_path
+):
     fleet()
     assert publish("--signing-key", str(keys[0])).rc == 0
     new_key, _ = signing.generate(tmp_path / "keys2", "ops-2027")
@@ -211,7 +213,7 @@ def test_a_new_signing_key_republishes_everything(broker: Broker, fleet, publish
     assert {v["sig"]["key_id"] for v in retained(broker).values()} == {"ops-2027"}
 
 
-def test_dry_run_prints_the_change_and_publishes_nothing(broker: Broker, fleet, publish):
+def test_dry_run_prints_the_change_and_publishes_nothing(broker: ShippedBroker, fleet, publish):
     fleet()
     assert publish().rc == 0
     before = retained(broker)
@@ -225,7 +227,7 @@ def test_dry_run_prints_the_change_and_publishes_nothing(broker: Broker, fleet, 
     assert retained(broker) == before
 
 
-def test_without_prune_a_removed_region_stays_and_is_named(broker: Broker, fleet, publish):
+def test_without_prune_a_removed_region_stays_and_is_named(broker: ShippedBroker, fleet, publish):
     fleet()
     assert publish().rc == 0
     fleet(FLEET_WITHOUT_EU)
@@ -235,7 +237,7 @@ def test_without_prune_a_removed_region_stays_and_is_named(broker: Broker, fleet
     assert EU_WEST in retained(broker)
 
 
-def test_prune_withdraws_a_removed_region_and_profile(broker: Broker, fleet, publish):
+def test_prune_withdraws_a_removed_region_and_profile(broker: ShippedBroker, fleet, publish):
     fleet()
     assert publish().rc == 0
     fleet(FLEET_WITHOUT_EU)
@@ -247,7 +249,7 @@ def test_prune_withdraws_a_removed_region_and_profile(broker: Broker, fleet, pub
 
 
 def test_dry_run_with_prune_names_the_withdrawal_and_withdraws_nothing(
-    broker: Broker, fleet, publish
+    broker: ShippedBroker, fleet, publish
 ):
     fleet()
     assert publish().rc == 0
@@ -260,7 +262,7 @@ def test_dry_run_with_prune_names_the_withdrawal_and_withdraws_nothing(
     assert retained(broker) == before
 
 
-def test_a_refused_publish_is_reported_and_exits_1(broker: Broker, fleet, publish):
+def test_a_refused_publish_is_reported_and_exits_1(broker: ShippedBroker, fleet, publish):
     """An agent's identity may not write lists: under MQTT 5 the PUBACK says so."""
     fleet()
     run = publish(identity="acme-01")
@@ -290,7 +292,7 @@ def test_an_unreachable_broker_exits_2_with_one_line(fleet, tmp_path, capsys):
     assert len(lines) == 1 and "cannot connect to the broker" in lines[0]
 
 
-def test_a_wrong_password_exits_2_with_one_line(broker: Broker, fleet, tmp_path, capsys):
+def test_a_wrong_password_exits_2_with_one_line(broker: ShippedBroker, fleet, tmp_path, capsys):
     from clockfleet.publisher.cli import publish_main
 
     path = fleet()
@@ -314,7 +316,9 @@ def test_a_wrong_password_exits_2_with_one_line(broker: Broker, fleet, tmp_path,
     assert len(lines) == 1 and "Not authorized" in lines[0]
 
 
-def test_a_refused_login_is_not_tried_again_with_mqtt_311(broker: Broker, fleet, tmp_path, capsys):
+def test_a_refused_login_is_not_tried_again_with_mqtt_311(
+    broker: ShippedBroker, fleet, tmp_path, capsys
+):
     """The CONNACK's reason code (bad credentials) is final: MQTT 3.1.1 would fail the same."""
     from clockfleet.publisher.cli import publish_main
 
@@ -328,7 +332,9 @@ def test_a_refused_login_is_not_tried_again_with_mqtt_311(broker: Broker, fleet,
     assert broker.daemon.log.read_text().count("disconnected, not authorised") == 1
 
 
-def test_the_installed_command_publishes_as_a_subprocess(broker: Broker, fleet, tmp_path, keys):
+def test_the_installed_command_publishes_as_a_subprocess(
+    broker: ShippedBroker, fleet, tmp_path, keys
+):
     path = fleet()
     cmd = [
         str(Path(sys.executable).parent / "clockfleet"),

@@ -7,19 +7,19 @@ from pathlib import Path
 
 import pytest
 
+from clockfleet.devstack.mosquitto import ShippedBroker, start_shipped
 from clockfleet.publisher.cli import publish_main
-from tests.broker.brokerstack import Broker, start_broker
 from tests.publisher.kit import FLEET, retained
 
 
 @pytest.fixture
-def tls_broker(short_tmp: Path) -> Iterator[Broker]:
-    b = start_broker(short_tmp, ["acme-01"], production=True)
+def tls_broker(short_tmp: Path) -> Iterator[ShippedBroker]:
+    b = start_shipped(short_tmp, ["acme-01"])
     yield b
     b.daemon.stop()
 
 
-def args(b: Broker, config: Path, *extra: str) -> list[str]:
+def args(b: ShippedBroker, config: Path, *extra: str) -> list[str]:
     return [
         "--config",
         str(config),
@@ -34,7 +34,7 @@ def args(b: Broker, config: Path, *extra: str) -> list[str]:
     ]
 
 
-def test_publishes_over_tls_with_the_test_ca(tls_broker: Broker, tmp_path: Path, capsys):
+def test_publishes_over_tls_with_the_test_ca(tls_broker: ShippedBroker, tmp_path: Path, capsys):
     config = tmp_path / "fleet.yaml"
     config.write_text(FLEET)
     assert (
@@ -44,7 +44,9 @@ def test_publishes_over_tls_with_the_test_ca(tls_broker: Broker, tmp_path: Path,
     assert "clock/v1/regions/us-east/servers" in retained(tls_broker)
 
 
-def test_tls_without_the_ca_exits_2_with_one_line(tls_broker: Broker, tmp_path: Path, capsys):
+def test_tls_without_the_ca_exits_2_with_one_line(
+    tls_broker: ShippedBroker, tmp_path: Path, capsys
+):
     config = tmp_path / "fleet.yaml"
     config.write_text(FLEET)
     assert publish_main(args(tls_broker, config)) == 2

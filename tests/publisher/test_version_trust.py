@@ -14,10 +14,10 @@ import subprocess
 import sys
 from pathlib import Path
 
+from clockfleet.devstack.mosquitto import ShippedBroker
 from clockfleet.protocol import signing
 from clockfleet.protocol.messages import MAX_VERSION
 from clockfleet.publisher.versions import MAX_VERSION_JUMP, date_floor
-from tests.broker.brokerstack import Broker
 from tests.broker.mqttclient import connect
 from tests.publisher.kit import FLEET, retained
 
@@ -31,7 +31,7 @@ US_EAST_BODY = {
 }
 
 
-def put_retained(b: Broker, topic: str, obj: dict) -> None:
+def put_retained(b: ShippedBroker, topic: str, obj: dict) -> None:
     """Write one retained message, as anyone able to write that topic could."""
     c = connect(b.daemon.port, "publisher", b.password("publisher"))
     try:
@@ -41,7 +41,7 @@ def put_retained(b: Broker, topic: str, obj: dict) -> None:
 
 
 def test_an_unsigned_copy_at_the_end_of_the_version_space_is_not_adopted(
-    broker: Broker, fleet, publish, keys
+    broker: ShippedBroker, fleet, publish, keys
 ):
     fleet()
     assert publish("--signing-key", str(keys[0])).rc == 0
@@ -57,7 +57,9 @@ def test_an_unsigned_copy_at_the_end_of_the_version_space_is_not_adopted(
     assert signing.verify(now, signing.load_trust([keys[1]])) == "ops-2026"
 
 
-def test_dry_run_shows_an_unverified_copy_as_not_counted(broker: Broker, fleet, publish, keys):
+def test_dry_run_shows_an_unverified_copy_as_not_counted(
+    broker: ShippedBroker, fleet, publish, keys
+):
     fleet()
     put_retained(broker, US_EAST, {**US_EAST_BODY, "version": END_OF_SPACE})
     run = publish("--signing-key", str(keys[0]), "--dry-run")
@@ -70,7 +72,7 @@ def test_dry_run_shows_an_unverified_copy_as_not_counted(broker: Broker, fleet, 
 
 
 def test_a_copy_signed_by_another_key_with_our_key_id_is_not_counted(
-    broker: Broker, fleet, publish, keys, tmp_path: Path
+    broker: ShippedBroker, fleet, publish, keys, tmp_path: Path
 ):
     fleet()
     impostor, _ = signing.generate(tmp_path / "impostor", "ops-2026")
@@ -85,7 +87,7 @@ def test_a_copy_signed_by_another_key_with_our_key_id_is_not_counted(
 
 
 def test_an_unsigned_list_leaves_no_agent_locked_out(
-    broker: Broker, fleet, publish, keys, chrony_server, short_tmp: Path
+    broker: ShippedBroker, fleet, publish, keys, chrony_server, short_tmp: Path
 ):
     """An agent that trusts the key syncs on a list, is offered the unsigned one at the end
     of the version space, and still applies the next list the publisher issues."""
@@ -120,7 +122,7 @@ def test_an_unsigned_list_leaves_no_agent_locked_out(
 
 
 def test_a_verified_higher_version_on_the_broker_is_the_base_of_the_next(
-    broker: Broker, fleet, publish, keys
+    broker: ShippedBroker, fleet, publish, keys
 ):
     """Another publisher holding the same key went further: continue from there."""
     fleet()
@@ -133,7 +135,9 @@ def test_a_verified_higher_version_on_the_broker_is_the_base_of_the_next(
     assert retained(broker)[US_EAST]["version"] == ahead + 1
 
 
-def test_a_verified_version_far_ahead_is_refused_with_exit_2(broker: Broker, fleet, publish, keys):
+def test_a_verified_version_far_ahead_is_refused_with_exit_2(
+    broker: ShippedBroker, fleet, publish, keys
+):
     fleet()
     far = date_floor() + MAX_VERSION_JUMP + 1
     key = signing.load_signing_key(keys[0])
@@ -146,7 +150,7 @@ def test_a_verified_version_far_ahead_is_refused_with_exit_2(broker: Broker, fle
 
 
 def test_accept_version_jump_adopts_a_verified_version_far_ahead(
-    broker: Broker, fleet, publish, keys
+    broker: ShippedBroker, fleet, publish, keys
 ):
     fleet()
     far = date_floor() + MAX_VERSION_JUMP + 1
@@ -157,7 +161,7 @@ def test_accept_version_jump_adopts_a_verified_version_far_ahead(
 
 
 def test_a_verified_copy_at_the_end_of_the_space_is_refused_even_when_accepted(
-    broker: Broker, fleet, publish, keys
+    broker: ShippedBroker, fleet, publish, keys
 ):
     fleet()
     key = signing.load_signing_key(keys[0])
@@ -168,7 +172,7 @@ def test_a_verified_copy_at_the_end_of_the_space_is_refused_even_when_accepted(
 
 
 def test_a_retired_key_given_with_trust_key_still_counts(
-    broker: Broker, fleet, publish, keys, tmp_path: Path
+    broker: ShippedBroker, fleet, publish, keys, tmp_path: Path
 ):
     """After a rotation and a lost state file, the old key's versions bound the new ones."""
     fleet()
@@ -188,7 +192,7 @@ def test_a_retired_key_given_with_trust_key_still_counts(
 
 
 def test_a_retired_key_not_given_is_named_in_the_warning(
-    broker: Broker, fleet, publish, keys, tmp_path: Path
+    broker: ShippedBroker, fleet, publish, keys, tmp_path: Path
 ):
     fleet()
     assert publish("--signing-key", str(keys[0])).rc == 0
@@ -199,7 +203,7 @@ def test_a_retired_key_not_given_is_named_in_the_warning(
 
 
 def test_an_undecodable_copy_we_signed_still_bounds_the_next_version(
-    broker: Broker, fleet, publish, keys
+    broker: ShippedBroker, fleet, publish, keys
 ):
     """A list an older publisher signed before hosts were checked strictly: agents refuse it
     today, but some may have applied it, so its version still counts."""
@@ -214,7 +218,7 @@ def test_an_undecodable_copy_we_signed_still_bounds_the_next_version(
 
 
 def test_an_undecodable_unsigned_copy_does_not_bound_the_next_version(
-    broker: Broker, fleet, publish, keys
+    broker: ShippedBroker, fleet, publish, keys
 ):
     fleet()
     bad = {**US_EAST_BODY, "servers": [{"host": "fe80::1%eth0", "port": 123}]}
@@ -224,7 +228,7 @@ def test_an_undecodable_unsigned_copy_does_not_bound_the_next_version(
     assert retained(broker)[US_EAST]["version"] == date_floor() + 1
 
 
-def test_without_any_key_the_broker_version_is_not_counted(broker: Broker, fleet, publish):
+def test_without_any_key_the_broker_version_is_not_counted(broker: ShippedBroker, fleet, publish):
     """Nothing verifies without a key: versions come from the state file and the date."""
     fleet()
     put_retained(broker, US_EAST, {**US_EAST_BODY, "version": END_OF_SPACE})
@@ -233,7 +237,7 @@ def test_without_any_key_the_broker_version_is_not_counted(broker: Broker, fleet
 
 
 def test_another_regions_signed_list_replayed_on_this_topic_does_not_count(
-    broker: Broker, fleet, publish, keys
+    broker: ShippedBroker, fleet, publish, keys
 ):
     fleet()
     key = signing.load_signing_key(keys[0])

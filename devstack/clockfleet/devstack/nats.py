@@ -38,7 +38,7 @@ from paho.mqtt.enums import CallbackAPIVersion
 from clockfleet import devstack
 from clockfleet.devstack import LOOPBACK, Daemon, DaemonError
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[3]
 TEMPLATE = REPO / "broker" / "nats" / "node.conf.template"
 CLUSTER_NAME = "clockfleet"
 

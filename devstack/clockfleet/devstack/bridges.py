@@ -32,7 +32,7 @@ from paho.mqtt.enums import CallbackAPIVersion
 
 from clockfleet import devstack
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[3]
 MAKE_BRIDGES = REPO / "broker" / "bridges" / "make-bridges"
 PREFIX = "clock/v1"
 # A topic no clockfleet program reads: marks the end of a retained snapshot.

@@ -1,9 +1,8 @@
-"""Real daemons on loopback for tests, `make demo` and benchmarks.
+"""Child processes on loopback: chronyd and Prometheus, free ports, waiting for them.
 
-Starts Mosquitto, chronyd (as an NTP server, always with -x so the machine's clock is never
-touched, optionally under libfaketime with a known wrong clock) and Prometheus as child
-processes in a run directory, each on a free port, and stops them again. Not used by the
-three programs themselves.
+chronyd serves NTP always with -x, so the machine's clock is never touched (optionally under
+libfaketime with a known wrong clock); Prometheus runs the committed config. Each runs in a
+run directory, on a free port, and is stopped again. Mosquitto is started by mosquitto.py.
 """
 
 from __future__ import annotations
@@ -85,7 +84,7 @@ def require(binary: str) -> str:
     return path
 
 
-def _wait_tcp(host: str, port: int, proc: subprocess.Popen, timeout: float) -> bool:
+def wait_tcp(host: str, port: int, proc: subprocess.Popen, timeout: float) -> bool:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc.poll() is not None:
@@ -96,55 +95,10 @@ def _wait_tcp(host: str, port: int, proc: subprocess.Popen, timeout: float) -> b
     return False
 
 
-# --- Mosquitto ----------------------------------------------------------------------------
-
-MINIMAL_MOSQUITTO_CONF = """\
-per_listener_settings false
-listener @PORT@ @HOST@
-allow_anonymous true
-persistence true
-persistence_location @RUNDIR@/
-autosave_interval 1
-max_queued_messages 100000
-log_dest file @RUNDIR@/mosquitto.log
-"""
-
-
 def render(template: str, values: dict[str, str | int]) -> str:
     for k, v in values.items():
         template = template.replace(f"@{k}@", str(v))
     return template
-
-
-def start_mosquitto(
-    rundir: Path,
-    *,
-    conf_template: str = MINIMAL_MOSQUITTO_CONF,
-    port: int | None = None,
-    host: str = LOOPBACK,
-    values: dict[str, str | int] | None = None,
-    timeout: float = 10.0,
-) -> Daemon:
-    """Start mosquitto from a config template with @PORT@, @HOST@, @RUNDIR@ placeholders."""
-    binary = require("mosquitto")
-    rundir.mkdir(parents=True, exist_ok=True)
-    port = port or free_port(host)
-    text = render(conf_template, {"PORT": port, "HOST": host, "RUNDIR": rundir, **(values or {})})
-    if is_root() and "\nuser " not in "\n" + text:
-        text += "user root\n"  # as root mosquitto drops to a user who cannot write rundir
-    conf = rundir / "mosquitto.conf"
-    conf.write_text(text)
-    log = rundir / "mosquitto.log"
-    out = open(rundir / "mosquitto.stdout", "ab")  # noqa: SIM115 - lives as long as the daemon
-    proc = subprocess.Popen([binary, "-c", str(conf)], stdout=out, stderr=subprocess.STDOUT)
-    d = Daemon("mosquitto", proc, log, port, host, {"conf": conf})
-    if not _wait_tcp(host, port, proc, timeout):
-        d.stop()
-        raise DaemonError(
-            f"mosquitto did not listen on {host}:{port}: "
-            f"{(rundir / 'mosquitto.stdout').read_text(errors='replace')[-2000:]}{d.log_tail()}"
-        )
-    return d
 
 
 def restart(d: Daemon, timeout: float = 10.0) -> Daemon:
@@ -152,7 +106,7 @@ def restart(d: Daemon, timeout: float = 10.0) -> Daemon:
     out = open(d.log.parent / f"{d.name}.stdout", "ab")  # noqa: SIM115
     proc = subprocess.Popen(d.proc.args, stdout=out, stderr=subprocess.STDOUT, env=d.env)
     nd = Daemon(d.name, proc, d.log, d.port, d.host, d.files, d.env)
-    if d.name == "mosquitto" and not _wait_tcp(d.host, d.port, proc, timeout):
+    if d.name == "mosquitto" and not wait_tcp(d.host, d.port, proc, timeout):
         raise DaemonError(f"{d.name} did not come back: {nd.log_tail()}")
     return nd
 
@@ -287,7 +241,7 @@ def start_prometheus(
         stderr=subprocess.STDOUT,
     )
     d = Daemon("prometheus", proc, log, port, LOOPBACK, {"conf": conf})
-    if not _wait_tcp(LOOPBACK, port, proc, timeout):
+    if not wait_tcp(LOOPBACK, port, proc, timeout):
         d.stop()
         raise DaemonError(f"prometheus did not listen: {d.log_tail()}")
     return d
