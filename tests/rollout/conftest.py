@@ -8,13 +8,14 @@ from pathlib import Path
 import pytest
 
 from clockfleet.agent.fleet import Fleet
+from clockfleet.devstack.mosquitto import ShippedBroker
 from tests.agent.servicekit import make_agent, make_keys
 from tests.rollout.kit import Region
 
 
 @pytest.fixture
-def region(broker_url: str, short_tmp: Path) -> Iterator[Region]:
-    r = Region(short_tmp, broker_url, make_keys(short_tmp / "keys"))
+def region(broker: ShippedBroker, short_tmp: Path) -> Iterator[Region]:
+    r = Region(short_tmp, broker, make_keys(short_tmp / "keys"))
     r.seed_versions()
     yield r
 
@@ -25,7 +26,8 @@ def start_agents(region: Region) -> Iterator[Callable[[list[str]], Fleet]]:
     fleets: list[Fleet] = []
 
     def start(ids: list[str]) -> Fleet:
-        agents = [make_agent(region.broker_url, aid, region="r1", keys=region.keys) for aid in ids]
+        region.broker.add(*ids)
+        agents = [make_agent(region.broker, aid, region="r1", keys=region.keys) for aid in ids]
         fleet = Fleet(workers=4)
         for a in agents:
             fleet.add(a)

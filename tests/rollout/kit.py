@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from clockfleet.agent.service import Agent
+from clockfleet.devstack.mosquitto import ShippedBroker
 from clockfleet.protocol import rollout
 from tests.agent.servicekit import Keys
 
@@ -97,8 +98,11 @@ def agent_ids(change: str, percent: float, total: int, in_cohort: int) -> list[s
 
 @dataclass
 class Region:
+    """A signed region r1 on the shipped broker: `clockfleet publish` and `rollout run |
+    promote | abort` run as `publisher`, `rollout status` as `operator`, as the README says."""
+
     rundir: Path
-    broker_url: str
+    broker: ShippedBroker
     keys: Keys
     agents: list[Agent] = field(default_factory=list)
 
@@ -113,8 +117,8 @@ class Region:
         state = {"format": 1, "prefixes": {"clock/v1": {"region": {"r1": version}}}}
         (self.rundir / ".publisher-state.json").write_text(json.dumps(state))
 
-    def command(self, *args: str) -> list[str]:
-        return [sys.executable, "-m", "clockfleet", *args, "--broker", self.broker_url]
+    def command(self, *args: str, identity: str = "publisher") -> list[str]:
+        return [sys.executable, "-m", "clockfleet", *args, *self.broker.login(identity)]
 
     def publish(self, *args: str, timeout: float = 60) -> subprocess.CompletedProcess:
         # These canaries try silent servers on purpose, and relays count who asks a server:
@@ -122,12 +126,14 @@ class Region:
         cmd = self.command("publish", "--config", str(self.fleet_file), "--no-preflight", *args)
         return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
 
-    def rollout(self, *args: str, timeout: float = 60) -> subprocess.CompletedProcess:
-        cmd = self.command("rollout", *args, "--config", str(self.fleet_file))
+    def rollout(
+        self, *args: str, identity: str = "publisher", timeout: float = 60
+    ) -> subprocess.CompletedProcess:
+        cmd = self.command("rollout", *args, "--config", str(self.fleet_file), identity=identity)
         return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
 
     def status(self) -> dict:
-        done = self.rollout("status", "--json")
+        done = self.rollout("status", "--json", identity="operator")
         assert done.returncode == 0, done.stderr
         [row] = [r for r in json.loads(done.stdout)["regions"] if r["region"] == "r1"]
         return row

@@ -43,9 +43,9 @@ def test_a_cohort_of_zero_agents_is_refused_and_nothing_is_published(
 
 
 @pytest.mark.parametrize("how", ["unsigned", "tampered"])
-def test_an_agent_applies_nothing_from_an_unsigned_or_tampered_canary_list(broker_url, region, how):
-    agent = make_agent(broker_url, "pbx-000", region="r1", keys=region.keys)
-    pub = Publisher(broker_url, region.keys)
+def test_an_agent_applies_nothing_from_an_unsigned_or_tampered_canary_list(broker, region, how):
+    agent = make_agent(broker, "pbx-000", region="r1", keys=region.keys)
+    pub = Publisher(broker, region.keys)
     try:
         with hosted(agent):
             pub.server_list("r1", 5, [("127.0.0.2", 123)])

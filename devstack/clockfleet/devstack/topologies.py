@@ -1,14 +1,17 @@
 """Broker topologies on loopback, for the end-to-end tests and the benchmarks.
 
-Every topology answers the same four questions, so one test runs unchanged on each:
+Every topology runs its shipped configuration (identities, ACL or permissions) and answers
+the same questions, so one test runs unchanged on each:
 
-    topology.publisher_url   where the publisher connects (the centre)
-    topology.collector_url   where the collector connects (the centre)
-    topology.agent_url(i)    where agent number i connects (its edge, or the cluster's nodes)
+    topology.settings("publisher")          how a program logs in as that identity
+    topology.settings("pbx-01", agent=i)    how agent number i logs in (its edge, or the
+                                            cluster's nodes)
+    topology.login("operator")              the same as command-line flags (the centre)
+    topology.add("pbx-01", ...)             provision agent identities (no restart)
     topology.stop()
 
 Topologies:
-- `mosquitto`: one Mosquitto (the default deployment).
+- `mosquitto`: one Mosquitto from broker/mosquitto.conf (the default deployment).
 - `nats`: a 3-node NATS cluster with JetStream-backed MQTT (nats.py), every client given all
   three nodes to rotate through.
 - `bridges`: a central Mosquitto and two edges bridged to it (bridges.py); agents alternate
@@ -17,60 +20,56 @@ Topologies:
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Protocol
+from typing import Callable, Optional, Protocol
 
-from clockfleet import devstack
+from clockfleet.devstack.mosquitto import ShippedBroker, start_shipped
+from clockfleet.protocol.connection import ConnectionSettings
 
 
 class Topology(Protocol):
     name: str
-    publisher_url: str
-    collector_url: str
 
-    def agent_url(self, i: int) -> str: ...
+    def settings(self, identity: str, *, agent: Optional[int] = None) -> ConnectionSettings: ...
+
+    def login(self, identity: str) -> list[str]: ...
+
+    def add(self, *agents: str) -> None: ...
 
     def stop(self) -> None: ...
 
 
 @dataclass
 class SingleMosquitto:
-    daemon: devstack.Daemon
+    broker: ShippedBroker
     name: str = "mosquitto"
-    daemons: list[devstack.Daemon] = field(default_factory=list)
 
-    @property
-    def url(self) -> str:
-        return f"mqtt://{self.daemon.host}:{self.daemon.port}"
+    def settings(self, identity: str, *, agent: Optional[int] = None) -> ConnectionSettings:
+        return self.broker.settings(identity)
 
-    @property
-    def publisher_url(self) -> str:
-        return self.url
+    def login(self, identity: str) -> list[str]:
+        return self.broker.login(identity)
 
-    @property
-    def collector_url(self) -> str:
-        return self.url
-
-    def agent_url(self, i: int) -> str:
-        return self.url
+    def add(self, *agents: str) -> None:
+        self.broker.add(*agents)
 
     def stop(self) -> None:
-        self.daemon.stop()
+        self.broker.stop()
 
 
 def start_single(rundir: Path) -> SingleMosquitto:
-    return SingleMosquitto(devstack.start_mosquitto(rundir / "mosquitto"))
+    return SingleMosquitto(start_shipped(rundir / "mosquitto"))
 
 
 def _start_nats(rundir: Path) -> Topology:
-    from clockfleet import nats
+    from clockfleet.devstack import nats
 
     return nats.start_cluster(rundir)
 
 
 def _start_bridges(rundir: Path) -> Topology:
-    from clockfleet import bridges
+    from clockfleet.devstack import bridges
 
     return bridges.start_central_and_edges(rundir, edges=2)
 

@@ -141,38 +141,49 @@ class BrokerError(RuntimeError):
     """The broker answered, but not as needed (a refused subscription, missing PUBACKs)."""
 
 
-def read_retained(s: Session, prefix: str, timeout_s: float) -> dict[str, bytes]:
-    """Every retained region list and profile on the broker, topic -> payload.
-
-    Subscribes at QoS 0: Mosquitto delivers at most max_inflight + max_queued (1020 by
-    default) retained messages to a QoS 1 wildcard subscriber and drops the rest. The
-    snapshot is complete at the UNSUBACK of the session fence (`session.fence_topic`): the
-    broker answers a client's packets in order, after the retained messages of its earlier
-    SUBSCRIBE. The fence needs no ACL grant and publishes nothing.
-    """
-    filters = [all_servers_filter(prefix), all_agents_filter(prefix, "profile")]
+def subscribe_checked(s: Session, filters: list[str], timeout_s: float, why: str) -> None:
+    """SUBSCRIBE at QoS 0 and wait for the SUBACK; a refused filter is a BrokerError that
+    names it (never an empty result that looks like an empty fleet)."""
     rc, mid = s.client.subscribe([(f, 0) for f in filters])
     if rc != mqtt.MQTT_ERR_SUCCESS:
         raise BrokerError(f"cannot subscribe: {mqtt.error_string(rc)}")
     if not _wait(s, lambda: mid in s.suback, timeout_s):
         raise BrokerError(f"no SUBACK within {timeout_s:g} s")
     refused = [
-        f"{f} ({why})"
+        f"{f} ({why_not})"
         for f, c in zip(filters, s.suback[mid], strict=False)
-        if (why := refusal(c)) is not None
+        if (why_not := refusal(c)) is not None
     ]
     if refused:
         raise BrokerError(
-            f"the broker refused to let this identity read {', '.join(refused)}: "
-            f"cannot compare the file with what agents receive"
+            f"the broker refused to let this identity read {', '.join(refused)}: {why}"
         )
-    rc, fence = s.client.unsubscribe(fence_topic(prefix, s.client_id))
+
+
+def fence(s: Session, prefix: str, timeout_s: float) -> None:
+    """Wait for the end of the retained snapshot of every earlier SUBSCRIBE: the UNSUBACK of
+    the session fence (`session.fence_topic`), which needs no ACL grant and publishes
+    nothing. Without it a snapshot may be partial: better to stop than act on it."""
+    rc, mid = s.client.unsubscribe(fence_topic(prefix, s.client_id))
     if rc != mqtt.MQTT_ERR_SUCCESS:
         raise BrokerError(f"cannot unsubscribe: {mqtt.error_string(rc)}")
-    if not _wait(s, lambda: fence in s.unsuback, timeout_s):
-        # Without the fence the snapshot may be partial, and a partial one would republish
-        # unchanged entries with new versions: better to stop.
+    if not _wait(s, lambda: mid in s.unsuback, timeout_s):
         raise BrokerError(f"no UNSUBACK within {timeout_s:g} s: the retained state is unknown")
+
+
+def read_retained(s: Session, prefix: str, timeout_s: float) -> dict[str, bytes]:
+    """Every retained region list and profile on the broker, topic -> payload.
+
+    Subscribes at QoS 0: Mosquitto delivers at most max_inflight + max_queued (1020 by
+    default) retained messages to a QoS 1 wildcard subscriber and drops the rest. The
+    snapshot is complete at the session fence: the broker answers a client's packets in
+    order, after the retained messages of its earlier SUBSCRIBE.
+    """
+    filters = [all_servers_filter(prefix), all_agents_filter(prefix, "profile")]
+    subscribe_checked(s, filters, timeout_s, "cannot compare the file with what agents receive")
+    # Without the fence the snapshot may be partial, and a partial one would republish
+    # unchanged entries with new versions.
+    fence(s, prefix, timeout_s)
     s.client.unsubscribe(filters)
     with s.lock:
         return dict(s.retained)

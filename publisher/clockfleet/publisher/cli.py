@@ -14,7 +14,6 @@ from pathlib import Path
 
 from clockfleet.protocol import signing
 from clockfleet.protocol.connection import (
-    BrokerUnreachable,
     UsageError,
     add_arguments,
     settings_from_args,
@@ -288,10 +287,11 @@ def _publish(
         return blocked
     watch = None
     if (shaped.canaries or shaped.continuing) and not args.dry_run:
-        watch = Watch(args.settings, prefix, trust)
+        # The same session: a second one as this identity would close the first.
+        watch = Watch(session, prefix, trust)
         try:
             watch.start(args.timeout)
-        except (BrokerUnreachable, TimeoutError, OSError) as exc:
+        except broker_io.BrokerError as exc:
             watch.close()
             return _fail(f"cannot read the agents' reports for the canary: {exc}", 1)
         empty = rollout_publish.empty_cohorts(shaped, args.policy.percent, watch.snapshot().reports)

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import ssl
 import sys
 import time
 from pathlib import Path
@@ -23,7 +22,6 @@ from typing import Any
 
 from clockfleet.protocol import signing
 from clockfleet.protocol.connection import (
-    BrokerUnreachable,
     UsageError,
     add_arguments,
     settings_from_args,
@@ -92,34 +90,33 @@ def main(argv: list[str]) -> int:
             trust.keys.update(signing.trust_of(key).keys)
     except (signing.KeyFileError, fleetfile.FleetFileError) as exc:
         return _fail(str(exc))
-    watch = Watch(settings, settings.prefix, trust)
+    record = None
+    try:
+        if args.action != "status":
+            record = state.load_state(args.state_file or args.config.parent / STATE_FILE_NAME)
+        # One session for reading and for ending a rollout: the shipped broker binds client
+        # ids to identities, so a second one as this identity would close the first.
+        session = broker_io.open_session(settings, args.timeout)
+    except (state.StateError, broker_io.CannotConnect) as exc:
+        return _fail(str(exc))
+    watch = Watch(session, settings.prefix, trust)
     try:
         watch.start(args.timeout)
-    except BrokerUnreachable as exc:
-        return _fail(f"cannot connect to the broker: {exc}")
-    except (TimeoutError, OSError, ssl.SSLError, ValueError) as exc:
-        return _fail(str(exc))
-    try:
         if args.action == "status":
             time.sleep(0.2)  # a quiet spell for brokers that replay retained state late
             return show_status(watch.snapshot(), args.region, args.json)
-        state_path = args.state_file or args.config.parent / STATE_FILE_NAME
-        try:
-            record = state.load_state(state_path)
-            session = broker_io.open_session(settings, args.timeout)
-        except (state.StateError, broker_io.CannotConnect) as exc:
-            return _fail(str(exc))
-        try:
-            ender = rollout_run.Ender(session, record, settings.prefix, key, args.timeout)
-            if args.action == "run":
-                regions = {args.region} if args.region else None
-                return rollout_run.drive(watch, ender, regions, deadline_s=args.deadline)
-            phase = "promoted" if args.action == "promote" else "aborted"
-            return rollout_run.end_by_hand(watch, ender, args.region, phase)
-        finally:
-            broker_io.close(session)
+        assert record is not None
+        ender = rollout_run.Ender(session, record, settings.prefix, key, args.timeout)
+        if args.action == "run":
+            regions = {args.region} if args.region else None
+            return rollout_run.drive(watch, ender, regions, deadline_s=args.deadline)
+        phase = "promoted" if args.action == "promote" else "aborted"
+        return rollout_run.end_by_hand(watch, ender, args.region, phase)
+    except broker_io.BrokerError as exc:
+        return _fail(str(exc))
     finally:
         watch.close()
+        broker_io.close(session)
 
 
 def status_rows(snap: Snapshot, now: float) -> list[dict[str, Any]]:

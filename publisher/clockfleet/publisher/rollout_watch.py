@@ -1,16 +1,19 @@
 """What a rollout decision reads: every region list and every agent's report, live.
 
-One plain subscriber at QoS 0 (Mosquitto drops retained messages beyond 1020 to a QoS 1
-wildcard subscriber) on the region lists and the reports, retained snapshot first (ended by
-the session fence) and live updates after. Lists count only when their signature verifies
-with a key the publisher holds; reports are strictly decoded. The first report seen from an
-agent that is not about a canary is its baseline offset (for the offset-jump check).
+It reads on the command's one MQTT session (`broker_io.Session`): the shipped broker binds
+client ids to identities, so a second connection as `publisher` would close the first and
+the two would knock each other off. It subscribes at QoS 0 (Mosquitto drops retained
+messages beyond 1020 to a QoS 1 wildcard subscriber) to the region lists and the reports,
+checks the SUBACK (a refused subscription is an error, never an empty region), takes the
+retained snapshot up to the session fence and live updates after. Lists count only when
+their signature verifies with a key the publisher holds; reports are strictly decoded. The
+first report seen from an agent that is not about a canary is its baseline offset (for the
+offset-jump check).
 """
 
 from __future__ import annotations
 
 import contextlib
-import secrets
 import threading
 import time
 from dataclasses import dataclass, field
@@ -19,15 +22,14 @@ import paho.mqtt.client as mqtt
 
 from clockfleet.protocol import signing
 from clockfleet.protocol.codec import Rejected, decode
-from clockfleet.protocol.connection import ConnectionSettings, connect_blocking, new_client
 from clockfleet.protocol.messages import Report, ServerList
-from clockfleet.protocol.session import fence_topic
 from clockfleet.protocol.topics import (
     TopicError,
     all_agents_filter,
     all_servers_filter,
     parse_topic,
 )
+from clockfleet.publisher import broker_io
 
 
 @dataclass
@@ -40,32 +42,24 @@ class Snapshot:
 
 class Watch:
     def __init__(
-        self, settings: ConnectionSettings, prefix: str, trust: signing.TrustStore
+        self, session: broker_io.Session, prefix: str, trust: signing.TrustStore
     ) -> None:
+        self.session = session
         self.prefix = prefix
         self.trust = trust
-        self.client_id = f"clockfleet-rollout-{secrets.token_hex(4)}"
-        self.client = new_client(settings, self.client_id)
+        self.filters = [all_servers_filter(prefix), all_agents_filter(prefix, "report")]
         self._lock = threading.Lock()
         self._snap = Snapshot()
-        self._fenced = threading.Event()
-        self._fence_mid: int | None = None
-        self.client.on_message = self._on_message
-        self.client.on_unsubscribe = self._on_unsubscribe
-        self.settings = settings
 
     def start(self, timeout_s: float) -> None:
-        """Connect, subscribe, and wait for the end of the retained snapshot."""
-        connect_blocking(self.client, self.settings, timeout_s=timeout_s)
-        filters = [all_servers_filter(self.prefix), all_agents_filter(self.prefix, "report")]
-        self.client.subscribe([(f, 0) for f in filters])
-        _, self._fence_mid = self.client.unsubscribe(fence_topic(self.prefix, self.client_id))
-        if not self._fenced.wait(timeout_s):
-            raise TimeoutError(f"no UNSUBACK within {timeout_s:g} s: the fleet's state is unknown")
-
-    def _on_unsubscribe(self, client, userdata, mid, reason_codes, properties) -> None:
-        if mid == self._fence_mid:
-            self._fenced.set()
+        """Subscribe on the session and wait for the end of the retained snapshot; raises
+        broker_io.BrokerError when the broker refuses or does not answer."""
+        for f in self.filters:
+            self.session.client.message_callback_add(f, self._on_message)
+        broker_io.subscribe_checked(
+            self.session, self.filters, timeout_s, "a rollout cannot be judged without them"
+        )
+        broker_io.fence(self.session, self.prefix, timeout_s)
 
     def _on_message(self, client, userdata, msg: mqtt.MQTTMessage) -> None:
         try:
@@ -116,7 +110,9 @@ class Watch:
         return False
 
     def close(self) -> None:
+        """Stop reading; the session stays open for its owner to close."""
+        for f in self.filters:
+            with contextlib.suppress(Exception):
+                self.session.client.message_callback_remove(f)
         with contextlib.suppress(Exception):
-            self.client.disconnect()
-        with contextlib.suppress(Exception):
-            self.client.loop_stop()
+            self.session.client.unsubscribe(self.filters)
