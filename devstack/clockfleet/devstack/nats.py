@@ -5,25 +5,37 @@ free loopback ports and a run directory, and started as a child process (`nats-s
 Debian package; measured with 2.9.10 in research/scaleout.md). Clients get all three nodes'
 MQTT URLs as one comma-separated list and rotate through them, as in production.
 
-    cluster = start_cluster(rundir)          # a Topology (topologies.py): name "nats"
-    cluster.publisher_url                    # "mqtt://127.0.0.1:p1,mqtt://127.0.0.1:p2,..."
+The security configuration is the shipped one: identities written by
+broker/clockfleet-identities, and security.conf generated from them by
+broker/nats/make-security-conf (users, bcrypt hashes, the permissions broker/acl gives each
+role), the same file on every node. An anonymous cluster needs a reason (`open_why=`).
+
+    cluster = start_cluster(rundir, agents=["acme-01"])   # a Topology (topologies.py)
+    cluster.settings("publisher")            # ConnectionSettings: all nodes, that identity
+    cluster.login("operator")                # the same as command-line flags
+    cluster.add("acme-02")                   # identities, security.conf, SIGHUP every node
     cluster.node_of("clockfleet-agent-x")    # index of the node that MQTT client is on
     cluster.kill(i); cluster.restart(i)      # SIGKILL one node; start it again, data kept
     cluster.stop()
 
-Ready means: every node's /healthz says ok, and an MQTT CONNECT plus a QoS 1 SUBSCRIBE has
-succeeded on every node (the first CONNECT creates the $MQTT_* streams, and right after a
-start or a restart a node can time out a CONNECT or refuse a SUBSCRIBE for a few seconds:
-research/scaleout.md, N2 and N4), so the tests measure clockfleet, not the cluster's warm-up.
+Ready means: every node's /healthz says ok, and an MQTT CONNECT (as `operator`) plus a QoS 1
+SUBSCRIBE has succeeded on every node (the first CONNECT creates the $MQTT_* streams, and
+right after a start or a restart a node can time out a CONNECT or refuse a SUBSCRIBE for a
+few seconds: research/scaleout.md, N2 and N4), so the tests measure clockfleet, not the
+cluster's warm-up.
 """
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import json
 import random
+import shutil
+import signal
 import socket
 import subprocess
+import sys
 import threading
 import time
 import urllib.error
@@ -37,10 +49,16 @@ from paho.mqtt.enums import CallbackAPIVersion
 
 from clockfleet import devstack
 from clockfleet.devstack import LOOPBACK, Daemon, DaemonError
+from clockfleet.devstack.mosquitto import ROLES, login_accepted, provision, record
+from clockfleet.protocol.connection import ConnectionSettings, settings_from_args
 
 REPO = Path(__file__).resolve().parents[3]
 TEMPLATE = REPO / "broker" / "nats" / "node.conf.template"
+SECURITY_TOOL = REPO / "broker" / "nats" / "make-security-conf"
 CLUSTER_NAME = "clockfleet"
+# Who the readiness probe logs in as: the operator may read under the prefix, at QoS 1.
+PROBE_IDENTITY = "operator"
+PROBE_TOPIC = "clock/v1/devstack/probe"
 
 # Values for the template's sizing placeholders on a test machine.
 TEST_SIZING = {
@@ -126,10 +144,30 @@ def render_conf(
     return text
 
 
+def write_security(
+    identities: Path, out: Path, *, prefix: str = "clock/v1", timeout: float = 120.0
+) -> Path:
+    """broker/nats/make-security-conf --identities DIR --out FILE, with this interpreter
+    (the one that has bcrypt), as an operator runs it."""
+    command = [sys.executable, str(SECURITY_TOOL), "--identities", str(identities)]
+    result = subprocess.run(
+        [*command, "--out", str(out), "--prefix", prefix],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+    if result.returncode != 0:
+        raise DaemonError(f"make-security-conf failed: {result.stderr.strip()}")
+    return out
+
+
 @dataclass
 class NatsCluster:
     nodes: list[NatsNode]
     rundir: Path
+    # None: an anonymous cluster (start_cluster(open_why=...)).
+    identities: Path | None = None
+    known: set[str] = field(default_factory=set)
     name: str = "nats"
     kills: list[tuple[int, float]] = field(default_factory=list)
 
@@ -140,15 +178,75 @@ class NatsCluster:
         return ",".join(n.url for n in self.nodes)
 
     @property
-    def publisher_url(self) -> str:
-        return self.urls
+    def shipped(self) -> bool:
+        return self.identities is not None
 
-    @property
-    def collector_url(self) -> str:
-        return self.urls
+    def password_file(self, identity: str) -> Path:
+        """The identity's password file (an agent is provisioned on first use)."""
+        if self.identities is None:
+            raise DaemonError("an anonymous cluster has no identities")
+        self.add(identity)
+        return self.identities / f"{identity}.password"
 
-    def agent_url(self, i: int) -> str:
-        return self.urls
+    def password(self, identity: str) -> str:
+        return self.password_file(identity).read_text().strip()
+
+    def settings(self, identity: str, *, agent: int | None = None) -> ConnectionSettings:
+        """How a program logs in as `identity`: every node, to rotate through (agent number
+        `agent` gets the same list: a cluster has no edges)."""
+        return settings_from_args(
+            argparse.Namespace(
+                broker=self.urls,
+                username=identity if self.shipped else None,
+                password_file=str(self.password_file(identity)) if self.shipped else None,
+                ca_file=None,
+            )
+        )
+
+    def login(self, identity: str) -> list[str]:
+        """Command-line flags for a clockfleet command as `identity`."""
+        if not self.shipped:
+            return ["--broker", self.urls]
+        return [
+            "--broker", self.urls, "--username", identity,
+            "--password-file", str(self.password_file(identity)),
+        ]  # fmt: skip
+
+    def add(self, *agents: str) -> None:
+        """Provision the agents not yet known, regenerate security.conf, reload every live
+        node (SIGHUP) and wait until each of them takes the first new identity: what an
+        operator does to add hosts. A node that is down reads the file when it starts."""
+        if self.identities is None:
+            return
+        new = [a for a in dict.fromkeys(agents) if a not in self.known and a not in ROLES]
+        if not new:
+            return
+        provision(self.identities, new)
+        self.known.update(new)
+        self._install_security()
+        live = [n for n in self.nodes if n.alive()]
+        for n in live:
+            n.daemon.proc.send_signal(signal.SIGHUP)  # type: ignore[union-attr]
+        password = (self.identities / f"{new[0]}.password").read_text().strip()
+        deadline = time.monotonic() + 20
+        for n in live:
+            # The login uses the identity's own name as client id: nobody else uses it yet.
+            while not login_accepted(LOOPBACK, n.mqtt_port, new[0], password, timeout=5.0):
+                if time.monotonic() > deadline:
+                    raise DaemonError(
+                        f"nats {n.name} did not take identity {new[0]} after SIGHUP:\n"
+                        f"{n.log_tail()}"
+                    )
+                time.sleep(0.05)
+
+    def _install_security(self) -> None:
+        """security.conf from the identities, the same file into every node's directory."""
+        assert self.identities is not None
+        made = write_security(self.identities, self.rundir / "security.conf")
+        for n in self.nodes:
+            tmp = n.dir / ".security.conf.new"
+            shutil.copyfile(made, tmp)
+            tmp.replace(n.dir / "security.conf")  # a reloading node never reads half a file
 
     def stop(self) -> None:
         for n in self.nodes:
@@ -249,7 +347,9 @@ def _launch(node: NatsNode) -> None:
     )
 
 
-def mqtt_probe(port: int, timeout: float = 6.0) -> str | None:
+def mqtt_probe(
+    port: int, username: str | None = None, password: str | None = None, timeout: float = 6.0
+) -> str | None:
     """CONNECT and a QoS 1 SUBSCRIBE on one node; None when both succeed, else why not."""
     done = threading.Event()
     result: dict[str, object] = {}
@@ -259,13 +359,15 @@ def mqtt_probe(port: int, timeout: float = 6.0) -> str | None:
         if rc.is_failure:
             done.set()
         else:
-            c.subscribe("clockfleet-devstack/probe", qos=1)
+            c.subscribe(PROBE_TOPIC, qos=1)
 
     def on_subscribe(c, ud, mid, codes, props):
         result["suback"] = codes
         done.set()
 
     client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=f"devstack-probe-{port}")
+    if username is not None:
+        client.username_pw_set(username, password)
     client.on_connect = on_connect
     client.on_subscribe = on_subscribe
     try:
@@ -288,10 +390,12 @@ def mqtt_probe(port: int, timeout: float = 6.0) -> str | None:
         client.loop_stop()
 
 
-def _wait_ready(nodes: list[NatsNode], timeout: float, cluster: NatsCluster | None) -> None:
+def _wait_ready(nodes: list[NatsNode], timeout: float, cluster: NatsCluster) -> None:
     deadline = time.monotonic() + timeout
     pending = list(nodes)
     why = ""
+    user = PROBE_IDENTITY if cluster.shipped else None
+    password = cluster.password(PROBE_IDENTITY) if cluster.shipped else None
     while pending:
         if time.monotonic() > deadline:
             tails = "\n".join(f"--- {n.name} ---\n{n.log_tail()}" for n in pending)
@@ -303,7 +407,7 @@ def _wait_ready(nodes: list[NatsNode], timeout: float, cluster: NatsCluster | No
             why = f"{node.name}: /healthz not ok"
             time.sleep(0.1)
             continue
-        problem = mqtt_probe(node.mqtt_port)
+        problem = mqtt_probe(node.mqtt_port, user, password)
         if problem is not None:
             why = f"{node.name}: {problem}"
             time.sleep(0.2)
@@ -311,10 +415,22 @@ def _wait_ready(nodes: list[NatsNode], timeout: float, cluster: NatsCluster | No
         pending.pop(0)
 
 
-def start_cluster(rundir: Path, *, nodes: int = 3, timeout: float = 60.0) -> NatsCluster:
-    """Start the cluster under rundir on free loopback ports; return once every node serves."""
+def start_cluster(
+    rundir: Path,
+    *,
+    agents: list[str] | tuple[str, ...] = (),
+    nodes: int = 3,
+    timeout: float = 60.0,
+    open_why: str = "",
+) -> NatsCluster:
+    """Start the cluster under rundir on free loopback ports; return once every node serves.
+
+    By default every node runs the shipped security configuration: identities for the roles
+    and `agents` (more on first use, or with add()), security.conf generated from them.
+    open_why: start it anonymous instead, recorded with this reason for the test census."""
     devstack.require("nats-server")
     rundir.mkdir(parents=True, exist_ok=True)
+    record("nats", shipped=not open_why, why=open_why)
     members = []
     taken: set[int] = set()
     for i in range(nodes):
@@ -323,11 +439,16 @@ def start_cluster(rundir: Path, *, nodes: int = 3, timeout: float = 60.0) -> Nat
         ports = [stable_port(taken) for _ in range(4)]
         members.append(NatsNode(i, f"n{i}", *ports, dir=d, conf=d / "nats.conf"))
     routes = [n.cluster_port for n in members]
+    ids = None if open_why else provision(rundir / "ids", list(agents))
+    cluster = NatsCluster(members, rundir, ids, set(agents))
     for n in members:
         n.conf.write_text(render_conf(n, routes))
-        (n.dir / "security.conf").write_text("# loopback test cluster: anonymous\n")
         (n.dir / "mqtt-tls.conf").write_text("# loopback test cluster: no TLS\n")
-    cluster = NatsCluster(members, rundir)
+    if open_why:
+        for n in members:
+            (n.dir / "security.conf").write_text(f"# anonymous on purpose: {open_why}\n")
+    else:
+        cluster._install_security()
     try:
         for n in members:
             _launch(n)
