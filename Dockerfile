@@ -4,9 +4,10 @@
 #   docker run --rm clockfleet:0.1.0 --help
 #
 # compose.yaml builds and uses it for the publisher, the collector and the sample agents.
-# BASE_IMAGE: where no registry is reachable, compose.local.yaml builds it on a local Debian 12
-# base with a Python 3.11 virtualenv on the PATH instead (packaging/images/build-compose-base.sh).
-ARG BASE_IMAGE=python:3.11-slim
+# BASE_IMAGE: a pinned release of python:3.11-slim (Debian 12) by default; where no registry is
+# reachable, compose.local.yaml builds it on a local Debian 12 base with a Python 3.11
+# virtualenv on the PATH instead (packaging/images/build-compose-base.sh).
+ARG BASE_IMAGE=python:3.11.10-slim-bookworm
 FROM ${BASE_IMAGE}
 
 # mosquitto: only for mosquitto_passwd, which broker/clockfleet-identities calls (compose's

@@ -19,6 +19,7 @@ import json
 import random
 import shutil
 import socket
+import ssl
 import subprocess
 import sys
 import tempfile
@@ -49,7 +50,12 @@ FILES = ["compose.yaml", "compose.local.yaml"]
 AGENTS = ("pbx-sample-1", "pbx-sample-2")
 LONG_RUNNING = ("mosquitto", "ntp", "collector", "prometheus", "agent-1", "agent-2")
 ONE_SHOTS = ("setup", "publisher")
-WITH_HEALTHCHECK = ("mosquitto", "collector", "prometheus")
+WITH_HEALTHCHECK = ("mosquitto", "ntp", "collector", "prometheus")
+# Extra names for the broker's certificate (compose.yaml's CLOCKFLEET_BROKER_NAMES), as for
+# agents on other hosts; .test is reserved (RFC 2606), 127.0.0.2 is loopback.
+BROKER_NAMES = ("broker.clockfleet.test", "127.0.0.2")
+# What Mosquitto logs when a second login of one identity ends the first.
+TAKEOVER = "already connected, closing old connection"
 
 
 @dataclass
@@ -62,20 +68,25 @@ class Stack:
 
     def docker_compose(self, *args: str, timeout_s: float = 120) -> subprocess.CompletedProcess:
         argv = [*self.compose.compose_command_property, *args]
-        return subprocess.run(argv, cwd=REPO, capture_output=True, text=True, timeout=timeout_s)
+        return subprocess.run(
+            argv,
+            cwd=REPO,
+            capture_output=True,
+            text=True,
+            timeout=timeout_s,
+            stdin=subprocess.DEVNULL,  # no terminal: `run` allocates no TTY
+        )
 
     def operator(self) -> tuple[Path, Path]:
-        """(password file, CA certificate) of the `operator` identity, from the stack's
-        volumes, as an operator of this stack would fetch them."""
+        """(password file, CA certificate) of the `operator` identity, from the status
+        service's volumes, as docs/compose.md tells an operator to fetch them."""
         if self._operator is None:
             files = []
             for path, name in (
-                ("/identities/operator.password", "password"),
+                ("/secrets/operator/password", "password"),
                 ("/trust/ca.crt", "ca.crt"),
             ):
-                r = self.docker_compose(
-                    "run", "--rm", "--no-deps", "-T", "--entrypoint", "cat", "setup", path
-                )
+                r = self.docker_compose("run", "--rm", "-T", "--entrypoint", "cat", "status", path)
                 assert r.returncode == 0 and r.stdout, r.stderr
                 out = self.workdir / name
                 out.write_text(r.stdout)
@@ -101,6 +112,14 @@ class Stack:
             for fam in text_string_to_metric_families(text)
             for s in fam.samples
         }
+
+    def broker_log(self) -> list[str]:
+        # Mosquitto logs to a file (broker/mosquitto.conf), in its log volume.
+        r = self.docker_compose(
+            "exec", "-T", "mosquitto", "cat", "/var/log/mosquitto/mosquitto.log", timeout_s=30
+        )
+        assert r.returncode == 0, r.stderr
+        return r.stdout.splitlines()
 
     def containers(self) -> list[dict[str, Any]]:
         r = subprocess.run(
@@ -190,6 +209,7 @@ def stack() -> Iterator[Stack]:
     env.write_text(
         f"COMPOSE_PROJECT_NAME={project}\n"
         + "".join(f"CLOCKFLEET_{name}_PORT={port}\n" for name, port in s.ports.items())
+        + f"CLOCKFLEET_BROKER_NAMES={','.join(BROKER_NAMES)}\n"
     )
     try:
         try:
@@ -385,6 +405,126 @@ def test_clockfleet_status_from_this_checkout_lists_the_sample_agents_with_a_goo
         assert row["list_version"] == row["published_version"] and not row["behind"], row
         assert row["server"] == f"127.0.0.1:{stack.ports['NTP']}", row
         assert abs(row["offset_s"]) < 0.5, row
+
+
+def test_broker_certificate_names_clockfleet_broker_names_for_agents_on_other_hosts(stack: Stack):
+    # An agent on another host verifies the broker by the name it connects to.
+    _, ca = stack.operator()
+    context = ssl.create_default_context(cafile=str(ca))
+    verified = []
+    for name in BROKER_NAMES:
+        raw = socket.create_connection(("127.0.0.1", stack.ports["MQTTS"]), timeout=10)
+        with context.wrap_socket(raw, server_hostname=name) as tls:
+            verified.append((name, tls.version() is not None))
+    assert verified == [(name, True) for name in BROKER_NAMES]
+
+
+# --- `docker compose run --rm status` beside the running stack --------------------------------
+
+
+def _collector_link(stack: Stack) -> tuple[float, float]:
+    """(connected, reconnects) from the collector's own metrics."""
+    m = stack.metrics()
+    return (
+        m[("clockfleet_collector_broker_connected", ())],
+        m[("clockfleet_collector_broker_reconnects_total", ())],
+    )
+
+
+def _setup_containers(stack: Stack) -> list[tuple[str, str, str]]:
+    """(id, started, finished) of every container of the setup service."""
+    return sorted(
+        (c["Id"], c["State"]["StartedAt"], c["State"]["FinishedAt"])
+        for c in stack.containers()
+        if c["Config"]["Labels"]["com.docker.compose.service"] == "setup"
+    )
+
+
+@dataclass
+class StatusRun:
+    result: subprocess.CompletedProcess
+    link_before: tuple[float, float]
+    link_after: tuple[float, float]
+    setup_before: list[tuple[str, str, str]]
+    setup_after: list[tuple[str, str, str]]
+    broker_log: list[str]  # what the broker logged meanwhile
+
+
+@pytest.fixture(scope="module")
+def status_run(stack: Stack) -> StatusRun:
+    """The documented `docker compose run --rm status`, once, with the collector connected
+    and both agents' reports in (a steady state), and what changed around it."""
+
+    def steady() -> tuple[float, float] | None:
+        m = stack.metrics()
+        reports = [
+            m.get(("clockfleet_agent_last_report_ok", (("agent", a), ("region", "docker"))))
+            for a in AGENTS
+        ]
+        link = _collector_link(stack)
+        return link if link[0] == 1.0 and reports == [1.0, 1.0] else None
+
+    link_before = wait_until(steady, 60, "the collector connected with both reports", step_s=1)
+    setup_before = _setup_containers(stack)
+    log_start = len(stack.broker_log())
+    result = stack.docker_compose("run", "--rm", "status")
+    # A collector knocked off the broker reconnects after its first backoff (0-1 s), and the
+    # second login it makes then knocks off the other: give that time to show.
+    time.sleep(3)
+    return StatusRun(
+        result,
+        link_before,
+        _collector_link(stack),
+        setup_before,
+        _setup_containers(stack),
+        stack.broker_log()[log_start:],
+    )
+
+
+def test_run_status_prints_the_fleet_table_with_both_agents(status_run: StatusRun):
+    assert status_run.result.returncode == 0, status_run.result.stderr
+    assert [a for a in AGENTS if a not in status_run.result.stdout] == []
+
+
+def test_run_status_logs_in_as_the_operator_not_as_the_collector(status_run: StatusRun):
+    logins = [line for line in status_run.broker_log if "New client connected" in line]
+    assert len(logins) == 1, status_run.broker_log
+    assert "u'operator'" in logins[0]
+
+
+def test_run_status_leaves_the_collector_connected(status_run: StatusRun):
+    assert [line for line in status_run.broker_log if TAKEOVER in line] == []
+    # (connected, reconnects) as before: still connected, never knocked off meanwhile.
+    assert status_run.link_after == status_run.link_before
+
+
+def test_run_status_does_not_run_setup_again(status_run: StatusRun):
+    assert len(status_run.setup_before) == 1
+    assert status_run.setup_after == status_run.setup_before
+
+
+def test_takeover_check_sees_a_second_login_of_the_collectors_identity(
+    stack: Stack, status_run: StatusRun
+):
+    # What `run --rm status` did before it ran as `operator`: the checks above catch it.
+    log_start = len(stack.broker_log())
+    _, reconnects = _collector_link(stack)
+    r = stack.docker_compose(
+        "run", "--rm", "--no-deps", "collector", "status", "--broker", stack.broker_url(),
+        "--ca-file", "/trust/ca.crt", "--username", "collector",
+        "--password-file", "/secrets/collector/password",
+    )  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    takeovers = wait_until(
+        lambda: [ln for ln in stack.broker_log()[log_start:] if TAKEOVER in ln],
+        10,
+        "the broker to log the takeover",
+        step_s=0.5,
+    )
+    assert "collector" in takeovers[0]
+    wait_until(
+        lambda: _collector_link(stack)[1] > reconnects, 20, "the collector to reconnect", step_s=0.5
+    )
 
 
 def test_compose_down_leaves_no_container_network_or_volume_behind(stack: Stack):
