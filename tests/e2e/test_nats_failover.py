@@ -7,7 +7,11 @@ still flowing when that node is SIGKILLed, while the list is fanning out. Then: 
 ends on the latest list, every agent's latest report reaches the collector, /metrics shows
 them all, and the killed node, restarted, rejoins and serves the latest list. The time from
 the kill until every agent's report of the latest list is at the collector is logged (the
-benchmark `python -m bench scaleout` measures it at N=1000)."""
+benchmark `python -m bench scaleout` measures it at N=1000).
+
+The cluster runs the shipped security configuration (broker/nats/make-security-conf): each
+agent logs in as its own identity, the publisher as `publisher`, the collector as
+`collector`."""
 
 from __future__ import annotations
 
@@ -30,7 +34,7 @@ from paho.mqtt.enums import CallbackAPIVersion
 from clockfleet import devstack
 from clockfleet.agent.fleet import Fleet
 from clockfleet.agent.service import Agent
-from clockfleet.nats import NatsCluster, start_cluster
+from clockfleet.devstack.nats import NatsCluster, start_cluster
 from clockfleet.protocol import topics
 from tests.agent.servicekit import make_agent, make_keys
 from tests.collector.kit import RunningCollector
@@ -64,13 +68,16 @@ class Outcome:
     notes: list[str] = field(default_factory=list)
 
 
-def _publish_cmd(rundir: Path, key: Path, url: str, servers: list[tuple[str, int]]) -> list[str]:
+def _publish_cmd(
+    rundir: Path, key: Path, cluster: NatsCluster, servers: list[tuple[str, int]]
+) -> list[str]:
     path = rundir / "fleet.yaml"
     listed = ", ".join(f"{{host: {h}, port: {p}}}" for h, p in servers)
     path.write_text(FLEET.format(jitter=2, region=REGION, servers=listed))
     return [
         sys.executable, "-m", "clockfleet", "publish", "--config", str(path),
-        "--signing-key", str(key), "--broker", url, "--force",  # silent servers on purpose
+        "--signing-key", str(key), *cluster.login("publisher"),
+        "--force",  # silent servers on purpose
     ]  # fmt: skip
 
 
@@ -82,10 +89,10 @@ def _reports_at_collector(collector: RunningCollector, version: int) -> int:
     )
 
 
-def _collector_on_node(cluster: NatsCluster, url: str, node: int) -> RunningCollector:
+def _collector_on_node(cluster: NatsCluster, node: int) -> RunningCollector:
     """A running collector connected to `node` (its rotation is random: start until it is)."""
     for _ in range(30):
-        c = RunningCollector(url)
+        c = RunningCollector(cluster)
         wait_until(lambda c=c: c.collector.connected, what="collector subscribed")
         if cluster.node_of(c.collector.client_id) == node:
             return c
@@ -96,7 +103,8 @@ def _collector_on_node(cluster: NatsCluster, url: str, node: int) -> RunningColl
 @pytest.fixture(scope="module")
 def outcome() -> Iterator[Outcome]:
     rundir = Path(tempfile.mkdtemp(prefix="cf-natsfo-", dir="/tmp"))
-    cluster = start_cluster(rundir / "cluster")
+    ids = [f"fo-{i:02d}" for i in range(N_AGENTS)]
+    cluster = start_cluster(rundir / "cluster", agents=ids)
     chrony = [
         devstack.start_chronyd_server(rundir / f"chrony{i}", address=next_loopback_address())
         for i in range(2)
@@ -107,15 +115,12 @@ def outcome() -> Iterator[Outcome]:
     fleet = Fleet(workers=4)
     collector: RunningCollector | None = None
     try:
-        agents = [
-            make_agent(cluster.urls, f"fo-{i:02d}", region=REGION, keys=keys)
-            for i in range(N_AGENTS)
-        ]
+        agents = [make_agent(cluster, a, region=REGION, keys=keys) for a in ids]
         for a in agents:
             fleet.add(a)
         fleet.start()
         done = subprocess.run(
-            _publish_cmd(rundir, key, cluster.urls, servers),
+            _publish_cmd(rundir, key, cluster, servers),
             capture_output=True, text=True, timeout=60,
         )  # fmt: skip
         assert done.returncode == 0, done.stderr
@@ -136,15 +141,15 @@ def outcome() -> Iterator[Outcome]:
             ),
             what="every agent seen on a node",
         )
-        ids = {f"clockfleet-agent-fo-{i:02d}" for i in range(N_AGENTS)}
-        target, on_target = cluster.busiest(ids)
+        client_ids = {f"clockfleet-agent-{a}" for a in ids}
+        target, on_target = cluster.busiest(client_ids)
         assert on_target >= N_AGENTS // 3  # the busiest of three holds at least a third
-        collector = _collector_on_node(cluster, cluster.urls, target)
+        collector = _collector_on_node(cluster, target)
         wait_until(lambda: _reports_at_collector(collector, first) == N_AGENTS, what="collector")
 
         # The change: reversed order (the second server first), with jitter 2 s.
         proc = subprocess.Popen(
-            _publish_cmd(rundir, key, cluster.urls, list(reversed(servers))),
+            _publish_cmd(rundir, key, cluster, list(reversed(servers))),
             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
         )  # fmt: skip
         # Kill once the new list is on its way: the first agent has reported it.
@@ -259,6 +264,7 @@ def test_the_restarted_node_serves_the_latest_list(outcome: Outcome):
         arrived.set()
 
     client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id="fo-check-restarted")
+    client.username_pw_set("operator", outcome.cluster.password("operator"))
     client.on_message = on_message
     client.on_connect = lambda c, *a: c.subscribe(topics.servers_topic("clock/v1", REGION), 0)
     client.connect("127.0.0.1", node.mqtt_port)
