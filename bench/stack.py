@@ -91,8 +91,9 @@ class Bench(contextlib.ExitStack):
 
     def mosquitto(self, *, max_queued: int = 1_000_000, nodelay: bool = False) -> devstack.Daemon:
         conf = BENCH_MOSQUITTO_CONF + ("set_tcp_nodelay true\n" if nodelay else "")
-        d = devstack.start_mosquitto(
+        d = devstack.start_open_mosquitto(
             self.subdir("mosquitto"),
+            why="benchmark: the same broker for our agents and the bare-client references",
             conf_template=conf,
             values={"MAXQ": max_queued},
         )

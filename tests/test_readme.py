@@ -23,6 +23,7 @@ import yaml
 
 from clockfleet.collector.fleet_state import FleetState
 from clockfleet.collector.metrics import LinkStats, families
+from clockfleet.devstack.mosquitto import ShippedBroker
 from clockfleet.protocol.messages import OUTCOMES
 from tests.compose.cli_check import problem
 from tests.helpers import REPO
@@ -154,18 +155,16 @@ def test_host_setup_commands_name_files_that_exist_in_the_repository():
 # --- the operator's flow, for real --------------------------------------------------------
 
 
-def _local(args: list[str], broker_url: str) -> list[str]:
-    """The README's command with this test's broker instead of the production one."""
-    out, skip = [], False
-    for a in args:
-        if skip:
-            skip = False
-            continue
-        if a in ("--ca-file", "--username", "--password-file", "--broker"):
-            skip = True
-            continue
-        out.append(a)
-    return [*out, "--broker", broker_url]
+def _local(args: list[str], broker: ShippedBroker) -> list[str]:
+    """The README's command against this test's broker (the shipped config, TLS listener):
+    the same identity, with the broker's address, CA and that identity's password file."""
+    user = args[args.index("--username") + 1] if "--username" in args else None
+    swap = {
+        "--broker": broker.tls_url,
+        "--ca-file": str(broker.ca_file),
+        "--password-file": str(broker.password_file(user)) if user else "",
+    }
+    return [swap.get(prev, a) if prev in swap else a for prev, a in zip(["", *args], args)]
 
 
 def _run(args: list[str], cwd: Path) -> subprocess.CompletedProcess:
@@ -207,11 +206,13 @@ def _publish(dry_run: bool, prune: bool) -> list[str]:
     return [*args, "--no-preflight"]
 
 
-def test_publish_dry_run_then_publish_then_status_as_shown(operator_dir: Path, broker_url: str):
+def test_publish_dry_run_then_publish_then_status_as_shown(
+    operator_dir: Path, broker: ShippedBroker
+):
     (keygen,) = [a for a in of("clockfleet") if a[0] == "keygen"]
     assert _run(keygen, operator_dir).returncode == 0
-    dry = _local(_publish(dry_run=True, prune=False), broker_url)
-    real = _local(_publish(dry_run=False, prune=False), broker_url)
+    dry = _local(_publish(dry_run=True, prune=False), broker)
+    real = _local(_publish(dry_run=False, prune=False), broker)
 
     done = _run(dry, operator_dir)
     assert done.returncode == 0, done.stderr
@@ -225,7 +226,7 @@ def test_publish_dry_run_then_publish_then_status_as_shown(operator_dir: Path, b
     assert done.returncode == 0 and "would publish" not in done.stdout, done.stdout
 
     for status in (a for a in of("clockfleet") if a[0] == "status"):
-        done = _run(_local(status, broker_url), operator_dir)
+        done = _run(_local(status, broker), operator_dir)
         assert done.returncode == 0, done.stderr
         # Lists are published but no agent has reported yet.
         if "--json" in status:
@@ -235,18 +236,18 @@ def test_publish_dry_run_then_publish_then_status_as_shown(operator_dir: Path, b
 
 
 def test_prune_as_shown_withdraws_a_region_removed_from_the_file(
-    operator_dir: Path, broker_url: str
+    operator_dir: Path, broker: ShippedBroker
 ):
     (keygen,) = [a for a in of("clockfleet") if a[0] == "keygen"]
     assert _run(keygen, operator_dir).returncode == 0
-    assert _run(_local(_publish(False, False), broker_url), operator_dir).returncode == 0
+    assert _run(_local(_publish(False, False), broker), operator_dir).returncode == 0
     fleet = operator_dir / "config/fleet.yaml"
     data = yaml.safe_load(fleet.read_text())
     del data["regions"]["eu-west"]
     data["agents"] = {a: p for a, p in data["agents"].items() if p["region"] != "eu-west"}
     fleet.write_text(yaml.safe_dump(data))
-    prune_dry = _local(_publish(dry_run=True, prune=True), broker_url)
-    prune = _local(_publish(dry_run=False, prune=True), broker_url)
+    prune_dry = _local(_publish(dry_run=True, prune=True), broker)
+    prune = _local(_publish(dry_run=False, prune=True), broker)
 
     done = _run(prune_dry, operator_dir)
     assert done.returncode == 0 and "would withdraw region eu-west" in done.stdout, done.stdout
@@ -292,10 +293,11 @@ def test_files_and_links_the_readme_names_exist():
 
 
 def test_try_once_as_shown_syncs_with_the_example_agent_yaml(
-    short_tmp: Path, broker_url: str, chrony_server
+    short_tmp: Path, broker: ShippedBroker, chrony_server
 ):
-    """The install section's `--once` line, with agent/agent.yaml pointed at a test broker
-    (no TLS, no password) and a real chronyd, after a signed list was published."""
+    """The install section's `--once` line, with agent/agent.yaml pointed at the shipped
+    broker's TLS listener (its identity, its CA) and a real chronyd, after a signed list was
+    published."""
     ntp = chrony_server()
     keys = short_tmp / "keys"
     assert _run(["keygen", "--out", str(keys), "--key-id", "ops-2026"], short_tmp).returncode == 0
@@ -314,17 +316,16 @@ def test_try_once_as_shown_syncs_with_the_example_agent_yaml(
         )
     )
     publish = ["publish", "--config", str(fleet), "--signing-key", str(keys / "ops-2026.key")]
-    assert _run([*publish, "--broker", broker_url], short_tmp).returncode == 0
+    assert _run([*publish, *broker.login("publisher")], short_tmp).returncode == 0
 
     config = yaml.safe_load((REPO / "agent/agent.yaml").read_text())
     assert config["id"] == "acme-01"
     # tz_root under the test's directory: the machine's own time zone is never at stake,
     # even if --no-timezone were ignored.
     config.update(
-        broker=broker_url,
-        username=None,
-        password_file=None,
-        ca_file=None,
+        broker=broker.tls_url,
+        password_file=str(broker.password_file(config["username"])),
+        ca_file=str(broker.ca_file),
         trust_keys=[str(keys)],
         tz_root=str(short_tmp / "tzroot"),
     )

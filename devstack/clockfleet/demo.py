@@ -52,6 +52,7 @@ from clockfleet.demo_view import (
     view_from_status_json,
     with_tried,
 )
+from clockfleet.devstack.mosquitto import ShippedBroker
 
 KEY_ID = "demo"
 
@@ -107,8 +108,7 @@ class Stack:
     """Everything the demo started, and how to reach it."""
 
     rundir: Path
-    broker_url: str
-    identities: Path
+    broker: ShippedBroker
     signing_key: Path
     trust_key: Path
     fleet_file: Path
@@ -117,16 +117,10 @@ class Stack:
     servers: dict[str, tuple[str, int]]
     agents: list[DemoAgent] = field(default_factory=list)
 
-    def as_(self, identity: str) -> list[str]:
-        """Connection flags for one of the broker's identities."""
-        return [
-            "--broker",
-            self.broker_url,
-            "--username",
-            identity,
-            "--password-file",
-            str(self.identities / f"{identity}.password"),
-        ]
+    def as_(self, identity: str, *, tls: bool = False) -> list[str]:
+        """Connection flags for one of the broker's identities (agents: over TLS, as from
+        another host; the programs on the broker's host: its plain loopback listener)."""
+        return self.broker.login(identity, tls=tls)
 
     def server_names(self) -> dict[tuple[str, int], str]:
         return {hp: name.lower().replace("_", "-") for name, hp in self.servers.items()}
@@ -135,30 +129,26 @@ class Stack:
 # --- starting things, one step each -----------------------------------------------------
 
 
-def make_identities(rundir: Path, agents: list[DemoAgent]) -> Path:
-    out = rundir / "identities"
-    script = REPO / "broker" / "clockfleet-identities"
-    argv = [sys.executable, str(script), "--out", str(out), *(a.id for a in agents)]
-    done = subprocess.run(argv, capture_output=True, text=True, timeout=60)
-    if done.returncode != 0:
-        raise StepFailed(f"broker/clockfleet-identities failed: {done.stderr or done.stdout}")
-    say(f"created broker identities (publisher, collector, operator, one per agent) in {out}")
-    return out
+def start_broker(procs: Processes, rundir: Path, agents: list[DemoAgent]) -> ShippedBroker:
+    """broker/mosquitto.conf as shipped, on loopback ports: identities written by
+    broker/clockfleet-identities, broker/acl, TLS with a throw-away CA."""
+    started: list[ShippedBroker] = []
 
+    def launch() -> devstack.Daemon:
+        started.append(devstack.start_shipped_mosquitto(rundir / "broker", [a.id for a in agents]))
+        return started[0].daemon
 
-def start_broker(procs: Processes, rundir: Path, identities: Path) -> str:
-    template = (REPO / "broker" / "mosquitto.demo.conf").read_text()
-    bdir = rundir / "broker"
-    values: dict[str, str | int] = {
-        "PASSWORD_FILE": str(identities / "passwd"),
-        "ACL_FILE": str(REPO / "broker" / "acl"),
-    }
-    d = procs.daemon(
-        "mosquitto (broker/mosquitto.demo.conf: identities and ACL on)",
-        lambda: devstack.start_mosquitto(bdir, conf_template=template, values=values),
-        bdir / "mosquitto.log",
+    procs.daemon(
+        "mosquitto (broker/mosquitto.conf as shipped: identities, ACL, TLS)",
+        launch,
+        rundir / "broker" / "mosquitto" / "mosquitto.log",
     )
-    return f"mqtt://{d.host}:{d.port}"
+    broker = started[0]
+    say(
+        f"broker identities (publisher, collector, operator, one per agent) in "
+        f"{broker.identities}; agents connect over TLS (test CA {broker.ca_file})"
+    )
+    return broker
 
 
 def start_ntp_servers(procs: Processes, rundir: Path) -> dict[str, tuple[str, int]]:
@@ -281,7 +271,7 @@ def start_agents(procs: Processes, stack: Stack) -> None:
                 str(stack.trust_key),
                 "--startup-delay",
                 "1",
-                *stack.as_(a.id),
+                *stack.as_(a.id, tls=True),
             ],
         )
 
@@ -289,14 +279,12 @@ def start_agents(procs: Processes, stack: Stack) -> None:
 def start(procs: Processes, settings: Settings) -> Stack:
     rundir = settings.rundir
     agents = demo_agents(BEFORE)
-    identities = make_identities(rundir, agents)
-    broker_url = start_broker(procs, rundir, identities)
+    broker = start_broker(procs, rundir, agents)
     servers = start_ntp_servers(procs, rundir)
     key, pub = make_key(procs, rundir)
     stack = Stack(
         rundir=rundir,
-        broker_url=broker_url,
-        identities=identities,
+        broker=broker,
         signing_key=key,
         trust_key=pub,
         fleet_file=rundir / "fleet.yaml",
@@ -373,7 +361,8 @@ def prometheus_view(url: str) -> str:
 def banner(stack: Stack, settings: Settings) -> list[str]:
     return [
         f"run directory   {stack.rundir} (every daemon's log is under it)",
-        f"broker          {stack.broker_url} (identities in {stack.identities})",
+        f"broker          {stack.broker.url}, {stack.broker.tls_url} "
+        f"(identities in {stack.broker.identities})",
         f"metrics         {stack.collector_url}",
         f"prometheus      {stack.prometheus_url}  (alerts: {stack.prometheus_url}/alerts)",
         "ntp servers     "

@@ -21,8 +21,9 @@ from clockfleet.agent.probe import ProbeSettings
 from clockfleet.agent.service import Agent, AgentSettings
 from clockfleet.agent.state import StateDir
 from clockfleet.devstack.mosquitto import ShippedBroker
+from clockfleet.devstack.topologies import Topology
 from clockfleet.protocol import codec, signing
-from clockfleet.protocol.connection import parse_brokers
+from clockfleet.protocol.connection import ConnectionSettings, parse_brokers
 from tests.helpers import wait_until
 
 PREFIX = "clock/v1"
@@ -165,7 +166,7 @@ class Watcher:
 
 
 def make_agent(
-    broker: ShippedBroker,
+    broker: ShippedBroker | Topology,
     agent_id: str,
     *,
     region: str | None = "r1",
@@ -174,12 +175,13 @@ def make_agent(
     probe_timeout_s: float = 0.3,
     once: bool = False,
     brokers: str | None = None,
+    conn: ConnectionSettings | None = None,
     **overrides: Any,
 ) -> Agent:
     """An agent with the observe backend, jitter 0, start-up delay 0, quick reconnects,
     logged in as its own identity. `brokers`: another broker list for the same identity
-    (a cluster's nodes, a dead address first)."""
-    conn = broker.settings(agent_id)
+    (a cluster's nodes, a dead address first); `conn`: settings of its own (an edge's)."""
+    conn = conn or broker.settings(agent_id)
     if brokers is not None:
         conn.brokers = parse_brokers(brokers)
     conn.connect_timeout_s = 3.0

@@ -56,6 +56,7 @@ def test_an_agent_cannot_knock_another_offline_by_using_its_client_id(
         watcher.close()
 
 
+@pytest.mark.takeover("the takeover is what this test shows")
 def test_a_second_login_as_the_same_identity_replaces_the_first(broker: ShippedBroker):
     """The binding's price, documented in docs/trust.md: one connection per identity, so
     every program instance that runs at the same time needs an identity of its own."""

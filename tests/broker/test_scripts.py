@@ -5,14 +5,26 @@ from __future__ import annotations
 import os
 import pwd
 import shutil
+import signal
 import subprocess
 from pathlib import Path
 
 import pytest
 
-from clockfleet import devstack
-from clockfleet.devstack.mosquitto import BROKER_DIR, IDENTITIES_TOOL, MAKE_TEST_CA, copy_acl
+from clockfleet.devstack import free_port
+from clockfleet.devstack.mosquitto import (
+    IDENTITIES_TOOL,
+    MAKE_TEST_CA,
+    ShippedBroker,
+    copy_acl,
+    launch,
+    login_accepted,
+    make_test_ca,
+    production_template,
+    record,
+)
 from tests.broker.mqttclient import connect
+from tests.helpers import wait_until
 
 
 def identities(out: Path, *args: str) -> subprocess.CompletedProcess:
@@ -60,13 +72,77 @@ def test_identities_rotate_gives_a_new_password(tmp_path: Path):
     assert (tmp_path / "acme-01.password").read_text() != before
 
 
-def test_identities_drops_agents_no_longer_listed(tmp_path: Path):
+def test_adding_one_agent_after_a_first_run_keeps_every_identity_able_to_log_in(
+    broker: ShippedBroker,
+):
+    """The natural way to add a host: `--out DIR new-03`, then a reload (SIGHUP)."""
+    first = identities(broker.identities, "acme-01", "acme-02")
+    assert first.returncode == 0, first.stderr
+    broker.daemon.proc.send_signal(signal.SIGHUP)
+    before = {i: broker.password(i) for i in ("acme-01", "acme-02", "publisher", "operator")}
+
+    added = identities(broker.identities, "new-03")
+    broker.daemon.proc.send_signal(signal.SIGHUP)
+
+    assert added.returncode == 0, added.stderr
+    assert "+ new-03" in added.stdout and "- " not in added.stdout
+    wait_until(
+        lambda: login_accepted(broker.host, broker.port, "new-03", broker.password("new-03"))
+    )
+    for ident, password in before.items():
+        assert broker.password(ident) == password
+        assert login_accepted(broker.host, broker.port, ident, password), ident
+
+
+def test_remove_takes_out_only_the_named_agent(tmp_path: Path):
     identities(tmp_path, "acme-01", "acme-02")
-    agents_file = tmp_path / "agents.txt"
-    agents_file.write_text("# hosts still in service\nacme-02\n")
-    assert identities(tmp_path, "--agents-file", str(agents_file)).returncode == 0
+    result = identities(tmp_path, "--remove", "acme-01")
+    assert result.returncode == 0, result.stderr
+    assert "- acme-01" in result.stdout
     assert "acme-01" not in users(tmp_path / "passwd")
     assert not (tmp_path / "acme-01.password").exists()
+    assert "acme-02" in users(tmp_path / "passwd")
+
+
+def test_sync_to_an_inventory_shows_and_removes_the_agents_it_no_longer_lists(tmp_path: Path):
+    identities(tmp_path, "acme-01", "acme-02")
+    agents_file = tmp_path / "agents.txt"
+    agents_file.write_text("# hosts still in service\nacme-02\nacme-03\n")
+    result = identities(tmp_path, "--sync", "--agents-file", str(agents_file))
+    assert result.returncode == 0, result.stderr
+    assert "+ acme-03" in result.stdout and "- acme-01" in result.stdout
+    assert users(tmp_path / "passwd")[4:] == ["acme-02", "acme-03"]
+
+
+def test_a_dry_run_shows_the_change_and_writes_nothing(tmp_path: Path):
+    identities(tmp_path, "acme-01", "acme-02")
+    before = (tmp_path / "passwd").read_bytes()
+    result = identities(tmp_path, "--sync", "acme-02", "acme-04", "--dry-run")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.splitlines()[:2] == ["+ acme-04", "- acme-01"]
+    assert "nothing written" in result.stdout
+    assert (tmp_path / "passwd").read_bytes() == before
+    assert (tmp_path / "acme-01.password").exists()
+    assert not (tmp_path / "acme-04.password").exists()
+
+
+def test_removing_more_agents_than_the_bound_needs_confirmation(tmp_path: Path):
+    fleet = [f"pbx-{n:02d}" for n in range(8)]
+    identities(tmp_path, *fleet)
+    truncated = identities(tmp_path, "--sync", "pbx-00")  # an inventory cut short
+    assert truncated.returncode == 2
+    assert "would remove 7 agents" in truncated.stderr and "--yes" in truncated.stderr
+    assert users(tmp_path / "passwd")[4:] == fleet
+    confirmed = identities(tmp_path, "--sync", "pbx-00", "--yes")
+    assert confirmed.returncode == 0, confirmed.stderr
+    assert users(tmp_path / "passwd")[4:] == ["pbx-00"]
+
+
+def test_removing_an_agent_that_does_not_exist_is_refused(tmp_path: Path):
+    identities(tmp_path, "acme-01")
+    result = identities(tmp_path, "--remove", "acme-09")
+    assert result.returncode == 2
+    assert "no such agent" in result.stderr
 
 
 def test_identities_refuses_an_agent_named_like_a_role(tmp_path: Path):
@@ -112,8 +188,9 @@ def test_make_test_ca_writes_a_server_certificate_for_localhost(tmp_path: Path):
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="needs root to let Mosquitto drop to its user")
 def test_mosquitto_reads_the_identities_after_dropping_root(short_tmp: Path):
-    """Mosquitto opens password_file and acl_file as user mosquitto: the layout must allow
-    that, wherever the checkout is (under /root, mode 0700, it cannot enter the checkout)."""
+    """Mosquitto opens password_file, acl_file and its TLS key as user mosquitto: the layout
+    must allow that, wherever the checkout is (under /root, mode 0700, it cannot enter the
+    checkout). The shipped config as is, with `user mosquitto` as on a real host."""
     try:
         pwd.getpwnam("mosquitto")
     except KeyError:
@@ -121,14 +198,16 @@ def test_mosquitto_reads_the_identities_after_dropping_root(short_tmp: Path):
     os.chmod(short_tmp, 0o711)
     ids = short_tmp / "ids"
     assert identities(ids, "acme-01", "--passwd-owner", "mosquitto").returncode == 0
+    certs = make_test_ca(short_tmp / "ca")
+    os.chmod(certs, 0o755)
+    shutil.chown(certs / "server.key", "mosquitto")
     rundir = short_tmp / "mosquitto"
     rundir.mkdir()
     shutil.chown(rundir, "mosquitto")
     acl = copy_acl(short_tmp)
-    template = (BROKER_DIR / "mosquitto.demo.conf").read_text() + "user mosquitto\n"
-    d = devstack.start_mosquitto(
-        rundir, conf_template=template, values={"PASSWORD_FILE": ids / "passwd", "ACL_FILE": acl}
-    )
+    template = production_template(ids / "passwd", certs, free_port(), acl) + "user mosquitto\n"
+    record("mosquitto", shipped=True)
+    d = launch(rundir, template)
     try:
         c = connect(d.port, "acme-01", (ids / "acme-01.password").read_text().strip())
         c.close()

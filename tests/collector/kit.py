@@ -29,6 +29,7 @@ from clockfleet.collector.http import serve
 from clockfleet.collector.ingest import Collector
 from clockfleet.collector.metrics import LinkStats, MetricsRenderer, families
 from clockfleet.devstack.mosquitto import ShippedBroker
+from clockfleet.devstack.topologies import Topology
 from tests.helpers import wait_until
 
 PREFIX = "clock/v1"
@@ -206,7 +207,7 @@ def publish_as(
 class RunningCollector:
     """The collector in-process, logged in as `identity`, with its /metrics endpoint."""
 
-    def __init__(self, broker: ShippedBroker, identity: str = "collector") -> None:
+    def __init__(self, broker: ShippedBroker | Topology, identity: str = "collector") -> None:
         self.collector = Collector(broker.settings(identity))
         self.collector.start()
         self.renderer = MetricsRenderer(self.collector.state, self.collector.link)

@@ -54,14 +54,11 @@ def test_a_daemon_that_does_not_start_raises_with_the_tail_of_its_log(procs, sho
 
 
 def test_close_stops_every_program_and_daemon_started(procs, short_tmp: Path):
-    broker = procs.daemon(
-        "mosquitto",
-        lambda: devstack.start_mosquitto(short_tmp / "broker"),
-        short_tmp / "broker" / "mosquitto.log",
-    )
-    url = f"mqtt://{broker.host}:{broker.port}"
+    shipped = devstack.start_shipped_mosquitto(short_tmp / "broker")
+    broker = procs.daemon("mosquitto", lambda: shipped.daemon, shipped.daemon.log)
+    listen = f"127.0.0.1:{devstack.free_port()}"
     collector = procs.start(
-        "collector", ["collector", "--listen", f"127.0.0.1:{devstack.free_port()}", "--broker", url]
+        "collector", ["collector", "--listen", listen, *shipped.login("collector")]
     )
     assert collector.alive() and broker.alive()
     procs.close()

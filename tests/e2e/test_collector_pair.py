@@ -30,7 +30,7 @@ from tests.helpers import REPO, wait_until
 
 CONFIG = REPO / "config"
 AGENTS = {"pbx-01": "us-east", "pbx-02": "eu-west"}
-IDENTITIES_TOOL = ("collector", "collector-2")
+COLLECTORS = ("collector", "collector-2")
 
 
 def publish_as(broker: ShippedBroker, identity: str, items: list[tuple[str, dict]]) -> None:
@@ -106,7 +106,7 @@ def pair() -> Iterator[Pair]:
                 (f"clock/v1/agents/{agent}/status", status(agent, "online", 1, region=region)),
             ])  # fmt: skip
         targets = {}
-        for identity in IDENTITIES_TOOL:
+        for identity in COLLECTORS:
             port = devstack.free_port()
             procs[identity] = start_collector(broker, identity, port, rundir)
             targets[identity] = f"127.0.0.1:{port}"

@@ -2,7 +2,8 @@
 broker -> agents (real chronyd servers) -> broker -> collector -> a real Prometheus.
 
 The same test runs on one Mosquitto, on a 3-node NATS cluster and on a central Mosquitto
-with two edge bridges (devstack/clockfleet/topologies.py): only the URLs differ."""
+with two edge bridges (devstack/clockfleet/devstack/topologies.py), each running its shipped
+configuration with every program on its own identity."""
 
 from __future__ import annotations
 
@@ -17,7 +18,7 @@ import pytest
 
 from clockfleet.agent.fleet import Fleet
 from clockfleet.agent.service import Agent
-from clockfleet.topologies import STARTERS, Topology, start
+from clockfleet.devstack.topologies import STARTERS, Topology, start
 from tests.agent.servicekit import Keys, make_agent, make_keys
 from tests.collector.kit import Prometheus, RunningCollector
 from tests.helpers import wait_until
@@ -58,7 +59,7 @@ class Chain:
         done = subprocess.run(
             [
                 sys.executable, "-m", "clockfleet", "publish", "--config", str(path),
-                "--signing-key", str(self.private_key), "--broker", self.topology.publisher_url,
+                "--signing-key", str(self.private_key), *self.topology.login("publisher"),
             ],
             capture_output=True, text=True, timeout=60,
         )  # fmt: skip
@@ -94,10 +95,11 @@ def chain(topology: Topology, chrony_server, prometheus, short_tmp: Path) -> Ite
     servers = [chrony_server(), chrony_server()]
     chain_dir = short_tmp / "chain"
     chain_dir.mkdir()
-    collector = RunningCollector(topology.collector_url)
+    collector = RunningCollector(topology, "collector")
     wait_until(lambda: collector.collector.connected, what="collector subscribed")
+    topology.add(*(aid for aid, _ in AGENTS))
     agents = [
-        make_agent(topology.agent_url(i), aid, region=region, keys=keys)
+        make_agent(topology, aid, region=region, keys=keys, conn=topology.settings(aid, agent=i))
         for i, (aid, region) in enumerate(AGENTS)
     ]
     fleet = Fleet(workers=4)

@@ -46,9 +46,8 @@ def _subscribe(client: mqtt.Client, userdata: Any, flags: Any, rc: Any, props: A
 def stack(engine: None) -> Iterator[Stack]:
     work = Path(tempfile.mkdtemp(prefix="cf-hosts-", dir="/tmp"))
     started: list[devstack.Daemon] = []
+    broker = devstack.start_shipped_mosquitto(work / "broker")
     try:
-        broker = devstack.start_mosquitto(work / "mosquitto")
-        started.append(broker)
         servers = []
         for n in range(2):
             d = devstack.start_chronyd_server(work / f"ntp{n}", address=next_loopback_address())
@@ -74,7 +73,8 @@ def stack(engine: None) -> Iterator[Stack]:
         if port123 is not None:
             s.regions["hosts123"] = [(port123.host, port123.port)]
         s.publish()
-        sub = mqtt.Client(CallbackAPIVersion.VERSION2, client_id="cf-hosts-watch")
+        sub = mqtt.Client(CallbackAPIVersion.VERSION2, client_id="collector-2")
+        sub.username_pw_set("collector-2", broker.password("collector-2"))
         sub.on_message = s.on_message
         sub.on_connect = _subscribe
         # The broker-down test restarts the broker: be back within a second, not paho's 120 s.
@@ -86,8 +86,8 @@ def stack(engine: None) -> Iterator[Stack]:
         finally:
             sub.loop_stop()
             sub.disconnect()
-            started.append(s.broker)  # a restarted broker is a new process
     finally:
+        broker.stop()  # the restarted one, if a test restarted it
         for d in started:
             d.stop()
         shutil.rmtree(work, ignore_errors=True)

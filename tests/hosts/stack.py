@@ -1,5 +1,8 @@
 """The loopback stack the host tests share (broker, NTP servers, publisher) and how a test
-configures a host as an operator would. Fixtures are in conftest.py."""
+configures a host as an operator would. Fixtures are in conftest.py.
+
+The broker runs broker/mosquitto.conf as shipped: each host's agent logs in over TLS as its
+own identity with the broker's CA, as on a real PBX; the publisher runs as `publisher`."""
 
 from __future__ import annotations
 
@@ -16,6 +19,7 @@ from typing import Any
 import paho.mqtt.client as mqtt
 
 from clockfleet import devstack
+from clockfleet.devstack.mosquitto import ShippedBroker
 from tests.hosts import hostkit
 
 REPO_UNIT = hostkit.REPO / "agent" / "clockfleet-agent.service"
@@ -31,7 +35,7 @@ class Stack:
     """Broker, NTP servers and publisher on loopback, shared by every host test."""
 
     workdir: Path
-    broker: devstack.Daemon
+    broker: ShippedBroker
     servers: list[devstack.Daemon]
     port123: devstack.Daemon | None  # for timesyncd, which only speaks to port 123
     key: Path
@@ -44,7 +48,8 @@ class Stack:
 
     @property
     def url(self) -> str:
-        return f"mqtt://{self.broker.host}:{self.broker.port}"
+        """Where the hosts' agents connect: the TLS listener (localhost is in its names)."""
+        return self.broker.tls_url
 
     def add_agent(self, agent_id: str, region: str = "hosts") -> str:
         """Give `agent_id` a signed profile (region and its own time zone); returns the zone."""
@@ -68,7 +73,7 @@ class Stack:
         path = self.workdir / "fleet.yaml"
         path.write_text(json.dumps(fleet, indent=1))
         argv = [sys.executable, "-m", "clockfleet", "publish", "--config", str(path)]
-        argv += ["--signing-key", str(self.key), "--broker", self.url]
+        argv += ["--signing-key", str(self.key), *self.broker.login("publisher")]
         # The NTP servers sit on the hosts' networks, as a PBX's may: not this host's.
         argv += ["--no-preflight"]
         r = subprocess.run(argv, capture_output=True, text=True, timeout=60)
@@ -110,11 +115,17 @@ class Stack:
 
     def restart_broker(self) -> None:
         """Start the stopped broker again on its port (its retained lists persisted)."""
-        self.broker = devstack.restart(self.broker)
+        self.broker.restart()
 
     def sessions(self, agent_id: str) -> list[int]:
         with self.lock:
             return [s["session"] for s in self.statuses.get(agent_id, []) if "session" in s]
+
+
+def put_password(host: hostkit.SystemdHost, stack: Stack, agent_id: str) -> None:
+    """The agent's own identity's password, as the operator hands it to that host only."""
+    host.put("/etc/clockfleet/mqtt-password", stack.broker.password(agent_id) + "\n", 0o640)
+    host.ok("chgrp clockfleet /etc/clockfleet/mqtt-password")
 
 
 def configure(
@@ -135,9 +146,10 @@ def configure(
     """
     tz = stack.add_agent(agent_id, region) if publish else stack.agents[agent_id]["timezone"]
     if password:
-        host.put("/etc/clockfleet/mqtt-password", "not-checked-by-the-test-broker\n", 0o640)
-        host.ok("chgrp clockfleet /etc/clockfleet/mqtt-password")
+        put_password(host, stack, agent_id)
+    host.put("/etc/clockfleet/ca.pem", stack.broker.ca_file.read_bytes(), 0o644)
     host.put("/etc/clockfleet/trust/ops-hosts.pub", stack.pub.read_bytes(), trust_mode)
+    extra = {"ca_file": "/etc/clockfleet/ca.pem", **(extra or {})}
     text = hostkit.agent_yaml(agent_id, stack.url, region=region, backend=backend, extra=extra)
     host.put("/etc/clockfleet/agent.yaml.new", text, 0o640)
     # As an editor or configuration management does: the complete file appears at once.

@@ -56,11 +56,10 @@ def test_new_host_from_the_template_comes_up_synced_with_its_zone(suite, fresh_h
             "REGION": "hosts",
             "TIMEZONE": "UTC",
             "BROKER": stack.url,
-            "PASSWORD": "secret-from-clockfleet-identities",
+            "PASSWORD": stack.broker.password(agent_id),
             "KEY_ID": "ops-hosts",
             "TRUST_KEY": stack.pub.read_text().strip(),
-            # Read only for mqtts:// brokers; the test broker on loopback is plain.
-            "CA_PEM": "(the broker's CA certificate)",
+            "CA_PEM": stack.broker.ca_file.read_text().strip(),
         }
     )
 

@@ -13,7 +13,7 @@ import pytest
 
 from clockfleet import devstack
 from tests.hosts import hostkit
-from tests.hosts.stack import REPO_UNIT, Stack, configure
+from tests.hosts.stack import REPO_UNIT, Stack, configure, put_password
 
 pytestmark = pytest.mark.slow
 
@@ -79,8 +79,7 @@ def test_missing_password_stops_the_agent_with_one_clear_line_until_it_is_writte
         "the unit to fail naming the password file",
     )
     assert host.unit("NRestarts") == "0"
-    host.put("/etc/clockfleet/mqtt-password", "pw\n", 0o640)
-    host.ok("chgrp clockfleet /etc/clockfleet/mqtt-password")
+    put_password(host, stack, agent_id)
 
     stack.wait_report(agent_id, lambda r: r["ok"], host=host)
     assert host.unit("ActiveState") == "active"

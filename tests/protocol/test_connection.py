@@ -7,34 +7,40 @@ import argparse
 import pytest
 
 from clockfleet import devstack
+from clockfleet.devstack.mosquitto import ShippedBroker
 from clockfleet.protocol import connection as conn
 from clockfleet.protocol import session
 
 
-def settings_for(spec: str, timeout_s: float = 2.0) -> conn.ConnectionSettings:
-    s = conn.ConnectionSettings(brokers=conn.parse_brokers(spec))
+def settings_for(
+    spec: str, timeout_s: float = 2.0, broker: ShippedBroker | None = None
+) -> conn.ConnectionSettings:
+    """Settings for the broker list `spec`, logged in as operator on `broker` if given."""
+    s = broker.settings("operator") if broker else conn.ConnectionSettings(brokers=[])
+    s.brokers = conn.parse_brokers(spec)
     s.connect_timeout_s = timeout_s
     return s
 
 
-def test_connects_to_a_live_broker(broker_url: str):
-    client = conn.new_client(settings_for(broker_url))
+def test_connects_to_a_live_broker(broker: ShippedBroker):
+    settings = settings_for(broker.url, broker=broker)
+    client = conn.new_client(settings)
     try:
-        addr = conn.connect_blocking(client, settings_for(broker_url))
-        assert str(addr) == broker_url
+        addr = conn.connect_blocking(client, settings)
+        assert str(addr) == broker.url
         assert client.is_connected()
     finally:
         client.disconnect()
         client.loop_stop()
 
 
-def test_a_dead_node_is_skipped_for_a_live_one(broker_url: str):
+def test_a_dead_node_is_skipped_for_a_live_one(broker: ShippedBroker):
     dead = f"mqtt://127.0.0.1:{devstack.free_port()}"
-    settings = settings_for(f"{dead},{broker_url}")
+    settings = settings_for(f"{dead},{broker.url}", broker=broker)
     for _ in range(3):  # the order is random: whichever comes first, the live one wins
         client = conn.new_client(settings)
         try:
-            assert str(conn.connect_blocking(client, settings)) == broker_url
+            assert str(conn.connect_blocking(client, settings)) == broker.url
         finally:
             client.disconnect()
             client.loop_stop()

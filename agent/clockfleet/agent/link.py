@@ -62,6 +62,9 @@ REPORT_BACKLOG = 16  # reports kept while the broker is away; the oldest go firs
 # it (a NATS node whose JetStream leader died keeps the connection and never answers). paho
 # resends in-flight QoS 1 messages only on a new connection, so make one.
 REPORT_ACK_TIMEOUT_S = 10.0
+# After a disconnect of our own (the session counter learnt), wait this long before
+# connecting again (see _on_disconnect).
+QUIET_RECONNECT_S = 0.2
 # A report acknowledged this late was held through the broker's trouble, and may not have been
 # stored: a NATS node whose JetStream store timed out acknowledges the QoS 1 PUBLISH after 4 s
 # without keeping it (measured, `python -m bench scaleout`: 38 of 1000 reports of a list
@@ -394,7 +397,11 @@ class BrokerLink:
         self.state = LinkState.IDLE
         why, self._refused = self._refused, None
         if why == "quiet":  # a reconnect of our own (session learnt)
-            self._retry_timer = self.host.call_later(0.0, self._connect)
+            # Not at once: a CONNECT that reaches the broker before it has read our
+            # DISCONNECT looks like a second login of this identity, which closes the old
+            # connection as taken over and fires its will (an `offline` of the too-low
+            # session). No packet acknowledges a DISCONNECT; a moment is enough.
+            self._retry_timer = self.host.call_later(QUIET_RECONNECT_S, self._connect)
             return
         if was in (LinkState.LEARNING, LinkState.ONLINE):
             self.counters["broker-lost"] += 1

@@ -1,12 +1,11 @@
 """Real daemons on loopback for the tests, `make demo` and the benchmarks (never installed).
 
-| module | its one job |
-|---|---|
-| daemons.py | child processes: chronyd as an NTP server (-x), Prometheus, free ports |
-| mosquitto.py | Mosquitto from the shipped configuration (identities, ACL, TLS); an open one only with a reason |
-| nats.py | a 3-node NATS cluster from broker/nats/ |
-| bridges.py | a central Mosquitto and edge Mosquittos bridged as broker/bridges/make-bridges writes them |
-| topologies.py | those three behind one interface, for the end-to-end tests and benchmarks |
+    daemons.py     child processes: chronyd as an NTP server (-x), Prometheus, free ports
+    mosquitto.py   Mosquitto from the shipped configuration (identities, ACL, TLS); an open
+                   one only with a reason
+    nats.py        a 3-node NATS cluster from broker/nats/
+    bridges.py     central and edge Mosquittos, bridged as broker/bridges/make-bridges writes
+    topologies.py  those three behind one interface, for the end-to-end tests and benchmarks
 
 `from clockfleet import devstack` gives the daemons' helpers directly (devstack.Daemon,
 devstack.start_chronyd_server, ...) and Mosquitto as devstack.start_shipped_mosquitto and

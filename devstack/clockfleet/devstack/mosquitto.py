@@ -251,6 +251,8 @@ class ShippedBroker:
             return
         provision(self.identities, new)
         self.known.update(new)
+        if not self.daemon.alive():
+            return  # a stopped broker reads the file when it starts again
         self.daemon.proc.send_signal(signal.SIGHUP)
         deadline = time.monotonic() + 10
         while not login_accepted(self.host, self.port, new[0], self._read(new[0])):

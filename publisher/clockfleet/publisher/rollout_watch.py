@@ -41,9 +41,7 @@ class Snapshot:
 
 
 class Watch:
-    def __init__(
-        self, session: broker_io.Session, prefix: str, trust: signing.TrustStore
-    ) -> None:
+    def __init__(self, session: broker_io.Session, prefix: str, trust: signing.TrustStore) -> None:
         self.session = session
         self.prefix = prefix
         self.trust = trust
