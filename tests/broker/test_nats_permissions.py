@@ -16,6 +16,7 @@ The client-id tests at the end document what NATS 2.9.10 does NOT do (broker/nat
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import socket
 import subprocess
@@ -411,6 +412,16 @@ def test_clockfleet_status_runs_as_the_operator(cluster: NatsCluster):
     assert "acme-03" in [r.get("agent") for r in rows], rows
 
 
+def test_clockfleet_rollout_status_runs_as_the_operator(cluster: NatsCluster):
+    command = [sys.executable, "-m", "clockfleet", "rollout", "status", "--json"]
+    done = subprocess.run(
+        [*command, *cluster.login("operator")],
+        capture_output=True, text=True, timeout=60, cwd=REPO,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert "regions" in json.loads(done.stdout)
+
+
 # --- Roles named like agents -----------------------------------------------------------------
 
 
@@ -497,6 +508,43 @@ def test_make_security_conf_follows_the_prefix(tmp_path: Path):
     assert '"fleet.v2.agents.acme-01.report"' in text and "clock.v1" not in text
 
 
+def masked(text: str) -> list[str]:
+    """The file's lines without what differs between two runs: hashes, the source path."""
+    out = []
+    for line in text.splitlines():
+        if line.startswith("# EXAMPLE"):
+            continue
+        line = re.sub(r'password: "[^"]*"', 'password: "HASH"', line)
+        out.append(re.sub(r"^# from .* \(prefix", "# from DIR (prefix", line))
+    return out
+
+
+def test_the_shipped_example_is_what_make_security_conf_writes(tmp_path: Path):
+    for name in (*ROLES, "acme-01", "acme-02"):
+        (tmp_path / f"{name}.password").write_text("x" * 32 + "\n")
+    out = tmp_path / "security.conf"
+    assert run_tool("--identities", str(tmp_path), "--out", str(out)).returncode == 0
+    example = REPO / "broker" / "nats" / "security.conf.example"
+    assert masked(example.read_text()) == masked(out.read_text())
+
+
+# --- The monitoring port ---------------------------------------------------------------------
+
+
+def test_the_monitoring_port_shows_a_connected_mqtt_clients_password(cluster: NatsCluster):
+    """NATS 2.9.10 keeps an MQTT client's password as the connection's JWT
+    (server/mqtt.go: c.opts.JWT = c.opts.Password) and /connz?auth=true prints it
+    (server/monitor.go: ci.JWT = client.opts.JWT): whoever reaches the http port can log in
+    as every connected identity. Hence node.conf.template's http on loopback only."""
+    agent = login(cluster, "acme-02", node=2, client_id="shown-on-connz")
+    try:
+        conns = cluster.nodes[2].monitor("/connz?auth=true&limit=1024")["connections"]
+        mine = [c for c in conns if c.get("mqtt_client") == "shown-on-connz"]
+        assert [c.get("jwt") for c in mine] == [cluster.password("acme-02")]
+    finally:
+        agent.close()
+
+
 # --- Client ids: NATS 2.9.10 binds none to a user ---------------------------------------------
 
 
@@ -528,6 +576,22 @@ def test_nats_2_9_binds_no_client_id_another_agent_takes_over_an_agents_session(
             attacker.close()
     finally:
         victim.close()
+
+
+def test_connz_names_the_user_behind_an_agents_client_id(cluster: NatsCluster):
+    """The one trace of a thief that names it (the takeover's log line names only the client
+    id): /connz?auth=true on the node it is connected to, while it is connected."""
+    thief = login(cluster, "acme-01", node=1, client_id="clockfleet-agent-acme-02-connz")
+    try:
+        conns = cluster.nodes[1].monitor("/connz?auth=true&limit=1024")["connections"]
+        holders = [
+            c.get("authorized_user")
+            for c in conns
+            if c.get("mqtt_client") == "clockfleet-agent-acme-02-connz"
+        ]
+        assert holders == ["acme-01"]
+    finally:
+        thief.close()
 
 
 @pytest.mark.parametrize("attacker_node", [0, 1], ids=["same-node", "other-node"])
@@ -602,6 +666,48 @@ def test_the_taker_of_an_agents_session_gets_none_of_the_agents_rights(cluster: 
         attacker.disconnect()
         attacker.loop_stop()
         watcher.close()
+
+
+def test_a_clean_session_takeover_discards_the_agents_queued_commands(cluster: NatsCluster):
+    """A thief connecting with the agent's client id and a clean session wipes the agent's
+    persistent session: a command queued for it while it was away never arrives (its
+    subscriptions it makes again on every connect; what was queued is gone)."""
+    stolen = "clockfleet-agent-acme-02-queued"
+    victim = persistent_client(cluster, "acme-02", stolen)
+    subscribed = threading.Event()
+    victim.on_connect = lambda c, u, f, rc, p: c.subscribe(CMD.format("acme-02"), 1)
+    victim.on_subscribe = lambda *a: subscribed.set()
+    victim.connect("127.0.0.1", cluster.nodes[0].mqtt_port)
+    victim.loop_start()
+    assert subscribed.wait(10)
+    victim.disconnect()
+    victim.loop_stop()
+    operator = login(cluster, "operator")
+    try:
+        operator.publish(CMD.format("acme-02"), b"queued while away")
+    finally:
+        operator.close()
+    thief = connect(
+        cluster.nodes[1].mqtt_port, "acme-01", cluster.password("acme-01"),
+        protocol=mqtt.MQTTv311, client_id=stolen,
+    )  # fmt: skip
+    thief.close()
+    time.sleep(1.2)  # NATS holds a client id that returns within 1 s of a takeover
+    back = persistent_client(cluster, "acme-02", stolen)
+    got: list[bytes] = []
+    present: list[bool] = []
+    back.on_connect = lambda c, u, f, rc, p: present.append(f.session_present)
+    back.on_message = lambda c, u, m: got.append(m.payload)
+    back.connect("127.0.0.1", cluster.nodes[0].mqtt_port)
+    back.loop_start()
+    try:
+        wait_until(lambda: present, timeout_s=10, what="the agent's CONNACK")
+        time.sleep(1.0)  # a queued QoS 1 command would be redelivered by now
+        assert present == [False]
+        assert got == []
+    finally:
+        back.disconnect()
+        back.loop_stop()
 
 
 def test_an_agent_whose_client_id_is_reused_counts_a_new_session_on_every_return(
