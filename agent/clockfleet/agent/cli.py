@@ -7,12 +7,14 @@ Exit codes: 0 a good sync (`--once`) or a clean shutdown; 1 a failed sync (`--on
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import signal
 import sys
 from pathlib import Path
 
 from clockfleet.agent import config as cfgmod
+from clockfleet.agent import local_service
 from clockfleet.agent.clock_backends import BACKEND_NAMES
 from clockfleet.protocol import connection
 from clockfleet.protocol.ids import ID_PATTERN
@@ -63,7 +65,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--once",
         action="store_true",
         help="wait for the retained profile and list (or use the cached list), sync once, "
-        "publish and print the report as JSON; exit 0 on a good sync, 1 otherwise",
+        "publish and print the report as JSON; exit 0 on a good sync, 1 otherwise. Where the "
+        "agent service runs on the same state directory, ask it to sync now instead (one "
+        "login per identity: a second one would knock the service off the broker)",
     )
     p.add_argument(
         "--timeout", type=float, help="--once: give up after this many seconds (default 10)"
@@ -107,6 +111,8 @@ def main(argv: list[str] | None = None) -> int:
     if not agent.settings.trust:
         log.warning("no trust key configured: lists and profiles are accepted unsigned")
     if args.once:
+        if cfg.state_dir and (pid := local_service.running_pid(Path(cfg.state_dir))):
+            return ask_service(Path(cfg.state_dir), pid, cfg.once_timeout_s)
         from clockfleet.agent.once import run_once
 
         return run_once(agent, cfg.once_timeout_s)
@@ -151,9 +157,46 @@ def build_agent(cfg: cfgmod.AgentConfig, args: argparse.Namespace):
     return Agent(settings, conn, backend=backend, state=state, once=args.once)
 
 
+def ask_service(state_dir: Path, pid: int, timeout_s: float) -> int:
+    """`--once` beside the running service: it syncs, `--once` prints its report."""
+    log.info("the agent service (pid %d) runs on %s: asking it to sync now", pid, state_dir)
+    try:
+        report = local_service.ask_to_sync(state_dir, pid, timeout_s)
+    except PermissionError:
+        print(
+            f"clockfleet agent: the agent service (pid {pid}) runs on {state_dir}; only root "
+            "or its own user may ask it to sync",
+            file=sys.stderr,
+        )
+        return 2
+    except ProcessLookupError:
+        print(f"clockfleet agent: the agent service (pid {pid}) just stopped", file=sys.stderr)
+        return 1
+    if report is None:
+        print(
+            f"clockfleet agent: the agent service (pid {pid}) wrote no report within "
+            f"{timeout_s:g} s",
+            file=sys.stderr,
+        )
+        return 1
+    print(report.decode())
+    try:
+        ok = json.loads(report).get("ok") is True
+    except ValueError:
+        ok = False
+    return 0 if ok else 1
+
+
 def run_service(agent) -> int:
     from clockfleet.agent.fleet import Fleet
 
+    lock = None
+    if agent.state is not None:
+        try:
+            lock = local_service.hold(agent.state.path)
+        except (local_service.ServiceLockHeld, OSError) as exc:
+            print(f"clockfleet agent: {exc}", file=sys.stderr)
+            return 2
     fleet = Fleet(workers=2)
     stop = {"now": False}
 
@@ -161,8 +204,14 @@ def run_service(agent) -> int:
         stop["now"] = True
         fleet.call_soon_threadsafe(lambda: None)  # wake the selector at once
 
+    def on_sync_request(signum, frame) -> None:
+        # `clockfleet agent --once` on this host (local_service.py).
+        log.info("agent %s: sync requested on this host (SIGUSR1)", agent.id)
+        fleet.call_soon_threadsafe(agent.sync_now)
+
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
+    signal.signal(signal.SIGUSR1, on_sync_request)
     fleet.add(agent)
     log.info("agent %s starting (backend %s)", agent.id, agent.backend.name)
     # The service drives the loop on the main thread; a signal wakes it to stop.
@@ -170,4 +219,6 @@ def run_service(agent) -> int:
         fleet.run_until(lambda: stop["now"], 3600.0)
     log.info("agent %s stopping", agent.id)
     fleet.stop(timeout_s=3.0)
+    if lock is not None:
+        lock.close()
     return 0
