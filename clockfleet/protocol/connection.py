@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import hashlib
+import hmac
 import os
 import random
 import ssl
@@ -156,6 +158,20 @@ def new_client(
     if use_tls:
         client.tls_set_context(ssl_context or tls_context(settings))
     return client
+
+
+def unguessable_client_id(base: str, password: str | None) -> str:
+    """`base` plus a suffix that only the holder of the identity's password can compute.
+
+    Mosquitto as shipped binds client ids to user names, but NATS 2.9 cannot: there, any
+    identity that knows a client id takes over that session (broker/nats/README.md). A
+    client id nobody else can compute closes that door wherever the broker leaves it open.
+    No password (an open demo broker): the plain id.
+    """
+    if not password:
+        return base
+    tag = hmac.new(password.encode(), b"clockfleet client id", hashlib.sha256).hexdigest()
+    return f"{base}-{tag[:12]}"
 
 
 def tls_context(settings: ConnectionSettings) -> ssl.SSLContext:

@@ -710,36 +710,74 @@ def test_a_clean_session_takeover_discards_the_agents_queued_commands(cluster: N
         back.loop_stop()
 
 
+def _agent_sessions(watcher: MqttProbe, agent_id: str) -> list[int]:
+    out = []
+    for m in watcher.on(STATUS.format(agent_id)):
+        with_session = json.loads(m.payload) if m.payload.startswith(b"{") else {}
+        if with_session.get("state") == "online":
+            out.append(with_session["session"])
+    return out
+
+
+def _thief(cluster: NatsCluster, client_id: str) -> mqtt.Client:
+    """acme-01 reusing `client_id`, with paho's reconnect, as any agent's service would."""
+    thief = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=client_id)
+    thief.username_pw_set("acme-01", cluster.password("acme-01"))
+    thief.reconnect_delay_set(0.05, 0.3)
+    thief.connect("127.0.0.1", cluster.nodes[0].mqtt_port)
+    thief.loop_start()
+    return thief
+
+
 def test_an_agent_whose_client_id_is_reused_counts_a_new_session_on_every_return(
     cluster: NatsCluster,
 ):
-    """What the takeover costs a real agent: acme-04's client id used by acme-01 (with
-    paho's reconnect, as any agent's service would) knocks it off again and again; each
-    return is a new connection, announced with `session` + 1. Readers see a flapping agent
-    whose reports wait for the gaps; NATS's 1 s jail for a returning client id paces it."""
+    """What the takeover costs a real agent whose client id is known (read from the node's
+    /connz, which only an operator on the node's host reaches): acme-04's id used by
+    acme-01 knocks it off again and again; each return is a new connection, announced with
+    `session` + 1. Readers see a flapping agent whose reports wait for the gaps; NATS's 1 s
+    jail for a returning client id paces it."""
     watcher = login(cluster, "operator")
     agent = make_agent(cluster, "acme-04", brokers=cluster.nodes[0].url)
     try:
         watcher.subscribe(STATUS.format("acme-04"))
         with hosted(agent):
-
-            def sessions() -> list[int]:
-                out = []
-                for m in watcher.on(STATUS.format("acme-04")):
-                    with_session = json.loads(m.payload) if m.payload.startswith(b"{") else {}
-                    if with_session.get("state") == "online":
-                        out.append(with_session["session"])
-                return out
-
-            wait_until(sessions, timeout_s=15, what="the agent's first online status")
-            first = max(sessions())
-            thief = mqtt.Client(CallbackAPIVersion.VERSION2, client_id="clockfleet-agent-acme-04")
-            thief.username_pw_set("acme-01", cluster.password("acme-01"))
-            thief.reconnect_delay_set(0.05, 0.3)
-            thief.connect("127.0.0.1", cluster.nodes[0].mqtt_port)
-            thief.loop_start()
+            wait_until(lambda: _agent_sessions(watcher, "acme-04"), 15, "the first online")
+            first = max(_agent_sessions(watcher, "acme-04"))
+            thief = _thief(cluster, agent.link.client_id)
             try:
-                wait_until(lambda: max(sessions()) >= first + 3, timeout_s=30, what="three returns")
+                wait_until(
+                    lambda: max(_agent_sessions(watcher, "acme-04")) >= first + 3,
+                    timeout_s=30,
+                    what="three returns",
+                )
+            finally:
+                thief.disconnect()
+                thief.loop_stop()
+    finally:
+        watcher.close()
+
+
+def test_the_agents_client_id_is_not_its_agent_id_so_a_thief_cannot_name_it(
+    cluster: NatsCluster,
+):
+    """The mitigation: an agent's client id carries a tag derived from its own password
+    (connection.unguessable_client_id), so another agent that reuses the name it can guess
+    (`clockfleet-agent-acme-05`) takes over nothing."""
+    watcher = login(cluster, "operator")
+    agent = make_agent(cluster, "acme-05", brokers=cluster.nodes[0].url)
+    try:
+        watcher.subscribe(STATUS.format("acme-05"))
+        with hosted(agent):
+            wait_until(lambda: _agent_sessions(watcher, "acme-05"), 15, "the first online")
+            assert agent.link.client_id.startswith("clockfleet-agent-acme-05-")
+            assert agent.link.client_id != "clockfleet-agent-acme-05"
+            thief = _thief(cluster, "clockfleet-agent-acme-05")
+            try:
+                wait_until(thief.is_connected, timeout_s=10, what="the thief's CONNACK")
+                time.sleep(4)  # the takeover above shows three returns within this
+                assert _agent_sessions(watcher, "acme-05") == [1]
+                assert agent.counters["broker-lost"] == 0
             finally:
                 thief.disconnect()
                 thief.loop_stop()

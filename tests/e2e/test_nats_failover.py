@@ -141,7 +141,7 @@ def outcome() -> Iterator[Outcome]:
             ),
             what="every agent seen on a node",
         )
-        client_ids = {f"clockfleet-agent-{a}" for a in ids}
+        client_ids = {a.link.client_id for a in agents}
         target, on_target = cluster.busiest(client_ids)
         assert on_target >= N_AGENTS // 3  # the busiest of three holds at least a third
         collector = _collector_on_node(cluster, target)

@@ -145,6 +145,7 @@ class BrokerLink:
         self._learn = False
         self._t_status = topics.status_topic(conn.prefix, agent_id)
         self._t_report = topics.report_topic(conn.prefix, agent_id)
+        self.client_id = client_id
         self._t_fence = fence_topic(conn.prefix, client_id)
         self.tls = tls_context(conn) if any(b.tls for b in conn.brokers) else None
         self.client = new_client(conn, client_id, clean_session=clean_session, ssl_context=self.tls)

@@ -60,7 +60,7 @@ from clockfleet.agent.state import (
 from clockfleet.agent.sync import finish_sync, needs_worker
 from clockfleet.protocol import codec, signing, topics
 from clockfleet.protocol.codec import Rejected
-from clockfleet.protocol.connection import ConnectionSettings
+from clockfleet.protocol.connection import ConnectionSettings, unguessable_client_id
 from clockfleet.protocol.messages import Command, Profile, Report, ServerList, Status
 from clockfleet.protocol.version import __version__
 
@@ -166,7 +166,10 @@ class Agent:
             reconnect_min_s=settings.reconnect_min_s,
             reconnect_max_s=settings.reconnect_max_s,
             keepalive_s=settings.keepalive_s,
-            client_id=client_id or (f"clockfleet-agent-{self.id}" + ("-once" if once else "")),
+            client_id=client_id
+            or unguessable_client_id(
+                f"clockfleet-agent-{self.id}" + ("-once" if once else ""), conn.password
+            ),
             clean_session=once,
         )
         self.client = self.link.client
