@@ -13,6 +13,7 @@ from pathlib import Path
 
 from clockfleet.agent.service import Agent
 from clockfleet.devstack.mosquitto import ShippedBroker
+from clockfleet.devstack.topologies import Topology
 from clockfleet.protocol import rollout
 from tests.agent.servicekit import Keys
 
@@ -102,7 +103,7 @@ class Region:
     promote | abort` run as `publisher`, `rollout status` as `operator`, as the README says."""
 
     rundir: Path
-    broker: ShippedBroker
+    broker: ShippedBroker | Topology
     keys: Keys
     agents: list[Agent] = field(default_factory=list)
 
