@@ -1,21 +1,28 @@
 """broker/bridges/make-bridges: what it writes, and the pitfalls of research/bridges.md its
 settings guard, shown on real Mosquitto where they can be (P1 stale retained config, P4 the
-replay cap, P8 silent ACL drops). The cut pitfalls (P3/P5 lost deletes and reports, P7
-reconnect time, P10 a SIGKILLed central) are shown end to end in tests/e2e/test_bridge_cut.py.
+replay cap, P8 silent ACL drops). The brokers run what the generator writes for production
+(devstack bridges.py: central and edge configs with only ports and paths replaced, identities
+from broker/clockfleet-identities): every client logs in as the identity that program would
+use. The cut pitfalls (P3/P5 lost deletes and reports, P7 reconnect time, P10 a SIGKILLed
+central) are shown end to end in tests/e2e/test_bridge_cut.py.
 """
 
 from __future__ import annotations
 
 import json
 import subprocess
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import paho.mqtt.client as mqtt
 import pytest
-from paho.mqtt.enums import CallbackAPIVersion
 
-from clockfleet import bridges, devstack
-from tests.helpers import REPO, wait_until
+from clockfleet.devstack import bridges
+from clockfleet.devstack.bridges import CentralAndEdges
+from clockfleet.devstack.mosquitto import IDENTITIES_TOOL, ShippedBroker
+from clockfleet.protocol.connection import ConnectionSettings
+from tests.broker.mqttclient import MqttProbe, connect
+from tests.helpers import REPO
 
 SCRIPT = REPO / "broker" / "bridges" / "make-bridges"
 GEN = bridges.generator()
@@ -124,10 +131,24 @@ def test_edge_queue_holds_every_agents_requeued_retained_messages():  # P6
     assert "max_queued_messages 500000" in text.splitlines()
 
 
-def test_edge_acl_grants_agents_their_patterns_and_the_roles_nothing(generated: Path):
+def test_edge_acl_grants_agents_their_patterns_and_every_role_nothing(generated: Path):
     acl = (generated / "edge.acl").read_text()
     assert "pattern readwrite clock/v1/agents/%u/report" in acl.splitlines()
-    assert acl_block(acl, "publisher") == ["topic deny #"]
+    # The roles the identities tool writes into every password file, the edge's too.
+    listed = subprocess.run(
+        [str(IDENTITIES_TOOL), "--out", str(generated / "no-identities"), "--list"],
+        capture_output=True, text=True, timeout=30, check=True,
+    ).stdout.split()  # fmt: skip
+    assert "collector-2" in listed
+    for role in listed:
+        assert acl_block(acl, role) == ["topic deny #"], role
+
+
+def test_central_acl_lets_the_operator_alone_read_the_bridges_states(generated: Path):  # P8
+    acl = (generated / "central.acl").read_text()
+    assert "topic read $SYS/broker/connection/+/state" in acl_block(acl, "operator")
+    for role in ("publisher", "collector", "collector-2"):
+        assert not [line for line in acl_block(acl, role) if "$SYS" in line], role
 
 
 def test_a_missing_bridge_password_names_the_identity_and_writes_nothing(tmp_path: Path):
@@ -143,115 +164,193 @@ def test_a_data_centre_name_with_a_wildcard_is_refused():
     assert done.returncode == 2 and "fra+1" in done.stderr
 
 
-# --- On real Mosquitto -----------------------------------------------------------------------
+# --- On real Mosquitto, as generated --------------------------------------------------------
 
 
-class Probe:
-    """A plain client on one broker noting every message (and its retain flag)."""
-
-    def __init__(self, daemon: devstack.Daemon, *filters: str) -> None:
-        self.got: list[tuple[str, bytes, bool]] = []
-        self.c = mqtt.Client(CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv311)
-        self.c.on_message = lambda c, u, m: self.got.append((m.topic, m.payload, m.retain))
-        self.c.connect(daemon.host, daemon.port)
-        for f in filters:
-            self.c.subscribe(f, qos=1)
-        self.c.loop_start()
-
-    def publish(self, topic: str, payload: bytes, retain: bool = True) -> None:
-        self.c.publish(topic, payload, qos=1, retain=retain).wait_for_publish(10)
-
-    def close(self) -> None:
-        self.c.disconnect()
-        self.c.loop_stop()
+def login(settings: ConnectionSettings) -> MqttProbe:
+    """A client logged in as the settings' identity (MQTT 3.1.1, as clockfleet's programs)."""
+    b = settings.brokers[0]
+    return connect(
+        b.port, settings.username, settings.password, host=b.host, ca_file=settings.ca_file,
+        protocol=mqtt.MQTTv311,
+    )  # fmt: skip
 
 
 @pytest.fixture
-def pair(short_tmp: Path):
-    """Central and one edge (dc1), bridged as generated, no relay."""
-    started: list[devstack.Daemon] = []
+def site(short_tmp: Path) -> Iterator[Callable[..., CentralAndEdges]]:
+    """Central and one edge (dc1) as make-bridges writes them, bridged through a LinkProxy;
+    agents pbx-01 and pbx-02 provisioned."""
+    started: list[CentralAndEdges] = []
 
-    def start(skip_acl_lines: tuple[str, ...] = (), before_edge=None):
-        passwords = {"dc1": "pw-dc1"}
-        central = bridges.start_central(
-            short_tmp, ["dc1"], passwords, skip_acl_lines=skip_acl_lines
-        )
-        started.append(central)
-        if before_edge is not None:
-            before_edge(central)
-        edge = bridges.start_edge(short_tmp, "dc1", (central.host, central.port), "pw-dc1")
-        started.append(edge)
-        wait_until(lambda: bridges.bridge_states(edge.host, edge.port).get("dc1") == "1")
-        return central, edge
+    def start(**kwargs) -> CentralAndEdges:
+        kwargs.setdefault("agents", ["pbx-01", "pbx-02"])
+        topo = bridges.start_central_and_edges(short_tmp / "site", edges=1, **kwargs)
+        started.append(topo)
+        return topo
 
     yield start
-    for d in reversed(started):
-        d.stop()
+    for topo in started:
+        topo.stop()
 
 
-def test_an_update_after_the_bridge_is_up_is_retained_on_the_edge(pair):  # P1
-    central, edge = pair()
+def close(*probes: MqttProbe) -> None:
+    for p in probes:
+        p.close()
+
+
+def test_an_update_after_the_bridge_is_up_is_retained_on_the_edge(site):  # P1
+    topo = site()
     topic = "clock/v1/regions/r1/servers"
-    pub = Probe(central)
-    early = Probe(edge, topic)
-    pub.publish(topic, b'{"version": 1}')
-    pub.publish(topic, b'{"version": 2}')
-    wait_until(lambda: len(early.got) == 2, what="both versions at the edge")
-    late = Probe(edge, topic)  # subscribes after the update: must get it, retained
+    pub = login(topo.settings("publisher"))
+    early = login(topo.settings("pbx-01", agent=0))
+    late = None
     try:
-        wait_until(lambda: late.got, what="the retained list at a late subscriber")
-        assert late.got == [(topic, b'{"version": 2}', True)]
+        early.subscribe(topic, qos=1)
+        pub.publish(topic, b'{"version": 1}', retain=True)
+        pub.publish(topic, b'{"version": 2}', retain=True)
+        assert early.wait(lambda: len(early.on(topic)) == 2), "both versions at the edge"
+        late = login(topo.settings("pbx-02", agent=0))  # subscribes after the update
+        late.subscribe(topic, qos=1)
+        assert late.wait(lambda: late.on(topic)), "the retained list at a late subscriber"
+        got = late.on(topic)
     finally:
-        for p in (pub, early, late):
-            p.close()
+        close(pub, early, *([late] if late else []))
+    assert [(m.payload, m.retain) for m in got] == [(b'{"version": 2}', True)]
 
 
-def test_the_edge_receives_every_retained_config_topic_beyond_the_1020_cap(pair):  # P4
+def test_the_edge_receives_every_retained_config_topic_beyond_the_1020_cap(site):  # P4
     n = 1500
 
-    def fill(central: devstack.Daemon) -> None:
-        pub = Probe(central)
-        for i in range(n):
-            pub.c.publish(f"clock/v1/agents/a{i}/profile", b"{}", qos=1, retain=True)
-        pub.publish("clock/v1/regions/last/servers", b"{}")
-        pub.close()
+    def fill(central: ShippedBroker) -> None:
+        pub = login(central.settings("publisher"))
+        try:
+            for i in range(n - 1):
+                pub.client.publish(f"clock/v1/regions/r{i}/servers", b"{}", qos=1, retain=True)
+            pub.publish(f"clock/v1/regions/r{n - 1}/servers", b"{}", retain=True)  # the last ack
+        finally:
+            pub.close()
 
-    _, edge = pair(before_edge=fill)
-    probe = Probe(edge, "clock/v1/agents/+/profile")
+    topo = site(before_edges=fill)
+    agent = login(topo.settings("pbx-01", agent=0))  # every agent reads every region's list
     try:
-        wait_until(lambda: len(probe.got) >= n, timeout_s=20, what=f"{n} profiles at the edge")
+        agent.subscribe("clock/v1/regions/+/servers", qos=0)
+        agent.wait(lambda: len(agent.topics()) >= n, timeout_s=20)
+        got = agent.topics()
     finally:
-        probe.close()
-    assert len({t for t, _, _ in probe.got}) == n
+        agent.close()
+    assert len(got) == n
 
 
 def report(agent: str) -> bytes:
     return json.dumps({"agent": agent}).encode()
 
 
-def test_the_generated_acl_carries_an_edge_agents_report_to_central(pair):  # P8
-    central, edge = pair()
-    seen = Probe(central, "clock/v1/agents/+/report")
-    agent = Probe(edge)
+def test_the_generated_acl_carries_an_edge_agents_report_to_central(site):  # P8
+    topo = site()
+    topic = "clock/v1/agents/pbx-01/report"
+    collector = login(topo.settings("collector-2"))
+    agent = login(topo.settings("pbx-01", agent=0))
     try:
-        agent.publish("clock/v1/agents/pbx-01/report", report("pbx-01"))
-        wait_until(lambda: seen.got, what="the report on central")
+        collector.subscribe("clock/v1/agents/+/report", qos=1)
+        agent.publish(topic, report("pbx-01"), retain=True)
+        assert collector.wait(lambda: collector.on(topic)), "the report on central"
     finally:
-        seen.close()
-        agent.close()
+        close(collector, agent)
 
 
-def test_a_missing_acl_line_drops_reports_silently_while_the_bridge_says_up(pair):  # P8
-    ident = GEN.bridge_identity("dc1")
-    central, edge = pair(skip_acl_lines=("topic write clock/v1/agents/+/report",))
-    assert bridges.bridge_states(central.host, central.port).get("dc1") == "1"
-    seen = Probe(central, "clock/v1/agents/+/report", "clock/v1/agents/+/status")
-    agent = Probe(edge)
+def test_a_missing_acl_line_drops_reports_silently_while_the_bridge_says_up(site):  # P8
+    topo = site(
+        without_acl_lines=["topic write clock/v1/agents/+/report"],
+        why="shows what a missing line in the bridge's central ACL block does (P8): the "
+        "bridge stays up while the reports it carries vanish",
+    )
+    assert topo.states().get("dc1") == "1"
+    collector = login(topo.settings("collector-2"))
+    agent = login(topo.settings("pbx-01", agent=0))
     try:
-        agent.publish("clock/v1/agents/pbx-01/report", report("pbx-01"))
-        agent.publish("clock/v1/agents/pbx-01/status", report("pbx-01"))
-        wait_until(lambda: seen.got, what="the status (still granted) on central")
+        collector.subscribe("clock/v1/agents/+/report", "clock/v1/agents/+/status", qos=1)
+        agent.publish("clock/v1/agents/pbx-01/report", report("pbx-01"), retain=True)
+        agent.publish("clock/v1/agents/pbx-01/status", report("pbx-01"), retain=True)
+        # The status crosses after the report on the same bridge: once it is here, the
+        # report would be too.
+        assert collector.wait(lambda: collector.topics()), "the status (still granted)"
+        got = collector.topics()
     finally:
-        seen.close()
-        agent.close()
-    assert [t for t, _, _ in seen.got] == ["clock/v1/agents/pbx-01/status"], ident
+        close(collector, agent)
+    assert got == {"clock/v1/agents/pbx-01/status"}
+
+
+def test_the_operator_on_central_sees_a_cut_bridge_go_down_and_come_back(site):  # P8
+    topo = site()
+    assert topo.states() == {"dc1": "1"}
+    topo.cut(0)
+    topo.wait_bridges(up=False, timeout_s=30)
+    topo.restore(0)
+    topo.wait_bridges(up=True, timeout_s=60)
+    # Nobody else may read them: the collector's subscription delivers nothing.
+    seen = bridges.watch_bridges(topo.settings("collector-2"), lambda s: bool(s), 1.0)
+    assert seen == {}
+
+
+def test_no_role_reaches_central_through_an_edge(site):
+    """Every role has an identity in the edge's password file (the identities tool writes
+    them all); the agents' %u patterns would let a role write its own agent topics there, and
+    the bridge would carry that fake agent to central."""
+    topo = site()
+    # Each role is denied reading its own agent subtree on central, so two readers see all.
+    readers = [login(topo.settings("operator")), login(topo.settings("collector-2"))]
+    roles: list[MqttProbe] = []
+    agent = login(topo.settings("pbx-01", agent=0))
+    try:
+        for r in readers:
+            r.subscribe("clock/v1/agents/+/status", "clock/v1/agents/+/report", qos=1)
+        for role in ("publisher", "collector", "collector-2", "operator"):
+            p = login(topo.edge(0).settings(role))
+            roles.append(p)
+            p.publish(f"clock/v1/agents/{role}/status", report(role), retain=True)
+            p.publish(f"clock/v1/agents/{role}/report", report(role), retain=True)
+        # An agent's own status, after the roles' messages on the same bridge: once it is on
+        # central, theirs would be too.
+        agent.publish("clock/v1/agents/pbx-01/status", report("pbx-01"), retain=True)
+        for r in readers:
+            assert r.wait(lambda r=r: "clock/v1/agents/pbx-01/status" in r.topics())
+        got = readers[0].topics() | readers[1].topics()
+    finally:
+        close(agent, *readers, *roles)
+    assert got == {"clock/v1/agents/pbx-01/status"}
+
+
+def config_lines(path: Path) -> set[str]:
+    return {line for line in path.read_text().splitlines() if line and not line.startswith("#")}
+
+
+def test_central_and_edge_run_the_generated_configs_with_only_ports_and_paths_replaced(site):
+    topo = site()
+    generated = topo.rundir / "generated"
+    running = {
+        "central": config_lines(topo.central.daemon.files["conf"]),
+        "edge": config_lines(topo.edge(0).daemon.files["conf"]),
+    }
+    files = {
+        "password_file /etc/mosquitto/clockfleet/passwd",
+        "cafile /etc/mosquitto/certs/ca.crt",
+        "certfile /etc/mosquitto/certs/server.crt",
+        "keyfile /etc/mosquitto/certs/server.key",
+        "persistence_location /var/lib/mosquitto/",
+        "log_dest file /var/log/mosquitto/mosquitto.log",
+    }
+    replaced = {
+        "central": files | {
+            "listener 8883", "listener 1883 127.0.0.1",
+            "acl_file /etc/mosquitto/clockfleet/acl",
+        },
+        "edge": files | {
+            "listener 8883", "acl_file /etc/mosquitto/clockfleet/edge.acl",
+            f"address 127.0.0.1:{topo.central.tls_port}",  # each edge's relay instead
+        },
+    }  # fmt: skip
+    for name, conf in (("central", "central.conf"), ("edge", "edge-dc1.conf")):
+        written = config_lines(generated / conf)
+        assert written - running[name] == replaced[name], name
+        keys = {line.split()[0] for line in replaced[name]} | {"user"}  # user root, as root
+        assert {line.split()[0] for line in running[name] - written} <= keys, name
