@@ -1,15 +1,18 @@
 """Data-centre edge bridges under failure: central cut from an edge, nothing lost.
 
-Central and two edges from broker/bridges/make-bridges' blocks (devstack
-clockfleet.bridges); `clockfleet publish` on central, real agents (observe backend, real
-chronyd servers) on edge dc1, the real collector on central. The link is cut by the relay
-in the bridge's path (both brokers keep running, so central can change things meanwhile) or
-by SIGKILLing central.
+Central and two edges as broker/bridges/make-bridges writes them (devstack bridges.py:
+generated configs with only ports and paths replaced, identities from
+broker/clockfleet-identities, TLS bridges); `clockfleet publish` on central as `publisher`,
+real agents (observe backend, real chronyd servers) on edge dc1 each as its own identity over
+TLS, the real collector on central as `collector`. The link is cut by the relay in the
+bridge's path (both brokers keep running, so central can change things meanwhile) or by
+SIGKILLing central.
 """
 
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -19,18 +22,22 @@ from pathlib import Path
 
 import paho.mqtt.client as mqtt
 import pytest
-from paho.mqtt.enums import CallbackAPIVersion
 
-from clockfleet import bridges, devstack
 from clockfleet.agent.fleet import Fleet
 from clockfleet.agent.service import Agent
+from clockfleet.devstack import bridges
+from clockfleet.protocol.connection import ConnectionSettings
 from tests.agent.servicekit import Keys, make_agent, make_keys
+from tests.broker.mqttclient import MqttProbe, connect
 from tests.collector.kit import RunningCollector
 from tests.helpers import wait_until
 
 EDGE = 0  # every agent of these tests lives behind edge dc1
 AGENTS = ["pbx-01", "pbx-02", "pbx-03"]
-PROFILED = "pbx-03"  # has a profile (America/Chicago), withdrawn during the cut
+# A host of dc1 that is off during these tests, with a profile (America/Chicago) that is
+# withdrawn during a cut: what the edge serves it when it comes back is what it would apply.
+# It also reads the edge's retained list (any agent may read every region's list).
+PROFILED = "pbx-09"
 REGION = "us-east"
 
 
@@ -48,33 +55,30 @@ def fleet_yaml(servers: list[tuple[str, int]], *, profile: bool) -> str:
     return text
 
 
-def retained(url: str, topic: str, timeout_s: float = 2.0) -> bytes | None:
-    """The retained payload of `topic` on a broker, None when it holds none."""
-    host, port = url.removeprefix("mqtt://").rsplit(":", 1)
-    got: dict[str, bytes] = {}
-    c = mqtt.Client(CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv311)
+def login(settings: ConnectionSettings) -> MqttProbe:
+    b = settings.brokers[0]
+    return connect(
+        b.port, settings.username, settings.password, host=b.host, ca_file=settings.ca_file,
+        protocol=mqtt.MQTTv311,
+    )  # fmt: skip
 
-    def on_connect(client, userdata, flags, rc, props):
-        client.subscribe(topic, qos=1)
-        client.subscribe(bridges.SENTINEL, qos=1)
-        client.publish(bridges.SENTINEL, b"", qos=1)
 
-    def on_message(client, userdata, msg):
-        got.setdefault(msg.topic, msg.payload)
-
-    c.on_connect, c.on_message = on_connect, on_message
-    c.connect(host, int(port))
-    c.loop_start()
+def retained(reader: ConnectionSettings, topic: str) -> bytes | None:
+    """The retained payload of `topic` as `reader` gets it, None when the broker holds none."""
+    probe = login(reader)
     try:
-        wait_until(lambda: bridges.SENTINEL in got, timeout_s=timeout_s, what="snapshot end")
+        probe.subscribe(topic, qos=1)
+        # Mosquitto queues a subscription's retained message while it handles the SUBSCRIBE:
+        # the SUBACK of a second one comes after it (needs no right beyond reading `topic`).
+        probe.subscribe(topic, qos=1)
+        got = probe.on(topic)
     finally:
-        c.disconnect()
-        c.loop_stop()
-    return got.get(topic) or None
+        probe.close()
+    return got[0].payload if got and got[0].payload else None
 
 
-def list_version(url: str) -> int | None:
-    payload = retained(url, f"clock/v1/regions/{REGION}/servers")
+def list_version(reader: ConnectionSettings) -> int | None:
+    payload = retained(reader, f"clock/v1/regions/{REGION}/servers")
     return None if payload is None else json.loads(payload)["version"]
 
 
@@ -95,7 +99,7 @@ class Site:
         done = subprocess.run(
             [
                 sys.executable, "-m", "clockfleet", "publish", "--config", str(path), "--prune",
-                "--signing-key", str(self.key), "--broker", self.topo.publisher_url,
+                "--signing-key", str(self.key), *self.topo.login("publisher"),
                 "--force",  # the preflight reports, never blocks: servers may be edge-only
             ],
             capture_output=True, text=True, timeout=60,
@@ -103,7 +107,8 @@ class Site:
         assert done.returncode == 0, done.stderr
 
     def add_agent(self, agent_id: str) -> Agent:
-        agent = make_agent(self.topo.edge_url(EDGE), agent_id, region=REGION, keys=self.keys)
+        """An agent of dc1, provisioned on its edge (SIGHUP) if it is new there."""
+        agent = make_agent(self.topo.edge(EDGE), agent_id, region=REGION, keys=self.keys)
         self.agents.append(agent)
         self.fleet.add(agent)
         return agent
@@ -120,20 +125,26 @@ class Site:
         )
 
     @property
-    def edge_url(self) -> str:
-        return self.topo.edge_url(EDGE)
+    def on_edge(self) -> ConnectionSettings:
+        """Reads the edge's retained state as a host of dc1 that is not running."""
+        return self.topo.edge(EDGE).settings(PROFILED)
+
+    @property
+    def on_central(self) -> ConnectionSettings:
+        """Reads central's retained state: collector-2 reads lists, profiles and reports."""
+        return self.topo.settings("collector-2")
 
 
 @pytest.fixture
 def site(chrony_server, short_tmp: Path) -> Iterator[Site]:
     rundir = Path(tempfile.mkdtemp(prefix="cf-cut-", dir="/tmp"))
-    topo = bridges.start_central_and_edges(rundir, edges=2)
+    topo = bridges.start_central_and_edges(rundir, edges=2, agents=[*AGENTS, PROFILED])
     fleet = Fleet(workers=2)
     collector = None
     try:
         keys = make_keys(short_tmp / "keys")
         servers = [(s.host, s.port) for s in (chrony_server(), chrony_server())]
-        collector = RunningCollector(topo.collector_url)
+        collector = RunningCollector(topo, "collector")
         wait_until(lambda: collector.collector.connected, what="collector subscribed")
         s = Site(
             topo, rundir, short_tmp / "keys" / "ops-test.key", keys, servers, collector, fleet, []
@@ -149,32 +160,33 @@ def site(chrony_server, short_tmp: Path) -> Iterator[Site]:
         if collector is not None:
             collector.stop()
         topo.stop()
+        shutil.rmtree(rundir, ignore_errors=True)
 
 
 def test_changes_and_a_profile_deletion_made_during_a_cut_reach_the_edge_after_it(site: Site):
-    first = list_version(site.edge_url)
+    first = list_version(site.on_edge)
     profile_topic = f"clock/v1/agents/{PROFILED}/profile"
-    assert first is not None and retained(site.edge_url, profile_topic) is not None
+    assert first is not None and retained(site.on_edge, profile_topic) is not None
     site.topo.cut(EDGE)
     site.topo.wait_bridges(up=False, only=[EDGE])
     site.publish(list(reversed(site.servers)), profile=False)  # a change and a deletion
-    changed = list_version(site.topo.central_url)
+    changed = list_version(site.on_central)
     assert changed is not None and changed > first
-    assert list_version(site.edge_url) == first  # the cut is real: nothing crossed yet
+    assert list_version(site.on_edge) == first  # the cut is real: nothing crossed yet
     site.topo.restore(EDGE)
     wait_until(
         lambda: site.everyone_on(changed, site.agents), timeout_s=60, what="agents on the change"
     )
     wait_until(
-        lambda: retained(site.edge_url, profile_topic) is None,
+        lambda: retained(site.on_edge, profile_topic) is None,
         timeout_s=30,
         what="the deleted profile gone from the edge",
     )
-    assert list_version(site.edge_url) == changed
+    assert list_version(site.on_edge) == changed
 
 
 def test_agents_keep_syncing_during_a_cut_and_their_reports_reach_the_collector(site: Site):
-    version = list_version(site.edge_url)
+    version = list_version(site.on_edge)
     site.topo.cut(EDGE)
     site.topo.wait_bridges(up=False, only=[EDGE])
     newcomer = site.add_agent("pbx-04")  # starts during the cut: only the edge can serve it
@@ -190,9 +202,10 @@ def test_agents_keep_syncing_during_a_cut_and_their_reports_reach_the_collector(
 
 
 def test_reports_made_while_central_is_down_reach_the_collector_after_its_restart(site: Site):
-    version = list_version(site.edge_url)
+    version = list_version(site.on_edge)
     site.topo.kill_central()
-    site.topo.wait_bridges(up=False, only=[EDGE])
+    # Nobody can read a dead central's bridge states: the edge's link is gone, by the relay.
+    wait_until(lambda: not site.topo.proxies[EDGE].linked, what="the edge's link dropped")
     newcomer = site.add_agent("pbx-05")
     wait_until(
         lambda: newcomer.last_report is not None and newcomer.last_report.ok,
@@ -206,28 +219,25 @@ def test_reports_made_while_central_is_down_reach_the_collector_after_its_restar
 
 def test_an_edge_restarted_with_a_stale_list_never_rolls_central_back(site: Site):
     topo = site.topo
-    stale = list_version(site.edge_url)
+    stale = list_version(site.on_edge)
     topo.cut(EDGE)
     topo.wait_bridges(up=False, only=[EDGE])
     site.publish(list(reversed(site.servers)), profile=True)
-    newer = list_version(topo.central_url)
+    newer = list_version(site.on_central)
     assert newer is not None and stale is not None and newer > stale
     # The edge goes down holding the stale list (persisted at shutdown) and comes back with it.
-    topo.edges[EDGE].stop()
-    seen: list[int] = []
-    watcher = mqtt.Client(CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv311)
-    watcher.on_message = lambda c, u, m: m.payload and seen.append(json.loads(m.payload)["version"])
-    watcher.connect(topo.central.host, topo.central.port)
-    watcher.subscribe(f"clock/v1/regions/{REGION}/servers", qos=1)
-    watcher.loop_start()
+    topo.edge(EDGE).stop()
+    topic = f"clock/v1/regions/{REGION}/servers"
+    watcher = login(site.on_central)
     try:
-        topo.edges[EDGE] = devstack.restart(topo.edges[EDGE])
-        assert list_version(site.edge_url) == stale  # it really serves the stale list
+        watcher.subscribe(topic, qos=1)
+        topo.edge(EDGE).restart()
+        assert list_version(site.on_edge) == stale  # it really serves the stale list
         topo.restore(EDGE)
         topo.wait_bridges(up=True, only=[EDGE])
-        wait_until(lambda: list_version(site.edge_url) == newer, timeout_s=30)
+        wait_until(lambda: list_version(site.on_edge) == newer, timeout_s=30)
+        seen = [json.loads(m.payload)["version"] for m in watcher.on(topic) if m.payload]
     finally:
-        watcher.disconnect()
-        watcher.loop_stop()
+        watcher.close()
     assert seen and min(seen) == newer  # central only ever held the newer list
-    assert list_version(topo.central_url) == newer
+    assert list_version(site.on_central) == newer
