@@ -194,9 +194,11 @@ def run_service(agent) -> int:
     if agent.state is not None:
         try:
             lock = local_service.hold(agent.state.path)
-        except (local_service.ServiceLockHeld, OSError) as exc:
+        except local_service.ServiceLockHeld as exc:
             print(f"clockfleet agent: {exc}", file=sys.stderr)
             return 2
+        except OSError as exc:  # a full or read-only state directory: run all the same
+            log.warning("no service lock in %s (%s)", agent.state.path, exc)
     fleet = Fleet(workers=2)
     stop = {"now": False}
 

@@ -13,11 +13,14 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import json
+import logging
 import os
 import signal
 import time
 from pathlib import Path
 from typing import IO, Optional
+
+log = logging.getLogger("clockfleet.agent")
 
 LOCK_NAME = "service.lock"
 REPORT_NAME = "report.json"
@@ -29,7 +32,11 @@ class ServiceLockHeld(RuntimeError):
 
 def hold(state_dir: Path) -> IO[str]:
     """Take the state directory's service lock for this process's lifetime (keep the file
-    object open); raises ServiceLockHeld naming the other service's pid."""
+    object open); raises ServiceLockHeld naming the other service's pid, or OSError when
+    the lock file cannot be opened at all (a service still runs without it).
+
+    The pid is only what `--once` signals: a full disk that cannot take it costs `--once`
+    its way to the service, never the service its start."""
     state_dir.mkdir(parents=True, exist_ok=True)
     f = open(state_dir / LOCK_NAME, "a+")  # noqa: SIM115 - held until the process exits
     try:
@@ -40,10 +47,15 @@ def hold(state_dir: Path) -> IO[str]:
         raise ServiceLockHeld(
             f"another agent service (pid {pid}) runs on state directory {state_dir}"
         ) from None
-    f.seek(0)
-    f.truncate()
-    f.write(f"{os.getpid()}\n")
-    f.flush()
+    try:
+        f.seek(0)
+        f.truncate()
+        f.write(f"{os.getpid()}\n")
+        f.flush()
+    except OSError as exc:
+        log.warning(
+            "cannot write the pid to %s (%s): `--once` cannot reach this service", f.name, exc
+        )
     return f
 
 
