@@ -343,9 +343,11 @@ def test_the_path_rule_reads_repository_paths_and_leaves_host_paths_and_placehol
         "Makefile",
         "docs/",
     }
-    assert MODULE_WORD.findall("`clockfleet.ntp.checks` /etc/clockfleet.conf") == [
-        "clockfleet.ntp.checks"
-    ]
+
+
+def test_the_module_rule_reads_dotted_module_names_and_leaves_host_file_names():
+    code = "`clockfleet.ntp.checks.ProbeSettings` /etc/mosquitto/conf.d/clockfleet.conf"
+    assert MODULE_WORD.findall(code) == ["clockfleet.ntp.checks.ProbeSettings"]
 
 
 @pytest.mark.parametrize("package", PACKAGES)
