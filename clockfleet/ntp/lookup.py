@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import ipaddress
 import socket
-from typing import Union
+from typing import Optional, Union
 
 Addresses = Union[list[tuple[int, tuple]], str]  # (family, sockaddr) in order, or why none
 
@@ -20,3 +21,18 @@ def addresses(host: str, port: int) -> Addresses:
         if (family, sockaddr) not in found:
             found.append((family, sockaddr))
     return found or f"cannot resolve {host}: no address"
+
+
+def host_key(address: Optional[str]) -> Optional[str]:
+    """One string per host for an address an answer came from or a lookup gave: an
+    IPv4-mapped IPv6 address is its IPv4 address, a zone id is dropped, and the port is not
+    part of it (two daemons on one host share its clock: they are not two servers)."""
+    if not address:
+        return None
+    try:
+        ip = ipaddress.ip_address(address.split("%", 1)[0])
+    except ValueError:
+        return address
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        ip = ip.ipv4_mapped
+    return str(ip)

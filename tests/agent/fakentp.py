@@ -45,6 +45,7 @@ import time
 from collections.abc import Sequence
 
 from clockfleet.ntp.packet import NtpPacket, decode, unix_ns_to_ntp
+from tests.helpers import next_loopback_address
 
 BEHAVIOURS = (
     "ok",
@@ -73,7 +74,7 @@ class FakeNtpServer:
         self,
         behaviour: str = "ok",
         *,
-        host: str = "127.0.0.1",
+        host: str | None = None,
         kiss: str = "RATE",
         offset_s: float = 0.0,
         stratum: int = 2,
@@ -90,6 +91,9 @@ class FakeNtpServer:
         self.forge_origin = forge_origin
         self.good_first = good_first
         self.delays_s = tuple(delays_s)
+        # Each fake on an address of its own: an agent counts a server once per address
+        # (choice.py), as two answers from one host are not two servers.
+        host = host or next_loopback_address()
         family = socket.AF_INET6 if ":" in host else socket.AF_INET
         self._sock = socket.socket(family, socket.SOCK_DGRAM)
         self._sock.bind((host, 0))

@@ -150,7 +150,10 @@ def test_the_lowest_delay_sample_of_the_burst_is_kept() -> None:
 
 def test_each_address_of_a_name_is_tried_in_turn(monkeypatch: pytest.MonkeyPatch) -> None:
     # No DNS server here gives a name two addresses; the resolver's answer is stood in for.
-    with FakeNtpServer("silent") as silent, FakeNtpServer("ok", host="127.0.0.2") as good:
+    with (
+        FakeNtpServer("silent", host="127.0.0.1") as silent,
+        FakeNtpServer("ok", host="127.0.0.2") as good,
+    ):
         answer = [
             (socket.AF_INET, socket.SOCK_DGRAM, 17, "", ("127.0.0.1", silent.port)),
             (socket.AF_INET, socket.SOCK_DGRAM, 17, "", ("127.0.0.2", good.port)),
@@ -165,7 +168,10 @@ def test_each_address_of_a_name_is_tried_in_turn(monkeypatch: pytest.MonkeyPatch
 def test_a_name_whose_addresses_all_fail_reports_the_first_failure(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    with FakeNtpServer("leap3") as a, FakeNtpServer("stratum16", host="127.0.0.2") as b:
+    with (
+        FakeNtpServer("leap3", host="127.0.0.1") as a,
+        FakeNtpServer("stratum16", host="127.0.0.2") as b,
+    ):
         answer = [
             (socket.AF_INET, socket.SOCK_DGRAM, 17, "", ("127.0.0.1", a.port)),
             (socket.AF_INET, socket.SOCK_DGRAM, 17, "", ("127.0.0.2", b.port)),

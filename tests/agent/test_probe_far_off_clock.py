@@ -81,3 +81,30 @@ def test_a_single_server_list_applies_a_first_sync_beyond_the_panic_limit_and_sa
     assert chosen_offset(result) == pytest.approx(TWO_HOURS, abs=0.01)
     assert result.note is not None
     assert result.note.startswith("single server") and "panic limit" in result.note
+
+
+@pytest.mark.parametrize(
+    "spelling",
+    ["localhost", "::ffff:127.0.0.1", "0x7f.0.0.1"],
+    ids=["a name for it", "its IPv4-mapped IPv6 form", "a hex spelling"],
+)
+def test_one_lying_server_listed_twice_never_confirms_itself_on_a_first_sync(
+    chrony_server: Server, spelling: str
+) -> None:
+    """A first sync steps any amount only on two servers' word; the same server under two
+    spellings is one server (counted by the address it answered from)."""
+    liar = chrony_server(address="127.0.0.1", fake_offset_s=TWO_HOURS)
+    result = probe([("127.0.0.1", liar.port), (spelling, liar.port)], FAST, first_sync=True)
+    assert not result.ok
+    assert outcomes(result) == ["panic-offset", "ok"]
+    assert "counted once" in (result.tried[1].detail or "")
+
+
+def test_a_second_server_at_another_address_still_confirms_a_first_sync(
+    two_hours_ahead: list[devstack.Daemon],
+) -> None:
+    """The rule above refuses a second spelling, not a second server."""
+    first, second = two_hours_ahead
+    result = probe([addr(first), (f"::ffff:{second.host}", second.port)], FAST, first_sync=True)
+    assert result.ok
+    assert chosen_offset(result) == pytest.approx(TWO_HOURS, abs=0.01)

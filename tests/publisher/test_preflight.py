@@ -155,3 +155,38 @@ def test_a_canary_publish_is_blocked_by_a_silent_new_server(
     assert run.rc == 2
     assert f"{silent[0]}:{silent[1]}  timeout" in run.out
     assert retained(broker)[US_EAST] == before
+
+
+def test_two_entries_resolving_to_one_address_block_the_publish(
+    broker: ShippedBroker, fleet, publish, chrony_server
+):
+    """An agent counts a server once by address: a second spelling never confirms the first."""
+    ntp = chrony_server(address="127.0.0.1")
+    other = chrony_server()
+    fleet(fleet_text(("127.0.0.1", ntp.port), ("localhost", ntp.port), (other.host, other.port)))
+    run = publish(preflight=True)
+    assert run.rc == 2
+    assert (
+        f"preflight  us-east  localhost:{ntp.port}  same-address  127.0.0.1, as "
+        f"127.0.0.1:{ntp.port}: an agent counts them as one server"
+    ) in run.out
+    assert "1 list entries share an address with an earlier entry" in run.err
+    assert US_EAST not in retained(broker)
+
+
+def test_an_ipv4_mapped_spelling_of_an_earlier_entry_is_the_same_address(
+    broker: ShippedBroker, fleet, publish, chrony_server
+):
+    ntp = chrony_server()
+    fleet(fleet_text((ntp.host, ntp.port), (f"::ffff:{ntp.host}", ntp.port)))
+    run = publish("--dry-run", preflight=True)
+    assert f"[::ffff:{ntp.host}]:{ntp.port}  same-address  {ntp.host}" in run.out
+    assert "a publish would be blocked" in run.out
+
+
+def test_distinct_servers_share_no_address(broker: ShippedBroker, fleet, publish, chrony_server):
+    first, second = chrony_server(), chrony_server()
+    fleet(fleet_text((first.host, first.port), (second.host, second.port)))
+    run = publish(preflight=True)
+    assert run.rc == 0, run.err
+    assert "same-address" not in run.out

@@ -7,6 +7,11 @@ only when every earlier one failed. The first that passes wins, unless its offse
 the first is a `falseticker` and the search goes on. On a first sync (`panic_s` given) an
 offset beyond the panic limit is taken only when a second server confirms it; a list of one
 server applies it unconfirmed and says so (docs/far-off-clocks.md).
+
+A server counts once, by the address it answered from: a later entry that answered from an
+address already counted (the same server under another spelling: a name and its address,
+an IPv4 address and its IPv4-mapped IPv6 form, a CNAME and its target) neither confirms nor
+contradicts anything, and is reported as such.
 """
 
 from __future__ import annotations
@@ -15,6 +20,7 @@ from dataclasses import dataclass, replace
 from typing import Optional
 
 from clockfleet.ntp.checks import ProbeSettings, Sample
+from clockfleet.ntp.lookup import host_key
 from clockfleet.protocol.messages import Outcome, clip_text
 
 
@@ -48,6 +54,7 @@ class Choice:
         self.chosen: Optional[int] = None  # index in tried of the server whose sample wins
         self.pending: Optional[int] = None  # a passing server with a large offset, awaiting
         self.note: Optional[str] = None
+        self.counted: dict[str, int] = {}  # address -> index in tried of the server it gave
 
     @property
     def decided(self) -> bool:
@@ -58,6 +65,19 @@ class Choice:
         self.tried.append(attempt)
         if self.chosen is not None or attempt.sample is None:
             return
+        address = host_key(attempt.address)
+        if address is not None:
+            if address in self.counted:
+                earlier = self.tried[self.counted[address]]
+                self.tried[-1] = replace(
+                    attempt,
+                    detail=clip_text(
+                        f"answered from {attempt.address}, the address of {_name(earlier)}: "
+                        "one server, counted once (no confirmation)"
+                    ),
+                )
+                return
+            self.counted[address] = len(self.tried) - 1
         offset = attempt.sample.offset_s
         if self.pending is not None:
             first = self.tried[self.pending]

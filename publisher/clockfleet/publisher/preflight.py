@@ -9,6 +9,12 @@ do not apply here: the line says the offset, stratum and delay, and the outcome.
 A server that fails blocks the publish (exit 2, nothing sent) unless --force. Some servers
 answer only from the PBXs' networks, never from the publisher's host: that is what --force
 (or --no-preflight) is for, and every blocking message says so.
+
+Two entries of one list that resolve to the same address (a name and its address, an IPv4
+address and its IPv4-mapped form, a CNAME and its target) are one server to an agent, which
+counts a server once by address: the second can never confirm the first's offset, so the
+list is weaker than it reads. Every entry of such a list is looked up, and a shared address
+blocks the publish like a failure.
 """
 
 from __future__ import annotations
@@ -21,7 +27,7 @@ from dataclasses import dataclass
 
 from clockfleet.ntp.checks import Failure, ProbeSettings, Sample
 from clockfleet.ntp.exchange import sample_burst
-from clockfleet.ntp.lookup import addresses
+from clockfleet.ntp.lookup import addresses, host_key
 from clockfleet.publisher.broker_copies import Retained
 from clockfleet.publisher.fleetfile import Fleet
 from clockfleet.publisher.plan import Plan
@@ -134,6 +140,62 @@ def line(result: Result) -> str:
     return f"{head}  offset {s.offset_s:+.6f} s stratum {s.stratum} delay {s.delay_s:.6f} s"
 
 
+@dataclass(frozen=True)
+class Shared:
+    """Two entries of one region list that resolve to a common address."""
+
+    region: str
+    first: tuple[str, int]
+    second: tuple[str, int]
+    address: str
+
+
+def shared_addresses(
+    the_plan: Plan, fleet: Fleet, timeout_s: float = RESOLVE_TIMEOUT_S
+) -> list[Shared]:
+    """Entries of a region list about to go out that resolve to an address an earlier entry
+    of the same list resolves to (names looked up at once, within timeout_s)."""
+    lists = {
+        c.ident: [(s.host, s.port) for s in fleet.regions[c.ident].servers]
+        for c in the_plan.of("publish")
+        if c.kind == "region"
+    }
+    entries = sorted({e for servers in lists.values() for e in servers})
+    if not entries:
+        return []
+    pool = concurrent.futures.ThreadPoolExecutor(max_workers=min(32, len(entries)))
+    try:
+        futures = {e: pool.submit(addresses, *e) for e in entries}
+        concurrent.futures.wait(futures.values(), timeout_s)
+        found = {
+            e: [k for _, sockaddr in f.result() if (k := host_key(str(sockaddr[0])))]
+            for e, f in futures.items()
+            if f.done() and not isinstance(f.result(), str)
+        }
+    finally:
+        pool.shutdown(wait=False, cancel_futures=True)
+    out: list[Shared] = []
+    for region, servers in sorted(lists.items()):
+        owner: dict[str, tuple[str, int]] = {}
+        for entry in servers:
+            for key in found.get(entry, []):
+                earlier = owner.setdefault(key, entry)
+                if earlier != entry:
+                    out.append(Shared(region, earlier, entry, key))
+                    break
+    return out
+
+
+def shared_line(s: Shared) -> str:
+    def name(e: tuple[str, int]) -> str:
+        return f"[{e[0]}]:{e[1]}" if ":" in e[0] else f"{e[0]}:{e[1]}"
+
+    return (
+        f"preflight  {s.region}  {name(s.second)}  same-address  {s.address}, as "
+        f"{name(s.first)}: an agent counts them as one server (no confirmation between them)"
+    )
+
+
 def check(
     args: argparse.Namespace,
     the_plan: Plan,
@@ -146,12 +208,20 @@ def check(
     results = run(targets(the_plan, fleet, on_broker))
     for result in results:
         print(line(result))
+    shared = shared_addresses(the_plan, fleet)
+    for s in shared:
+        print(shared_line(s))
     failed = [r for r in results if not r.ok]
-    if not failed:
+    if not failed and not shared:
         if results:
             print(f"preflight: {len(results)} new or moved servers answered, checks passed")
         return None
-    what = f"preflight: {len(failed)} of {len(results)} new or moved servers failed from this host"
+    parts = []
+    if failed:
+        parts.append(f"{len(failed)} of {len(results)} new or moved servers failed from this host")
+    if shared:
+        parts.append(f"{len(shared)} list entries share an address with an earlier entry")
+    what = "preflight: " + "; ".join(parts)
     if args.dry_run:
         print(f"{what}; a publish would be blocked ({PBX_NOTE})")
         return None
