@@ -1,4 +1,4 @@
-"""broker/bridges/make-bridges: what it writes, and the pitfalls of research/bridges.md its
+"""broker/bridges/make-bridges: what it writes, and the pitfalls of docs/bridges.md its
 settings guard, shown on real Mosquitto where they can be (P1 stale retained config, P4 the
 replay cap, P8 silent ACL drops). The brokers run what the generator writes for production
 (devstack bridges.py: central and edge configs with only ports and paths replaced, identities

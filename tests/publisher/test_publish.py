@@ -1,4 +1,4 @@
-"""`clockfleet publish` against a real Mosquitto started from broker/mosquitto.demo.conf."""
+"""`clockfleet publish` against a real Mosquitto running broker/mosquitto.conf as shipped."""
 
 from __future__ import annotations
 

@@ -3,7 +3,7 @@
 Anyone who can write one retained message (a leaked broker password, a broker operator, a
 buggy client) must not be able to push a region's version to the end of the version space:
 agents would then refuse every later list as a replay. Each test writes such a copy to a
-real Mosquitto (broker/mosquitto.demo.conf, real identities and ACL) and runs
+real Mosquitto (broker/mosquitto.conf as shipped: identities, ACL) and runs
 `clockfleet publish` against it.
 """
 

@@ -2,7 +2,7 @@
 
 Every node is rendered from the production template `broker/nats/node.conf.template` with
 free loopback ports and a run directory, and started as a child process (`nats-server`, the
-Debian package; measured with 2.9.10 in research/scaleout.md). Clients get all three nodes'
+Debian package; measured with 2.9.10, broker/nats/README.md). Clients get all three nodes'
 MQTT URLs as one comma-separated list and rotate through them, as in production.
 
 The security configuration is the shipped one: identities written by
@@ -21,7 +21,7 @@ role), the same file on every node. An anonymous cluster needs a reason (`open_w
 Ready means: every node's /healthz says ok, and an MQTT CONNECT (as `operator`) plus a QoS 1
 SUBSCRIBE has succeeded on every node (the first CONNECT creates the $MQTT_* streams, and
 right after a start or a restart a node can time out a CONNECT or refuse a SUBSCRIBE for a
-few seconds: research/scaleout.md, N2 and N4), so the tests measure clockfleet, not the
+few seconds, as measured on 2.9.10), so the tests measure clockfleet, not the
 cluster's warm-up.
 """
 

@@ -1,4 +1,4 @@
-"""`clockfleet publish` and `clockfleet keygen`: the operator's commands.
+"""`clockfleet publish`: the operator's command (`clockfleet keygen` is keygen.py).
 
 Exit codes: 0 done (or nothing to do), 1 the broker refused or did not acknowledge a
 publish, 2 a bad argument, an invalid fleet file, a bad key, an unreachable broker or a
