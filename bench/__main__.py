@@ -115,6 +115,7 @@ def run_figure(
     try:
         fig = _module(name).run(args)
         fig["command"] = command
+        results.check_figure(fig)  # a negative latency is a bug: the figure failed
     except Exception as exc:  # one broken figure must not cost the others
         traceback.print_exc()
         last = traceback.format_exception_only(exc)[-1].strip()

@@ -52,6 +52,7 @@ class Burst:
         self.deadline = time.monotonic() + TIMEOUT_S
         self.best: tuple[float, float] | None = None
         self.sent = 0
+        self.finished = False
         loop.watch(self.sock, self.on_readable)
         self.send()
 
@@ -62,6 +63,8 @@ class Burst:
         self.sock.send(b"\x23" + b"\0" * 39 + struct.pack("!Q", self.nonce))
 
     def on_readable(self) -> None:
+        if self.finished:
+            return None  # an event of the same select() batch, after a newer list ended it
         try:
             data = self.sock.recv(512)
         except OSError:
@@ -80,6 +83,9 @@ class Burst:
         return self.finish()
 
     def finish(self) -> None:
+        if self.finished:
+            return
+        self.finished = True
         self.loop.unwatch(self.sock)
         self.sock.close()
         self.done(self.best)
@@ -138,13 +144,14 @@ def main() -> int:
         server = obj["servers"][0]
 
         def measured(sample) -> None:
-            del bursts[index]
+            if bursts.get(index) is burst:
+                del bursts[index]
             payload = report(f"floor-{index}", args.region, version, server, sample)
             client.publish(f"clock/v1/agents/floor-{index}/report", payload, qos=1, retain=True)
 
         if index in bursts:
             bursts[index].finish()  # a newer list while the last burst is out
-        bursts[index] = Burst(loop, server["host"], server["port"], measured)
+        burst = bursts[index] = Burst(loop, server["host"], server["port"], measured)
 
     def on_stdin() -> None:
         nonlocal stop
@@ -161,8 +168,11 @@ def main() -> int:
         c.connect(args.host, args.port, keepalive=60)
         loop.pump(0)
     loop.watch(sys.stdin, on_stdin)
-    while min(have) < args.initial and not stop:
-        loop.pump(0.05)
+    while (min(have) < args.initial or bursts) and not stop:
+        loop.pump(0.05)  # every client holds the list and has made its report of it
+        now = time.monotonic()
+        for burst in [b for b in bursts.values() if now > b.deadline]:
+            burst.finish()
     emit("ready", seconds=time.monotonic() - t0, clients=args.n)
     while not stop:
         loop.pump(0.05)

@@ -1,8 +1,14 @@
-"""BENCHMARKS.md, rendered from the results file (never written by hand)."""
+"""BENCHMARKS.md, rendered from the results file (never written by hand).
+
+It holds no machine paths (results.neutral: the repository's paths relative, run directories
+RUNDIR, the home directory ~) and no time below zero (shown as refused: such a value is a
+measurement bug; results.row refuses them when a figure is measured)."""
 
 from __future__ import annotations
 
 from typing import Any
+
+from bench.results import TIME_UNITS, neutral
 
 # Figures in the order docs/decisions.md ("Performance goals") lists them; a figure not yet
 # measured says so.
@@ -38,11 +44,25 @@ def fmt(value: float | None, unit: str = "") -> str:
     return f"{value:.4g} {unit}"
 
 
+REFUSED = "refused: below zero, a measurement bug"
+
+
+def _value(r: dict[str, Any], key: str) -> str:
+    """A row's value; a negative time (an old result, from before the check) is not shown."""
+    value = r.get(key)
+    if r["unit"] in TIME_UNITS and not r.get("signed") and value is not None and value < 0:
+        return REFUSED
+    return fmt(value, r["unit"])
+
+
 def _goal(r: dict[str, Any]) -> str:
+    sign = "<=" if r["goal_kind"] == "max" else ">="
+    if r.get("goal_ratio") is not None:
+        at = "" if r["goal"] is None else f" = {_value(r, 'goal')}"
+        return f"{sign} {r['goal_ratio']:.2f}× reference{at}"
     if r["goal"] is None:
         return "–"
-    sign = "<=" if r["goal_kind"] == "max" else ">="
-    return f"{sign} {fmt(r['goal'], r['unit'])}"
+    return f"{sign} {_value(r, 'goal')}"
 
 
 def _ratio(r: dict[str, Any]) -> str:
@@ -52,7 +72,7 @@ def _ratio(r: dict[str, Any]) -> str:
 def _reference(r: dict[str, Any]) -> str:
     if r["reference"] is None:
         return "–"
-    return f"{r['reference']}: {fmt(r['reference_value'], r['unit'])}"
+    return f"{r['reference']}: {_value(r, 'reference_value')}"
 
 
 def _cell(text: str) -> str:
@@ -65,7 +85,7 @@ def _table(rows: list[dict[str, Any]]) -> list[str]:
         "|---|---|---|---|---|---|",
     ]
     for r in rows:
-        ours = fmt(r["ours"], r["unit"])
+        ours = _value(r, "ours")
         if r["note"]:
             ours += f" ({r['note']})"
         out.append(
@@ -110,7 +130,7 @@ def render(data: dict[str, Any]) -> str:
             if r["verdict"] == "info":
                 continue
             lines.append(
-                f"| {key} | {_cell(r['measure'])} | {_goal(r)} | {fmt(r['ours'], r['unit'])} "
+                f"| {key} | {_cell(r['measure'])} | {_goal(r)} | {_value(r, 'ours')} "
                 f"| {_cell(_reference(r))} | {_ratio(r)} | **{r['verdict']}** |"
             )
     for key, title in ORDER:
@@ -142,4 +162,5 @@ def render(data: dict[str, Any]) -> str:
                 "",
             ]
             lines += fig["profile"]
-    return "\n".join(lines) + "\n"
+    # Nothing of this machine's file system: repository-relative or neutral text only.
+    return neutral("\n".join(lines) + "\n")

@@ -145,11 +145,17 @@ class Worker:
             text=True,
             bufsize=1,
         )
+        self.argv = argv
         self.profiler = profiling.attach(self.proc.pid, argv, profile_to)
         self.events: queue.Queue[dict[str, Any]] = queue.Queue()
         self._unclaimed: list[dict[str, Any]] = []
         self._reader = threading.Thread(target=self._read, daemon=True)
         self._reader.start()
+
+    def profile_from_now(self, out: Path) -> None:
+        """py-spy on this worker from now until it exits (not its start-up), into `out`."""
+        if self.profiler is None:
+            self.profiler = profiling.attach(self.proc.pid, self.argv, out)
 
     def _read(self) -> None:
         assert self.proc.stdout is not None

@@ -19,7 +19,11 @@ from bench.results import figure, row
 from bench.stack import Bench, median, quantile, timed_run
 
 KEY = "sync"
-ONCE_GOAL_S = 0.3
+# The whole `agent --once` at most this many times `chronyd -Q` (maxsamples 1) measured in the
+# same run: the design's 0.3 s over the 0.208 s that chronyd -Q took on this machine when the
+# goal was set (docs/decisions.md, "Measured floors"). A ratio, as the convergence goal: an
+# absolute time moves with the machine, the reference measured beside it moves with it.
+ONCE_GOAL_RATIO = 1.44
 HELP = "whole `agent --once` process vs chronyd -Q and ntpdig; probe() vs ntplib request()"
 
 
@@ -67,7 +71,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             timed_run([argv[0], "agent", "--help"], env=agent_env())[0] for _ in range(args.runs)
         ]
         profile: list[str] = []
-        if median(once_times) > ONCE_GOAL_S:
+        chrony_times = [
+            ntp_tools.chronyd_query(server.host, server.port).wall_s for _ in range(args.runs)
+        ]
+        if median(once_times) > ONCE_GOAL_RATIO * median(chrony_times):
             out_path = b.rundir / "once-profile.txt"
             d = b.subdir("once-profiled")
             timed_run(
@@ -90,9 +97,6 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 },
             )
             profile += profiling.summary(out_path, top=20)
-        chrony_times = [
-            ntp_tools.chronyd_query(server.host, server.port).wall_s for _ in range(args.runs)
-        ]
         dig_times = []
         if ntpdig_problem is None:
             dig_times = [ntp_tools.ntpdig_query(server.host).wall_s for _ in range(args.runs)]
@@ -118,8 +122,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             f"whole `agent --once` process, median of {args.runs}",
             "s",
             once,
-            goal=ONCE_GOAL_S,
-            reference="chronyd -Q maxsamples 1",
+            goal_ratio=ONCE_GOAL_RATIO,
+            reference="chronyd -Q maxsamples 1 (a whole one-shot NTP client process)",
             reference_value=median(chrony_times),
         )
     ]
@@ -129,7 +133,6 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 f"whole `agent --once` process, median of {args.runs}",
                 "s",
                 once,
-                goal=ONCE_GOAL_S,
                 reference="ntpdig (no MQTT)",
                 reference_value=median(dig_times),
             )
@@ -182,9 +185,14 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             "one chronyd (-x) on its own loopback address"
             + ("" if ntpdig_problem else " and port 123 (ntpdig has no port option)")
             + "; a Mosquitto holding the signed, retained list and profile",
-            f"agent --once, timed from spawn to exit: `{shlex.join(argv)}` (fresh state dir "
-            "per run; one warm-up run not counted; byte code cached as in an installed agent, even "
-            "where the shell sets PYTHONDONTWRITEBYTECODE)",
+            f"agent --once, timed from spawn to exit: `{shlex.join(argv)}` (RUNDIR: the run's "
+            "temporary directory; fresh state dir per run; one warm-up run not counted; byte "
+            "code cached as in an installed agent, even where the shell sets "
+            "PYTHONDONTWRITEBYTECODE)",
+            f"goal: the whole process at most {ONCE_GOAL_RATIO}× chronyd -Q (maxsamples 1) "
+            "measured in the same run (the design's 0.3 s over the 0.208 s chronyd -Q took on "
+            "this machine when the goal was set); ntpdig beside it, no goal (it has no MQTT "
+            "part)",
             "chronyd -Q -f /dev/null 'server ADDR port P iburst maxsamples 1'; ntpdig -j -t 2 "
             "ADDR; both timed from spawn to exit",
             "probe() and ntplib request() alternately in this process, after one warm-up call each",
