@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import lru_cache
 from typing import Any, Optional
@@ -103,6 +103,9 @@ class Health:
     ok: list[str] = field(default_factory=list)
     failing: dict[str, str] = field(default_factory=dict)  # agent -> why
     region_agents: int = 0
+    # Agents whose reports name the region but whom the centre does not place in it: shown
+    # apart, never in the decision.
+    unplaced: list[str] = field(default_factory=list)
 
     @property
     def reported(self) -> int:
@@ -110,13 +113,27 @@ class Health:
 
 
 def health(
-    sl: ServerList, reports: dict[str, Report], baselines: dict[str, float | None]
+    sl: ServerList,
+    reports: dict[str, Report],
+    baselines: dict[str, Optional[float]],
+    placed: Optional[Mapping[str, str]] = None,
 ) -> Health:
-    """Judge every known agent of the region that is in the canary's cohort."""
+    """Judge every known agent of the region that is in the canary's cohort.
+
+    `placed`: agent -> region as the centre knows it independently of the reports (the
+    fleet file's profiles). A report's own `region` is the agent's word, and any agent may
+    write what it likes into its report: with `placed` given, only agents placed in the
+    region count, and the others that claim it are listed in `unplaced`. Without it (a
+    reader with no fleet file: the collector's display) the reports' word is taken."""
     assert sl.canary is not None
     h = Health()
     for agent, report in sorted(reports.items()):
-        if report.region != sl.region:
+        if placed is not None:
+            if placed.get(agent) != sl.region:
+                if report.region == sl.region:
+                    h.unplaced.append(agent)
+                continue
+        elif report.region != sl.region:
             continue
         h.region_agents += 1
         if not in_cohort(sl.canary.id, agent, sl.canary.percent):
@@ -143,14 +160,18 @@ PHASES = ("none", "canary", "baking", "promoted", "aborted")
 
 
 def region_status(
-    sl: ServerList, reports: dict[str, Report], baselines: dict[str, float | None], now: float
+    sl: ServerList,
+    reports: dict[str, Report],
+    baselines: dict[str, Optional[float]],
+    now: float,
+    placed: Optional[Mapping[str, str]] = None,
 ) -> dict[str, Any]:
     """One region's rollout as `clockfleet rollout status` shows it and the collector exports
     it: phase (one of PHASES: "canary" while cohort reports are pending, "baking" once all
     reported), change, cohort size, ok / failing / pending, time left and overdue (seconds
     past the bake time without a decision), and the reason (failures, or how it ended)."""
     if sl.canary is not None:
-        h = health(sl, reports, baselines)
+        h = health(sl, reports, baselines, placed)
         return {
             "phase": "canary" if h.reported < len(h.cohort) else "baking",
             "change": sl.canary.id,
@@ -162,6 +183,7 @@ def region_status(
             "time_left_s": round(time_left(sl, now), 1),
             "overdue_s": round(max(0.0, now - issued(sl) - sl.canary.bake_s), 1),
             "reason": "; ".join(f"{a}: {why}" for a, why in sorted(h.failing.items()))[:200],
+            "unplaced": len(h.unplaced),
         }
     if sl.rollout is not None:
         r = sl.rollout

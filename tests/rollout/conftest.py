@@ -27,6 +27,7 @@ def start_agents(region: Region) -> Iterator[Callable[[list[str]], Fleet]]:
 
     def start(ids: list[str]) -> Fleet:
         region.broker.add(*ids)
+        region.placed = sorted(set(region.placed) | set(ids))
         agents = [make_agent(region.broker, aid, region="r1", keys=region.keys) for aid in ids]
         fleet = Fleet(workers=4)
         for a in agents:

@@ -8,8 +8,13 @@ import socket
 import subprocess
 import sys
 import threading
+import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+
+import paho.mqtt.client as mqtt
+from paho.mqtt.enums import CallbackAPIVersion
 
 from clockfleet.agent.service import Agent
 from clockfleet.devstack.mosquitto import ShippedBroker
@@ -66,13 +71,18 @@ def silent_socket() -> socket.socket:
     return s
 
 
-def fleet_yaml(keys_dir: Path, servers: list[tuple[str, int]], extra: str = "") -> str:
+def fleet_yaml(
+    keys_dir: Path, servers: list[tuple[str, int]], extra: str = "", agents: Sequence[str] = ()
+) -> str:
+    """Region r1 with `servers`; `agents` placed in it (a canary is judged by them only)."""
     listed = ", ".join(f"{{host: {h}, port: {p}}}" for h, p in servers)
+    placed = "".join(f"  {a}: {{region: r1}}\n" for a in agents)
     return (
         f"signing_key: {keys_dir / 'ops-test.key'}\n"
         "defaults: {poll_interval_s: 3600, resync_jitter_s: 0}\n"
         f"{extra}"
         f"regions:\n  r1:\n    timezone: UTC\n    servers: [{listed}]\n"
+        + (f"agents:\n{placed}" if agents else "")
     )
 
 
@@ -106,13 +116,15 @@ class Region:
     broker: ShippedBroker | Topology
     keys: Keys
     agents: list[Agent] = field(default_factory=list)
+    placed: list[str] = field(default_factory=list)  # agents the fleet file places in r1
 
     @property
     def fleet_file(self) -> Path:
         return self.rundir / "fleet.yaml"
 
     def write(self, servers: list[tuple[str, int]], extra: str = "") -> None:
-        self.fleet_file.write_text(fleet_yaml(self.rundir / "keys", servers, extra))
+        text = fleet_yaml(self.rundir / "keys", servers, extra, self.placed)
+        self.fleet_file.write_text(text)
 
     def seed_versions(self, version: int = BASE_VERSION) -> None:
         state = {"format": 1, "prefixes": {"clock/v1": {"region": {"r1": version}}}}
@@ -132,6 +144,25 @@ class Region:
     ) -> subprocess.CompletedProcess:
         cmd = self.command("rollout", *args, "--config", str(self.fleet_file), identity=identity)
         return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
+
+    def broker_payload(self, topic: str, timeout_s: float = 10.0) -> bytes:
+        """The retained payload of `topic`, read as `operator` (who may read everything)."""
+        got: list[bytes] = []
+        client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id="operator")
+        client.username_pw_set("operator", self.broker.password("operator"))
+        client.on_connect = lambda c, u, f, rc, p: c.subscribe(topic, 0)
+        client.on_message = lambda c, u, m: got.append(m.payload)
+        client.connect(self.broker.host, self.broker.port)
+        client.loop_start()
+        try:
+            deadline = time.monotonic() + timeout_s
+            while not got and time.monotonic() < deadline:
+                time.sleep(0.02)
+        finally:
+            client.disconnect()
+            client.loop_stop()
+        assert got, f"no retained message on {topic}"
+        return got[0]
 
     def status(self) -> dict:
         done = self.rollout("status", "--json", identity="operator")

@@ -5,6 +5,13 @@ key this publisher holds: its signing key, or a retired one given with --trust-k
 who can write one retained message could otherwise push the version to 2^53-1, after which
 no later list is newer and every agent refuses them all. An unverified copy is reported and
 replaced by the next publish; an undecodable one is always republished.
+
+A copy that verifies may still be a replay: anyone who can write to the broker can put back
+any message ever published (any agent may read every region list, so any agent may have
+recorded them). The publisher's own record (`state.State`) is the authority: a copy older
+than the version it issued, or at that version but not the payload it issued, is stale,
+reported, never acted on (no canary continued, promoted or aborted from it), and replaced
+by the next publish.
 """
 
 from __future__ import annotations
@@ -17,13 +24,17 @@ from clockfleet.protocol import signing
 from clockfleet.protocol.codec import Rejected, decode, parse_json_object
 from clockfleet.protocol.messages import MAX_VERSION, Profile, ServerList
 from clockfleet.protocol.topics import TopicError, parse_topic
+from clockfleet.publisher.state import State
 from clockfleet.publisher.versions import Kind
 
 log = logging.getLogger("clockfleet.publisher")
 
 
 def on_broker(
-    prefix: str, retained: dict[str, bytes], trust: signing.TrustStore | None
+    prefix: str,
+    retained: dict[str, bytes],
+    trust: signing.TrustStore | None,
+    record: State | None = None,
 ) -> dict[tuple[Kind, str], Retained]:
     """(kind, id) -> the judged copy, for every retained topic; problems are logged."""
     out: dict[tuple[Kind, str], Retained] = {}
@@ -37,6 +48,15 @@ def on_broker(
             continue
         kind: Kind = "region" if ref.kind == "servers" else "profile"
         have = judge_copy(kind, ref.ident, payload, trust)
+        if record is not None and have.version is not None:
+            have.stale = record.staleness(prefix, kind, ref.ident, have.version, payload)
+        if have.stale:
+            log.warning(
+                "%s %s on the broker is stale (%s): it will be replaced",
+                kind,
+                ref.ident,
+                have.stale,
+            )
         if have.problem:
             log.warning("%s %s on the broker is invalid (%s)", kind, ref.ident, have.problem)
         if have.trust_problem and have.version is not None:
@@ -62,10 +82,21 @@ class Retained:
     verified_by: str | None = None  # the key id whose signature verifies, if any
     # Why its version does not count, when the publisher holds keys and it fails them.
     trust_problem: str | None = None
+    # Why it is not what this publisher issued last (a replay), by its own record.
+    stale: str | None = None
 
     @property
     def signature_ok(self) -> bool:
         return self.verified_by is not None
+
+    def trusted(self, signing_key_held: bool) -> bool:
+        """May the publisher act on this copy (continue or end a canary from it)? It is the
+        copy it issued last, and verifies when the publisher signs."""
+        return (
+            self.obj is not None
+            and self.stale is None
+            and (self.signature_ok or not signing_key_held)
+        )
 
     @property
     def counted_version(self) -> int | None:

@@ -255,7 +255,7 @@ def _publish(
         retained = broker_io.read_retained(session, prefix, args.timeout)
     except broker_io.BrokerError as exc:
         return _fail(str(exc), 1)
-    on_broker = broker_copies.on_broker(prefix, retained, trust)
+    on_broker = broker_copies.on_broker(prefix, retained, trust, record)
     try:
         the_plan = plan.make_plan(
             fleet,
@@ -288,13 +288,15 @@ def _publish(
     watch = None
     if (shaped.canaries or shaped.continuing) and not args.dry_run:
         # The same session: a second one as this identity would close the first.
-        watch = Watch(session, prefix, trust)
+        watch = Watch(session, prefix, trust, record)
         try:
             watch.start(args.timeout)
         except broker_io.BrokerError as exc:
             watch.close()
             return _fail(f"cannot read the agents' reports for the canary: {exc}", 1)
-        empty = rollout_publish.empty_cohorts(shaped, args.policy.percent, watch.snapshot().reports)
+        empty = rollout_publish.empty_cohorts(
+            shaped, args.policy.percent, watch.snapshot().reports, rollout_run.placement(fleet)
+        )
         if empty:
             watch.close()
             for line in empty:
@@ -308,7 +310,7 @@ def _publish(
             for region in sorted(set(shaped.canaries) | shaped.continuing):
                 print(f"region {region}: canary left to `clockfleet rollout run` (--no-wait)")
             return 0
-        ender = rollout_run.Ender(session, record, prefix, key, args.timeout)
+        ender = rollout_run.Ender(session, record, prefix, key, args.timeout, fleet)
         published = {
             c.ident: c.new_version or 0
             for c in the_plan.of("publish")
@@ -350,7 +352,7 @@ def _send(
     # Record the versions before sending: a version number is never issued twice, even if
     # this run dies between the publish and the PUBACK.
     for change in the_plan.of("publish"):
-        record.record(prefix, change.kind, change.ident, change.new_version or 0)
+        record.record(prefix, change.kind, change.ident, change.new_version or 0, change.payload)
     try:
         record.save()
     except OSError as exc:

@@ -150,6 +150,10 @@ def make_plan(
                 fields.append(f"signature {signer_of(have.obj)} -> {want_signer}")
             elif key is not None and not have.signature_ok:
                 fields.append(f"broker copy {have.trust_problem or 'does not verify'}")
+            if have.stale and not fields:
+                # The same content, but a replay of an older copy: a fresh agent must never
+                # find it on the broker to follow.
+                fields.append(f"broker copy stale: {have.stale}")
         if not fields:
             changes.append(Change(kind, ident, topic, "unchanged", old_version))
             continue

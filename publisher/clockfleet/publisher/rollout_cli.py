@@ -79,10 +79,13 @@ def main(argv: list[str]) -> int:
     except UsageError as exc:
         return _fail(str(exc))
     key = None
+    fleet = None
     try:
         trust = signing.load_trust(args.trust_key)
+        # The file places agents in regions (who judges a canary) and is what a stale copy
+        # is replaced with; `status` reads it when it is there.
+        fleet = fleetfile.load(args.config) if args.config.exists() else None
         if args.action != "status":
-            fleet = fleetfile.load(args.config) if args.config.exists() else None
             key_path = args.signing_key or (fleet.signing_key if fleet else None)
             if key_path is None:
                 return _fail("a signing key is needed (--signing-key or the fleet file's)")
@@ -90,23 +93,22 @@ def main(argv: list[str]) -> int:
             trust.keys.update(signing.trust_of(key).keys)
     except (signing.KeyFileError, fleetfile.FleetFileError) as exc:
         return _fail(str(exc))
-    record = None
     try:
-        if args.action != "status":
-            record = state.load_state(args.state_file or args.config.parent / STATE_FILE_NAME)
+        # The publisher's record: what is current (an older broker copy is a replay).
+        record = state.load_state(args.state_file or args.config.parent / STATE_FILE_NAME)
         # One session for reading and for ending a rollout: the shipped broker binds client
         # ids to identities, so a second one as this identity would close the first.
         session = broker_io.open_session(settings, args.timeout)
     except (state.StateError, broker_io.CannotConnect) as exc:
         return _fail(str(exc))
-    watch = Watch(session, settings.prefix, trust)
+    watch = Watch(session, settings.prefix, trust, record)
     try:
         watch.start(args.timeout)
         if args.action == "status":
             time.sleep(0.2)  # a quiet spell for brokers that replay retained state late
-            return show_status(watch.snapshot(), args.region, args.json)
-        assert record is not None
-        ender = rollout_run.Ender(session, record, settings.prefix, key, args.timeout)
+            placed = rollout_run.placement(fleet)
+            return show_status(watch.snapshot(), args.region, args.json, placed)
+        ender = rollout_run.Ender(session, record, settings.prefix, key, args.timeout, fleet)
         if args.action == "run":
             regions = {args.region} if args.region else None
             return rollout_run.drive(watch, ender, regions, deadline_s=args.deadline)
@@ -119,19 +121,33 @@ def main(argv: list[str]) -> int:
         broker_io.close(session)
 
 
-def status_rows(snap: Snapshot, now: float) -> list[dict[str, Any]]:
-    return [
+def status_rows(
+    snap: Snapshot, now: float, placed: dict[str, str] | None = None
+) -> list[dict[str, Any]]:
+    """One row per region list; a list not to be acted on (stale, unsigned) has phase
+    `refused` and its reason. Without a fleet file (`placed` None) a canary's cohort is taken
+    from the reports' own word, and the row says so."""
+    rows = [
         {
             "region": region,
             "version": sl.version,
-            **region_status(sl, snap.reports, snap.baselines, now),
+            **region_status(sl, snap.reports, snap.baselines, now, placed),
+            **({} if placed is not None or sl.canary is None else {"placement": "reports"}),
         }
-        for region, (sl, _) in sorted(snap.lists.items())
+        for region, (sl, _) in snap.lists.items()
     ]
+    rows += [
+        {"region": region, "phase": "refused", "cohort": 0, "ok": 0, "failing": 0,
+         "pending": 0, "time_left_s": 0.0, "version": None, "reason": problem}
+        for region, problem in snap.list_problems.items()
+    ]  # fmt: skip
+    return sorted(rows, key=lambda r: r["region"])
 
 
-def show_status(snap: Snapshot, region: str | None, as_json: bool) -> int:
-    rows = [r for r in status_rows(snap, time.time()) if region in (None, r["region"])]
+def show_status(
+    snap: Snapshot, region: str | None, as_json: bool, placed: dict[str, str] | None = None
+) -> int:
+    rows = [r for r in status_rows(snap, time.time(), placed) if region in (None, r["region"])]
     if as_json:
         print(json.dumps({"regions": rows}, indent=1))
         return 0
@@ -143,7 +159,7 @@ def show_status(snap: Snapshot, region: str | None, as_json: bool) -> int:
             (
                 r["region"],
                 r["phase"],
-                str(r["version"]),
+                "-" if r["version"] is None else str(r["version"]),
                 r.get("change", "-"),
                 str(r["cohort"]),
                 str(r["ok"]),

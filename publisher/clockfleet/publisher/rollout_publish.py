@@ -39,7 +39,10 @@ def shape(
         if change.kind != "region" or change.action != "publish":
             continue
         have = on_broker.get(("region", change.ident))
-        current = have.obj if have is not None else None
+        # Only the copy this publisher issued last, verified, is a rollout in progress or the
+        # base of a new one: a replayed or unsigned canary neither locks the region nor lends
+        # it servers the operator has since removed (a plain publish replaces it).
+        current = have.obj if have is not None and have.trusted(key is not None) else None
         wanted = json.loads(change.payload)
         if current is not None and current.get("canary") is not None:
             if current["canary"]["servers"] == wanted["servers"]:
@@ -64,9 +67,17 @@ def shape(
     return out
 
 
-def cohort_of(change: str, percent: float, region: str, reports: dict) -> tuple[list[str], int]:
-    """(the region's known agents in the change's cohort, how many agents the region has)."""
-    known = sorted(a for a, r in reports.items() if r.region == region)
+def cohort_of(
+    change: str, percent: float, region: str, reports: dict, placed: dict[str, str] | None
+) -> tuple[list[str], int]:
+    """(the region's known agents in the change's cohort, how many agents the region has).
+
+    Known: placed in the region by the fleet file (`placed`), and reporting; a report's own
+    `region` is only the agent's word (any agent may write any region into its report)."""
+    if placed is None:
+        known = sorted(a for a, r in reports.items() if r.region == region)
+    else:
+        known = sorted(a for a in reports if placed.get(a) == region)
     return [a for a in known if cohorts.in_cohort(change, a, percent)], len(known)
 
 
@@ -89,16 +100,19 @@ def policy_from(
     )
 
 
-def empty_cohorts(shaped: Shaped, percent: float, reports: dict) -> list[str]:
+def empty_cohorts(
+    shaped: Shaped, percent: float, reports: dict, placed: dict[str, str] | None
+) -> list[str]:
     """One line per canary region whose cohort has no known agent: such a canary can only
     abort (nobody would try the new list), so it is refused before anything is sent."""
     lines = []
     for region, change in sorted(shaped.canaries.items()):
-        cohort, known = cohort_of(change, percent, region, reports)
+        cohort, known = cohort_of(change, percent, region, reports, placed)
         if not cohort:
             lines.append(
                 f"region {region}: a {percent:g} % cohort of the {known} known agents of the "
-                f"region is empty (zero agents would try the new list); raise --canary, or "
-                f"publish with --canary 100%"
+                f"region is empty (zero agents would try the new list); a canary is judged "
+                f"only by agents the fleet file places in the region (`agents:`) that report; "
+                f"raise --canary, or publish with --canary 100%"
             )
     return lines

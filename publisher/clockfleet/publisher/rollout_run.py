@@ -5,6 +5,12 @@ cohort's percentage, bake time and thresholds, issued_at as the bake's start) an
 agents' reports. So a decider killed mid-rollout and started again (`clockfleet rollout run`,
 or the same `clockfleet publish`) goes on from the broker's copy. The version that ends a
 canary is recorded in the state file before it is sent, as every publish is.
+
+Only the copy this publisher issued last is acted on (rollout_watch.py): a replayed older
+canary, or one that does not verify, is never continued, promoted or aborted; it is
+replaced by the fleet file's current list, so the region ends on the operator's list
+whatever command the operator runs. Only agents the fleet file places in a region judge its
+canary (`placement`); others that claim the region in their reports are shown apart.
 """
 
 from __future__ import annotations
@@ -15,10 +21,13 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
 from clockfleet.protocol import signing
+from clockfleet.protocol.codec import utcnow_iso
 from clockfleet.protocol.messages import ServerList
 from clockfleet.protocol.rollout import Health, health, time_left
 from clockfleet.protocol.topics import servers_topic
 from clockfleet.publisher import broker_io, rollout
+from clockfleet.publisher.fleetfile import Fleet
+from clockfleet.publisher.plan import region_object
 from clockfleet.publisher.rollout_watch import Watch
 from clockfleet.publisher.state import State
 from clockfleet.publisher.versions import VersionJump, date_floor, next_version
@@ -26,16 +35,57 @@ from clockfleet.publisher.versions import VersionJump, date_floor, next_version
 EXIT_ABORTED = 3
 
 
+def placement(fleet: Fleet | None) -> dict[str, str] | None:
+    """agent -> region, as the fleet file places each agent (its profile); None without a
+    file (the reports' own word is then all there is, and `rollout status` says so)."""
+    if fleet is None:
+        return None
+    return {agent: p.region for agent, p in fleet.agents.items()}
+
+
 @dataclass
 class Ender:
-    """Publishes the list that ends a canary."""
+    """Publishes the list that ends a canary, or the file's list in place of a broker copy
+    that is not to be acted on."""
 
     session: broker_io.Session
     record: State
     prefix: str
     key: signing.SigningKey | None
     timeout_s: float
+    fleet: Fleet | None = None
     out: list[str] = field(default_factory=list)
+
+    def replace(self, region: str, problem: str) -> bool:
+        """Publish the fleet file's list of `region` in place of the broker's copy, which is
+        stale or does not verify (`problem`): True when it went out."""
+        if self.fleet is None or region not in self.fleet.regions:
+            _say(
+                f"region {region}: the broker's copy is not acted on ({problem}); the fleet "
+                "file does not name this region: `clockfleet publish --prune` withdraws it"
+            )
+            return False
+        recorded = self.record.get(self.prefix, "region", region)
+        version = next_version(None, recorded, date_floor())
+        body = {
+            **region_object(self.fleet.regions[region]),
+            "version": version,
+            "issued_at": utcnow_iso(),
+        }
+        payload = rollout.finish(body, self.key)
+        self.record.record(self.prefix, "region", region, version, payload)
+        self.record.save()
+        [outcome] = broker_io.publish_retained(
+            self.session, [(servers_topic(self.prefix, region), payload)], self.timeout_s
+        )
+        if not outcome.ok:
+            _say(f"region {region}: the file's list NOT published: {outcome.reason}")
+            return False
+        _say(
+            f"region {region}: the broker's copy is not acted on ({problem}); replaced by the "
+            f"fleet file's list as v{version}"
+        )
+        return True
 
     def end(
         self, sl: ServerList, obj: dict, decision: rollout.Decision, h: Health, by: str
@@ -50,7 +100,7 @@ class Ender:
             return False
         body = rollout.ending_object(obj, decision, h, version, by=by)
         payload = rollout.finish(body, self.key)
-        self.record.record(self.prefix, "region", region, version)
+        self.record.record(self.prefix, "region", region, version, payload)
         self.record.save()
         [outcome] = broker_io.publish_retained(
             self.session, [(servers_topic(self.prefix, region), payload)], self.timeout_s
@@ -63,6 +113,14 @@ class Ender:
             f"(v{sl.version} -> v{version}): {decision.reason}"
         )
         return True
+
+
+def unplaced_line(region: str, agents: list[str]) -> str:
+    shown = ", ".join(agents[:5]) + (" ..." if len(agents) > 5 else "")
+    return (
+        f"region {region}: {len(agents)} agents claim this region in their reports, but the "
+        f"fleet file places them elsewhere or nowhere: not counted ({shown})"
+    )
 
 
 def _say(line: str) -> None:
@@ -88,12 +146,22 @@ def drive(
     pending = set(regions) if regions is not None else None
     aborted = failed = False
     announced: set[str] = set()
+    replaced: set[str] = set()
+    placed = placement(ender.fleet)
     while True:
         snap = watch.snapshot()
+        for region, problem in sorted(snap.list_problems.items()):
+            concerned = regions is None or region in regions
+            if concerned and region not in replaced and region not in (at_least or {}):
+                replaced.add(region)
+                failed |= not ender.replace(region, problem)
         canaries = {r: v for r, v in snap.lists.items() if v[0].canary is not None}
         if pending is None:
             pending = set(canaries)
         for region in sorted(pending):
+            if region in replaced:
+                pending.discard(region)
+                continue
             have = canaries.get(region)
             seen = snap.lists.get(region)
             if at_least and (seen is None or seen[0].version < at_least.get(region, 0)):
@@ -107,7 +175,7 @@ def drive(
                 pending.discard(region)
                 continue
             sl, obj = have
-            h = health(sl, snap.reports, snap.baselines)
+            h = health(sl, snap.reports, snap.baselines, placed)
             if region not in announced:
                 announced.add(region)
                 _say(
@@ -115,6 +183,8 @@ def drive(
                     f"{len(h.cohort)} of {h.region_agents} known agents, "
                     f"{time_left(sl, time.time()):.0f} s of bake time left"
                 )
+                if h.unplaced:
+                    _say(unplaced_line(region, h.unplaced))
             decision = rollout.decide(sl, h, time.time())
             if decision is None:
                 continue
@@ -138,12 +208,15 @@ def drive(
 def end_by_hand(watch: Watch, ender: Ender, region: str, phase: str) -> int:
     """`clockfleet rollout promote|abort --region R`: the operator's decision, now."""
     snap = watch.snapshot()
+    problem = snap.list_problems.get(region)
+    if problem is not None:  # a replayed or unsigned copy: the region goes back to the file
+        return 0 if ender.replace(region, problem) else 1
     have = snap.lists.get(region)
     if have is None or have[0].canary is None:
         print(f"clockfleet rollout: region {region} has no canary in progress", file=sys.stderr)
         return 2
     sl, obj = have
-    h = health(sl, snap.reports, snap.baselines)
+    h = health(sl, snap.reports, snap.baselines, placement(ender.fleet))
     when = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
     decision = rollout.Decision(phase, f"by the operator at {when}")
     return 0 if ender.end(sl, obj, decision, h, "operator") else 1

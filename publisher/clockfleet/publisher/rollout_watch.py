@@ -8,7 +8,9 @@ checks the SUBACK (a refused subscription is an error, never an empty region), t
 retained snapshot up to the session fence and live updates after. Lists count only when
 their signature verifies with a key the publisher holds; reports are strictly decoded. The
 first report seen from an agent that is not about a canary is its baseline offset (for the
-offset-jump check).
+offset-jump check). With the publisher's record at hand, a list is also judged against it:
+a copy older than the one it issued last is a replay, stale, kept apart in `list_problems`
+and never acted on.
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ from clockfleet.protocol.topics import (
     parse_topic,
 )
 from clockfleet.publisher import broker_io
+from clockfleet.publisher.state import State
 
 
 @dataclass
@@ -41,10 +44,17 @@ class Snapshot:
 
 
 class Watch:
-    def __init__(self, session: broker_io.Session, prefix: str, trust: signing.TrustStore) -> None:
+    def __init__(
+        self,
+        session: broker_io.Session,
+        prefix: str,
+        trust: signing.TrustStore,
+        record: State | None = None,
+    ) -> None:
         self.session = session
         self.prefix = prefix
         self.trust = trust
+        self.record = record
         self.filters = [all_servers_filter(prefix), all_agents_filter(prefix, "report")]
         self._lock = threading.Lock()
         self._snap = Snapshot()
@@ -85,8 +95,15 @@ class Watch:
             if self.trust:
                 signing.verify(obj, self.trust)
         except Rejected as exc:
+            self._snap.lists.pop(region, None)
             self._snap.list_problems[region] = f"{exc.reason}: {exc.detail}"
             return
+        if self.record is not None:
+            stale = self.record.staleness(self.prefix, "region", region, sl.version, payload)
+            if stale is not None:
+                self._snap.lists.pop(region, None)
+                self._snap.list_problems[region] = f"stale: {stale}"
+                return
         self._snap.lists[region] = (sl, obj)
         self._snap.list_problems.pop(region, None)
 

@@ -1,11 +1,14 @@
-"""The publisher's own record of issued versions (the file --state-file names).
+"""The publisher's own record of what it issued (the file --state-file names).
 
-It is what keeps versions going up when the broker lost its retained state, so it is written
-before anything is published (a version is never issued twice) and atomically.
+It keeps versions going up when the broker lost its retained state, and it is the authority
+on what is current: a broker copy older than the record, or at the recorded version but not
+the payload issued then, is stale (a replay), whatever its signature (docs/trust.md). It is
+written before anything is published (a version is never issued twice) and atomically.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import tempfile
@@ -19,26 +22,55 @@ STATE_FORMAT = 1
 
 @dataclass
 class State:
-    """Highest version issued per prefix, region and profile (the file --state-file names).
+    """Highest version issued per prefix, region and profile, and a digest of the payload
+    issued at it (the file --state-file names).
 
     {"format": 1, "prefixes": {"clock/v1": {"region": {"us-east": 2026112601},
-                                            "profile": {"acme-01": 2026112601}}}}
+                                            "profile": {"acme-01": 2026112601}}},
+     "issued": {"clock/v1": {"region": {"us-east": "<sha256 of the payload>"}}}}
+
+    `issued` came later: a record without it judges copies by version alone.
     """
 
     path: Path
     prefixes: dict[str, dict[str, dict[str, int]]] = field(default_factory=dict)
+    issued: dict[str, dict[str, dict[str, str]]] = field(default_factory=dict)
 
     def get(self, prefix: str, kind: Kind, ident: str) -> int:
         return self.prefixes.get(prefix, {}).get(kind, {}).get(ident, 0)
 
-    def record(self, prefix: str, kind: Kind, ident: str, version: int) -> None:
+    def digest(self, prefix: str, kind: Kind, ident: str) -> str | None:
+        """The digest of the payload issued at the recorded version, if recorded."""
+        return self.issued.get(prefix, {}).get(kind, {}).get(ident)
+
+    def record(
+        self, prefix: str, kind: Kind, ident: str, version: int, payload: bytes | None = None
+    ) -> None:
         table = self.prefixes.setdefault(prefix, {}).setdefault(kind, {})
+        if version >= table.get(ident, 0) and payload is not None:
+            digests = self.issued.setdefault(prefix, {}).setdefault(kind, {})
+            digests[ident] = payload_digest(payload)
         table[ident] = max(version, table.get(ident, 0))
+
+    def staleness(
+        self, prefix: str, kind: Kind, ident: str, version: int, payload: bytes
+    ) -> str | None:
+        """Why a verified broker copy is not what this publisher issued last, or None."""
+        recorded = self.get(prefix, kind, ident)
+        if version < recorded:
+            return f"version {version} is older than v{recorded}, which this publisher issued"
+        digest = self.digest(prefix, kind, ident)
+        if version == recorded and digest is not None and digest != payload_digest(payload):
+            return f"version {version} is not the copy this publisher issued at v{recorded}"
+        return None
 
     def save(self) -> None:
         """Atomically (temp file + rename): a crash never leaves half a record."""
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        text = json.dumps({"format": STATE_FORMAT, "prefixes": self.prefixes}, indent=1)
+        data: dict[str, object] = {"format": STATE_FORMAT, "prefixes": self.prefixes}
+        if self.issued:
+            data["issued"] = self.issued
+        text = json.dumps(data, indent=1)
         fd, tmp = tempfile.mkstemp(dir=self.path.parent, prefix=f".{self.path.name}.")
         try:
             with os.fdopen(fd, "w") as f:
@@ -51,6 +83,10 @@ class State:
                 os.unlink(tmp)
 
 
+def payload_digest(payload: bytes) -> str:
+    return hashlib.sha256(payload).hexdigest()
+
+
 class StateError(ValueError):
     """The state file exists but cannot be read as a publisher state."""
 
@@ -61,14 +97,24 @@ def load_state(path: Path) -> State:
     try:
         data = json.loads(path.read_text())
         prefixes = data["prefixes"]
-        ok = data.get("format") == STATE_FORMAT and all(
-            isinstance(v, int) and not isinstance(v, bool)
-            for kinds in prefixes.values()
-            for table in kinds.values()
-            for v in table.values()
+        issued = data.get("issued", {})
+        ok = (
+            data.get("format") == STATE_FORMAT
+            and all(
+                isinstance(v, int) and not isinstance(v, bool)
+                for kinds in prefixes.values()
+                for table in kinds.values()
+                for v in table.values()
+            )
+            and all(
+                isinstance(v, str)
+                for kinds in issued.values()
+                for t in kinds.values()
+                for v in t.values()
+            )
         )
     except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
         raise StateError(f"state file {path}: unreadable ({exc}); fix or remove it") from None
     if not ok:
         raise StateError(f"state file {path}: not a clockfleet publisher state; fix or remove it")
-    return State(path, prefixes)
+    return State(path, prefixes, issued)
