@@ -106,7 +106,7 @@ class BrokerLink:
         *,
         announce: bool,
         status_payload: Callable[[str, int], bytes],
-        clock_good: Callable[[], bool],
+        clock_behind: Callable[[], Optional[str]],
         counters: collections.Counter[str],
         rng: random.Random,
         reconnect_min_s: float,
@@ -122,7 +122,7 @@ class BrokerLink:
         self.session = 0
         self.announce = announce  # the service announces status; --once does not
         self._status_payload = status_payload
-        self._clock_good = clock_good
+        self._clock_behind = clock_behind
         self.counters = counters
         self.rng = rng
         self._reconnect = (reconnect_min_s, reconnect_max_s)
@@ -285,18 +285,33 @@ class BrokerLink:
         self._connack_timer = self.host.call_later(timeout, lambda: self._no_connack(addr))
 
     def _waive_cert_time(self, exc: BaseException) -> bool:
-        """A certificate "not yet valid" or "expired" at a clock not yet synced: the clock,
-        not the certificate, is the likelier culprit. True when newly waived."""
+        """A certificate "not yet valid" or "expired": waive its dates only on evidence the
+        host can trust that its own clock is behind (clock_evidence.py); never for a clock
+        that reads right, which would hand its password to whoever holds an expired
+        certificate of the fleet's CA. True when newly waived."""
         assert self.tls is not None
-        if self._clock_good() or not cert_time_checked(self.tls):
+        if not cert_time_checked(self.tls):
+            return False
+        why = getattr(exc, "verify_message", exc)
+        evidence = self._clock_behind()
+        if evidence is None:
+            self.counters["tls-cert-dates-refused"] += 1
+            log.warning(
+                "%s: broker certificate refused for its validity dates (%s), and nothing shows "
+                "this host's clock is wrong: not connecting to it",
+                self.id,
+                why,
+            )
             return False
         set_cert_time_check(self.tls, False)
         self.counters["tls-time-check-waived"] += 1
         log.warning(
-            "%s: broker certificate refused at this host's clock (%s), which may be far off: "
-            "verifying the chain without its validity dates until the first good sync",
+            "%s: broker certificate refused at this host's clock (%s), which is provably "
+            "behind (%s): verifying the chain without its validity dates until the first good "
+            "sync",
             self.id,
-            getattr(exc, "verify_message", exc),
+            why,
+            evidence,
         )
         return True
 

@@ -44,6 +44,7 @@ from typing import Any, Optional
 import msgspec
 
 from clockfleet.agent import intake, schedule
+from clockfleet.agent.clock_evidence import Floor, behind_evidence, release_floor
 from clockfleet.agent.config import Tuning
 from clockfleet.agent.link import BrokerLink, LinkEvents
 from clockfleet.agent.localloop import run_inline
@@ -160,7 +161,7 @@ class Agent:
             events,
             announce=not once,
             status_payload=self._status_payload,
-            clock_good=lambda: self.clock_known_good,
+            clock_behind=self._clock_behind_evidence,
             counters=self.counters,
             rng=self.rng,
             reconnect_min_s=settings.reconnect_min_s,
@@ -448,6 +449,20 @@ class Agent:
         self._sync_due = due
         log.debug("%s: sync in %.3f s (%s)", self.id, delay_s, why)
         self._sync_timer = self.host.call_later(delay_s, self._sync_now)
+
+    def _clock_behind_evidence(self) -> Optional[str]:
+        """Why this host's clock is provably behind, or None (clock_evidence.py): what lets
+        the broker link waive a certificate's dates. A synced clock is right."""
+        if self.clock_known_good:
+            return None
+        floors = [release_floor()]
+        if self.server_list is not None:  # verified when it was applied or loaded
+            sl = self.server_list
+            floors.append(Floor(sl.issued_at.timestamp(), f"the issue time of list v{sl.version}"))
+        last_good = self.state.last_good_at() if self.state is not None else None
+        if last_good is not None:
+            floors.append(Floor(last_good, "this host's last good sync"))
+        return behind_evidence(self.wall_clock(), floors)
 
     def sync_now(self) -> None:
         """Start a sync at once (tests, commands, the --once driver)."""

@@ -19,7 +19,7 @@ import logging
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any, Optional
 
@@ -125,6 +125,18 @@ class StateDir:
         boot_id, boot_s = boot_clock()
         body = {"at": utcnow_iso(report.at), "boot_id": boot_id, "boot_s": boot_s}
         self._write("last_good.json", json.dumps({**body, "wall_s": wall_now}).encode())
+
+    def last_good_at(self) -> float | None:
+        """When the last good sync was made (unix seconds, from the corrected clock), if
+        remembered: a time this host knows has passed (clock_evidence.py)."""
+        raw = self._read("last_good.json")
+        try:
+            saved = json.loads(raw) if raw else None
+            at = saved.get("at") if isinstance(saved, dict) else None
+            when = datetime.strptime(at, "%Y-%m-%dT%H:%M:%S.%fZ") if isinstance(at, str) else None
+        except (ValueError, TypeError):
+            return None
+        return None if when is None else when.replace(tzinfo=timezone.utc).timestamp()
 
     def last_good_age(self, report: Report, wall_now: float, tolerance_s: float) -> float | None:
         """Seconds since the good sync `report`, or None when that cannot be known.
