@@ -48,7 +48,7 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any, Optional
 
-from clockfleet.devstack.daemons import LOOPBACK, Daemon, DaemonError, free_port, restart
+from clockfleet.devstack.daemons import LOOPBACK, Daemon, DaemonError, restart, stable_ports
 from clockfleet.devstack.mosquitto import (
     ROLES,
     ShippedBroker,
@@ -538,7 +538,7 @@ def start_central_and_edges(
     central_dir = rundir / "central"
     ids = provision(central_dir / "ids", [*agents, *bridges])
     certs = make_test_ca(rundir / "ca")
-    tls_port = free_port()
+    tls_port, plain_port = stable_ports(2)
     central_address = f"{LOOPBACK}:{tls_port}"
     generated = rundir / "generated"
     # --bridge-ca is the generator's own option (TLS is its default, --plain is for loopback
@@ -553,7 +553,9 @@ def start_central_and_edges(
         acl.write_text(without_lines((generated / "central.acl").read_text(), without_acl_lines))
     record("bridges", shipped=not without_acl_lines, why=why)
     daemon = launch(
-        central_dir / "mosquitto", central_template(generated, ids, certs, tls_port, acl)
+        central_dir / "mosquitto",
+        central_template(generated, ids, certs, tls_port, acl),
+        port=plain_port,
     )
     central = ShippedBroker(daemon, central_dir, ids, certs, tls_port, {*agents, *bridges})
     topo = CentralAndEdges(rundir, central, [], [])

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import random
 import shutil
 import signal
 import socket
@@ -30,6 +31,45 @@ def free_port(host: str = LOOPBACK, kind: int = socket.SOCK_STREAM) -> int:
     with socket.socket(family, kind) as s:
         s.bind((host, 0))
         return s.getsockname()[1]
+
+
+def ephemeral_range() -> tuple[int, int]:
+    try:
+        low, high = Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()
+        return int(low), int(high)
+    except (OSError, ValueError):
+        return 32768, 60999
+
+
+def stable_ports(n: int, taken: set[int] | None = None, host: str = LOOPBACK) -> list[int]:
+    """n distinct free TCP ports below the kernel's ephemeral range (none in `taken`).
+
+    A daemon restarted in a test binds its ports again; a port from the ephemeral range
+    (what binding port 0 gives) may meanwhile be the source port of some client's outgoing
+    connection (every agent reconnecting holds one), and the restart would fail with
+    "address already in use".
+    """
+    taken = taken if taken is not None else set()
+    low, _ = ephemeral_range()
+    floor = 10000 if low > 12000 else 1024
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    out: list[int] = []
+    for _ in range(1000 * n):
+        if len(out) == n:
+            return out
+        port = random.randint(floor, low - 1)
+        if port in taken:
+            continue
+        with socket.socket(family, socket.SOCK_STREAM) as s:
+            try:
+                s.bind((host, port))
+            except OSError:
+                continue
+        taken.add(port)
+        out.append(port)
+    if len(out) == n:
+        return out
+    raise DaemonError("no free loopback port below the ephemeral range")
 
 
 def free_udp_port(host: str = LOOPBACK) -> int:

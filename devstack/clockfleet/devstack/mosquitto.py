@@ -35,11 +35,11 @@ from clockfleet.devstack.daemons import (
     LOOPBACK,
     Daemon,
     DaemonError,
-    free_port,
     is_root,
     render,
     require,
     restart,
+    stable_ports,
     wait_tcp,
 )
 from clockfleet.protocol.connection import ConnectionSettings, settings_from_args
@@ -99,7 +99,7 @@ def launch(
     callers are start_shipped, start_open and the bridges, which record what they start)."""
     binary = require("mosquitto")
     rundir.mkdir(parents=True, exist_ok=True)
-    port = port or free_port(host)
+    port = port or stable_ports(1, host=host)[0]
     text = render(conf_template, {"PORT": port, "HOST": host, "RUNDIR": rundir, **(values or {})})
     if is_root() and "\nuser " not in "\n" + text:
         text += "user root\n"  # as root mosquitto drops to a user who cannot write rundir
@@ -316,12 +316,21 @@ def start_shipped(
     ids = provision(rundir / "ids", list(agents))
     certs = make_test_ca(rundir / "ca")
     acl = copy_acl(rundir, extra=acl_extra)
-    tls_port = free_port()
-    template = production_template(ids / "passwd", certs, tls_port, acl)
-    for line in without:
-        if f"\n{line}\n" not in template:
-            raise AssertionError(f"broker/mosquitto.conf has no line {line!r}")
-        template = template.replace(f"\n{line}\n", "\n")
     record("mosquitto", shipped=not without, why=why)
-    d = launch(rundir / "mosquitto", template, port=port)
-    return ShippedBroker(d, rundir, ids, certs, tls_port, set(agents))
+    for attempt in range(3):
+        # Both ports are chosen together (never the same number); another process may still
+        # take one before Mosquitto binds it: then again with fresh ports.
+        tls_port, plain_port = stable_ports(2)
+        template = production_template(ids / "passwd", certs, tls_port, acl)
+        for line in without:
+            if f"\n{line}\n" not in template:
+                raise AssertionError(f"broker/mosquitto.conf has no line {line!r}")
+            template = template.replace(f"\n{line}\n", "\n")
+        try:
+            d = launch(rundir / "mosquitto", template, port=port or plain_port)
+        except DaemonError as exc:
+            if attempt == 2 or port is not None or "Address already in use" not in str(exc):
+                raise
+            continue
+        return ShippedBroker(d, rundir, ids, certs, tls_port, set(agents))
+    raise AssertionError("unreachable")

@@ -30,10 +30,8 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
-import random
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -48,7 +46,7 @@ import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 
 from clockfleet import devstack
-from clockfleet.devstack import LOOPBACK, Daemon, DaemonError
+from clockfleet.devstack import LOOPBACK, Daemon, DaemonError, stable_ports
 from clockfleet.devstack.mosquitto import ROLES, login_accepted, provision, record
 from clockfleet.protocol.connection import ConnectionSettings, settings_from_args
 
@@ -303,38 +301,6 @@ class NatsCluster:
         return "\n".join(f"--- {n.name} ---\n{n.log_tail(lines)}" for n in self.nodes)
 
 
-def _ephemeral_range() -> tuple[int, int]:
-    try:
-        low, high = Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()
-        return int(low), int(high)
-    except (OSError, ValueError):
-        return 32768, 60999
-
-
-def stable_port(taken: set[int]) -> int:
-    """A free loopback port below the kernel's ephemeral range.
-
-    A node restarted after a SIGKILL binds its ports again; a port from the ephemeral range
-    (what binding port 0 gives) may meanwhile be the source port of some client's outgoing
-    connection (1000 agents reconnecting hold 1000 of them), and the restart would fail with
-    "address already in use".
-    """
-    low, _ = _ephemeral_range()
-    floor = 10000 if low > 12000 else 1024
-    for _ in range(1000):
-        port = random.randint(floor, low - 1)
-        if port in taken:
-            continue
-        with socket.socket() as s:
-            try:
-                s.bind((LOOPBACK, port))
-            except OSError:
-                continue
-        taken.add(port)
-        return port
-    raise DaemonError("no free loopback port below the ephemeral range")
-
-
 def _launch(node: NatsNode) -> None:
     binary = devstack.require("nats-server")
     log = node.dir / "nats.log"
@@ -436,7 +402,7 @@ def start_cluster(
     for i in range(nodes):
         d = rundir / f"nats-{i}"
         d.mkdir(parents=True, exist_ok=True)
-        ports = [stable_port(taken) for _ in range(4)]
+        ports = stable_ports(4, taken)
         members.append(NatsNode(i, f"n{i}", *ports, dir=d, conf=d / "nats.conf"))
     routes = [n.cluster_port for n in members]
     ids = None if open_why else provision(rundir / "ids", list(agents))
