@@ -80,6 +80,38 @@ def shares(path: Path, needles: dict[str, str], under: str | None = None) -> dic
     return {label: hits[label] / total for label in needles} if total else {}
 
 
+NO_FRAME = "no Python frame (native code, or waiting for the GIL)"
+
+
+def layers(path: Path, rules: list[tuple[str, tuple[str, ...]]]) -> dict[str, float]:
+    """Each sample counted once, under the first rule matching its innermost frame that any
+    rule matches (leaf to root), else under "other": where the time goes, by layer.
+
+    A rule is (label, substrings of a frame). py-spy's non-blocking samples can miss outer
+    frames, so a layer is recognised by the frames nearest the leaf."""
+    hits: collections.Counter[str] = collections.Counter()
+    total = 0
+    try:
+        text = path.read_text(errors="replace")
+    except OSError:
+        return {}
+    for line in text.splitlines():
+        stack, _, count = line.rpartition(" ")
+        if not stack or not count.isdigit():
+            continue
+        n = int(count)
+        total += n
+        frames = stack.split(";")
+        label = "other" if len(frames) > 1 else NO_FRAME
+        for frame in reversed(frames[1:]):
+            found = next((lb for lb, needles in rules if any(x in frame for x in needles)), None)
+            if found is not None:
+                label = found
+                break
+        hits[label] += n
+    return {label: n / total for label, n in hits.most_common()} if total else {}
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__)
     p.add_argument("files", type=Path, nargs="+")

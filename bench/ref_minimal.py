@@ -8,8 +8,17 @@ report the collector accepts. All N on one selector in one process, no threads, 
 validation beyond the signature, no state directory, no status file: what is left is the
 real floor for our agents' work on this machine.
 
+Parsing and the signature check: `shared` (the default) does them once per distinct payload
+for all clients of the process, as our agents do (agent.fleet.VerifiedCache: N hosts would
+check in parallel, so one check serialised N times on one core would overstate the cost,
+and a floor must not do work that ours skips); `each` makes every client parse and check
+its own copy (as the floor did before: it then did N checks where our agents did one).
+
 Protocol (JSON lines, bench.stack.Worker): emits `ready` once every client holds the retained
-list version `--initial`; then stays until `stop` (the collector worker times the reports).
+list version `--initial` and has reported it; then, on `verify` {mode}, switches mode and
+answers `ok`; on `made` {version} emits when each client received that list (`got`) and
+published its report (`times`); `rss` as the fleet worker; stays until `stop` (the collector
+worker times the reports).
 """
 
 from __future__ import annotations
@@ -26,6 +35,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 import paho.mqtt.client as mqtt
+import psutil
 from nacl.signing import VerifyKey
 from paho.mqtt.enums import CallbackAPIVersion
 
@@ -116,6 +126,7 @@ def main() -> int:
     p.add_argument("--trust", required=True, help="the publisher's public key file")
     p.add_argument("--n", type=int, required=True)
     p.add_argument("--initial", type=int, required=True)
+    p.add_argument("--verify", choices=("shared", "each"), default="shared")
     args = p.parse_args()
     raise_nofile()
     key_id, key = load_public_key(Path(args.trust))
@@ -125,6 +136,24 @@ def main() -> int:
     have = [-1] * args.n
     bursts: dict[int, Burst] = {}
     stop = False
+    mode = args.verify
+    checked: dict[bytes, dict] = {}  # payload -> its parsed, verified list (mode shared)
+    got: dict[int, list[float]] = {}  # list version -> when each client received it
+    made: dict[int, list[float]] = {}  # list version -> when each client published its report
+
+    def parse_and_verify(payload: bytes) -> dict | None:
+        if mode == "shared" and (obj := checked.get(payload)) is not None:
+            return obj
+        obj = json.loads(payload)
+        sig = obj.get("sig") or {}
+        if sig.get("key_id") != key_id:
+            return None
+        verify_key.verify(canonical_bytes(obj), base64.b64decode(sig["value"]))
+        if mode == "shared":
+            if len(checked) > 16:
+                checked.clear()
+            checked[payload] = obj
+        return obj
 
     def on_connect(client, index, flags, rc, props) -> None:
         client.subscribe(topic, qos=1)
@@ -132,15 +161,15 @@ def main() -> int:
     def on_message(client, index, msg) -> None:
         if not msg.payload:
             return
-        obj = json.loads(msg.payload)
-        sig = obj.get("sig") or {}
-        if sig.get("key_id") != key_id:
+        t_got = time.monotonic()
+        obj = parse_and_verify(msg.payload)
+        if obj is None:
             return
-        verify_key.verify(canonical_bytes(obj), base64.b64decode(sig["value"]))
         version = obj["version"]
         if version <= have[index]:
             return
         have[index] = version
+        got.setdefault(version, []).append(t_got)
         server = obj["servers"][0]
 
         def measured(sample) -> None:
@@ -148,16 +177,28 @@ def main() -> int:
                 del bursts[index]
             payload = report(f"floor-{index}", args.region, version, server, sample)
             client.publish(f"clock/v1/agents/floor-{index}/report", payload, qos=1, retain=True)
+            made.setdefault(version, []).append(time.monotonic())
 
         if index in bursts:
             bursts[index].finish()  # a newer list while the last burst is out
         burst = bursts[index] = Burst(loop, server["host"], server["port"], measured)
 
     def on_stdin() -> None:
-        nonlocal stop
+        nonlocal stop, mode
         line = sys.stdin.readline()
-        if not line or json.loads(line).get("cmd") == "stop":
+        cmd = json.loads(line) if line else {"cmd": "stop"}
+        if cmd.get("cmd") == "stop":
             stop = True
+        elif cmd.get("cmd") == "made":
+            v = cmd["version"]
+            emit("made", times=made.get(v, []), got=got.get(v, []))
+        elif cmd.get("cmd") == "rss":
+            me = psutil.Process()
+            emit("rss", rss=me.memory_info().rss, cpu=sum(me.cpu_times()[:2]))
+        elif cmd.get("cmd") == "verify":
+            mode = cmd["mode"]
+            checked.clear()
+            emit("ok", mode=mode)
 
     t0 = time.monotonic()
     for i in range(args.n):

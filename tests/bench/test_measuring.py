@@ -145,3 +145,35 @@ def test_every_subscriber_receives_a_list_after_the_instant_the_figures_start_fr
             assert t0 <= t_sent == sent.sent <= sent.written <= sent.puback
             assert sent.whole  # the socket took the whole PUBLISH within publish()
             assert min(times) >= t_sent, json.dumps([min(times) - t_sent])
+
+
+def test_list_updates_are_paced_so_the_collectors_rate_limit_never_holds_a_report() -> None:
+    """The collector as shipped lets a report topic through at 1 a second (bursts of 5) and
+    holds a faster topic's newest report: back-to-back rounds measured that limiter."""
+    from bench import convergence
+
+    class Publisher:
+        def __init__(self) -> None:
+            self.history: list[SimpleNamespace] = []
+
+        @property
+        def last(self) -> SimpleNamespace:
+            return self.history[-1]
+
+        def publish_list(self, region, version, servers, *, resync_jitter_s=0) -> float:
+            self.history.append(SimpleNamespace(sent=time.monotonic()))
+            return self.last.sent
+
+    class Collector:
+        def send(self, cmd: dict) -> None:
+            self.t = time.monotonic()
+
+        def expect(self, event: str, timeout: float) -> dict:
+            return {"times": [self.t + 0.001]} if event == "converged" else {}
+
+    pub, col = Publisher(), Collector()
+    for version in (2, 3):
+        convergence.one_round(col, pub, version, 1, [("127.0.0.2", 123)])
+    gap = pub.history[1].sent - pub.history[0].sent
+    per_s = convergence.DEFAULT_RATE_LIMIT.per_s
+    assert gap >= convergence.ROUND_GAP_S > 1 / per_s
