@@ -192,9 +192,10 @@ def store_figure(
 ) -> dict[str, Any]:
     check_figure(fig)
     data = load(path)
-    data["figures"][fig["key"]] = neutralised(fig)
-    data["machine"] = neutralised(machine)
-    data["last_command"] = neutral(command)
+    data["figures"][fig["key"]] = fig
+    data["machine"] = machine
+    data["last_command"] = command
     data["last_run_at"] = now_iso()
+    data = neutralised(data)  # every section, older ones too: no machine paths
     save(path, data)
     return data
