@@ -16,6 +16,7 @@ import ssl
 import threading
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlsplit
 
 import paho.mqtt.client as mqtt
@@ -214,6 +215,40 @@ def rotation(brokers: list[BrokerAddress]) -> list[BrokerAddress]:
     order = list(brokers)
     random.shuffle(order)
     return order
+
+
+class Rotation:
+    """Which broker of a cluster's list to try next, and how long to wait before it.
+
+    The list is shuffled once, so a cluster's clients spread over its nodes. After a failure
+    the next node is tried; the delay grows per round of the whole list, not per node (with
+    full jitter: `session.backoff_delay`), so when one node of three dies its clients move on
+    at once instead of after a doubled wait. Every program that connects uses this."""
+
+    def __init__(self, brokers: list[BrokerAddress]) -> None:
+        self.order = rotation(brokers)
+        self._next = 0
+        self.failures = 0  # since the last success
+
+    def next(self) -> BrokerAddress:
+        addr = self.order[self._next % len(self.order)]
+        self._next += 1
+        return addr
+
+    def failed(self) -> None:
+        self.failures += 1
+
+    def succeeded(self) -> None:
+        self.failures = 0
+
+    @property
+    def tried_every_node(self) -> bool:
+        return self.failures >= len(self.order)
+
+    def delay(self, min_s: float, max_s: float, rng: Any = random) -> float:
+        """How long to wait before the next attempt, after `failures` in a row."""
+        rounds = max(0, self.failures - 1) // len(self.order)
+        return session.backoff_delay(rounds, min_s, max_s, rng)
 
 
 def connect_blocking(

@@ -10,12 +10,15 @@
 - **Why did the broker refuse?** By reason code, never by message text (`refusal`).
 - **When to try again?** Capped exponential backoff with full jitter (`backoff_delay`),
   since paho's own has none and a fleet that retries in step hammers a restarted broker.
+- **Where does the connection stand?** `LinkState`, the same names in every program.
 """
 
 from __future__ import annotations
 
 import random
-from typing import Any
+from collections.abc import Callable
+from enum import Enum
+from typing import Any, Optional
 
 # MQTT 5 reason codes (MQTT 3.1.1 CONNACK codes arrive mapped onto these by paho 2).
 _REFUSALS = {
@@ -69,3 +72,45 @@ def backoff_delay(
 ) -> float:
     """Delay before retry number `attempt` (0 first): uniform in 0..min(max_s, min_s * 2^n)."""
     return rng.uniform(0.0, min(max_s, min_s * 2.0 ** min(max(attempt, 0), 30)))
+
+
+class LinkState(str, Enum):
+    """Where one program's broker connection stands; every program names it the same way
+    (a short-lived publisher session passes through CONNECTING to ONLINE and CLOSED)."""
+
+    IDLE = "idle"  # not connected; a retry may be armed
+    CONNECTING = "connecting"  # TCP, TLS and CONNECT under way
+    AWAITING_CONNACK = "awaiting-connack"
+    LEARNING = "learning-session"  # the agent reads its own retained status first
+    ONLINE = "online"
+    STOPPING = "stopping"
+    CLOSED = "closed"
+
+
+class Fences:
+    """The snapshot fences a session has asked for, and what to do when each is answered.
+
+    arm() sends the UNSUBSCRIBE of the session's fence topic (`fence_topic`); the program's
+    on_unsubscribe passes every mid to answered(), which runs the callback of a fence and
+    says whether it was one. A reconnect clears() them: the new session asks again."""
+
+    def __init__(self, prefix: str, client_id: str) -> None:
+        self.topic = fence_topic(prefix, client_id)
+        self._waiting: dict[int, Callable[[], None]] = {}
+
+    def arm(self, client: Any, then: Callable[[], None]) -> Optional[int]:
+        rc, mid = client.unsubscribe(self.topic)
+        if rc != 0 or mid is None:  # paho's MQTT_ERR_SUCCESS; not connected otherwise
+            return None
+        self._waiting[mid] = then
+        return int(mid)
+
+    def answered(self, mid: int) -> bool:
+        then = self._waiting.pop(mid, None)
+        if then is None:
+            return False
+        then()
+        return True
+
+    def clear(self) -> None:
+        self._waiting.clear()

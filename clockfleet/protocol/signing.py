@@ -17,13 +17,17 @@ import binascii
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from nacl.exceptions import BadSignatureError
 from nacl.signing import VerifyKey
 
+from clockfleet.protocol import codec
 from clockfleet.protocol.codec import Rejected, canonical_bytes
 from clockfleet.protocol.ids import ID_PATTERN, is_valid_id
+from clockfleet.protocol.messages import Profile, ServerList
+
+M = TypeVar("M", ServerList, Profile)
 
 if TYPE_CHECKING:
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
@@ -179,3 +183,16 @@ def verify(obj: dict[str, Any], trust: TrustStore) -> str:
     except (BadSignatureError, ValueError, TypeError):
         raise Rejected("bad-signature", f"signature by {key_id!r} does not verify") from None
     return key_id
+
+
+def decode_signed(
+    cls: type[M], payload: bytes, topic_id: str | None, trust: TrustStore
+) -> tuple[M, dict[str, Any]]:
+    """A list or profile as every reader accepts one: strictly decoded (`codec.decode`),
+    then, when trust keys are configured, signed by one of them. Raises codec.Rejected with
+    the reason otherwise. The agent (live and from its cache) and the publisher's rollout
+    watch all accept signed messages through this one function."""
+    msg, obj = codec.decode(cls, payload, topic_id=topic_id)
+    if trust:
+        verify(obj, trust)
+    return msg, obj

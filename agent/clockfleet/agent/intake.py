@@ -16,7 +16,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Optional, TypeVar
 
-from clockfleet.protocol import codec, signing
+from clockfleet.protocol import signing
 from clockfleet.protocol.messages import Command, Profile, ServerList
 
 M = TypeVar("M", ServerList, Profile)
@@ -29,12 +29,9 @@ class Refusal:
 
 
 def decode_verified(cls: type[M], payload: bytes, topic_id: str, trust: signing.TrustStore) -> M:
-    """The message, strictly decoded and (with trust keys) signature-checked; raises
-    codec.Rejected with the reason otherwise."""
-    msg, obj = codec.decode(cls, payload, topic_id=topic_id)
-    if trust:
-        signing.verify(obj, trust)
-    return msg
+    """The message, strictly decoded and (with trust keys) signature-checked
+    (`signing.decode_signed`); raises codec.Rejected with the reason otherwise."""
+    return signing.decode_signed(cls, payload, topic_id, trust)[0]
 
 
 def list_refusal(

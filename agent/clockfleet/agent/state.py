@@ -215,9 +215,7 @@ def load_cached(
         if not raw:
             continue
         try:
-            msg, obj = codec.decode(cls, raw, topic_id=topic_id)
-            if trust:
-                signing.verify(obj, trust)
+            msg, _ = signing.decode_signed(cls, raw, topic_id, trust)
         except Rejected as r:
             out.refused.append(r.reason)
             log.warning("%s: cached %s refused (%s): %s", agent_id, name, r.reason, r.detail)

@@ -91,9 +91,7 @@ class Watch:
             self._snap.lists.pop(region, None)
             return
         try:
-            sl, obj = decode(ServerList, payload, topic_id=region)
-            if self.trust:
-                signing.verify(obj, self.trust)
+            sl, obj = signing.decode_signed(ServerList, payload, region, self.trust)
         except Rejected as exc:
             self._snap.lists.pop(region, None)
             self._snap.list_problems[region] = f"{exc.reason}: {exc.detail}"
