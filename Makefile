@@ -17,7 +17,7 @@ help:
 	@echo "make demo    install what is missing, run the whole system on loopback (DEMO_FOR=N: N seconds, no terminal)"
 	@echo "make test    install what is missing, run ruff and the test suite against real daemons"
 	@echo "make bench   measure against the references in docs/decisions.md, write BENCHMARKS.md"
-	@echo "make lint    ruff only"
+	@echo "make lint    ruff, and mypy strict on the programs and the shared packages"
 	@echo "make deb     the agent's .deb for Debian 11, 12 and 13 in dist/ (packaging/)"
 
 $(STAMP): pyproject.toml
@@ -35,6 +35,7 @@ debs:
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/mypy -p clockfleet.protocol -p clockfleet.ntp -p clockfleet.agent -p clockfleet.collector -p clockfleet.publisher
 
 test: setup lint
 	@sh scripts/ensure-debs.sh $(TEST_DEBS)

@@ -32,6 +32,7 @@ from clockfleet.ntp.checks import (
     check_reply,
     gate,
 )
+from clockfleet.ntp.lookup import SockAddr
 from clockfleet.ntp.packet import encode_request
 
 # Python 3.11 does not export it; 35 is SO_TIMESTAMPNS(_OLD) on x86_64 and arm64 Linux,
@@ -60,7 +61,7 @@ class BurstResult:
 Wait = tuple[socket.socket, float]  # resume me when this socket is readable or at this time
 
 
-def open_socket(family: int, sockaddr: tuple) -> tuple[socket.socket, bool]:
+def open_socket(family: int, sockaddr: SockAddr) -> tuple[socket.socket, bool]:
     """A non-blocking UDP socket connected to sockaddr; the flag says whether kernel
     timestamps are on."""
     sock = socket.socket(family, socket.SOCK_DGRAM)
@@ -134,7 +135,7 @@ def exchange_steps(
 
 def sample_burst(
     family: int,
-    sockaddr: tuple,
+    sockaddr: SockAddr,
     settings: ProbeSettings,
     on_answer: Callable[[], None] | None = None,
 ) -> BurstResult:
@@ -144,7 +145,7 @@ def sample_burst(
 
 def sample_burst_steps(
     family: int,
-    sockaddr: tuple,
+    sockaddr: SockAddr,
     settings: ProbeSettings,
     on_answer: Callable[[], None] | None = None,
 ) -> Generator[Wait, None, BurstResult]:
@@ -202,7 +203,8 @@ def run_steps(steps: Generator[Wait, None, T]) -> T:
             try:
                 sock, until = next(steps)
             except StopIteration as done:
-                return done.value
+                result: T = done.value
+                return result
             fd = sock.fileno()
             if fd != watched:
                 if watched is not None:
@@ -219,5 +221,5 @@ def _receive_time_ns(ancdata: list[tuple[int, int, bytes]]) -> int | None:
     for level, kind, data in ancdata:
         if level == socket.SOL_SOCKET and kind == SO_TIMESTAMPNS and len(data) >= _TIMESPEC.size:
             seconds, nanoseconds = _TIMESPEC.unpack_from(data)
-            return seconds * 1_000_000_000 + nanoseconds
+            return int(seconds) * 1_000_000_000 + int(nanoseconds)
     return None

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import ipaddress
 import socket
-from typing import Optional, Union
+from typing import Any, Optional, Union
 
-Addresses = Union[list[tuple[int, tuple]], str]  # (family, sockaddr) in order, or why none
+# A socket address as getaddrinfo gives it: (host, port) or (host, port, flowinfo, scope_id).
+SockAddr = tuple[Any, ...]
+Addresses = Union[list[tuple[int, SockAddr]], str]  # (family, sockaddr) in order, or why none
 
 
 def addresses(host: str, port: int) -> Addresses:
@@ -16,7 +18,7 @@ def addresses(host: str, port: int) -> Addresses:
         infos = socket.getaddrinfo(host, port, type=socket.SOCK_DGRAM)
     except (OSError, UnicodeError, ValueError, OverflowError) as e:
         return f"cannot resolve {host}: {getattr(e, 'strerror', None) or e}"
-    found: list[tuple[int, tuple]] = []
+    found: list[tuple[int, SockAddr]] = []
     for family, _type, _proto, _name, sockaddr in infos:
         if (family, sockaddr) not in found:
             found.append((family, sockaddr))

@@ -118,7 +118,8 @@ def _has_spaced_string_end(payload: bytes) -> bool:
 
 
 def _count_keys(root: dict[str, Any]) -> int:
-    count, stack = 0, [root]
+    count = 0
+    stack: list[Any] = [root]  # dicts and lists, walked without recursion
     while stack:
         node = stack.pop()
         values = node.values() if type(node) is dict else node
@@ -246,7 +247,8 @@ def encode(msg: Any) -> bytes:
 
 
 def to_object(msg: Any) -> dict[str, Any]:
-    return msgspec.to_builtins(msg)
+    obj: dict[str, Any] = msgspec.to_builtins(msg)
+    return obj
 
 
 def canonical_bytes(obj: dict[str, Any]) -> bytes:

@@ -16,11 +16,14 @@ import ssl
 import threading
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 from urllib.parse import urlsplit
 
 import paho.mqtt.client as mqtt
+from paho.mqtt.client import CallbackOnConnect_v2, ConnectFlags
 from paho.mqtt.enums import CallbackAPIVersion
+from paho.mqtt.properties import Properties
+from paho.mqtt.reasoncodes import ReasonCode
 
 from clockfleet.protocol import session
 from clockfleet.protocol.topics import DEFAULT_PREFIX
@@ -108,7 +111,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def settings_from_args(
-    args: argparse.Namespace, defaults: dict | None = None
+    args: argparse.Namespace, defaults: dict[str, Any] | None = None
 ) -> ConnectionSettings:
     """Flags over `defaults` (a config file's values) over the environment."""
     d = defaults or {}
@@ -149,7 +152,7 @@ def new_client(
     ssl_context: ssl.SSLContext | None = None,
 ) -> mqtt.Client:
     """A paho client with identity and TLS configured; not connected yet."""
-    kwargs: dict = {"client_id": client_id, "protocol": protocol}
+    kwargs: dict[str, Any] = {"client_id": client_id, "protocol": protocol}
     if protocol != mqtt.MQTTv5:
         kwargs["clean_session"] = clean_session
     client = mqtt.Client(CallbackAPIVersion.VERSION2, **kwargs)
@@ -272,16 +275,24 @@ def connect_blocking(
     reasons: list[str] = []
     for addr in rotation(settings.brokers):
         done = threading.Event()
-        result: dict = {}
+        result: dict[str, ReasonCode] = {}
 
-        def on_connect(c, ud, flags, rc, props, _r=result, _d=done):
+        def on_connect(
+            c: mqtt.Client,
+            ud: Any,
+            flags: ConnectFlags,
+            rc: ReasonCode,
+            props: Properties | None,
+            _r: dict[str, ReasonCode] = result,
+            _d: threading.Event = done,
+        ) -> None:
             _r["rc"] = rc
             _d.set()
 
         previous = client.on_connect
         client.on_connect = on_connect
         try:
-            kwargs: dict = {"keepalive": keepalive}
+            kwargs: dict[str, Any] = {"keepalive": keepalive}
             if client.protocol == mqtt.MQTTv5:
                 kwargs["clean_start"] = clean_start
                 if properties is not None:
@@ -297,8 +308,9 @@ def connect_blocking(
         client.on_connect = previous
         rc = result.get("rc")
         if ok and rc is not None and not rc.is_failure:
-            if previous is not None:
-                previous(client, client.user_data_get(), None, rc, None)
+            if previous is not None:  # every client here is made with CallbackAPIVersion 2
+                on_connect_v2 = cast(CallbackOnConnect_v2, previous)
+                on_connect_v2(client, client.user_data_get(), ConnectFlags(False), rc, None)
             return addr
         client.loop_stop()
         with contextlib.suppress(Exception):

@@ -69,12 +69,16 @@ class _Msg(msgspec.Struct, omit_defaults=True, forbid_unknown_fields=False):
     pass
 
 
-class Server(_Msg, frozen=True):
+class _FrozenMsg(msgspec.Struct, omit_defaults=True, forbid_unknown_fields=False, frozen=True):
+    """The parts of a message that are values (hashable): servers, signatures, canaries."""
+
+
+class Server(_FrozenMsg, frozen=True):
     host: Host
     port: Port = 123
 
 
-class Signature(_Msg, frozen=True):
+class Signature(_FrozenMsg, frozen=True):
     alg: Literal["ed25519"]
     key_id: Id
     value: Annotated[str, msgspec.Meta(min_length=1, max_length=200)]
@@ -87,7 +91,7 @@ Digest = Annotated[str, msgspec.Meta(pattern="^[0-9a-f]{16}\\Z")]
 Count = Annotated[int, msgspec.Meta(ge=0, le=MAX_VERSION)]
 
 
-class Canary(_Msg, frozen=True):
+class Canary(_FrozenMsg, frozen=True):
     """A list change being tried on a cohort of the region's agents (docs/rollout.md).
 
     Agents in the cohort (`clockfleet.protocol.rollout.in_cohort`) use `servers` from here;
@@ -104,7 +108,7 @@ class Canary(_Msg, frozen=True):
     offset_tolerance_s: Annotated[float, msgspec.Meta(gt=0, le=3600)]
 
 
-class RolloutRecord(_Msg, frozen=True):
+class RolloutRecord(_FrozenMsg, frozen=True):
     """How the region's last canary ended; carried by the list that ended it."""
 
     id: Id

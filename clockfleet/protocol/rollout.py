@@ -51,7 +51,7 @@ def _digest(pairs: tuple[tuple[str, int], ...]) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
-def servers_for(sl: ServerList, agent_id: str) -> tuple[list, Optional[str]]:
+def servers_for(sl: ServerList, agent_id: str) -> tuple[list[Server], Optional[str]]:
     """The servers `agent_id` probes from list `sl`, and its side of a canary.
 
     Without a canary: the list's servers and None. With one: the canary's servers and

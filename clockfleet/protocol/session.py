@@ -71,7 +71,7 @@ def backoff_delay(
     attempt: int, min_s: float = 1.0, max_s: float = 120.0, rng: Any = random
 ) -> float:
     """Delay before retry number `attempt` (0 first): uniform in 0..min(max_s, min_s * 2^n)."""
-    return rng.uniform(0.0, min(max_s, min_s * 2.0 ** min(max(attempt, 0), 30)))
+    return float(rng.uniform(0.0, min(max_s, min_s * 2.0 ** min(max(attempt, 0), 30))))
 
 
 class LinkState(str, Enum):

@@ -174,7 +174,9 @@ def verify(obj: dict[str, Any], trust: TrustStore) -> str:
     if not isinstance(sig, dict):
         raise Rejected("unsigned", "no signature, and a trust key is configured")
     key_id = sig.get("key_id")
-    key = trust.keys.get(key_id) if isinstance(key_id, str) else None
+    if not isinstance(key_id, str):
+        raise Rejected("unknown-key", f"signed with unknown key id {key_id!r}")
+    key = trust.keys.get(key_id)
     if key is None:
         raise Rejected("unknown-key", f"signed with unknown key id {key_id!r}")
     try:
