@@ -38,6 +38,13 @@ AGENT_DEPENDENCIES = ("paho-mqtt", "msgspec", "pynacl", "pyyaml")
 # agent (the dispatcher says "not built yet" for the other commands).
 NOT_SHIPPED = ("publisher", "collector", "demo.py", "demo_fleet.py", "demo_procs.py")
 NOT_SHIPPED += ("demo_view.py", "devstack.py")
+# Units beside clockfleet-agent.service: applying a changed /etc/clockfleet, and the root
+# helpers that apply what the chrony and timesyncd backends hand over (backend-apply).
+HELPER_UNITS = tuple(
+    f"clockfleet-agent-{name}.{kind}"
+    for name in ("config", "chrony", "timesyncd")
+    for kind in ("path", "service")
+)
 
 
 @dataclass(frozen=True)
@@ -225,6 +232,17 @@ def packaged_unit() -> str:
         "# Only for backend `system`; see the header for dropping it.\n",
         "# None by default: the `system` backend's drop-in grants CAP_SYS_TIME.\n",
     )
+    # Which backend's privileges this unit grants: observe's (none) until a backend's
+    # drop-in says otherwise. The agent refuses to run any other (config.UNIT_BACKEND_ENV).
+    body, n = re.subn(
+        r"^(User=clockfleet\n)",
+        "# The backend whose privileges this unit grants: observe's (none) unless the\n"
+        "# generator's drop-in says another. The agent refuses to run any other backend.\n"
+        "Environment=CLOCKFLEET_UNIT_BACKEND=observe\n\\1",
+        body,
+        flags=re.M,
+    )
+    assert n == 1, "unit has no single User=clockfleet"
     body = body.replace(
         "Documentation=file:///etc/clockfleet/agent.yaml",
         "Documentation=file:///etc/clockfleet/agent.yaml "
@@ -318,9 +336,10 @@ def stage(suite: Suite, version: str, root: Path, wheels: Path, project: Path) -
         0o755,
     )
     (lib / "clockfleet-agent.service").write_text(packaged_unit())
-    for unit in ("clockfleet-agent-config.path", "clockfleet-agent-config.service"):
+    for unit in HELPER_UNITS:
         copy_file(share / unit, lib / unit, 0o644)
-    copy_file(share / "apply-config", root / "usr/lib/clockfleet-agent/apply-config", 0o755)
+    for script in ("apply-config", "backend-of", "backend-apply"):
+        copy_file(share / script, root / "usr/lib/clockfleet-agent" / script, 0o755)
     backends = root / "usr/share/clockfleet-agent/backends"
     for conf in sorted((share / "backends").glob("*.conf")):
         copy_file(conf, backends / conf.name, 0o644)

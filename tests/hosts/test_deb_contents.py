@@ -60,9 +60,69 @@ def test_packaged_unit_differs_from_the_shipped_unit_only_in_path_and_capabiliti
 
     differs = {k for k in shipped.keys() | packaged.keys() if shipped.get(k) != packaged.get(k)}
 
-    assert differs == {"ExecStart", "CapabilityBoundingSet", "AmbientCapabilities"}
+    assert differs == {"ExecStart", "CapabilityBoundingSet", "AmbientCapabilities", "Environment"}
     assert packaged["ExecStart"].startswith("/opt/clockfleet-agent/bin/clockfleet agent ")
     assert packaged["CapabilityBoundingSet"] == packaged["AmbientCapabilities"] == ""
+    # observe's privileges (none) until a backend's drop-in names another; the agent refuses
+    # to run a backend its unit does not name.
+    assert packaged["Environment"] == "CLOCKFLEET_UNIT_BACKEND=observe"
+
+
+@pytest.mark.parametrize("suite", hostkit.SUITES)
+def test_no_backend_runs_the_agent_as_another_user_or_as_root(suite, debs):
+    files = contents(debs(suite))
+    dropins = sorted(
+        p
+        for p in files
+        if p.startswith("usr/share/clockfleet-agent/backends/") and p.endswith(".conf")
+    )
+
+    assert [p.rsplit("/", 1)[1] for p in dropins] == [
+        "chrony.conf",
+        "system.conf",
+        "timesyncd.conf",
+    ]
+    for path in dropins:
+        unit = service(member(debs(suite), path))
+        backend = path.rsplit("/", 1)[1].removesuffix(".conf")
+        # The agent keeps the packaged unit's user, clockfleet: never chronyd's, never root.
+        assert not {"User", "Group", "SupplementaryGroups", "DynamicUser"} & unit.keys(), path
+        assert unit["Environment"] == f"CLOCKFLEET_UNIT_BACKEND={backend}"
+        caps = "CAP_SYS_TIME" if backend == "system" else None
+        assert unit.get("CapabilityBoundingSet") == caps
+        assert unit.get("AmbientCapabilities") == caps
+        assert not any(k.startswith("ExecStart") for k in unit), path
+
+
+@pytest.mark.parametrize("suite", hostkit.SUITES)
+def test_the_root_helpers_have_root_and_at_most_dac_override(suite, debs):
+    lib = "usr/lib" if suite == "trixie" else "lib"
+    for backend, caps in (("chrony", "CAP_DAC_OVERRIDE"), ("timesyncd", "")):
+        unit = service(
+            member(debs(suite), f"{lib}/systemd/system/clockfleet-agent-{backend}.service")
+        )
+        assert unit["ExecStart"] == f"/usr/lib/clockfleet-agent/backend-apply {backend}"
+        assert unit["User"] == "root"
+        assert unit["CapabilityBoundingSet"] == caps
+        assert unit["NoNewPrivileges"] == "yes"
+        assert unit["ProtectSystem"] == "strict"
+        assert unit["RestrictAddressFamilies"] == "AF_UNIX"
+        path = member(debs(suite), f"{lib}/systemd/system/clockfleet-agent-{backend}.path")
+        assert f"PathChanged=/var/lib/clockfleet/{backend}\n" in path
+
+
+@pytest.mark.parametrize("suite", hostkit.SUITES)
+def test_the_time_zone_grant_names_the_agents_user_only(suite, debs):
+    if suite == "bullseye":
+        text = member(
+            debs(suite), "var/lib/polkit-1/localauthority/10-vendor.d/50-clockfleet-agent.pkla"
+        )
+        identities = re.findall(r"^Identity=(.*)$", text, re.M)
+        assert identities == ["unix-user:clockfleet"]
+    else:
+        text = member(debs(suite), "usr/share/polkit-1/rules.d/50-clockfleet-agent.rules")
+        assert re.findall(r'subject\.user === "([^"]+)"', text) == ["clockfleet"]
+    assert "_chrony" not in re.sub(r"(?m)^\s*(#|//).*$", "", text)
 
 
 @pytest.mark.parametrize("suite", hostkit.SUITES)

@@ -15,6 +15,7 @@ import pytest
 
 from tests.hosts import hostkit
 from tests.hosts.stack import Stack, configure
+from tests.hosts.test_backends_systemd import chrony_sources, debians_chrony_conf
 
 pytestmark = pytest.mark.slow
 
@@ -166,8 +167,48 @@ def test_purge_removes_the_unit_the_user_and_the_files(host):
         "ls -d /etc/clockfleet /var/lib/clockfleet /opt/clockfleet-agent "
         "/lib/systemd/system/clockfleet-agent.service "
         "/usr/lib/systemd/system/clockfleet-agent.service "
+        "/lib/systemd/system/clockfleet-agent-chrony.path "
+        "/usr/lib/systemd/system/clockfleet-agent-chrony.path "
+        "/usr/lib/clockfleet-agent /run/clockfleet-agent /etc/chrony/clockfleet "
         "/etc/systemd/system/multi-user.target.wants/clockfleet-agent.service 2>/dev/null"
     ).out
     assert left.strip() == ""
     assert host.unit("LoadState") == "not-found"
     assert host.ok("dpkg-statoverride --list | grep -c clockfleet || true").strip() == "0"
+
+
+@pytest.mark.parametrize("suite", hostkit.SUITES)
+def test_remove_and_purge_give_chronyd_its_own_configuration_back(suite, fresh_host, stack, debs):
+    host = fresh_host(suite)
+    pool = debians_chrony_conf(host)
+    host.ok("cp -p /etc/chrony/chrony.conf /root/chrony.conf.before")
+    agent_id = f"pbx-{suite}-chrony-purge"
+    fleet = {s.host for s in stack.servers}
+
+    def taken_over() -> None:
+        stack.wait_report(agent_id, lambda r: r["ok"] and r["discipline"] == "chrony", host=host)
+        hostkit.wait_for(lambda: chrony_sources(host) == fleet, 15, "the fleet's list alone")
+        # The control for the comparisons below: the fleet's list changed chrony.conf.
+        assert host.sh("cmp /root/chrony.conf.before /etc/chrony/chrony.conf").code == 1
+
+    def given_back() -> None:
+        assert host.ok("cmp /root/chrony.conf.before /etc/chrony/chrony.conf && echo same")
+        # chronyd was told (a restart: a reload would neither drop the fleet's sourcedir nor
+        # bring the pool back): Debian's pool again, none of the fleet's servers.
+        hostkit.wait_for(lambda: chrony_sources(host) == {pool}, 15, "chronyd's own pool")
+        assert host.sh("test -e /etc/chrony/clockfleet").code == 1
+
+    configure(host, stack, agent_id, backend="chrony")
+    taken_over()
+
+    host.ok("DEBIAN_FRONTEND=noninteractive apt-get remove -y -q clockfleet-agent 2>&1")
+    given_back()
+
+    # Installed again (agent.yaml, a conffile, was kept): the agent takes chronyd over again.
+    stack.reports.pop(agent_id, None)
+    host.install(debs(suite))
+    taken_over()
+
+    host.ok("DEBIAN_FRONTEND=noninteractive apt-get purge -y -q clockfleet-agent 2>&1")
+    given_back()
+    assert host.ok("stat -c '%a %U %G' /etc/chrony/chrony.conf").strip() == "644 root root"

@@ -1,15 +1,33 @@
-"""The `chrony` backend: hand the list to a running chronyd through its sourcedir and chronyc."""
+"""The `chrony` backend: hand the list to a running chronyd through its sourcedir and chronyc.
+
+Two ways, chosen by the options:
+
+- by the root helper (the default; the package's way): the agent, as its own user with no
+  capability, writes the sources file (and a step request) into its own state directory,
+  /var/lib/clockfleet/chrony; a systemd path unit runs the package's root helper
+  (packaging/debian/backend-apply), which checks every line, installs it as chronyd's only
+  source, runs chronyc's privileged commands and writes what it did to
+  /run/clockfleet-agent/chrony.status, which the agent reads to confirm. So the agent needs
+  neither chronyd's user nor its command socket (docs/hosts.md, "Backends and privileges").
+- by chronyc itself (`socket:` given, or `helper_status: null`): the agent writes into
+  chronyd's sourcedir and runs `chronyc reload sources` / `makestep` over the socket; for a
+  chronyd of its own (tests, a private -x client) or a root agent.
+"""
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 import re
+import secrets
 import shutil
 import socket
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from clockfleet.agent.clock_backends import (
     DEFAULT_STEP_THRESHOLD_S,
@@ -22,9 +40,27 @@ from clockfleet.agent.clock_backends import (
     run_command,
     writable_dir_problem,
 )
-from clockfleet.agent.files import write_if_changed
+from clockfleet.agent.files import write_atomic, write_if_changed
 
 log = logging.getLogger(__name__)
+
+HELPER = "clockfleet-agent-chrony.service"
+HELPER_SOURCEDIR = Path("/var/lib/clockfleet/chrony")
+HELPER_STATUS = Path("/run/clockfleet-agent/chrony.status")
+CHRONY_SOURCEDIR = Path("/etc/chrony/sources.d")  # Debian's, for chronyc's own way
+STEP_REQUEST = "makestep"  # beside the sources file: "THRESHOLD NONCE\n"
+MAX_STATUS_BYTES = 1 << 20
+
+
+def read_helper_status(path: Path) -> dict[str, Any]:
+    """The helper's last status (JSON object), or {} when there is none or it is unreadable."""
+    try:
+        with open(path, "rb") as f:
+            raw = f.read(MAX_STATUS_BYTES + 1)
+        value = json.loads(raw) if len(raw) <= MAX_STATUS_BYTES else None
+    except (OSError, ValueError):
+        return {}
+    return value if isinstance(value, dict) else {}
 
 
 _CHRONY_OPTIONS_RE = re.compile(r"\A[a-z]+(?: [a-z]+| -?[0-9]+(?:\.[0-9]+)?)*\Z")
@@ -81,9 +117,12 @@ class ChronyBackend:
     after three updates anyway).
     """
 
-    sourcedir: str | Path = "/etc/chrony/sources.d"
+    # None: HELPER_SOURCEDIR by the helper, CHRONY_SOURCEDIR by chronyc itself.
+    sourcedir: str | Path | None = None
     chronyc: str | Sequence[str] = "chronyc"
     socket: str | Path | None = None
+    # Where the root helper says what it applied; None (or a `socket`): chronyc's own way.
+    helper_status: str | Path | None = HELPER_STATUS
     step_threshold_s: float = DEFAULT_STEP_THRESHOLD_S
     sources_file: str = "clockfleet.sources"
     server_options: str = "iburst"
@@ -93,7 +132,11 @@ class ChronyBackend:
     blocking: bool = field(default=True, init=False)  # apply() runs commands, writes files
 
     def __post_init__(self) -> None:
+        if self.sourcedir is None:
+            self.sourcedir = HELPER_SOURCEDIR if self.by_helper else CHRONY_SOURCEDIR
         self.sourcedir = Path(self.sourcedir)
+        if self.helper_status is not None:
+            self.helper_status = Path(self.helper_status)
         if "/" in self.sources_file or not self.sources_file.endswith(".sources"):
             raise ValueError(
                 f"sources_file {self.sources_file!r}: a plain name ending in .sources "
@@ -106,7 +149,12 @@ class ChronyBackend:
 
     @property
     def path(self) -> Path:
-        return Path(self.sourcedir) / self.sources_file
+        return Path(self.sourcedir) / self.sources_file  # type: ignore[arg-type]
+
+    @property
+    def by_helper(self) -> bool:
+        """Whether the root helper, not this process, runs chronyc's privileged commands."""
+        return self.socket is None and self.helper_status is not None
 
     def _chronyc(self, *args: str) -> tuple[int, str]:
         argv = command_argv(self.chronyc)
@@ -115,6 +163,11 @@ class ChronyBackend:
         return run_command([*argv, *args], self.command_timeout_s)
 
     def check(self) -> str | None:
+        if self.by_helper:
+            d = Path(self.sourcedir)  # type: ignore[arg-type]
+            # The package's unit makes it (StateDirectory=); elsewhere its parent must allow it.
+            problem = writable_dir_problem(d if d.exists() else d.parent)
+            return None if problem is None else f"chrony backend: {problem}"
         binary = command_argv(self.chronyc)[0]
         if shutil.which(binary) is None:
             return f"chrony backend: {binary} not found (install chrony)"
@@ -142,6 +195,8 @@ class ChronyBackend:
         if problem is not None:
             return Applied("chrony", False, problem)
         content = render_chrony_sources(servers, chosen, self.server_options)
+        if self.by_helper:
+            return self._apply_by_helper(servers, chosen, offset_s, content)
         try:
             changed = write_if_changed(self.path, content)
         except OSError as e:
@@ -193,6 +248,62 @@ class ChronyBackend:
             time.sleep(0.1)
         done.append(f"chronyd lists {fmt_server(chosen)} (prefer)")
         return Applied("chrony", step_failed is None, "; ".join(done))
+
+    def _apply_by_helper(
+        self, servers: Sequence[Server], chosen: Server, offset_s: float, content: str
+    ) -> Applied:
+        """Hand the sources file (and a step request) to the root helper; confirm by its
+        status: the digest of what it applied, and chronyd listing the chosen server."""
+        sourcedir = Path(self.sourcedir)  # type: ignore[arg-type]
+        status_path = Path(self.helper_status)  # type: ignore[arg-type]
+        digest = hashlib.sha256(content.encode()).hexdigest()
+        request: str | None = None
+        try:
+            sourcedir.mkdir(exist_ok=True)
+            if abs(offset_s) > self.step_threshold_s:
+                # A nonce: the helper arms each request once, and its status names the one.
+                request = f"{self.step_threshold_s:g} {secrets.token_hex(8)}\n"
+                write_atomic(sourcedir / STEP_REQUEST, request.encode())
+            changed = write_if_changed(self.path, content)
+            status = read_helper_status(status_path)
+            applied = status.get("sha256") == digest and status.get("ok") is True
+            if not changed and request is None and not applied:
+                # The helper has not applied this file (after a reboot /run is empty; or it
+                # failed, or missed a write): hand it over again, which wakes its path unit.
+                write_atomic(self.path, content.encode())
+        except OSError as e:
+            return Applied("chrony", False, f"cannot write {self.path}: {e.strerror or e}")
+        done = [f"{'wrote' if changed else 'unchanged'} {self.path} ({len(servers)} servers)"]
+        wanted = _addresses_of(chosen[0])
+        deadline = time.monotonic() + self.confirm_timeout_s
+        while True:
+            status = read_helper_status(status_path)
+            ours = status.get("sha256") == digest and (
+                request is None or status.get("step") == request
+            )
+            if ours and status.get("ok") is not True:
+                detail = status.get("detail") or "failed"
+                return Applied("chrony", False, "; ".join([*done, f"{HELPER}: {detail}"]))
+            listed = parse_chrony_sources_csv(str(status.get("sources") or ""))
+            if ours and any(addr in wanted for _, _, addr in listed):
+                break
+            if time.monotonic() >= deadline:
+                if ours:
+                    shown = ", ".join(a for _, _, a in listed) or "nothing"
+                    why = (
+                        f"chronyd does not list {chosen[0]} after "
+                        f"{self.confirm_timeout_s:g} s (lists {shown})"
+                    )
+                else:
+                    why = (
+                        f"{HELPER} did not apply it within {self.confirm_timeout_s:g} s "
+                        f"({status_path}: {status.get('detail') or 'nothing'})"
+                    )
+                return Applied("chrony", False, "; ".join([*done, why]))
+            time.sleep(0.1)
+        done.append(f"{HELPER}: {status.get('detail')}")
+        done.append(f"chronyd lists {fmt_server(chosen)} (prefer)")
+        return Applied("chrony", True, "; ".join(done))
 
 
 # --- timesyncd ----------------------------------------------------------------------------

@@ -1,13 +1,30 @@
-"""The `timesyncd` backend: hand the list to systemd-timesyncd as a drop-in, then restart it."""
+"""The `timesyncd` backend: hand the list to systemd-timesyncd as a drop-in, then restart it.
+
+Two ways, chosen by the options:
+
+- by the root helper (the default; the package's way): the agent, as its own user with no
+  capability and no D-Bus right, writes the drop-in into its own state directory,
+  /var/lib/clockfleet/timesyncd; a systemd path unit runs the package's root helper
+  (packaging/debian/backend-apply), which checks it, installs it in
+  /etc/systemd/timesyncd.conf.d, restarts systemd-timesyncd and writes what it did to
+  /run/clockfleet-agent/timesyncd.status, which the agent reads to confirm. A root agent
+  would not do: root, even with no capability, may ask systemd over D-Bus for anything,
+  a transient unit with every capability included (docs/trust.md, "On a host").
+- by a command of its own (`restart_command:` given, or `helper_status: null`): the agent
+  writes into `dropin_dir` and runs the command (`systemctl restart systemd-timesyncd`).
+"""
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import shutil
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from clockfleet.agent.backend_chrony import read_helper_status
 from clockfleet.agent.clock_backends import (
     Applied,
     Server,
@@ -18,12 +35,17 @@ from clockfleet.agent.clock_backends import (
     run_command,
     writable_dir_problem,
 )
-from clockfleet.agent.files import write_if_changed
+from clockfleet.agent.files import write_atomic, write_if_changed
 
 log = logging.getLogger(__name__)
 
 
 NTP_PORT = 123
+HELPER = "clockfleet-agent-timesyncd.service"
+HELPER_DROPIN_DIR = Path("/var/lib/clockfleet/timesyncd")
+HELPER_STATUS = Path("/run/clockfleet-agent/timesyncd.status")
+TIMESYNCD_DROPIN_DIR = Path("/etc/systemd/timesyncd.conf.d")
+RESTART_COMMAND = ("systemctl", "restart", "systemd-timesyncd")
 
 
 def render_timesyncd_dropin(servers: Sequence[Server], chosen: Server) -> tuple[str, list[str]]:
@@ -54,25 +76,45 @@ def render_timesyncd_dropin(servers: Sequence[Server], chosen: Server) -> tuple[
 
 @dataclass
 class TimesyncdBackend:
-    dropin_dir: str | Path = "/etc/systemd/timesyncd.conf.d"
+    # None: HELPER_DROPIN_DIR by the helper, TIMESYNCD_DROPIN_DIR by a command of its own.
+    dropin_dir: str | Path | None = None
     dropin_name: str = "clockfleet.conf"
-    restart_command: str | Sequence[str] = ("systemctl", "restart", "systemd-timesyncd")
+    # None: RESTART_COMMAND when there is no helper.
+    restart_command: str | Sequence[str] | None = None
+    # Where the root helper says what it applied; None (or a restart_command): no helper.
+    helper_status: str | Path | None = HELPER_STATUS
     command_timeout_s: float = 30.0
+    confirm_timeout_s: float = 10.0  # the helper restarts timesyncd in about a second
     name: str = field(default="timesyncd", init=False)
     blocking: bool = field(default=True, init=False)  # apply() runs commands, writes files
     _restart_pending: bool = field(default=False, init=False, repr=False)
 
     def __post_init__(self) -> None:
+        if self.dropin_dir is None:
+            self.dropin_dir = HELPER_DROPIN_DIR if self.by_helper else TIMESYNCD_DROPIN_DIR
         self.dropin_dir = Path(self.dropin_dir)
+        if self.helper_status is not None:
+            self.helper_status = Path(self.helper_status)
+        if self.restart_command is None and not self.by_helper:
+            self.restart_command = RESTART_COMMAND
         if "/" in self.dropin_name or not self.dropin_name.endswith(".conf"):
             raise ValueError(f"dropin_name {self.dropin_name!r}: a plain name ending in .conf")
 
     @property
     def path(self) -> Path:
-        return Path(self.dropin_dir) / self.dropin_name
+        return Path(self.dropin_dir) / self.dropin_name  # type: ignore[arg-type]
+
+    @property
+    def by_helper(self) -> bool:
+        """Whether the root helper, not this process, installs the drop-in and restarts."""
+        return self.restart_command is None and self.helper_status is not None
 
     def check(self) -> str | None:
-        binary = command_argv(self.restart_command)[0]
+        if self.by_helper:
+            d = Path(self.dropin_dir)  # type: ignore[arg-type]
+            problem = writable_dir_problem(d if d.exists() else d.parent)
+            return None if problem is None else f"timesyncd backend: {problem}"
+        binary = command_argv(self.restart_command or RESTART_COMMAND)[0]
         if shutil.which(binary) is None:
             return f"timesyncd backend: {binary} not found"
         d = Path(self.dropin_dir)
@@ -92,6 +134,8 @@ class TimesyncdBackend:
                 f"{fmt_server(chosen)} cannot be handed to it",
             )
         content, skipped = render_timesyncd_dropin(servers, chosen)
+        if self.by_helper:
+            return self._apply_by_helper(content, skipped)
         try:
             Path(self.dropin_dir).mkdir(parents=True, exist_ok=True)
             changed = write_if_changed(self.path, content)
@@ -101,7 +145,8 @@ class TimesyncdBackend:
         if skipped:
             done.append(f"left out (timesyncd uses port {NTP_PORT} only): {', '.join(skipped)}")
         if changed or self._restart_pending:
-            rc, out = run_command(command_argv(self.restart_command), self.command_timeout_s)
+            argv = command_argv(self.restart_command or RESTART_COMMAND)
+            rc, out = run_command(argv, self.command_timeout_s)
             if rc != 0:
                 self._restart_pending = True
                 return Applied(
@@ -113,5 +158,37 @@ class TimesyncdBackend:
             done.append("restarted systemd-timesyncd")
         return Applied("timesyncd", True, "; ".join(done))
 
+    # --- system -------------------------------------------------------------------------------
 
-# --- system -------------------------------------------------------------------------------
+    def _apply_by_helper(self, content: str, skipped: list[str]) -> Applied:
+        """Hand the drop-in to the root helper; confirm by its status (the digest of what
+        it installed, and whether the restart worked)."""
+        status_path = Path(self.helper_status)  # type: ignore[arg-type]
+        digest = hashlib.sha256(content.encode()).hexdigest()
+        try:
+            Path(self.dropin_dir).mkdir(exist_ok=True)  # type: ignore[arg-type]
+            changed = write_if_changed(self.path, content)
+            status = read_helper_status(status_path)
+            if not changed and not (status.get("sha256") == digest and status.get("ok")):
+                # Not applied yet (after a reboot /run is empty; or it failed, or missed a
+                # write): hand it over again, which wakes the helper's path unit.
+                write_atomic(self.path, content.encode())
+        except OSError as e:
+            return Applied("timesyncd", False, f"cannot write {self.path}: {e.strerror or e}")
+        done = [f"{'wrote' if changed else 'unchanged'} {self.path}"]
+        if skipped:
+            done.append(f"left out (timesyncd uses port {NTP_PORT} only): {', '.join(skipped)}")
+        deadline = time.monotonic() + self.confirm_timeout_s
+        while True:
+            status = read_helper_status(status_path)
+            if status.get("sha256") == digest:
+                ok = status.get("ok") is True
+                done.append(f"{HELPER}: {status.get('detail') or ('ok' if ok else 'failed')}")
+                return Applied("timesyncd", ok, "; ".join(done))
+            if time.monotonic() >= deadline:
+                done.append(
+                    f"{HELPER} did not apply it within {self.confirm_timeout_s:g} s "
+                    f"({status_path}: {status.get('detail') or 'nothing'})"
+                )
+                return Applied("timesyncd", False, "; ".join(done))
+            time.sleep(0.1)

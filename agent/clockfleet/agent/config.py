@@ -8,6 +8,9 @@ drop a setting. The YAML parser is imported only when a file is actually read, s
 from __future__ import annotations
 
 import argparse
+import os
+import sys
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Optional
 
@@ -23,6 +26,9 @@ from clockfleet.protocol.messages import (
 
 DEFAULT_CONFIG = Path("/etc/clockfleet/agent.yaml")
 DEFAULT_STATE_DIR = Path("/var/lib/clockfleet")
+# Set by the packaged unit (observe) and each backend's drop-in: the backend whose privileges
+# systemd gave this process. The agent refuses to run another one (validate()).
+UNIT_BACKEND_ENV = "CLOCKFLEET_UNIT_BACKEND"
 
 
 class ConfigError(ValueError):
@@ -153,8 +159,11 @@ def apply_flags(cfg: AgentConfig, args: argparse.Namespace) -> AgentConfig:
     return cfg
 
 
-def validate(cfg: AgentConfig) -> AgentConfig:
-    """Cross-field checks; raises ConfigError with the first problem found."""
+def validate(cfg: AgentConfig, environ: Mapping[str, str] | None = None) -> AgentConfig:
+    """Cross-field checks; raises ConfigError with the first problem found.
+
+    `environ` (default os.environ) may name the backend the unit granted (UNIT_BACKEND_ENV).
+    """
     if cfg.id is None:
         raise ConfigError("no agent id: give --id or `id:` in the config file")
     if not is_valid_id(cfg.id):
@@ -179,4 +188,58 @@ def validate(cfg: AgentConfig) -> AgentConfig:
         raise ConfigError("retry_max_s/reconnect_max_s must not be below their minimum")
     if cfg.log_level.lower() not in ("debug", "info", "warning", "error"):
         raise ConfigError(f"log_level {cfg.log_level!r}: debug, info, warning or error")
+    problem = unit_grant_problem(cfg.backend, os.environ if environ is None else environ)
+    if problem is not None:
+        raise ConfigError(problem)
     return cfg
+
+
+def unit_grant_problem(backend: str, environ: Mapping[str, str]) -> str | None:
+    """Why the agent must not run `backend` in a unit that granted another backend's
+    privileges, or None (no unit said, or the same one).
+
+    The package's generator decides the unit's privileges with unit_backend() below, the
+    same loader as the agent's; they still differ when agent.yaml changed and no
+    `daemon-reload` followed, or when the generator could not run the loader at boot. Then
+    the agent would run one backend with another's privileges: it refuses instead.
+    """
+    granted = environ.get(UNIT_BACKEND_ENV)
+    if granted is None or granted == backend:
+        return None
+    return (
+        f"backend {backend!r}, but this unit was started with backend {granted!r}'s "
+        "privileges (agent.yaml changed since systemd last read it): run "
+        "`systemctl daemon-reload` and start the agent again"
+    )
+
+
+def unit_backend(path: Path) -> str:
+    """The backend `clockfleet agent --config PATH` runs: what its unit must grant.
+
+    The systemd generator and clockfleet-agent-config.service call this (`python -m
+    clockfleet.agent.config --backend-of PATH`) so that one parser, the agent's own,
+    decides. Raises ConfigError for a file the agent would refuse: the unit then grants
+    nothing beyond `observe`'s (no privilege), and the agent stops on the same error.
+    """
+    cfg = from_mapping(load_file(path, required=True), str(path))
+    if cfg.backend not in BACKEND_NAMES:
+        raise ConfigError(f"backend {cfg.backend!r}: must be one of {', '.join(BACKEND_NAMES)}")
+    return cfg.backend
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`python -m clockfleet.agent.config --backend-of FILE`: print the backend FILE names
+    (exit 0), or the reason the agent would refuse FILE on stderr (exit 1)."""
+    p = argparse.ArgumentParser(prog="python -m clockfleet.agent.config")
+    p.add_argument("--backend-of", type=Path, required=True, metavar="FILE")
+    args = p.parse_args(argv)
+    try:
+        print(unit_backend(args.backend_of))
+    except ConfigError as exc:
+        print(f"clockfleet agent: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
