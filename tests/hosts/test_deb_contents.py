@@ -1,16 +1,22 @@
 """The agent package itself, without a container (issue 13, part 1): what it carries, how its
-unit differs from the shipped one, and lintian."""
+unit differs from the shipped one, the backends' drop-ins and root helpers, the grammar the
+root helper accepts and postrm's undoing of its chrony.conf take-over, and lintian."""
 
 from __future__ import annotations
 
 import configparser
+import importlib.machinery
+import importlib.util
 import re
 import shutil
 import subprocess
+import types
 from pathlib import Path
 
 import pytest
 
+from clockfleet.agent.backend_chrony import render_chrony_sources
+from clockfleet.agent.backend_timesyncd import render_timesyncd_dropin
 from tests.hosts import hostkit
 
 REPO_UNIT = hostkit.REPO / "agent" / "clockfleet-agent.service"
@@ -149,3 +155,115 @@ def test_lintian_finds_nothing_beyond_the_explained_overrides(suite, debs):
     tags = [line for line in r.stdout.splitlines() if re.match(r"^[EWI]: ", line)]
 
     assert r.returncode == 0 and not tags, r.stdout + r.stderr
+
+
+def backend_apply() -> types.ModuleType:
+    """packaging/debian/backend-apply, the root helper, as a module (it has no .py name)."""
+    path = hostkit.REPO / "packaging/debian/backend-apply"
+    loader = importlib.machinery.SourceFileLoader("backend_apply", str(path))
+    module = importlib.util.module_from_spec(importlib.util.spec_from_loader(loader.name, loader))
+    loader.exec_module(module)
+    return module
+
+
+@pytest.mark.parametrize(
+    ("servers", "options"),
+    [
+        ([("192.0.2.10", 123), ("ntp1.example.net", 1123)], "iburst"),
+        ([("2001:db8::1", 123), ("::1", 65535)], "iburst minpoll 0 maxpoll 2"),
+        ([(f"ntp{n}.example.net", 123) for n in range(64)], ""),
+    ],
+)
+def test_the_root_helper_accepts_every_file_the_agent_renders(servers, options):
+    helper = backend_apply()
+    sources = render_chrony_sources(servers, servers[-1], options)
+    dropin, _ = render_timesyncd_dropin(servers, servers[0])
+
+    assert helper.check_chrony_sources(sources.encode()) == [h for h, _ in servers]
+    helper.check_timesyncd_dropin(dropin.encode())  # raises Refused otherwise
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "pool 2.debian.pool.ntp.org iburst\n",  # only `server` lines
+        "server 192.0.2.1 port 123 iburst\nallow all\n",
+        "server -f port 123\n",  # an option, not a host
+        "server 192.0.2.1 port 123 key /etc/shadow\n",
+        "server 192.0.2.1 port 99999\n",
+        "server 192.0.2.1 port 123",  # no final newline
+        "server ntp\u00e9.example port 123\n",
+        "# only a comment\n",
+        "".join(f"server 192.0.2.{n} port 123\n" for n in range(65)),
+    ],
+)
+def test_the_root_helper_refuses_any_other_sources_file(text):
+    helper = backend_apply()
+
+    with pytest.raises(helper.Refused):
+        helper.check_chrony_sources(text.encode())
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "[Time]\nNTP=192.0.2.1\nFallbackNTP=192.0.2.66\n",
+        "[Time]\nNTP=192.0.2.1\n[Time]\nNTP=192.0.2.2\n",
+        "[Time]\nRootDistanceMaxSec=3600\nNTP=192.0.2.1\n",
+        "NTP=192.0.2.1\n",
+    ],
+)
+def test_the_root_helper_refuses_any_other_timesyncd_dropin(text):
+    helper = backend_apply()
+
+    with pytest.raises(helper.Refused):
+        helper.check_timesyncd_dropin(text.encode())
+
+
+def postrm_restore(path: Path) -> None:
+    """Run postrm's own awk program (give_back_chrony_conf) on `path`."""
+    postrm = (hostkit.REPO / "packaging/debian/postrm").read_text()
+    program = re.search(r"awk -v mark=\"\$MARK\" '(.*?)' \"\$f\"", postrm, re.S)
+    mark = re.search(r"^MARK='([^']*)'$", postrm, re.M)
+    assert program and mark
+    out = subprocess.run(
+        ["awk", "-v", f"mark={mark.group(1)}", program.group(1), str(path)],
+        capture_output=True,
+        check=True,
+    )
+    path.write_bytes(out.stdout)
+
+
+DEBIAN_CHRONY_CONF = (
+    b"# Include configuration files found in /etc/chrony/conf.d.\n"
+    b"confdir /etc/chrony/conf.d\n\n# Use Debian vendor zone.\n"
+    b"pool 2.debian.pool.ntp.org iburst\n\n# Use time sources from DHCP.\n"
+    b"sourcedir /run/chrony-dhcp\n\nsourcedir /etc/chrony/sources.d\n"
+    b"keyfile /etc/chrony/chrony.keys\ndriftfile /var/lib/chrony/chrony.drift\n"
+    b"makestep 1 3\n"
+)
+
+
+@pytest.mark.parametrize(
+    "original",
+    [
+        DEBIAN_CHRONY_CONF,
+        b"  Server 192.0.2.1 iburst\r\n\tpeer 192.0.2.2\npool\x0cx\nrefclock PHC /dev/ptp0\n",
+        b"server a\n#clockfleet-agent#x keeps its own comment\n\n\n",
+        b"",
+    ],
+)
+def test_postrm_gives_back_what_the_helper_took_byte_for_byte(tmp_path, original):
+    helper = backend_apply()
+    conf = tmp_path / "chrony.conf"
+    conf.write_bytes(original)
+    helper.CHRONY_CONF, helper.CHRONY_CONFD = conf, tmp_path / "conf.d"
+
+    assert helper.take_over_chrony_conf() is True
+    taken = conf.read_bytes()
+    assert helper.take_over_chrony_conf() is False  # idempotent: taken once
+    postrm_restore(conf)
+
+    assert b"sourcedir /etc/chrony/clockfleet\n" in taken
+    assert not re.search(rb"(?m)^\s*(pool|server|peer|refclock)\s", taken.lower())
+    assert conf.read_bytes() == original

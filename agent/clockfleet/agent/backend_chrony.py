@@ -52,6 +52,20 @@ STEP_REQUEST = "makestep"  # beside the sources file: "THRESHOLD NONCE\n"
 MAX_STATUS_BYTES = 1 << 20
 
 
+def status_stamp(path: Path) -> tuple[int, int, int] | None:
+    """Which status file this is (the helper replaces it whole): a new one differs."""
+    try:
+        st = path.stat()
+    except OSError:
+        return None
+    return (st.st_ino, st.st_mtime_ns, st.st_size)
+
+
+def latest_detail(path: Path) -> str:
+    """What the helper's status file says now, for a failure's detail."""
+    return str(read_helper_status(path).get("detail") or "nothing")
+
+
 def read_helper_status(path: Path) -> dict[str, Any]:
     """The helper's last status (JSON object), or {} when there is none or it is unreadable."""
     try:
@@ -258,6 +272,7 @@ class ChronyBackend:
         status_path = Path(self.helper_status)  # type: ignore[arg-type]
         digest = hashlib.sha256(content.encode()).hexdigest()
         request: str | None = None
+        before = status_stamp(status_path)
         try:
             sourcedir.mkdir(exist_ok=True)
             if abs(offset_s) > self.step_threshold_s:
@@ -267,7 +282,8 @@ class ChronyBackend:
             changed = write_if_changed(self.path, content)
             status = read_helper_status(status_path)
             applied = status.get("sha256") == digest and status.get("ok") is True
-            if not changed and request is None and not applied:
+            handed_over = changed or request is not None or not applied
+            if handed_over and not changed:
                 # The helper has not applied this file (after a reboot /run is empty; or it
                 # failed, or missed a write): hand it over again, which wakes its path unit.
                 write_atomic(self.path, content.encode())
@@ -277,7 +293,10 @@ class ChronyBackend:
         wanted = _addresses_of(chosen[0])
         deadline = time.monotonic() + self.confirm_timeout_s
         while True:
-            status = read_helper_status(status_path)
+            # After a hand-over only the helper's next status answers it (an older one
+            # may carry the same digest: a failed run of the same list).
+            fresh = not handed_over or status_stamp(status_path) != before
+            status = read_helper_status(status_path) if fresh else {}
             ours = status.get("sha256") == digest and (
                 request is None or status.get("step") == request
             )
@@ -297,7 +316,7 @@ class ChronyBackend:
                 else:
                     why = (
                         f"{HELPER} did not apply it within {self.confirm_timeout_s:g} s "
-                        f"({status_path}: {status.get('detail') or 'nothing'})"
+                        f"({status_path}: {latest_detail(status_path)})"
                     )
                 return Applied("chrony", False, "; ".join([*done, why]))
             time.sleep(0.1)

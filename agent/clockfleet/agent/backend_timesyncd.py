@@ -24,7 +24,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from clockfleet.agent.backend_chrony import read_helper_status
+from clockfleet.agent.backend_chrony import latest_detail, read_helper_status, status_stamp
 from clockfleet.agent.clock_backends import (
     Applied,
     Server,
@@ -165,11 +165,13 @@ class TimesyncdBackend:
         it installed, and whether the restart worked)."""
         status_path = Path(self.helper_status)  # type: ignore[arg-type]
         digest = hashlib.sha256(content.encode()).hexdigest()
+        before = status_stamp(status_path)
         try:
             Path(self.dropin_dir).mkdir(exist_ok=True)  # type: ignore[arg-type]
             changed = write_if_changed(self.path, content)
             status = read_helper_status(status_path)
-            if not changed and not (status.get("sha256") == digest and status.get("ok")):
+            applied = status.get("sha256") == digest and status.get("ok") is True
+            if not changed and not applied:
                 # Not applied yet (after a reboot /run is empty; or it failed, or missed a
                 # write): hand it over again, which wakes the helper's path unit.
                 write_atomic(self.path, content.encode())
@@ -178,9 +180,15 @@ class TimesyncdBackend:
         done = [f"{'wrote' if changed else 'unchanged'} {self.path}"]
         if skipped:
             done.append(f"left out (timesyncd uses port {NTP_PORT} only): {', '.join(skipped)}")
+        if not changed and applied:
+            done.append(f"{HELPER}: {status.get('detail') or 'ok'}")
+            return Applied("timesyncd", True, "; ".join(done))
         deadline = time.monotonic() + self.confirm_timeout_s
         while True:
-            status = read_helper_status(status_path)
+            # Only the helper's next status answers this hand-over (an older one may carry
+            # the same digest: a failed restart of the same list).
+            fresh = status_stamp(status_path) != before
+            status = read_helper_status(status_path) if fresh else {}
             if status.get("sha256") == digest:
                 ok = status.get("ok") is True
                 done.append(f"{HELPER}: {status.get('detail') or ('ok' if ok else 'failed')}")
@@ -188,7 +196,7 @@ class TimesyncdBackend:
             if time.monotonic() >= deadline:
                 done.append(
                     f"{HELPER} did not apply it within {self.confirm_timeout_s:g} s "
-                    f"({status_path}: {status.get('detail') or 'nothing'})"
+                    f"({status_path}: {latest_detail(status_path)})"
                 )
                 return Applied("timesyncd", False, "; ".join(done))
             time.sleep(0.1)
