@@ -95,8 +95,10 @@ def main() -> int:
             conn,
             backend=make_backend("observe"),
         )
-        agent.on_report = on_report
-        agent.on_acked = lambda a=agent: TIMES.setdefault(a.id, {}).update(acked=time.monotonic())
+        agent.observers.on_report = on_report
+        agent.observers.on_acked = lambda a=agent: TIMES.setdefault(a.id, {}).update(
+            acked=time.monotonic()
+        )
         fleet.add(agent)
     fleet.start()
     if not all_reported.wait(120):

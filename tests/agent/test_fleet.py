@@ -105,7 +105,7 @@ def test_agent_sockets_do_not_wait_for_delayed_acks(broker, short_tmp: Path):
     agent = make_agent(broker, "a1", keys=make_keys(short_tmp / "keys"))
     with hosted(agent):
         wait_until(lambda: agent.connected)
-        sock = agent.client.socket()
+        sock = agent.link.client.socket()
         assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) != 0
 
 

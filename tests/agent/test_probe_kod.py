@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from clockfleet.agent.probe import KodMemory, ProbeSettings, probe
+from clockfleet.agent.probe import ProbeSettings, probe
+from clockfleet.agent.server_memory import KodMemory
 from tests.agent.fakentp import FakeNtpServer
 
 FAST = ProbeSettings(timeout_s=0.3)

@@ -6,7 +6,8 @@ from __future__ import annotations
 
 import time
 
-from clockfleet.agent.probe import KodMemory, ProbeSettings, probe
+from clockfleet.agent.probe import ProbeSettings, probe
+from clockfleet.agent.server_memory import KodMemory
 from tests.agent.fakentp import FakeNtpServer
 
 STAGGERED = ProbeSettings(timeout_s=0.3, retry_timeout_s=0, stagger_s=0.1, samples=2)

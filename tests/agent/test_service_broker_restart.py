@@ -29,7 +29,9 @@ def test_reports_made_while_the_broker_is_down_arrive_when_it_is_back(
     reader = Watcher(broker, f"{PREFIX}/agents/a1/report", persistent=True)
     agent = make_agent(broker, "a1", keys=keys, state_dir=short_tmp / "state")
     made: list[str] = []
-    agent.on_report = lambda a, report: made.append(json.loads(a.last_report_payload)["at"])
+    agent.observers.on_report = lambda a, report: made.append(
+        json.loads(a.last_report_payload)["at"]
+    )
     try:
         with hosted(agent) as fleet:
             reader.wait_for(lambda m: m["list_version"] == 1)

@@ -55,10 +55,10 @@ def test_a_deeply_nested_list_is_rejected_and_the_agent_goes_on(running, publish
 def test_a_handler_that_raises_is_counted_and_the_message_still_acknowledged(
     running, publisher, reports, monkeypatch
 ):
-    def broken(region: str, payload: bytes) -> None:
+    def broken(region: str, payload: bytes, cache: object) -> bool:
         raise RuntimeError("a bug in a handler")
 
-    monkeypatch.setattr(running, "_on_list", broken)
+    monkeypatch.setattr(running.in_force, "take_list", broken)
     publisher.raw(LIST_TOPIC, b"{}")
     wait_until(lambda: running.counters["handler-errors"] == 1)
     monkeypatch.undo()

@@ -10,7 +10,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-from clockfleet.agent import link
+from clockfleet.agent import report_delivery as link
 from clockfleet.agent.fleet import Fleet
 from clockfleet.agent.service import Agent
 from tests.agent.servicekit import (

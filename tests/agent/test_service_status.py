@@ -63,7 +63,7 @@ def test_the_will_says_offline_with_the_session_when_the_connection_dies(
         wait_until(lambda: ("online", 1) in states(statuses))
 
         # Cut the TCP connection under the agent, as a crash or a network fault would.
-        fleet.call_soon_threadsafe(lambda: agent.client.socket().shutdown(socket.SHUT_RDWR))
+        fleet.call_soon_threadsafe(lambda: agent.link.client.socket().shutdown(socket.SHUT_RDWR))
 
         wait_until(lambda: ("offline", 1) in states(statuses))
         # ... and it comes back by itself with the next session

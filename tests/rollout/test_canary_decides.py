@@ -39,7 +39,7 @@ def test_a_silent_new_first_server_aborts_by_itself_and_only_the_cohort_queried_
                 tried_relay[agent.id] = tried_relay.get(agent.id, 0) + 1
 
         for a in region.agents:
-            a.on_report = seen
+            a.observers.on_report = seen
         region.write([(old.host, old.port)])
         assert region.publish().returncode == 0
         wait_until(lambda: _all_on(region, [(old.host, old.port)], BASE_VERSION + 1), 30)

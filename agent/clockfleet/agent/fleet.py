@@ -23,8 +23,9 @@ Agents of one fleet share a `VerifiedCache`: identical payload bytes on the same
 the same trust store are decoded and signature-checked once, not once per agent (on separate
 hosts those checks would run in parallel; here they would queue on one thread).
 
-Observe progress with `agent.on_report = fn(agent, report)` (called on the loop thread after
-each sync), `agent.reports_made`, `agent.reports_acked`, `agent.counters`, `agent.connected`.
+Observe progress with `agent.observers.on_report = fn(agent, report)` (called on the loop
+thread after each sync), `agent.reports_made`, `agent.reports_acked`, `agent.counters`,
+`agent.connected`.
 """
 
 from __future__ import annotations
@@ -43,6 +44,7 @@ from typing import Any
 import paho.mqtt.client as mqtt
 
 from clockfleet.agent.full_collections import LoopCollections
+from clockfleet.agent.intake import VerifiedCache
 from clockfleet.agent.localloop import Timer, TimerHeap, run_inline
 
 log = logging.getLogger("clockfleet.agent.fleet")
@@ -60,29 +62,6 @@ class _Reader:
 
     def __init__(self, fn: Callable[[], Any]) -> None:
         self.fn = fn
-
-
-class VerifiedCache:
-    """Payloads an agent of this process already decoded and verified, by (type, topic id,
-    bytes, trust store): the same bytes under the same keys get the same verdict. Bounded
-    LRU; only accepted payloads are kept (a rejection is still logged and counted by each
-    agent). Used from the loop thread only."""
-
-    def __init__(self, size: int = 256) -> None:
-        self._size = size
-        self._items: collections.OrderedDict[Any, Any] = collections.OrderedDict()
-
-    def get(self, key: Any) -> Any:
-        value = self._items.get(key)
-        if value is not None:
-            self._items.move_to_end(key)
-        return value
-
-    def put(self, key: Any, value: Any) -> None:
-        self._items[key] = value
-        self._items.move_to_end(key)
-        while len(self._items) > self._size:
-            self._items.popitem(last=False)
 
 
 class Fleet:

@@ -13,6 +13,7 @@ the verdicts; tests call these directly.
 
 from __future__ import annotations
 
+import collections
 from dataclasses import dataclass
 from typing import Any, Optional, TypeVar
 
@@ -20,6 +21,29 @@ from clockfleet.protocol import signing
 from clockfleet.protocol.messages import Command, Profile, ServerList
 
 M = TypeVar("M", ServerList, Profile)
+
+
+class VerifiedCache:
+    """Payloads an agent of this process already decoded and verified, by (type, topic id,
+    bytes, trust store): the same bytes under the same keys get the same verdict. Bounded
+    LRU; only accepted payloads are kept (a rejection is still logged and counted by each
+    agent). Used from the loop thread only."""
+
+    def __init__(self, size: int = 256) -> None:
+        self._size = size
+        self._items: collections.OrderedDict[Any, Any] = collections.OrderedDict()
+
+    def get(self, key: Any) -> Any:
+        value = self._items.get(key)
+        if value is not None:
+            self._items.move_to_end(key)
+        return value
+
+    def put(self, key: Any, value: Any) -> None:
+        self._items[key] = value
+        self._items.move_to_end(key)
+        while len(self._items) > self._size:
+            self._items.popitem(last=False)
 
 
 @dataclass(frozen=True)

@@ -34,11 +34,12 @@ class OnceDriver:
         self.fatal: Optional[str] = None  # why there is nothing to report
         self.unreachable: Optional[str] = None  # why no broker could be reached
         self._fenced_region: Optional[str] = None
-        agent.on_online = self._online
-        agent.on_changed = self._changed
-        agent.on_report = self._reported
-        agent.on_acked = self._acked
-        agent.on_unreachable = self._no_broker
+        watch = agent.observers
+        watch.on_online = self._online
+        watch.on_changed = self._changed
+        watch.on_report = self._reported
+        watch.on_acked = self._acked
+        watch.on_unreachable = self._no_broker
 
     def _online(self) -> None:
         self._fence()

@@ -15,18 +15,21 @@ fn)` and `unwatch(fd)`: a Fleet's loop (10,000 agents on one thread) or a LocalL
 from __future__ import annotations
 
 import logging
+import socket
 import time
 from collections.abc import Callable, Generator, Sequence
-from typing import Any, Optional
+from typing import Optional
 
 from clockfleet.agent.choice import Attempt, Choice, ProbeResult
+from clockfleet.agent.loop_host import Cancellable, ProbeHost
+from clockfleet.agent.server_memory import KodMemory
 from clockfleet.ntp.checks import ProbeSettings
 from clockfleet.ntp.exchange import Wait
 
 log = logging.getLogger("clockfleet.agent.probe")
 
-Outcome = tuple[Attempt, Optional[str]]  # the attempt, and the kiss code received if any
-StepsFor = Callable[[int, Callable[[], None]], Generator[Wait, None, Outcome]]
+ServerResult = tuple[Attempt, Optional[str]]  # the attempt, and the kiss code received if any
+StepsFor = Callable[[int, Callable[[], None]], Generator[Wait, None, ServerResult]]
 
 
 class _Server:
@@ -49,11 +52,11 @@ class _Server:
         self.started = False
         self.answered = False  # a first good sample (or the final result) came
         self.result: Attempt | None = None
-        self.steps: Generator[Wait, None, Outcome] | None = None
-        self.sock: Any = None  # the socket being watched for it, and its number
+        self.steps: Generator[Wait, None, ServerResult] | None = None
+        self.sock: socket.socket | None = None  # the socket being watched for it, and its number
         self.fd: int | None = None
-        self.timer: Any = None  # resumes its steps when their wait runs out
-        self.stagger: Any = None  # starts the next server if this one stays silent
+        self.timer: Cancellable | None = None  # resumes its steps when their wait runs out
+        self.stagger: Cancellable | None = None  # starts the next server if this one is silent
 
 
 class Pass:
@@ -61,10 +64,10 @@ class Pass:
         self,
         servers: Sequence[tuple[str, int]],
         settings: ProbeSettings,
-        kod: Any,
+        kod: KodMemory,
         panic_s: float | None,
         steps_for: StepsFor,
-        host: Any,
+        host: ProbeHost,
         done: Callable[[ProbeResult], None],
     ) -> None:
         """`steps_for(i, on_answer)`: server i's probe as steps (probe.probe_server_steps);

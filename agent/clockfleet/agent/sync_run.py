@@ -1,0 +1,110 @@
+"""One sync, from the list in force to a report: probe, discipline, time zone, report.
+
+The probe runs on the host's loop (probe.py); the rest of the sync (sync.py: the clock
+backend and the time zone) on a worker when it can block. One sync at a time per agent: a
+sync asked for while one runs is remembered and run right after (`again`). A bug anywhere
+inside ends the sync with a failed report, never a sync that runs forever.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from typing import Optional
+
+from clockfleet.agent.agent_settings import AgentSettings
+from clockfleet.agent.clock_backends import ClockBackend
+from clockfleet.agent.localloop import run_inline
+from clockfleet.agent.loop_host import ProbeHost
+from clockfleet.agent.probe import ProbeResult, ProbeSettings, start_probe
+from clockfleet.agent.report import SyncJob, SyncOutcome, build_report
+from clockfleet.agent.server_memory import KodMemory
+from clockfleet.agent.sync import finish_sync, needs_worker
+from clockfleet.protocol import codec
+from clockfleet.protocol.messages import Report
+
+log = logging.getLogger("clockfleet.agent")
+
+# What a finished sync hands on: the report, its bytes, and what the sync did.
+Done = Callable[[Report, bytes, SyncOutcome], None]
+
+
+class SyncRun:
+    def __init__(
+        self,
+        settings: AgentSettings,
+        backend: ClockBackend,
+        kod: Optional[KodMemory],
+        wall_clock: Callable[[], float],
+    ) -> None:
+        self.id = settings.agent_id
+        self.settings = settings
+        self.backend = backend
+        self.probe_settings = settings.probe_settings or ProbeSettings()
+        self.kod = kod if kod is not None else KodMemory()
+        self.wall_clock = wall_clock
+        self.host: Optional[ProbeHost] = None
+        self.running = False
+        self.again = False  # asked for while running: run once more when done
+
+    def attach(self, host: ProbeHost) -> None:
+        self.host = host
+
+    def start(self, job: SyncJob, done: Done) -> bool:
+        """Start a sync of `job`; False when one runs already (it will run again after)."""
+        assert self.host is not None, "attach() first"
+        if self.running:
+            self.again = True
+            return False
+        self.running = True
+        self.again = False
+        servers = [(s.host, s.port) for s in job.server_list.servers]
+        try:
+            start_probe(
+                servers,
+                self.probe_settings,
+                self.kod,
+                self.host,
+                lambda result: self._probed(job, result, done),
+                first_sync=job.first_sync,
+            )
+        except Exception as exc:  # a bug must end this sync, not leave it running forever
+            self._finished(job, None, exc, done)
+        return True
+
+    def _probed(self, job: SyncJob, result: ProbeResult, done: Done) -> None:
+        assert self.host is not None
+        measured_at = (time.time(), time.monotonic())  # before any backend moves the clock
+        settings = self.settings
+
+        def finish() -> SyncOutcome:
+            return finish_sync(
+                self.id,
+                job,
+                result,
+                measured_at,
+                backend=self.backend,
+                tz_root=settings.tz_root,
+                use_timedatectl=settings.use_timedatectl,
+            )
+
+        blocks = needs_worker(job, self.backend, settings.tz_root)
+        run = self.host.run_blocking if blocks else run_inline
+        run(finish, lambda outcome, exc: self._finished(job, outcome, exc, done))
+
+    def _finished(
+        self,
+        job: SyncJob,
+        outcome: Optional[SyncOutcome],
+        exc: Optional[BaseException],
+        done: Done,
+    ) -> None:
+        self.running = False
+        if exc is not None or outcome is None:
+            log.error("%s: sync crashed: %r", self.id, exc)
+            outcome = SyncOutcome(None, None, job.timezone, None, f"sync crashed: {exc!r}")
+        report = build_report(
+            self.id, job, outcome, self.wall_clock(), self.settings.software, time.monotonic()
+        )
+        done(report, codec.encode(report), outcome)
