@@ -141,7 +141,7 @@ class BrokerLink:
             counters,
             send,
             online=lambda: self.state == LinkState.ONLINE,
-            reconnect=self.client.disconnect,
+            reconnect=self._reconnect_now,
         )
         self.client.on_connect = self._on_connect
         self.client.on_disconnect = self._on_disconnect
@@ -429,10 +429,11 @@ class BrokerLink:
         # Whatever a payload does to a handler, paho must go on to acknowledge it (QoS 1):
         # an exception escaping here would leave it unacknowledged and redelivered forever.
         try:
+            payload = bytes(msg.payload)
             if msg.topic == self._t_status:
-                self._own_status(msg.payload)
+                self._own_status(payload)
             else:
-                self.events.message(msg.topic, msg.payload)
+                self.events.message(msg.topic, payload)
         except Exception:
             self.counters["handler-errors"] += 1
             log.exception("%s: handling a message on %r failed; ignored", self.id, msg.topic)
@@ -458,6 +459,10 @@ class BrokerLink:
     ) -> None:
         if self.reports.acked(mid):
             self.events.report_acked()
+
+    def _reconnect_now(self) -> None:
+        """Drop this connection: the next one carries what is in flight again."""
+        self.client.disconnect()
 
     def _publish_status(self, state: str) -> None:
         payload = self.events.status_payload(state, self.session.value)

@@ -12,12 +12,17 @@ import logging
 import signal
 import sys
 from pathlib import Path
+from types import FrameType
+from typing import TYPE_CHECKING, Optional
 
 from clockfleet.agent import config as cfgmod
 from clockfleet.agent import local_service
 from clockfleet.agent.clock_backends import BACKEND_NAMES
 from clockfleet.protocol import connection
 from clockfleet.protocol.ids import ID_PATTERN
+
+if TYPE_CHECKING:  # the agent's modules load only when a command needs them
+    from clockfleet.agent.service import Agent
 
 log = logging.getLogger("clockfleet.agent")
 
@@ -119,7 +124,7 @@ def main(argv: list[str] | None = None) -> int:
     return run_service(agent)
 
 
-def build_agent(cfg: cfgmod.AgentConfig, args: argparse.Namespace):
+def build_agent(cfg: cfgmod.AgentConfig, args: argparse.Namespace) -> Agent:
     from clockfleet.agent.clock_backends import make_backend
     from clockfleet.agent.probe import ProbeSettings
     from clockfleet.agent.service import Agent, AgentSettings
@@ -187,7 +192,7 @@ def ask_service(state_dir: Path, pid: int, timeout_s: float) -> int:
     return 0 if ok else 1
 
 
-def run_service(agent) -> int:
+def run_service(agent: Agent) -> int:
     from clockfleet.agent.fleet import Fleet
 
     lock = None
@@ -202,11 +207,11 @@ def run_service(agent) -> int:
     fleet = Fleet(workers=2)
     stop = {"now": False}
 
-    def on_signal(signum, frame) -> None:
+    def on_signal(signum: int, frame: Optional[FrameType]) -> None:
         stop["now"] = True
         fleet.call_soon_threadsafe(lambda: None)  # wake the selector at once
 
-    def on_sync_request(signum, frame) -> None:
+    def on_sync_request(signum: int, frame: Optional[FrameType]) -> None:
         # `clockfleet agent --once` on this host (local_service.py).
         log.info("agent %s: sync requested on this host (SIGUSR1)", agent.id)
         fleet.call_soon_threadsafe(agent.sync_now)

@@ -39,13 +39,15 @@ import socket
 import threading
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import Any, TypeVar
 
 import paho.mqtt.client as mqtt
 
 from clockfleet.agent.full_collections import LoopCollections
 from clockfleet.agent.intake import VerifiedCache
 from clockfleet.agent.localloop import Timer, TimerHeap, run_inline
+
+T = TypeVar("T")
 
 log = logging.getLogger("clockfleet.agent.fleet")
 
@@ -83,7 +85,8 @@ class Fleet:
         self._watching_write: set[mqtt.Client] = set()
         # Blocking work runs on plain threads reading one queue: a ThreadPoolExecutor's
         # Future (a Condition and a lock each) per sync is measurable CPU with 10,000 agents.
-        self._work: queue.SimpleQueue[Any] | None = None
+        # jobs for the workers: each runs its function and posts the result back; None stops
+        self._work: queue.SimpleQueue[Callable[[], None] | None] | None = None
         if workers > 0:
             self._work = queue.SimpleQueue()
             for i in range(workers):
@@ -112,25 +115,30 @@ class Fleet:
             self._sel.unregister(fd)
 
     def run_blocking(
-        self, fn: Callable[[], Any], done: Callable[[Any, BaseException | None], None]
+        self, fn: Callable[[], T], done: Callable[[T | None, BaseException | None], None]
     ) -> None:
         if self._work is None:
             run_inline(fn, done)
             return
-        self._work.put((fn, done))
+
+        def job() -> None:
+            result: T | None = None
+            error: BaseException | None = None
+            try:
+                result = fn()
+            except Exception as exc:
+                error = exc
+            self.call_soon_threadsafe(lambda: done(result, error))
+
+        self._work.put(job)
 
     def _worker(self) -> None:
         assert self._work is not None
         while True:
-            item = self._work.get()
-            if item is None:
+            job = self._work.get()
+            if job is None:
                 return
-            fn, done = item
-            try:
-                result, error = fn(), None
-            except Exception as exc:
-                result, error = None, exc
-            self.call_soon_threadsafe(lambda d=done, r=result, e=error: d(r, e))
+            job()
 
     def watch(self, client: mqtt.Client) -> None:
         # Agents run paho's connect() on a worker (it resolves and handshakes), so these can

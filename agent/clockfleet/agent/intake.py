@@ -15,12 +15,17 @@ from __future__ import annotations
 
 import collections
 from dataclasses import dataclass
-from typing import Any, Optional, TypeVar
+from typing import Optional, TypeVar, Union
 
 from clockfleet.protocol import signing
 from clockfleet.protocol.messages import Command, Profile, ServerList
 
 M = TypeVar("M", ServerList, Profile)
+
+
+# (message type, topic id, payload bytes, id of the trust store) -> (that store, message)
+CacheKey = tuple[type, str, bytes, int]
+CacheEntry = tuple[signing.TrustStore, Union[ServerList, Profile]]
 
 
 class VerifiedCache:
@@ -31,15 +36,15 @@ class VerifiedCache:
 
     def __init__(self, size: int = 256) -> None:
         self._size = size
-        self._items: collections.OrderedDict[Any, Any] = collections.OrderedDict()
+        self._items: collections.OrderedDict[CacheKey, CacheEntry] = collections.OrderedDict()
 
-    def get(self, key: Any) -> Any:
+    def get(self, key: CacheKey) -> Optional[CacheEntry]:
         value = self._items.get(key)
         if value is not None:
             self._items.move_to_end(key)
         return value
 
-    def put(self, key: Any, value: Any) -> None:
+    def put(self, key: CacheKey, value: CacheEntry) -> None:
         self._items[key] = value
         self._items.move_to_end(key)
         while len(self._items) > self._size:
@@ -107,7 +112,11 @@ def command_ignored(
 
 
 def verified_cached(
-    cache: Any, cls: type[M], payload: bytes, topic_id: str, trust: signing.TrustStore
+    cache: Optional[VerifiedCache],
+    cls: type[M],
+    payload: bytes,
+    topic_id: str,
+    trust: signing.TrustStore,
 ) -> M:
     """decode_verified, remembered in `cache` (a fleet's VerifiedCache, or None): agents of one
     process receive the same bytes, and one Ed25519 check (~0.2 ms) serves them all, as it
@@ -116,7 +125,7 @@ def verified_cached(
         return decode_verified(cls, payload, topic_id, trust)
     key = (cls, topic_id, payload, id(trust))
     hit = cache.get(key)
-    if hit is not None and hit[0] is trust:
+    if hit is not None and hit[0] is trust and isinstance(hit[1], cls):
         return hit[1]
     msg = decode_verified(cls, payload, topic_id, trust)
     cache.put(key, (trust, msg))

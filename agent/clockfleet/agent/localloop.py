@@ -13,7 +13,9 @@ import itertools
 import select
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import Any, TypeVar
+
+T = TypeVar("T")
 
 
 class Timer:
@@ -64,7 +66,7 @@ class TimerHeap:
                 run(t.fn)
 
 
-def run_inline(fn: Callable[[], Any], done: Callable[[Any, BaseException | None], None]) -> None:
+def run_inline(fn: Callable[[], T], done: Callable[[T | None, BaseException | None], None]) -> None:
     """run_blocking() where there is no other thread: fn() now, then done(result, error)."""
     try:
         result = fn()
@@ -93,7 +95,7 @@ class LocalLoop:
             self._poll.unregister(fd)
 
     def run_blocking(
-        self, fn: Callable[[], Any], done: Callable[[Any, BaseException | None], None]
+        self, fn: Callable[[], T], done: Callable[[T | None, BaseException | None], None]
     ) -> None:
         run_inline(fn, done)
 

@@ -56,6 +56,7 @@ class OnceDriver:
             return
         if self.agent.server_list is None:
             self.waiting_grace = True
+            assert self.agent.host is not None
             self.agent.host.call_later(self.agent.settings.profile_grace_s, self._grace_over)
             return
         self._sync("once")

@@ -33,7 +33,7 @@ from clockfleet.agent.server_memory import KodMemory
 from clockfleet.ntp.checks import ProbeSettings, Sample
 from clockfleet.ntp.exchange import Wait, sample_burst_steps
 from clockfleet.ntp.lookup import Addresses, addresses
-from clockfleet.protocol.messages import clip_text
+from clockfleet.protocol.messages import Outcome, clip_text
 
 __all__ = [
     "Attempt",
@@ -63,7 +63,7 @@ def resolve_all(
     IP literals need no resolver and are answered at once; only names go to the pool.
     """
     out: dict[tuple[str, int], Resolved] = {}
-    pending: dict[tuple[str, int], concurrent.futures.Future] = {}
+    pending: dict[tuple[str, int], concurrent.futures.Future[Addresses]] = {}
     for host, port in servers:
         if (host, port) in out or (host, port) in pending:
             continue
@@ -110,7 +110,7 @@ def probe_server_steps(
     address gets its own settings.timeout_s (at most MAX_ADDRESSES of them). Returns the
     Attempt and the kiss code received, if any."""
     if isinstance(resolved, str):
-        outcome = "unreachable" if resolved.startswith("port ") else "unresolvable"
+        outcome: Outcome = "unreachable" if resolved.startswith("port ") else "unresolvable"
         return Attempt(host, port, outcome, resolved), None
     addresses = resolved
     first: Attempt | None = None

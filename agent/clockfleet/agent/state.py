@@ -27,6 +27,7 @@ from clockfleet.agent.files import write_atomic
 from clockfleet.protocol import codec, signing
 from clockfleet.protocol.codec import Rejected, utcnow_iso
 from clockfleet.protocol.messages import Profile, Report, ServerList
+from clockfleet.protocol.signing import M
 
 log = logging.getLogger("clockfleet.agent.state")
 
@@ -210,27 +211,31 @@ def load_cached(
     files may have been tampered with) and, `with_report`, the last report and the good sync
     it vouches for, when that sync's age can be proven (`StateDir.last_good_age`)."""
     out = Cached()
-    for name, cls, topic_id in (("profile", Profile, agent_id), ("list", ServerList, None)):
-        raw = state.load_profile_payload() if cls is Profile else state.load_list_payload()
+
+    def cached(name: str, cls: type[M], raw: bytes | None, topic_id: str | None) -> M | None:
         if not raw:
-            continue
+            return None
         try:
-            msg, _ = signing.decode_signed(cls, raw, topic_id, trust)
+            return signing.decode_signed(cls, raw, topic_id, trust)[0]
         except Rejected as r:
             out.refused.append(r.reason)
             log.warning("%s: cached %s refused (%s): %s", agent_id, name, r.reason, r.detail)
-            continue
-        if isinstance(msg, Profile):
-            out.profile, out.profile_payload = msg, raw
-        else:
-            out.server_list, out.list_payload = msg, raw
-            log.info(
-                "%s: cached list v%d of region %s loaded (%d servers)",
-                agent_id,
-                msg.version,
-                msg.region,
-                len(msg.servers),
-            )
+            return None
+
+    raw_profile = state.load_profile_payload()
+    out.profile = cached("profile", Profile, raw_profile, agent_id)
+    out.profile_payload = raw_profile if out.profile is not None else None
+    raw_list = state.load_list_payload()
+    out.server_list = sl = cached("list", ServerList, raw_list, None)
+    if sl is not None:
+        out.list_payload = raw_list
+        log.info(
+            "%s: cached list v%d of region %s loaded (%d servers)",
+            agent_id,
+            sl.version,
+            sl.region,
+            len(sl.servers),
+        )
     raw = state.load_report() if with_report else None
     if not raw:
         return out

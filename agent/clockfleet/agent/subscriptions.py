@@ -88,7 +88,8 @@ class Subscriptions:
             self.counters["subscribe-failures"] += 1
             log.warning("%s: subscribe refused (%s); retrying", self.id, why)
             retry = topics
-            self.host.call_later(
-                backoff_delay(1, 1.0, 4.0, self.rng),
-                lambda: self._connected() and self.subscribe(retry),
-            )
+            self.host.call_later(backoff_delay(1, 1.0, 4.0, self.rng), lambda: self._retry(retry))
+
+    def _retry(self, topics: list[str]) -> None:
+        if self._connected():
+            self.subscribe(topics)

@@ -8,18 +8,19 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Any, Optional
+from typing import Optional
 
 from clockfleet.agent.choice import ProbeResult
+from clockfleet.agent.clock_backends import ClockBackend
 from clockfleet.agent.report import SyncJob, SyncOutcome
 
 log = logging.getLogger("clockfleet.agent")
 
 
-def needs_worker(job: SyncJob, backend: Any, tz_root: Optional[Path]) -> bool:
+def needs_worker(job: SyncJob, backend: ClockBackend, tz_root: Optional[Path]) -> bool:
     """Whether finish_sync may block (a backend that runs commands or writes files, or a
     time zone to set), so that it must not run on the agent's loop."""
-    return getattr(backend, "blocking", True) or (job.timezone is not None and tz_root is not None)
+    return backend.blocking or (job.timezone is not None and tz_root is not None)
 
 
 def finish_sync(
@@ -28,7 +29,7 @@ def finish_sync(
     result: ProbeResult,
     measured_at: tuple[float, float],
     *,
-    backend: Any,
+    backend: ClockBackend,
     tz_root: Optional[Path],
     use_timedatectl: Optional[bool],
 ) -> SyncOutcome:
@@ -37,7 +38,7 @@ def finish_sync(
     servers = [(s.host, s.port) for s in job.server_list.servers]
     applied = None
     error = None
-    if result.ok:
+    if result.chosen is not None and result.chosen.sample is not None:
         chosen = (result.chosen.host, result.chosen.port)
         try:
             applied = backend.apply(servers, chosen, result.chosen.sample.offset_s)
