@@ -188,9 +188,10 @@ def measure(
     floor_each: bool = True,
     subscribers: bool = True,
 ) -> dict[str, Any]:
-    """One fleet size: ours, then the floor (if asked), then the bare subscribers, each with
-    `rounds` list updates on a fresh broker (Phase), one after the other (never two at once:
-    they would share the 2 cores)."""
+    """One fleet size. Ours and the floor (if asked) are both up, each on a broker and a
+    collector of its own (Phase), and their list updates alternate, one at a time: ours,
+    the floor, ours, ... (never two at once: they would share the 2 cores), so that other
+    work on the machine weighs on both alike. Then the bare subscribers on a third broker."""
     out: dict[str, Any] = {"n": n}
     with Bench(f"conv{n}") as b:
         chrony = b.chronyd()
@@ -198,42 +199,86 @@ def measure(
         version = 1
 
         # --- ours: N real agents, the real collector ------------------------------------
-        phase = Phase(b, "ours", nodelay, version, server)
-        pub = phase.pub
-        collector = phase.collector(b)
+        ours_phase = Phase(b, "ours", nodelay, version, server)
+        ours_col = ours_phase.collector(b)
         fleet = b.worker(
             "bench.fleet_worker",
-            *phase.where,
-            *("--n", n, "--region", REGION, "--trust", pub.pub_path, "--workers", workers),
+            *ours_phase.where,
+            *("--n", n, "--region", REGION, "--trust", ours_phase.pub.pub_path),
+            *("--workers", workers),
         )
         up = fleet.expect("ready", 240 + n / 20)
-        if profile_to is not None:
-            fleet.profile_from_now(profile_to)
         out["fleet_up_s"] = up["seconds"]
         out["fleet_rss_mb"] = up["rss"] / 2**20
         out["fleet_kb_per_agent"] = (up["rss"] - up["rss_before"]) / n / 1024
+
+        # --- the floor: N minimal clients, the same collector code ----------------------
+        if floor:
+            floor_phase = Phase(b, "floor", nodelay, version, server)
+            floor_col = floor_phase.collector(b)
+            minimal = b.worker(
+                "bench.ref_minimal",
+                *floor_phase.where,
+                *("--n", n, "--region", REGION, "--trust", floor_phase.pub.pub_path),
+                *("--initial", version),
+            )
+            out["floor_up_s"] = minimal.expect("ready", 240 + n / 20)["seconds"]
+        if profile_to is not None:
+            fleet.profile_from_now(profile_to)
+        if floor and floor_profile_to is not None:
+            minimal.profile_from_now(floor_profile_to)
+
         ours: list[list[float]] = []
         made: list[list[float]] = []
         pubacks: list[float] = []
-        cpu0 = [*cpu_of(fleet, collector), phase.broker_cpu()]
+        ours_cpu = [0.0, 0.0, 0.0]  # clients, collector, broker: summed over the rounds
+        floors: list[list[float]] = []
+        floor_pubacks: list[float] = []
+        floor_cpu = [0.0, 0.0, 0.0]
         for _ in range(rounds):
             version += 1
-            t_sent, latencies = one_round(collector, pub, version, n, server)
-            pubacks.append(pub.last.puback - t_sent)
+            cpu0 = [*cpu_of(fleet, ours_col), ours_phase.broker_cpu()]
+            t_sent, latencies = one_round(ours_col, ours_phase.pub, version, n, server)
+            cpu1 = [*cpu_of(fleet, ours_col), ours_phase.broker_cpu()]
+            ours_cpu = [a + c1 - c0 for a, c0, c1 in zip(ours_cpu, cpu0, cpu1, strict=True)]
+            pubacks.append(ours_phase.pub.last.puback - t_sent)
             ours.append(latencies)
             fleet.send({"cmd": "made", "version": version})
             made.append([t - t_sent for t in fleet.expect("made", 10)["times"]])
-        cpu1 = [*cpu_of(fleet, collector), phase.broker_cpu()]
-        out["ours_cpu"] = cpu_per_round(cpu0, cpu1, rounds)  # clients, collector, broker
+            if floor:
+                cpu0 = [*cpu_of(minimal, floor_col), floor_phase.broker_cpu()]
+                t_sent, latencies = one_round(floor_col, floor_phase.pub, version, n, server)
+                cpu1 = [*cpu_of(minimal, floor_col), floor_phase.broker_cpu()]
+                floor_cpu = [a + c1 - c0 for a, c0, c1 in zip(floor_cpu, cpu0, cpu1, strict=True)]
+                floor_pubacks.append(floor_phase.pub.last.puback - t_sent)
+                floors.append(latencies)
+        out["ours_cpu"] = [c / rounds for c in ours_cpu]
         out["ours"] = summarise(ours, f"ours, N={n}")
         out["made"] = summarise(made, f"reports made, N={n}")
         out["ours_puback_s"] = median(pubacks)
+        if floor:
+            out["floor_cpu"] = [c / rounds for c in floor_cpu]
+            out["floor"] = summarise(floors, f"minimal-client floor, N={n}")
+            out["floor_puback_s"] = median(floor_pubacks)
+            if floor_each:  # the same clients, each checking its own copy's signature
+                minimal.send({"cmd": "verify", "mode": "each"})
+                minimal.expect("ok", 10)
+                each: list[list[float]] = []
+                for _ in range(rounds):
+                    version += 1
+                    each.append(one_round(floor_col, floor_phase.pub, version, n, server)[1])
+                out["floor_each"] = summarise(each, f"floor, every client verifying, N={n}")
+            minimal.stop()
+            floor_col.stop()
+            floor_phase.close()
 
         if jitter_w:
             relay = CountingRelay(chrony.host, (chrony.host, chrony.port))
             b.callback(relay.close)
             version += 1
-            t_sent, latencies = one_round(collector, pub, version, n, [relay.address], jitter_w)
+            t_sent, latencies = one_round(
+                ours_col, ours_phase.pub, version, n, [relay.address], jitter_w
+            )
             check_latencies(latencies, f"jitter run, N={n}")
             queries = [t for t in relay.queries if t >= t_sent]
             buckets = per_second(queries, t_sent)
@@ -247,45 +292,8 @@ def measure(
                 "spread_s": (max(queries) - min(queries)) if queries else 0.0,
             }
         fleet.stop()
-        collector.stop()
-        phase.close()
-
-        # --- the floor: N minimal clients, the same collector code ----------------------
-        if floor:
-            phase = Phase(b, "floor", nodelay, version, server)
-            pub = phase.pub
-            collector = phase.collector(b)
-            minimal = b.worker(
-                "bench.ref_minimal",
-                *phase.where,
-                *("--n", n, "--region", REGION, "--trust", pub.pub_path, "--initial", version),
-            )
-            out["floor_up_s"] = minimal.expect("ready", 240 + n / 20)["seconds"]
-            if floor_profile_to is not None:
-                minimal.profile_from_now(floor_profile_to)
-            floors: list[list[float]] = []
-            floor_pubacks: list[float] = []
-            cpu0 = [*cpu_of(minimal, collector), phase.broker_cpu()]
-            for _ in range(rounds):
-                version += 1
-                t_sent, latencies = one_round(collector, pub, version, n, server)
-                floor_pubacks.append(pub.last.puback - t_sent)
-                floors.append(latencies)
-            cpu1 = [*cpu_of(minimal, collector), phase.broker_cpu()]
-            out["floor_cpu"] = cpu_per_round(cpu0, cpu1, rounds)
-            out["floor"] = summarise(floors, f"minimal-client floor, N={n}")
-            out["floor_puback_s"] = median(floor_pubacks)
-            if floor_each:  # the same clients, each checking its own copy's signature
-                minimal.send({"cmd": "verify", "mode": "each"})
-                minimal.expect("ok", 10)
-                each: list[list[float]] = []
-                for _ in range(rounds):
-                    version += 1
-                    each.append(one_round(collector, pub, version, n, server)[1])
-                out["floor_each"] = summarise(each, f"floor, every client verifying, N={n}")
-            minimal.stop()
-            collector.stop()
-            phase.close()
+        ours_col.stop()
+        ours_phase.close()
 
         # --- bare subscribers ---------------------------------------------------------
         if not subscribers:
@@ -604,11 +612,13 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         method=[
             START_RULE + "; the same rule in every figure that times a published list "
             "(convergence, scale-out, bridges, capacity: they share bench/listpub.py)",
-            "one chronyd (-x) per fleet size; ours, the floor and the bare subscribers run one "
-            "after the other, each on a fresh Mosquitto 2.0 (persistence off, "
-            "max_queued_messages raised) holding only the current list (our agents' persistent "
-            "sessions would otherwise make the broker queue every later list for them while the "
-            f"others are timed); {OPEN_BROKER_WHY}; the bench publishes a signed, retained "
+            "one chronyd (-x) per fleet size; ours and the floor each on a Mosquitto 2.0 "
+            "(persistence off, max_queued_messages raised) and a collector of their own, both "
+            "up at once, their list updates alternating one at a time (ours, the floor, ours, "
+            "...) so that other work on the machine weighs on both alike; then the bare "
+            "subscribers on a third (one broker for all would queue every list for our agents' "
+            f"persistent sessions while the others are timed); {OPEN_BROKER_WHY}; the bench "
+            "publishes a signed, retained "
             "QoS 1 list with its own small publisher (bench/listpub.py: the protocol's message "
             "types and signing, as `clockfleet publish` sends them), since the figure starts at "
             "the hand-over to the socket; `clockfleet publish`'s own run time is not a figure of "
