@@ -8,7 +8,7 @@ replaced by the next publish; an undecodable one is always republished.
 
 A copy that verifies may still be a replay: anyone who can write to the broker can put back
 any message ever published (any agent may read every region list, so any agent may have
-recorded them). The publisher's own record (`state.State`) is the authority: a copy older
+recorded them). The publisher's own record (`issued_record`) is the authority: a copy older
 than the version it issued, or at that version but not the payload it issued, is stale,
 reported, never acted on (no canary continued, promoted or aborted from it), and replaced
 by the next publish.
@@ -18,14 +18,14 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from typing import Any
 
 from clockfleet.protocol import signing
 from clockfleet.protocol.codec import Rejected, decode, parse_json_object
 from clockfleet.protocol.messages import MAX_VERSION, Profile, ServerList
 from clockfleet.protocol.topics import TopicError, parse_topic
-from clockfleet.publisher.state import State
+from clockfleet.publisher.issued_record import IssuedRecord
 from clockfleet.publisher.versions import Kind
+from clockfleet.publisher.wire_objects import JsonValue, WireObject
 
 log = logging.getLogger("clockfleet.publisher")
 
@@ -34,10 +34,10 @@ def on_broker(
     prefix: str,
     retained: dict[str, bytes],
     trust: signing.TrustStore | None,
-    record: State | None = None,
-) -> dict[tuple[Kind, str], Retained]:
+    record: IssuedRecord | None = None,
+) -> OnBroker:
     """(kind, id) -> the judged copy, for every retained topic; problems are logged."""
-    out: dict[tuple[Kind, str], Retained] = {}
+    out: OnBroker = {}
     for topic, payload in retained.items():
         if not payload:
             continue  # an empty retained payload is a withdrawal, not an entry
@@ -73,11 +73,11 @@ def on_broker(
 
 
 @dataclass
-class Retained:
-    """One retained payload as the broker holds it, decoded strictly."""
+class BrokerCopy:
+    """One retained region list or profile as the broker holds it, decoded strictly."""
 
     version: int | None  # as the payload states it; None when there is no plausible one
-    obj: dict[str, Any] | None  # None when the payload does not decode
+    obj: WireObject | None  # None when the payload does not decode
     problem: str | None = None  # why it does not decode (then it is always republished)
     verified_by: str | None = None  # the key id whose signature verifies, if any
     # Why its version does not count, when the publisher holds keys and it fails them.
@@ -104,13 +104,16 @@ class Retained:
         return self.version if self.verified_by is not None else None
 
 
+# Every judged copy on the broker, by entry.
+OnBroker = dict[tuple[Kind, str], BrokerCopy]
+
+
 def judge_copy(
     kind: Kind, ident: str, payload: bytes, trust: signing.TrustStore | None
-) -> Retained:
+) -> BrokerCopy:
     """One retained payload decoded strictly, its version, and whether that version counts."""
-    cls = ServerList if kind == "region" else Profile
     try:
-        msg, obj = decode(cls, payload, topic_id=ident)
+        version, obj = _decode(kind, ident, payload)
     except Rejected as exc:
         problem = f"{exc.reason}: {exc.detail}"
         # A copy agents refuse today may still be one we signed and some agent applied
@@ -119,15 +122,24 @@ def judge_copy(
         # Another entry's signed copy replayed on this topic verifies too, but is not this one.
         if raw is not None and raw.get("region" if kind == "region" else "agent") != ident:
             raw = None
-        version = _plausible_version(raw.get("version")) if raw is not None else None
-        verified_by, trust_problem = _verify(raw, trust) if version is not None else (None, None)
-        return Retained(version, None, problem, verified_by, trust_problem)
+        stated = _plausible_version(raw.get("version")) if raw is not None else None
+        verified_by, trust_problem = _verify(raw, trust) if stated is not None else (None, None)
+        return BrokerCopy(stated, None, problem, verified_by, trust_problem)
     verified_by, trust_problem = _verify(obj, trust)
-    return Retained(msg.version, obj, None, verified_by, trust_problem)
+    return BrokerCopy(version, obj, None, verified_by, trust_problem)
+
+
+def _decode(kind: Kind, ident: str, payload: bytes) -> tuple[int, WireObject]:
+    """The payload's version and object, decoded as every reader decodes its kind."""
+    if kind == "region":
+        servers, obj = decode(ServerList, payload, topic_id=ident)
+        return servers.version, obj
+    profile, obj = decode(Profile, payload, topic_id=ident)
+    return profile.version, obj
 
 
 def _verify(
-    obj: dict[str, Any] | None, trust: signing.TrustStore | None
+    obj: WireObject | None, trust: signing.TrustStore | None
 ) -> tuple[str | None, str | None]:
     """(key id, None) when obj verifies with a held key, else (None, why not)."""
     if not trust or obj is None:
@@ -138,14 +150,14 @@ def _verify(
         return None, exc.detail if exc.reason != "unsigned" else "unsigned"
 
 
-def _raw_object(payload: bytes) -> dict[str, Any] | None:
+def _raw_object(payload: bytes) -> WireObject | None:
     try:
         return parse_json_object(payload)
     except Rejected:
         return None
 
 
-def _plausible_version(version: Any) -> int | None:
+def _plausible_version(version: JsonValue) -> int | None:
     if isinstance(version, int) and not isinstance(version, bool) and 0 <= version <= MAX_VERSION:
         return version
     return None

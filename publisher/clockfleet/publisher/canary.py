@@ -1,31 +1,35 @@
-"""Canary rollouts, the pure part: the policy, the canary list, the judgement, the decision.
+"""The publisher's canary policy, the pure part: the policy, the canary list, the decision.
 
 A changed region list goes out as a canary (version v+1): the list's `servers` stay the
 current ones and a signed `canary` carries the new ones, which only the cohort applies
 (`clockfleet.protocol.rollout.in_cohort`). After the bake time the region is promoted
 (v+2: the new servers, no canary) when the cohort's reports are healthy, or aborted (v+2:
 the previous servers, no canary) when too many cohort agents fail or too few reported.
-Both carry a `rollout` record saying how the change ended. Nothing here touches MQTT.
+Both carry a `rollout` record saying how the change ended. Nothing here touches MQTT; the
+rules every program shares (cohort, digest, a cohort agent's verdict) are in
+`clockfleet/protocol/rollout.py`.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
 
-from clockfleet.protocol import rollout, signing
-from clockfleet.protocol.codec import Rejected, decode, encode, utcnow_iso
+from clockfleet.protocol import rollout
+from clockfleet.protocol.codec import utcnow_iso
 from clockfleet.protocol.messages import ServerList
 
 # The judging (Health, health, time_left) is shared with the collector's metrics: it lives
 # in the protocol package.
 from clockfleet.protocol.rollout import Health, issued
+from clockfleet.publisher.wire_objects import WireObject, member, server_pairs
 
 DEFAULT_BAKE_S = 600
 DEFAULT_MAX_FAILING_PCT = 10.0
 DEFAULT_MIN_REPORTED_PCT = 80.0
 DEFAULT_OFFSET_TOLERANCE_S = 0.5  # the agents' confirm_offset_s: time-of-day routing's margin
+MAX_BAKE_S = 7 * 86400
 
 
 class PolicyError(ValueError):
@@ -41,7 +45,7 @@ class Policy:
     offset_tolerance_s: float = DEFAULT_OFFSET_TOLERANCE_S
 
 
-def parse_percent(text: Any) -> float:
+def parse_percent(text: object) -> float:
     """`5%`, `5`, `0.5%` -> 5.0 ...; PolicyError outside 0..100 or not a number."""
     raw = str(text).strip()
     number = raw[:-1].strip() if raw.endswith("%") else raw
@@ -56,15 +60,32 @@ def parse_percent(text: Any) -> float:
     return value
 
 
-def change_id(version: int, new_servers: list[dict[str, Any]]) -> str:
+def policy_from(canary: str | None, bake_s: float | None, from_file: Mapping[str, float]) -> Policy:
+    """The rollout policy: the command line over the fleet file's `rollout:` over defaults."""
+    percent = from_file.get("canary", 0.0)
+    if canary is not None:
+        percent = parse_percent(canary)
+    bake = from_file.get("bake_s", DEFAULT_BAKE_S) if bake_s is None else bake_s
+    if not 0 <= bake <= MAX_BAKE_S:
+        raise PolicyError(f"--bake {bake:g}: must be within 0..604800 s")
+    return Policy(
+        percent=percent,
+        bake_s=int(bake),
+        max_failing_pct=from_file.get("max_failing_pct", DEFAULT_MAX_FAILING_PCT),
+        min_reported_pct=from_file.get("min_reported_pct", DEFAULT_MIN_REPORTED_PCT),
+        offset_tolerance_s=from_file.get("offset_tolerance_s", DEFAULT_OFFSET_TOLERANCE_S),
+    )
+
+
+def change_id(version: int, new_servers: list[tuple[str, int]]) -> str:
     """The change's id: its version and its content, so every change draws its own cohort."""
-    digest = rollout.list_digest([(s["host"], s["port"]) for s in new_servers])
+    digest = rollout.list_digest(new_servers)
     return f"c{version}-{digest[:8]}"
 
 
 def canary_object(
-    current: dict[str, Any], wanted: dict[str, Any], version: int, policy: Policy
-) -> dict[str, Any]:
+    current: WireObject, wanted: WireObject, version: int, policy: Policy
+) -> WireObject:
     """The canary list (unsigned): `wanted` with the current servers and a canary of its own.
 
     Everything else (time zone, intervals) is the file's: only the servers are tried on a
@@ -73,7 +94,7 @@ def canary_object(
     obj["servers"] = current["servers"]
     obj["version"] = version
     obj["canary"] = {
-        "id": change_id(version, wanted["servers"]),
+        "id": change_id(version, server_pairs(wanted["servers"])),
         "percent": policy.percent,
         "servers": wanted["servers"],
         "bake_s": policy.bake_s,
@@ -117,17 +138,17 @@ def decide(sl: ServerList, h: Health, now: float) -> Decision | None:
 
 
 def ending_object(
-    current: dict[str, Any],
+    current: WireObject,
     decision: Decision,
     h: Health,
     version: int,
     *,
     by: str = "auto",
     now: datetime | None = None,
-) -> dict[str, Any]:
+) -> WireObject:
     """The list that ends a canary (unsigned): the canary's servers when promoted, the
     list's own (the previous ones) when aborted; no canary; a record of how it ended."""
-    canary = current["canary"]
+    canary = member(current, "canary")
     obj = {k: v for k, v in current.items() if k not in ("sig", "canary", "rollout")}
     if decision.phase == "promoted":
         obj["servers"] = canary["servers"]
@@ -143,19 +164,3 @@ def ending_object(
         "by": by,
     }
     return obj
-
-
-class BuiltInvalid(ValueError):
-    pass
-
-
-def finish(obj: dict[str, Any], key: signing.SigningKey | None) -> bytes:
-    """Sign, encode and check an object against the strict decoder before it goes out."""
-    if key is not None:
-        obj = signing.sign(obj, key)
-    payload = encode(obj)
-    try:
-        decode(ServerList, payload, topic_id=obj["region"])
-    except Rejected as exc:
-        raise BuiltInvalid(f"region {obj['region']}: built list is refused: {exc}") from None
-    return payload

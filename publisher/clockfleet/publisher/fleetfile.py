@@ -11,7 +11,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 from clockfleet.protocol.ids import ID_PATTERN, host_problem, is_valid_id, timezone_problem
 from clockfleet.protocol.messages import (
@@ -20,7 +19,8 @@ from clockfleet.protocol.messages import (
     MAX_SERVERS,
     MIN_POLL_INTERVAL_S,
 )
-from clockfleet.publisher.yaml_tree import FleetFileError, Tree, read, show
+from clockfleet.publisher.yaml_tree import FleetFileError as FleetFileError  # load() raises it
+from clockfleet.publisher.yaml_tree import Section, Tree, read, show
 
 DEFAULT_PORT = 123
 
@@ -78,11 +78,11 @@ class Fleet:
 # --- checks ------------------------------------------------------------------------------
 
 
-def _type_name(value: Any) -> str:
+def _type_name(value: object) -> str:
     return "null" if value is None else type(value).__name__
 
 
-def _mapping(tree: Tree, value: Any, path: str, allowed: tuple[str, ...]) -> dict | None:
+def _mapping(tree: Tree, value: object, path: str, allowed: tuple[str, ...]) -> Section | None:
     if not isinstance(value, dict):
         tree.error(path, f"must be a mapping, not {_type_name(value)}")
         return None
@@ -95,7 +95,7 @@ def _mapping(tree: Tree, value: Any, path: str, allowed: tuple[str, ...]) -> dic
     return value
 
 
-def _int_in(tree: Tree, value: Any, path: str, low: int, high: int) -> int | None:
+def _int_in(tree: Tree, value: object, path: str, low: int, high: int) -> int | None:
     # bool is an int in Python; `port: yes` must not become port 1.
     if isinstance(value, bool) or not isinstance(value, int):
         tree.error(path, f"must be an integer, not {_type_name(value)} {show(value)}")
@@ -106,7 +106,7 @@ def _int_in(tree: Tree, value: Any, path: str, low: int, high: int) -> int | Non
     return value
 
 
-def _timezone(tree: Tree, value: Any, path: str) -> str | None:
+def _timezone(tree: Tree, value: object, path: str) -> str | None:
     if not isinstance(value, str):
         tree.error(path, f"must be a time zone name, not {_type_name(value)}")
         return None
@@ -116,7 +116,7 @@ def _timezone(tree: Tree, value: Any, path: str) -> str | None:
     return value
 
 
-def _timings(tree: Tree, section: dict, path: str) -> dict[str, int]:
+def _timings(tree: Tree, section: Section, path: str) -> dict[str, int]:
     out = {}
     for name, (low, high) in TIMING_BOUNDS.items():
         if name in section:
@@ -126,7 +126,7 @@ def _timings(tree: Tree, section: dict, path: str) -> dict[str, int]:
     return out
 
 
-def _servers(tree: Tree, value: Any, path: str) -> tuple[ServerEntry, ...]:
+def _servers(tree: Tree, value: object, path: str) -> tuple[ServerEntry, ...]:
     if not isinstance(value, list):
         tree.error(path, f"must be a list of {{host, port}}, not {_type_name(value)}")
         return ()
@@ -165,13 +165,20 @@ def _servers(tree: Tree, value: Any, path: str) -> tuple[ServerEntry, ...]:
     return tuple(out)
 
 
-def _region(tree: Tree, rid: Any, value: Any, defaults: dict[str, int]) -> Region | None:
-    path = f"regions.{rid}"
-    ok = True
-    if not is_valid_id(rid):
-        tree.error(path, f"region id {show(rid)} must match {ID_PATTERN} (no dots)")
-        ok = False
-    section = _mapping(tree, value, path, REGION_KEYS)
+def _entry(
+    tree: Tree, what: str, ident: str, value: object, allowed: tuple[str, ...]
+) -> tuple[str, bool, Section | None]:
+    """What checking a region or an agent starts with: its path, whether its id is valid
+    (a bad one is recorded), and its section (None when it is not a mapping)."""
+    path = f"{what}s.{ident}"
+    ok = is_valid_id(ident)
+    if not ok:
+        tree.error(path, f"{what} id {show(ident)} must match {ID_PATTERN} (no dots)")
+    return path, ok, _mapping(tree, value, path, allowed)
+
+
+def _region(tree: Tree, rid: str, value: object, defaults: dict[str, int]) -> Region | None:
+    path, ok, section = _entry(tree, "region", rid, value, REGION_KEYS)
     if section is None:
         return None
     timezone = None
@@ -189,13 +196,10 @@ def _region(tree: Tree, rid: Any, value: Any, defaults: dict[str, int]) -> Regio
     return Region(rid, servers, timezone, **timings)
 
 
-def _agent(tree: Tree, aid: Any, value: Any, regions: dict[str, Region], all_regions: set):
-    path = f"agents.{aid}"
-    ok = True
-    if not is_valid_id(aid):
-        tree.error(path, f"agent id {show(aid)} must match {ID_PATTERN} (no dots)")
-        ok = False
-    section = _mapping(tree, value, path, AGENT_KEYS)
+def _agent(
+    tree: Tree, aid: str, value: object, regions: dict[str, Region], all_regions: set[str]
+) -> AgentProfile | None:
+    path, ok, section = _entry(tree, "agent", aid, value, AGENT_KEYS)
     if section is None:
         return None
     region = section.get("region")
@@ -216,12 +220,12 @@ def _agent(tree: Tree, aid: Any, value: Any, regions: dict[str, Region], all_reg
         if timezone is None:
             tree.error(path, f"no `timezone`, and region {region!r} has no default timezone either")
             return None
-    if not ok or region not in regions:
+    if not ok or region not in regions or timezone is None:
         return None  # the region itself is invalid; its errors are already listed
     return AgentProfile(aid, region, timezone)
 
 
-def _rollout(tree: Tree, value: Any) -> dict[str, float]:
+def _rollout(tree: Tree, value: object) -> dict[str, float]:
     """`rollout: {canary: 10%, bake_s: 600, max_failing_pct: 10, min_reported_pct: 80,
     offset_tolerance_s: 0.5}`: how a changed list goes out (docs/rollout.md)."""
     section = _mapping(tree, value, "rollout", ROLLOUT_KEYS)
@@ -258,7 +262,7 @@ def _rollout(tree: Tree, value: Any) -> dict[str, float]:
     return out
 
 
-def validate(data: Any, tree: Tree, path: Path) -> Fleet:
+def validate(data: object, tree: Tree, path: Path) -> Fleet:
     fleet = Fleet(path=path)
     top = _mapping(tree, data, "", TOP_KEYS)
     if top is None:

@@ -19,9 +19,13 @@ from clockfleet.publisher.versions import Kind
 
 STATE_FORMAT = 1
 
+# prefix -> kind -> id -> value: a version in `prefixes`, a payload digest in `issued`.
+Table = dict[str, dict[str, dict[str, int]]]
+Digests = dict[str, dict[str, dict[str, str]]]
+
 
 @dataclass
-class State:
+class IssuedRecord:
     """Highest version issued per prefix, region and profile, and a digest of the payload
     issued at it (the file --state-file names).
 
@@ -33,10 +37,11 @@ class State:
     """
 
     path: Path
-    prefixes: dict[str, dict[str, dict[str, int]]] = field(default_factory=dict)
-    issued: dict[str, dict[str, dict[str, str]]] = field(default_factory=dict)
+    prefixes: Table = field(default_factory=dict)
+    issued: Digests = field(default_factory=dict)
 
-    def get(self, prefix: str, kind: Kind, ident: str) -> int:
+    def last_version(self, prefix: str, kind: Kind, ident: str) -> int:
+        """The highest version this publisher issued for the entry; 0 when none."""
         return self.prefixes.get(prefix, {}).get(kind, {}).get(ident, 0)
 
     def digest(self, prefix: str, kind: Kind, ident: str) -> str | None:
@@ -56,7 +61,7 @@ class State:
         self, prefix: str, kind: Kind, ident: str, version: int, payload: bytes
     ) -> str | None:
         """Why a verified broker copy is not what this publisher issued last, or None."""
-        recorded = self.get(prefix, kind, ident)
+        recorded = self.last_version(prefix, kind, ident)
         if version < recorded:
             return f"version {version} is older than v{recorded}, which this publisher issued"
         digest = self.digest(prefix, kind, ident)
@@ -87,14 +92,16 @@ def payload_digest(payload: bytes) -> str:
     return hashlib.sha256(payload).hexdigest()
 
 
-class StateError(ValueError):
-    """The state file exists but cannot be read as a publisher state."""
+class StateFileError(ValueError):
+    """The state file exists but cannot be read as the publisher's record."""
 
 
-def load_state(path: Path) -> State:
+def load(path: Path) -> IssuedRecord:
+    """The record in `path` (an empty one when there is no file), or StateFileError."""
     if not path.exists():
-        return State(path)
+        return IssuedRecord(path)
     try:
+        # json.loads gives Any: every value is checked below before it is trusted.
         data = json.loads(path.read_text())
         prefixes = data["prefixes"]
         issued = data.get("issued", {})
@@ -114,7 +121,9 @@ def load_state(path: Path) -> State:
             )
         )
     except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
-        raise StateError(f"state file {path}: unreadable ({exc}); fix or remove it") from None
+        raise StateFileError(f"state file {path}: unreadable ({exc}); fix or remove it") from None
     if not ok:
-        raise StateError(f"state file {path}: not a clockfleet publisher state; fix or remove it")
-    return State(path, prefixes, issued)
+        raise StateFileError(
+            f"state file {path}: not a clockfleet publisher state; fix or remove it"
+        )
+    return IssuedRecord(path, prefixes, issued)

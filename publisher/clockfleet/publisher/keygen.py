@@ -2,19 +2,18 @@
 
 from __future__ import annotations
 
-import sys
 from datetime import datetime, timezone
 from pathlib import Path
 
 from clockfleet.protocol import signing
 from clockfleet.protocol.ids import ID_PATTERN
-from clockfleet.publisher.cli import _Parser
+from clockfleet.publisher.cli_common import KEYGEN, Parser, fail, parse
 
 
 def keygen_main(argv: list[str]) -> int:
     year = datetime.now(timezone.utc).year
-    p = _Parser(
-        prog="clockfleet keygen",
+    p = Parser(
+        prog=KEYGEN,
         description="Create an Ed25519 key pair for signing region lists and profiles. "
         "The key id is the file name; rotate by adding the new .pub to every agent's "
         "trust before the publisher signs with the new key.",
@@ -28,18 +27,16 @@ def keygen_main(argv: list[str]) -> int:
         default=f"ops-{year}",
         help=f"key id, {ID_PATTERN} (default: ops-{year})",
     )
+    args = parse(p, argv)
+    if isinstance(args, int):
+        return args
+    out: Path = args.out
     try:
-        args = p.parse_args(argv)
-    except SystemExit as exc:
-        return int(exc.code or 0)
-    try:
-        private, public = signing.generate(args.out, args.key_id)
+        private, public = signing.generate(out, args.key_id)
     except signing.KeyFileError as exc:
-        print(f"clockfleet keygen: {exc}", file=sys.stderr)
-        return 2
+        return fail(KEYGEN, str(exc))
     except OSError as exc:
-        print(f"clockfleet keygen: cannot write to {args.out}: {exc}", file=sys.stderr)
-        return 2
+        return fail(KEYGEN, f"cannot write to {out}: {exc}")
     print(f"private key: {private}")
     print("  stays with the publisher (mode 0600): clockfleet publish --signing-key, or")
     print("  signing_key: in fleet.yaml. Never copy it to agents.")

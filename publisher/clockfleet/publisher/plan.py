@@ -10,15 +10,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any, Literal
+from typing import Literal
 
 from clockfleet.protocol import signing
-from clockfleet.protocol.codec import Rejected, decode, encode, utcnow_iso
-from clockfleet.protocol.messages import PROFILE_SCHEMA, SERVERS_SCHEMA, Profile, ServerList
+from clockfleet.protocol.codec import utcnow_iso
 from clockfleet.protocol.topics import profile_topic, servers_topic
-from clockfleet.publisher.broker_copies import Retained
-from clockfleet.publisher.fleetfile import AgentProfile, Fleet, Region
-from clockfleet.publisher.state import State
+from clockfleet.publisher.broker_copies import BrokerCopy, OnBroker
+from clockfleet.publisher.fleetfile import Fleet
+from clockfleet.publisher.issued_record import IssuedRecord
 from clockfleet.publisher.versions import (
     MAX_VERSION_JUMP,
     Kind,
@@ -27,42 +26,17 @@ from clockfleet.publisher.versions import (
     date_floor,
     next_version,
 )
+from clockfleet.publisher.wire_objects import (
+    BuildError,
+    WireObject,
+    content_of,
+    profile_object,
+    region_object,
+    seal,
+    signer_of,
+)
 
-# `rollout` records how the last canary ended: a fact about the past, not content.
-VOLATILE = ("version", "issued_at", "sig", "rollout")
 Action = Literal["publish", "withdraw", "keep-unlisted", "unchanged"]
-
-
-def region_object(region: Region) -> dict[str, Any]:
-    """A region's `clock.servers/1` object without version, issued_at and sig."""
-    obj: dict[str, Any] = {"schema": SERVERS_SCHEMA, "region": region.id}
-    if region.timezone is not None:
-        obj["timezone"] = region.timezone
-    if region.poll_interval_s is not None:
-        obj["poll_interval_s"] = region.poll_interval_s
-    if region.resync_jitter_s is not None:
-        obj["resync_jitter_s"] = region.resync_jitter_s
-    obj["servers"] = [{"host": s.host, "port": s.port} for s in region.servers]
-    return obj
-
-
-def profile_object(agent: AgentProfile) -> dict[str, Any]:
-    """An agent's `clock.profile/1` object without version, issued_at and sig."""
-    return {
-        "schema": PROFILE_SCHEMA,
-        "agent": agent.id,
-        "region": agent.region,
-        "timezone": agent.timezone,
-    }
-
-
-def content_of(obj: dict[str, Any]) -> dict[str, Any]:
-    return {k: v for k, v in obj.items() if k not in VOLATILE}
-
-
-def signer_of(obj: dict[str, Any]) -> str | None:
-    sig = obj.get("sig")
-    return sig.get("key_id") if isinstance(sig, dict) else None
 
 
 @dataclass
@@ -86,24 +60,6 @@ class Plan:
         return [c for c in self.changes if c.action == action]
 
 
-def _differences(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
-    keys = sorted(set(content_of(old)) | set(content_of(new)))
-    return [k for k in keys if old.get(k) != new.get(k)]
-
-
-def _wanted(fleet: Fleet, prefix: str) -> list[tuple[Kind, str, str, dict[str, Any]]]:
-    out: list[tuple[Kind, str, str, dict[str, Any]]] = []
-    for rid in sorted(fleet.regions):
-        out.append(("region", rid, servers_topic(prefix, rid), region_object(fleet.regions[rid])))
-    for aid in sorted(fleet.agents):
-        out.append(("profile", aid, profile_topic(prefix, aid), profile_object(fleet.agents[aid])))
-    return out
-
-
-class BuildError(ValueError):
-    """A built object the wire contract refuses: a bug or a gap in the file's validation."""
-
-
 class VersionJumpError(ValueError):
     """Verified versions on the broker too far ahead to adopt without the operator's word."""
 
@@ -115,8 +71,8 @@ class VersionJumpError(ValueError):
 def make_plan(
     fleet: Fleet,
     prefix: str,
-    on_broker: dict[tuple[Kind, str], Retained],
-    state: State,
+    on_broker: OnBroker,
+    record: IssuedRecord,
     key: signing.SigningKey | None,
     *,
     prune: bool,
@@ -137,51 +93,24 @@ def make_plan(
     for kind, ident, topic, body in wanted:
         have = on_broker.get((kind, ident))
         old_version = have.version if have else None
-        not_counted = have.trust_problem if have else None
-        fields: list[str] = []
-        if have is None:
-            fields = ["new"]
-        elif have.obj is None:
-            fields = [f"broker copy invalid: {have.problem}"]
-        else:
-            fields = _differences(have.obj, body)
-            want_signer = key.key_id if key else None
-            if signer_of(have.obj) != want_signer:
-                fields.append(f"signature {signer_of(have.obj)} -> {want_signer}")
-            elif key is not None and not have.signature_ok:
-                fields.append(f"broker copy {have.trust_problem or 'does not verify'}")
-            if have.stale and not fields:
-                # The same content, but a replay of an older copy: a fresh agent must never
-                # find it on the broker to follow.
-                fields.append(f"broker copy stale: {have.stale}")
+        fields = _what_differs(have, body, key)
         if not fields:
             changes.append(Change(kind, ident, topic, "unchanged", old_version))
             continue
-        counted = have.counted_version if have else None
         try:
             version = next_version(
-                counted,
-                state.get(prefix, kind, ident),
+                have.counted_version if have else None,
+                record.last_version(prefix, kind, ident),
                 floor,
                 accept_jump=accept_version_jump,
             )
         except VersionJump as jump:
-            jumps.append(
-                f"{kind} {ident}: the broker holds version {jump.counted}, signed by "
-                f"{have.verified_by if have else '?'}, more than {MAX_VERSION_JUMP:,} above "
-                f"this publisher's own bound {jump.own} (its record or today's date floor)"
-            )
+            jumps.append(_jump_line(kind, ident, jump, have))
             continue
         except VersionSpaceEnd as exc:
             raise BuildError(f"{kind} {ident}: {exc}") from None
-        obj = {**body, "version": version, "issued_at": issued_at}
-        if key is not None:
-            obj = signing.sign(obj, key)
-        payload = encode(obj)
-        try:
-            decode(ServerList if kind == "region" else Profile, payload, topic_id=ident)
-        except Rejected as exc:
-            raise BuildError(f"{kind} {ident}: built object is refused: {exc}") from None
+        payload = seal(kind, ident, {**body, "version": version, "issued_at": issued_at}, key)
+        not_counted = have.trust_problem if have else None
         changes.append(
             Change(
                 kind, ident, topic, "publish", old_version, version, fields, payload, not_counted
@@ -190,12 +119,58 @@ def make_plan(
     if jumps:
         raise VersionJumpError(jumps)
     listed = {(kind, ident) for kind, ident, _, _ in wanted}
+    return Plan(changes + _unlisted(on_broker, listed, prefix, prune))
+
+
+def _wanted(fleet: Fleet, prefix: str) -> list[tuple[Kind, str, str, WireObject]]:
+    out: list[tuple[Kind, str, str, WireObject]] = []
+    for rid in sorted(fleet.regions):
+        out.append(("region", rid, servers_topic(prefix, rid), region_object(fleet.regions[rid])))
+    for aid in sorted(fleet.agents):
+        out.append(("profile", aid, profile_topic(prefix, aid), profile_object(fleet.agents[aid])))
+    return out
+
+
+def _what_differs(
+    have: BrokerCopy | None, body: WireObject, key: signing.SigningKey | None
+) -> list[str]:
+    """Why the entry must be published, for the operator; empty when it is unchanged."""
+    if have is None:
+        return ["new"]
+    if have.obj is None:
+        return [f"broker copy invalid: {have.problem}"]
+    keys = sorted(set(content_of(have.obj)) | set(content_of(body)))
+    fields = [k for k in keys if have.obj.get(k) != body.get(k)]
+    want_signer = key.key_id if key else None
+    if signer_of(have.obj) != want_signer:
+        fields.append(f"signature {signer_of(have.obj)} -> {want_signer}")
+    elif key is not None and not have.signature_ok:
+        fields.append(f"broker copy {have.trust_problem or 'does not verify'}")
+    if have.stale and not fields:
+        # The same content, but a replay of an older copy: a fresh agent must never find it
+        # on the broker to follow.
+        fields.append(f"broker copy stale: {have.stale}")
+    return fields
+
+
+def _jump_line(kind: Kind, ident: str, jump: VersionJump, have: BrokerCopy | None) -> str:
+    return (
+        f"{kind} {ident}: the broker holds version {jump.counted}, signed by "
+        f"{have.verified_by if have else '?'}, more than {MAX_VERSION_JUMP:,} above "
+        f"this publisher's own bound {jump.own} (its record or today's date floor)"
+    )
+
+
+def _unlisted(
+    on_broker: OnBroker, listed: set[tuple[Kind, str]], prefix: str, prune: bool
+) -> list[Change]:
+    """The entries the broker holds and the file does not: withdrawn with --prune, else
+    left in place and listed."""
+    action: Action = "withdraw" if prune else "keep-unlisted"
+    out: list[Change] = []
     for (kind, ident), have in sorted(on_broker.items()):
         if (kind, ident) in listed:
             continue
         topic = servers_topic(prefix, ident) if kind == "region" else profile_topic(prefix, ident)
-        action = "withdraw" if prune else "keep-unlisted"
-        changes.append(
-            Change(kind, ident, topic, action, have.version, not_counted=have.trust_problem)
-        )
-    return Plan(changes)
+        out.append(Change(kind, ident, topic, action, have.version, not_counted=have.trust_problem))
+    return out

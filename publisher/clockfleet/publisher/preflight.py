@@ -19,19 +19,17 @@ blocks the publish like a failure.
 
 from __future__ import annotations
 
-import argparse
 import concurrent.futures
-import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 from clockfleet.ntp.checks import Failure, ProbeSettings, Sample
 from clockfleet.ntp.exchange import sample_burst
 from clockfleet.ntp.lookup import addresses, host_key
-from clockfleet.publisher.broker_copies import Retained
+from clockfleet.publisher.broker_copies import OnBroker
 from clockfleet.publisher.fleetfile import Fleet
 from clockfleet.publisher.plan import Plan
-from clockfleet.publisher.versions import Kind
+from clockfleet.publisher.wire_objects import JsonValue, WireObject
 
 TIMEOUT_S = 1.0  # the whole sample burst of one server
 RESOLVE_TIMEOUT_S = 2.0  # every name, looked up at once
@@ -62,38 +60,30 @@ class Result:
         return self.sample is not None
 
 
-def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument(
-        "--force",
-        action="store_true",
-        help="publish even when a new or moved server fails the preflight (it may answer "
-        "only from the PBXs' networks, not from this host)",
-    )
-    p.add_argument(
-        "--no-preflight",
-        action="store_true",
-        help="do not query new or moved servers before publishing (e.g. no NTP traffic is "
-        "allowed out of this host, or none of the servers is reachable from it)",
-    )
-
-
-def targets(
-    the_plan: Plan, fleet: Fleet, on_broker: dict[tuple[Kind, str], Retained]
-) -> list[Target]:
+def targets(the_plan: Plan, fleet: Fleet, on_broker: OnBroker) -> list[Target]:
     """Every server of a region list about to go out that is new or at another position."""
     out: list[Target] = []
     for change in the_plan.of("publish"):
         if change.kind != "region":
             continue
         have = on_broker.get(("region", change.ident))
-        old: list[tuple[str, int]] = []
-        if have is not None and have.obj is not None:
-            old = [(s.get("host"), s.get("port")) for s in have.obj.get("servers") or []]
+        old = _positions(have.obj) if have is not None and have.obj is not None else []
         for position, server in enumerate(fleet.regions[change.ident].servers):
             key = (server.host, server.port)
             if position >= len(old) or old[position] != key:
                 out.append(Target(change.ident, server.host, server.port))
     return out
+
+
+def _positions(obj: WireObject) -> list[tuple[JsonValue, JsonValue]]:
+    """(host, port) of each server of a broker copy, in its order; a port the copy leaves
+    out is None (not 123), so such an entry counts as moved and is asked."""
+    servers = obj.get("servers") or []
+    if not isinstance(servers, list):
+        return []
+    return [
+        (s.get("host"), s.get("port")) if isinstance(s, dict) else (None, None) for s in servers
+    ]
 
 
 def query(target: Target) -> Result:
@@ -167,11 +157,11 @@ def shared_addresses(
     try:
         futures = {e: pool.submit(addresses, *e) for e in entries}
         concurrent.futures.wait(futures.values(), timeout_s)
-        found = {
-            e: [k for _, sockaddr in f.result() if (k := host_key(str(sockaddr[0])))]
-            for e, f in futures.items()
-            if f.done() and not isinstance(f.result(), str)
-        }
+        found: dict[tuple[str, int], list[str]] = {}
+        for e, f in futures.items():
+            got = f.result() if f.done() else "not looked up in time"
+            if not isinstance(got, str):  # a string says why there is no address
+                found[e] = [k for _, sockaddr in got if (k := host_key(str(sockaddr[0])))]
     finally:
         pool.shutdown(wait=False, cancel_futures=True)
     out: list[Shared] = []
@@ -196,14 +186,18 @@ def shared_line(s: Shared) -> str:
     )
 
 
-def check(
-    args: argparse.Namespace,
-    the_plan: Plan,
-    fleet: Fleet,
-    on_broker: dict[tuple[Kind, str], Retained],
-) -> int | None:
-    """Run the preflight and print it; the exit code when it blocks the run, else None."""
-    if args.no_preflight:
+@dataclass(frozen=True)
+class Options:
+    """How the operator asked the preflight to run."""
+
+    skip: bool  # --no-preflight
+    force: bool  # --force: publish anyway
+    dry_run: bool  # --dry-run: say whether a publish would be blocked
+
+
+def check(options: Options, the_plan: Plan, fleet: Fleet, on_broker: OnBroker) -> str | None:
+    """Run the preflight and print it; the reason it blocks the run, else None."""
+    if options.skip:
         return None
     results = run(targets(the_plan, fleet, on_broker))
     for result in results:
@@ -222,11 +216,10 @@ def check(
     if shared:
         parts.append(f"{len(shared)} list entries share an address with an earlier entry")
     what = "preflight: " + "; ".join(parts)
-    if args.dry_run:
+    if options.dry_run:
         print(f"{what}; a publish would be blocked ({PBX_NOTE})")
         return None
-    if args.force:
+    if options.force:
         print(f"{what}; publishing anyway (--force)")
         return None
-    print(f"clockfleet publish: {what}; nothing published. {PBX_NOTE}", file=sys.stderr)
-    return 2
+    return f"{what}; nothing published. {PBX_NOTE}"

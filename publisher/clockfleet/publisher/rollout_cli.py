@@ -15,10 +15,9 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 import time
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
 
 from clockfleet.protocol import signing
 from clockfleet.protocol.connection import (
@@ -27,25 +26,18 @@ from clockfleet.protocol.connection import (
     settings_from_args,
 )
 from clockfleet.protocol.rollout import region_status
-from clockfleet.publisher import broker_io, fleetfile, rollout_run, state
+from clockfleet.publisher import broker_io, fleetfile, rollout_run
+from clockfleet.publisher.cli_common import ROLLOUT, Parser, fail, load_keys, load_record, parse
+from clockfleet.publisher.issued_record import StateFileError
 from clockfleet.publisher.rollout_watch import Snapshot, Watch
 
-STATE_FILE_NAME = ".publisher-state.json"
-
-
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> None:  # type: ignore[override]
-        self.exit(2, f"{self.prog}: {message} (see --help)\n")
-
-
-def _fail(message: str, code: int = 2) -> int:
-    print(f"clockfleet rollout: {message}", file=sys.stderr)
-    return code
+# One row of `rollout status`: region_status's fields, the region, its version.
+StatusRow = dict[str, object]
 
 
 def parser() -> argparse.ArgumentParser:
-    p = _Parser(
-        prog="clockfleet rollout",
+    p = Parser(
+        prog=ROLLOUT,
         description=__doc__.split("\n\n", 1)[1],
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
@@ -68,66 +60,66 @@ def parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str]) -> int:
-    try:
-        args = parser().parse_args(argv)
-    except SystemExit as exc:
-        return int(exc.code or 0)
+    args = parse(parser(), argv)
+    if isinstance(args, int):
+        return args
     if args.action in ("promote", "abort") and not args.region:
-        return _fail(f"{args.action} needs --region")
+        return fail(ROLLOUT, f"{args.action} needs --region")
     try:
         settings = settings_from_args(args)
     except UsageError as exc:
-        return _fail(str(exc))
-    key = None
-    fleet = None
+        return fail(ROLLOUT, str(exc))
     try:
-        trust = signing.load_trust(args.trust_key)
         # The file places agents in regions (who judges a canary) and is what a stale copy
         # is replaced with; `status` reads it when it is there.
         fleet = fleetfile.load(args.config) if args.config.exists() else None
+        key_path = None
         if args.action != "status":
             key_path = args.signing_key or (fleet.signing_key if fleet else None)
             if key_path is None:
-                return _fail("a signing key is needed (--signing-key or the fleet file's)")
-            key = signing.load_signing_key(key_path)
-            trust.keys.update(signing.trust_of(key).keys)
-    except (signing.KeyFileError, fleetfile.FleetFileError) as exc:
-        return _fail(str(exc))
-    try:
+                return fail(ROLLOUT, "a signing key is needed (--signing-key or the fleet file's)")
+        keys = load_keys(key_path, args.trust_key)
         # The publisher's record: what is current (an older broker copy is a replay).
-        record = state.load_state(args.state_file or args.config.parent / STATE_FILE_NAME)
+        record = load_record(args.state_file, args.config)
         # One session for reading and for ending a rollout: the shipped broker binds client
         # ids to identities, so a second one as this identity would close the first.
         session = broker_io.open_session(settings, args.timeout)
-    except (state.StateError, broker_io.CannotConnect) as exc:
-        return _fail(str(exc))
-    watch = Watch(session, settings.prefix, trust, record)
+    except (
+        signing.KeyFileError,
+        fleetfile.FleetFileError,
+        StateFileError,
+        broker_io.CannotConnect,
+    ) as exc:
+        return fail(ROLLOUT, str(exc))
+    watch = Watch(session, settings.prefix, keys.trust, record)
     try:
         watch.start(args.timeout)
         if args.action == "status":
             time.sleep(0.2)  # a quiet spell for brokers that replay retained state late
             placed = rollout_run.placement(fleet)
             return show_status(watch.snapshot(), args.region, args.json, placed)
-        ender = rollout_run.Ender(session, record, settings.prefix, key, args.timeout, fleet)
+        ender = rollout_run.Ender(
+            session, record, settings.prefix, keys.signing_key, args.timeout, fleet
+        )
         if args.action == "run":
             regions = {args.region} if args.region else None
             return rollout_run.drive(watch, ender, regions, deadline_s=args.deadline)
         phase = "promoted" if args.action == "promote" else "aborted"
         return rollout_run.end_by_hand(watch, ender, args.region, phase)
     except broker_io.BrokerError as exc:
-        return _fail(str(exc))
+        return fail(ROLLOUT, str(exc))
     finally:
         watch.close()
         broker_io.close(session)
 
 
 def status_rows(
-    snap: Snapshot, now: float, placed: dict[str, str] | None = None
-) -> list[dict[str, Any]]:
+    snap: Snapshot, now: float, placed: Mapping[str, str] | None = None
+) -> list[StatusRow]:
     """One row per region list; a list not to be acted on (stale, unsigned) has phase
     `refused` and its reason. Without a fleet file (`placed` None) a canary's cohort is taken
     from the reports' own word, and the row says so."""
-    rows = [
+    rows: list[StatusRow] = [
         {
             "region": region,
             "version": sl.version,
@@ -141,11 +133,11 @@ def status_rows(
          "pending": 0, "time_left_s": 0.0, "version": None, "reason": problem}
         for region, problem in snap.list_problems.items()
     ]  # fmt: skip
-    return sorted(rows, key=lambda r: r["region"])
+    return sorted(rows, key=lambda r: str(r["region"]))
 
 
 def show_status(
-    snap: Snapshot, region: str | None, as_json: bool, placed: dict[str, str] | None = None
+    snap: Snapshot, region: str | None, as_json: bool, placed: Mapping[str, str] | None = None
 ) -> int:
     rows = [r for r in status_rows(snap, time.time(), placed) if region in (None, r["region"])]
     if as_json:
@@ -157,20 +149,20 @@ def show_status(
         left = f"{r['time_left_s']:.0f}s" if r["phase"] in ("canary", "baking") else "-"
         lines.append(
             (
-                r["region"],
-                r["phase"],
+                str(r["region"]),
+                str(r["phase"]),
                 "-" if r["version"] is None else str(r["version"]),
-                r.get("change", "-"),
+                str(r.get("change", "-")),
                 str(r["cohort"]),
                 str(r["ok"]),
                 str(r["failing"]),
                 left,
-                "".join(ch if ch.isprintable() else "?" for ch in r.get("reason", "")),
+                "".join(ch if ch.isprintable() else "?" for ch in str(r.get("reason", ""))),
             )
         )
     widths = [max(len(line[i]) for line in lines) for i in range(len(head) - 1)]
     for line in lines:
         print("  ".join(c.ljust(w) for c, w in zip(line, widths, strict=False)) + "  " + line[-1])
     if region is not None and not rows:
-        return _fail(f"region {region}: no list on the broker")
+        return fail(ROLLOUT, f"region {region}: no list on the broker")
     return 0

@@ -10,14 +10,16 @@ else is refused (end the rollout first), so a region is never half-rolled unsaid
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from clockfleet.protocol import rollout as cohorts
 from clockfleet.protocol import signing
-from clockfleet.publisher import rollout
-from clockfleet.publisher.broker_copies import Retained
+from clockfleet.protocol.messages import Report
+from clockfleet.publisher import canary
+from clockfleet.publisher.broker_copies import OnBroker
 from clockfleet.publisher.plan import Plan
-from clockfleet.publisher.versions import Kind
+from clockfleet.publisher.wire_objects import WireObject, member, seal
 
 
 @dataclass
@@ -29,8 +31,8 @@ class Shaped:
 
 def shape(
     the_plan: Plan,
-    on_broker: dict[tuple[Kind, str], Retained],
-    policy: rollout.Policy,
+    on_broker: OnBroker,
+    policy: canary.Policy,
     key: signing.SigningKey | None,
 ) -> Shaped:
     """Rewrite the plan's region changes into canaries where the policy says so."""
@@ -43,14 +45,15 @@ def shape(
         # base of a new one: a replayed or unsigned canary neither locks the region nor lends
         # it servers the operator has since removed (a plain publish replaces it).
         current = have.obj if have is not None and have.trusted(key is not None) else None
-        wanted = json.loads(change.payload)
+        wanted: WireObject = json.loads(change.payload)  # our own payload, sealed by the plan
         if current is not None and current.get("canary") is not None:
-            if current["canary"]["servers"] == wanted["servers"]:
+            running = member(current, "canary")
+            if running["servers"] == wanted["servers"]:
                 change.action = "unchanged"
                 out.continuing.add(change.ident)
             else:
                 out.refused.append(
-                    f"region {change.ident}: rollout {current['canary']['id']} is in progress "
+                    f"region {change.ident}: rollout {running['id']} is in progress "
                     f"with other servers than the file's; end it first (`clockfleet rollout "
                     f"abort --region {change.ident}` or `promote`)"
                 )
@@ -60,15 +63,19 @@ def shape(
         if current["servers"] == wanted["servers"]:
             continue
         assert change.new_version is not None
-        obj = rollout.canary_object(current, wanted, change.new_version, policy)
-        change.payload = rollout.finish(obj, key)
+        obj = canary.canary_object(current, wanted, change.new_version, policy)
+        change.payload = seal("region", change.ident, obj, key, "list")
         change.fields.append(f"canary {policy.percent:g} % of the region first")
-        out.canaries[change.ident] = obj["canary"]["id"]
+        out.canaries[change.ident] = str(member(obj, "canary")["id"])
     return out
 
 
 def cohort_of(
-    change: str, percent: float, region: str, reports: dict, placed: dict[str, str] | None
+    change: str,
+    percent: float,
+    region: str,
+    reports: Mapping[str, Report],
+    placed: Mapping[str, str] | None,
 ) -> tuple[list[str], int]:
     """(the region's known agents in the change's cohort, how many agents the region has).
 
@@ -81,27 +88,11 @@ def cohort_of(
     return [a for a in known if cohorts.in_cohort(change, a, percent)], len(known)
 
 
-def policy_from(
-    canary: str | None, bake_s: float | None, from_file: dict[str, float]
-) -> rollout.Policy:
-    """The rollout policy: the command line over the fleet file's `rollout:` over defaults."""
-    percent = from_file.get("canary", 0.0)
-    if canary is not None:
-        percent = rollout.parse_percent(canary)
-    bake = from_file.get("bake_s", rollout.DEFAULT_BAKE_S) if bake_s is None else bake_s
-    if not 0 <= bake <= 7 * 86400:
-        raise rollout.PolicyError(f"--bake {bake:g}: must be within 0..604800 s")
-    return rollout.Policy(
-        percent=percent,
-        bake_s=int(bake),
-        max_failing_pct=from_file.get("max_failing_pct", rollout.DEFAULT_MAX_FAILING_PCT),
-        min_reported_pct=from_file.get("min_reported_pct", rollout.DEFAULT_MIN_REPORTED_PCT),
-        offset_tolerance_s=from_file.get("offset_tolerance_s", rollout.DEFAULT_OFFSET_TOLERANCE_S),
-    )
-
-
 def empty_cohorts(
-    shaped: Shaped, percent: float, reports: dict, placed: dict[str, str] | None
+    shaped: Shaped,
+    percent: float,
+    reports: Mapping[str, Report],
+    placed: Mapping[str, str] | None,
 ) -> list[str]:
     """One line per canary region whose cohort has no known agent: such a canary can only
     abort (nobody would try the new list), so it is refused before anything is sent."""

@@ -8,14 +8,13 @@ canary is recorded in the state file before it is sent, as every publish is.
 
 Only the copy this publisher issued last is acted on (rollout_watch.py): a replayed older
 canary, or one that does not verify, is never continued, promoted or aborted; it is
-replaced by the fleet file's current list, so the region ends on the operator's list
-whatever command the operator runs. Only agents the fleet file places in a region judge its
+replaced by the fleet file's list, so the region ends on the operator's list whatever
+command the operator runs. Only agents the fleet file places in a region judge its
 canary (`placement`); others that claim the region in their reports are shown apart.
 """
 
 from __future__ import annotations
 
-import sys
 import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -25,12 +24,13 @@ from clockfleet.protocol.codec import utcnow_iso
 from clockfleet.protocol.messages import ServerList
 from clockfleet.protocol.rollout import Health, health, time_left
 from clockfleet.protocol.topics import servers_topic
-from clockfleet.publisher import broker_io, rollout
+from clockfleet.publisher import broker_io, canary
+from clockfleet.publisher.cli_common import ROLLOUT, fail
 from clockfleet.publisher.fleetfile import Fleet
-from clockfleet.publisher.plan import region_object
-from clockfleet.publisher.rollout_watch import Watch
-from clockfleet.publisher.state import State
+from clockfleet.publisher.issued_record import IssuedRecord
+from clockfleet.publisher.rollout_watch import Snapshot, Watch
 from clockfleet.publisher.versions import VersionJump, date_floor, next_version
+from clockfleet.publisher.wire_objects import WireObject, region_object, seal
 
 EXIT_ABORTED = 3
 
@@ -48,13 +48,12 @@ class Ender:
     """Publishes the list that ends a canary, or the file's list in place of a broker copy
     that is not to be acted on."""
 
-    session: broker_io.Session
-    record: State
+    session: broker_io.PublisherSession
+    record: IssuedRecord
     prefix: str
     key: signing.SigningKey | None
     timeout_s: float
     fleet: Fleet | None = None
-    out: list[str] = field(default_factory=list)
 
     def replace(self, region: str, problem: str) -> bool:
         """Publish the fleet file's list of `region` in place of the broker's copy, which is
@@ -65,21 +64,16 @@ class Ender:
                 "file does not name this region: `clockfleet publish --prune` withdraws it"
             )
             return False
-        recorded = self.record.get(self.prefix, "region", region)
+        recorded = self.record.last_version(self.prefix, "region", region)
         version = next_version(None, recorded, date_floor())
         body = {
             **region_object(self.fleet.regions[region]),
             "version": version,
             "issued_at": utcnow_iso(),
         }
-        payload = rollout.finish(body, self.key)
-        self.record.record(self.prefix, "region", region, version, payload)
-        self.record.save()
-        [outcome] = broker_io.publish_retained(
-            self.session, [(servers_topic(self.prefix, region), payload)], self.timeout_s
-        )
-        if not outcome.ok:
-            _say(f"region {region}: the file's list NOT published: {outcome.reason}")
+        result = self._issue(region, version, body)
+        if not result.ok:
+            _say(f"region {region}: the file's list NOT published: {result.reason}")
             return False
         _say(
             f"region {region}: the broker's copy is not acted on ({problem}); replaced by the "
@@ -88,31 +82,40 @@ class Ender:
         return True
 
     def end(
-        self, sl: ServerList, obj: dict, decision: rollout.Decision, h: Health, by: str
+        self, sl: ServerList, obj: WireObject, decision: canary.Decision, h: Health, by: str
     ) -> bool:
+        """Publish the list that ends `sl`'s canary as `decision` says: True when it went
+        out."""
         region = sl.region
         try:
             version = next_version(
-                sl.version, self.record.get(self.prefix, "region", region), date_floor()
+                sl.version, self.record.last_version(self.prefix, "region", region), date_floor()
             )
         except VersionJump as exc:
             _say(f"region {region}: cannot end the rollout: {exc}")
             return False
-        body = rollout.ending_object(obj, decision, h, version, by=by)
-        payload = rollout.finish(body, self.key)
-        self.record.record(self.prefix, "region", region, version, payload)
-        self.record.save()
-        [outcome] = broker_io.publish_retained(
-            self.session, [(servers_topic(self.prefix, region), payload)], self.timeout_s
+        result = self._issue(
+            region, version, canary.ending_object(obj, decision, h, version, by=by)
         )
-        if not outcome.ok:
-            _say(f"region {region}: rollout {decision.phase} NOT published: {outcome.reason}")
+        if not result.ok:
+            _say(f"region {region}: rollout {decision.phase} NOT published: {result.reason}")
             return False
         _say(
             f"region {region}: rollout {sl.canary.id if sl.canary else '?'} {decision.phase} "
             f"(v{sl.version} -> v{version}): {decision.reason}"
         )
         return True
+
+    def _issue(self, region: str, version: int, body: WireObject) -> broker_io.PublishResult:
+        """Seal the list, record it, then send it: a version is in the record before any
+        agent can see it."""
+        payload = seal("region", region, body, self.key, "list")
+        self.record.record(self.prefix, "region", region, version, payload)
+        self.record.save()
+        [result] = broker_io.publish_retained(
+            self.session, [(servers_topic(self.prefix, region), payload)], self.timeout_s
+        )
+        return result
 
 
 def unplaced_line(region: str, agents: list[str]) -> str:
@@ -143,66 +146,94 @@ def drive(
     `at_least`: region -> the canary version just published; until the watch has seen it
     (our own publish comes back like anyone's), the region is not judged."""
     started = time.monotonic()
-    pending = set(regions) if regions is not None else None
-    aborted = failed = False
-    announced: set[str] = set()
-    replaced: set[str] = set()
-    placed = placement(ender.fleet)
-    while True:
-        snap = watch.snapshot()
-        for region, problem in sorted(snap.list_problems.items()):
-            concerned = regions is None or region in regions
-            if concerned and region not in replaced and region not in (at_least or {}):
-                replaced.add(region)
-                failed |= not ender.replace(region, problem)
-        canaries = {r: v for r, v in snap.lists.items() if v[0].canary is not None}
-        if pending is None:
-            pending = set(canaries)
-        for region in sorted(pending):
-            if region in replaced:
-                pending.discard(region)
-                continue
-            have = canaries.get(region)
-            seen = snap.lists.get(region)
-            if at_least and (seen is None or seen[0].version < at_least.get(region, 0)):
-                continue
-            if have is None:
-                done = snap.lists.get(region)
-                record = done[0].rollout if done else None
-                if record is not None:
-                    _say(f"region {region}: rollout {record.id} already {record.phase}")
-                    aborted |= record.phase == "aborted"
-                pending.discard(region)
-                continue
-            sl, obj = have
-            h = health(sl, snap.reports, snap.baselines, placed)
-            if region not in announced:
-                announced.add(region)
-                _say(
-                    f"region {region}: canary {sl.canary.id} (v{sl.version}), cohort "
-                    f"{len(h.cohort)} of {h.region_agents} known agents, "
-                    f"{time_left(sl, time.time()):.0f} s of bake time left"
-                )
-                if h.unplaced:
-                    _say(unplaced_line(region, h.unplaced))
-            decision = rollout.decide(sl, h, time.time())
-            if decision is None:
-                continue
-            if ender.end(sl, obj, decision, h, "auto"):
-                aborted |= decision.phase == "aborted"
-            else:
-                failed = True
-            pending.discard(region)
-        if not pending:
-            break
+    decider = _Decider(ender, regions, at_least or {})
+    while decider.step(watch.snapshot()):
         if deadline_s is not None and time.monotonic() - started > deadline_s:
-            for region in sorted(pending):
+            for region in sorted(decider.undecided()):
                 _say(f"region {region}: still in canary; `clockfleet rollout run` continues it")
             return 1
         time.sleep(step_s)
-    if failed:
+    if decider.failed:
         return 1
-    return EXIT_ABORTED if aborted else 0
+    return EXIT_ABORTED if decider.aborted else 0
+
+
+@dataclass
+class _Decider:
+    """drive()'s progress over the snapshots it reads: which regions are still undecided,
+    and what became of the others."""
+
+    ender: Ender
+    regions: set[str] | None  # None: every region with a canary in the first snapshot
+    at_least: dict[str, int]
+    aborted: bool = False
+    failed: bool = False
+    announced: set[str] = field(default_factory=set)
+    replaced: set[str] = field(default_factory=set)
+    pending: set[str] | None = field(init=False, default=None)
+    placed: dict[str, str] | None = field(init=False, default=None)
+
+    def __post_init__(self) -> None:
+        self.pending = set(self.regions) if self.regions is not None else None
+        self.placed = placement(self.ender.fleet)
+
+    def undecided(self) -> set[str]:
+        return self.pending or set()
+
+    def step(self, snap: Snapshot) -> bool:
+        """Act on one snapshot; True while some region is still undecided."""
+        for region, problem in sorted(snap.list_problems.items()):
+            concerned = self.regions is None or region in self.regions
+            if concerned and region not in self.replaced and region not in self.at_least:
+                self.replaced.add(region)
+                self.failed |= not self.ender.replace(region, problem)
+        canaries = {r: v for r, v in snap.lists.items() if v[0].canary is not None}
+        if self.pending is None:
+            self.pending = set(canaries)
+        for region in sorted(self.pending):
+            if self._settled(region, snap, canaries):
+                self.pending.discard(region)
+        return bool(self.pending)
+
+    def _settled(
+        self, region: str, snap: Snapshot, canaries: dict[str, tuple[ServerList, WireObject]]
+    ) -> bool:
+        """Judge one region; True once nothing is left to decide for it."""
+        if region in self.replaced:
+            return True
+        seen = snap.lists.get(region)
+        if self.at_least and (seen is None or seen[0].version < self.at_least.get(region, 0)):
+            return False
+        have = canaries.get(region)
+        if have is None:
+            ended = seen[0].rollout if seen else None
+            if ended is not None:
+                _say(f"region {region}: rollout {ended.id} already {ended.phase}")
+                self.aborted |= ended.phase == "aborted"
+            return True
+        sl, obj = have
+        h = health(sl, snap.reports, snap.baselines, self.placed)
+        if region not in self.announced:
+            self.announced.add(region)
+            self._announce(region, sl, h)
+        decision = canary.decide(sl, h, time.time())
+        if decision is None:
+            return False
+        if self.ender.end(sl, obj, decision, h, "auto"):
+            self.aborted |= decision.phase == "aborted"
+        else:
+            self.failed = True
+        return True
+
+    def _announce(self, region: str, sl: ServerList, h: Health) -> None:
+        assert sl.canary is not None  # only canaries are judged
+        _say(
+            f"region {region}: canary {sl.canary.id} (v{sl.version}), cohort "
+            f"{len(h.cohort)} of {h.region_agents} known agents, "
+            f"{time_left(sl, time.time()):.0f} s of bake time left"
+        )
+        if h.unplaced:
+            _say(unplaced_line(region, h.unplaced))
 
 
 def end_by_hand(watch: Watch, ender: Ender, region: str, phase: str) -> int:
@@ -213,10 +244,9 @@ def end_by_hand(watch: Watch, ender: Ender, region: str, phase: str) -> int:
         return 0 if ender.replace(region, problem) else 1
     have = snap.lists.get(region)
     if have is None or have[0].canary is None:
-        print(f"clockfleet rollout: region {region} has no canary in progress", file=sys.stderr)
-        return 2
+        return fail(ROLLOUT, f"region {region} has no canary in progress")
     sl, obj = have
     h = health(sl, snap.reports, snap.baselines, placement(ender.fleet))
     when = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-    decision = rollout.Decision(phase, f"by the operator at {when}")
+    decision = canary.Decision(phase, f"by the operator at {when}")
     return 0 if ender.end(sl, obj, decision, h, "operator") else 1

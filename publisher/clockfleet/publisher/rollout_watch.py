@@ -1,6 +1,6 @@
 """What a rollout decision reads: every region list and every agent's report, live.
 
-It reads on the command's one MQTT session (`broker_io.Session`): the shipped broker binds
+It reads on the command's one MQTT session (`broker_io.PublisherSession`): the shipped broker binds
 client ids to identities, so a second connection as `publisher` would close the first and
 the two would knock each other off. It subscribes at QoS 0 (Mosquitto drops retained
 messages beyond 1020 to a QoS 1 wildcard subscriber) to the region lists and the reports,
@@ -32,12 +32,14 @@ from clockfleet.protocol.topics import (
     parse_topic,
 )
 from clockfleet.publisher import broker_io
-from clockfleet.publisher.state import State
+from clockfleet.publisher.issued_record import IssuedRecord
+from clockfleet.publisher.wire_objects import WireObject
 
 
 @dataclass
 class Snapshot:
-    lists: dict[str, tuple[ServerList, dict]] = field(default_factory=dict)  # verified only
+    # region -> its list, decoded and as the object it was signed as; verified ones only
+    lists: dict[str, tuple[ServerList, WireObject]] = field(default_factory=dict)
     list_problems: dict[str, str] = field(default_factory=dict)
     reports: dict[str, Report] = field(default_factory=dict)
     baselines: dict[str, float | None] = field(default_factory=dict)
@@ -46,10 +48,10 @@ class Snapshot:
 class Watch:
     def __init__(
         self,
-        session: broker_io.Session,
+        session: broker_io.PublisherSession,
         prefix: str,
         trust: signing.TrustStore,
-        record: State | None = None,
+        record: IssuedRecord | None = None,
     ) -> None:
         self.session = session
         self.prefix = prefix
@@ -67,16 +69,16 @@ class Watch:
         broker_io.subscribe_checked(
             self.session, self.filters, timeout_s, "a rollout cannot be judged without them"
         )
-        broker_io.fence(self.session, self.prefix, timeout_s)
+        broker_io.fence(self.session, timeout_s)
 
-    def _on_message(self, client, userdata, msg: mqtt.MQTTMessage) -> None:
+    def _on_message(self, client: object, userdata: object, msg: mqtt.MQTTMessage) -> None:
         try:
             ref = parse_topic(self.prefix, msg.topic)
         except TopicError:
             return
         with self._lock:
             if ref.kind == "servers":
-                self._on_list(ref.ident, msg.payload)
+                self._on_list(ref.ident, bytes(msg.payload))
             elif ref.kind == "report" and msg.payload:
                 try:
                     report, _ = decode(Report, msg.payload, topic_id=ref.ident)

@@ -8,6 +8,8 @@ nodes) and stop a hostile or broken file before it costs time or memory.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import yaml
 
 # libyaml's parser where installed: the pure-Python one takes ~4 s for 5000 agents.
@@ -21,6 +23,14 @@ class _TooBig(Exception):
     pass
 
 
+@dataclass(slots=True)
+class _Open:
+    """A collection the event stream is inside: its anchor, its expanded size so far."""
+
+    anchor: str | None
+    size: int = 1
+
+
 def shape_problem(text: str) -> str | None:
     """Why the file's YAML is too deep or expands too far, from libyaml's event stream.
 
@@ -30,7 +40,7 @@ def shape_problem(text: str) -> str | None:
     reports them with their line. The answer may quote an anchor name: print it escaped.
     """
     loader = LOADER(text)
-    stack: list[list] = []  # per open collection: [anchor, expanded size so far]
+    stack: list[_Open] = []
     sizes: dict[str, int] = {}
     total = 0
 
@@ -39,8 +49,8 @@ def shape_problem(text: str) -> str | None:
         if anchor is not None:
             sizes[anchor] = size
         if stack:
-            stack[-1][1] += size
-            size = stack[-1][1]
+            stack[-1].size += size
+            size = stack[-1].size
         else:
             total += size
             size = total
@@ -53,16 +63,16 @@ def shape_problem(text: str) -> str | None:
             if isinstance(event, yaml.CollectionStartEvent):
                 if len(stack) >= MAX_DEPTH:
                     return f"nested more than {MAX_DEPTH} levels deep"
-                stack.append([event.anchor, 1])
+                stack.append(_Open(event.anchor))
             elif isinstance(event, yaml.CollectionEndEvent):
-                anchor, size = stack.pop()
-                add(anchor, size)
+                closed = stack.pop()
+                add(closed.anchor, closed.size)
             elif isinstance(event, yaml.ScalarEvent):
                 add(event.anchor, 1)
             elif isinstance(event, yaml.AliasEvent):
-                if any(anchor == event.anchor for anchor, _ in stack):
+                if any(o.anchor == event.anchor for o in stack):
                     return f"alias *{event.anchor} refers to a node that contains it"
-                add(None, sizes.get(event.anchor, 1))
+                add(None, sizes.get(event.anchor, 1) if event.anchor is not None else 1)
     except _TooBig:
         return (
             f"more than {MAX_NODES:,} values once aliases are expanded "

@@ -16,6 +16,9 @@ import yaml
 
 from clockfleet.publisher.yaml_prescan import LOADER, shape_problem
 
+# A YAML mapping as read: keys are strings (any other key is an error), values plain.
+Section = dict[str, object]
+
 # Far above any real fleet (100,000 agents is ~6 MB); read no further than one byte past it.
 MAX_FILE_BYTES = 16 * 1024 * 1024
 
@@ -47,7 +50,7 @@ def printable(text: str) -> str:
     return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
 
 
-def show(value: Any) -> str:
+def show(value: object) -> str:
     return _short.repr(value)
 
 
@@ -65,7 +68,8 @@ class Tree:
         shown = path if len(path) <= 200 else path[:200] + "..."
         self.errors.append(printable(f"{where}: {shown or '(top level)'}: {reason}"))
 
-    def construct(self, loader: Any, node: yaml.Node, path: str) -> tuple[bool, Any]:
+    # `loader` is PyYAML's C or pure-Python SafeLoader, whichever is installed (Any).
+    def construct(self, loader: Any, node: yaml.Node, path: str) -> tuple[bool, object]:
         """(True, value), or (False, None) with the error recorded."""
         try:
             return True, loader.construct_object(node, deep=True)
@@ -74,11 +78,11 @@ class Tree:
             self.error(path, f"unreadable value {show(node.value)}: {exc}")
             return False, None
 
-    def build(self, loader: Any, node: yaml.Node, path: str) -> Any:
+    def build(self, loader: Any, node: yaml.Node, path: str) -> object:
         self.lines.setdefault(path, node.start_mark.line + 1)
         if isinstance(node, yaml.MappingNode):
             loader.flatten_mapping(node)  # resolve `<<` merge keys as a YAML loader would
-            out: dict[Any, Any] = {}
+            out: Section = {}
             for key_node, value_node in node.value:
                 ok, key = self.construct(loader, key_node, path)
                 if not ok:
@@ -102,7 +106,7 @@ class Tree:
         return self.construct(loader, node, path)[1]
 
 
-def read(path: Path) -> tuple[Any, Tree]:
+def read(path: Path) -> tuple[object, Tree]:
     """The file's values and their positions, or FleetFileError with one line."""
     tree = Tree(str(path))
     try:

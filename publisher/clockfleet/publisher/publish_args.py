@@ -1,0 +1,147 @@
+"""`clockfleet publish`'s command line: its help text and every flag, in --help's order."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from clockfleet.protocol.connection import add_arguments
+from clockfleet.protocol.ids import ID_PATTERN
+from clockfleet.publisher.canary import DEFAULT_BAKE_S
+from clockfleet.publisher.cli_common import PUBLISH, STATE_FILE_NAME, Parser
+
+PUBLISH_DESCRIPTION = """\
+Validate the fleet file, then publish every region's NTP server list and every agent's
+profile that differs from what the broker holds, as signed, retained MQTT messages (QoS 1,
+waiting for each PUBACK). An unchanged file publishes nothing. A changed region or profile
+gets version = max(verified version on the broker, the state file's record, YYYYMMDD00 of
+today) + 1, so versions never go backwards even when the broker lost its retained state.
+Only a broker copy whose signature verifies with a key this publisher holds (--signing-key,
+--trust-key) counts: an unsigned or forged retained message is reported, not counted, and
+replaced.
+
+An invalid file is reported in full (FILE:LINE: PATH: reason per problem) with exit 2, and
+nothing is published.
+
+Preflight: every server that is new in a changed list, or at another position, is queried
+from this host with the agents' own checks, one line per server. A server that fails blocks
+the publish (exit 2) unless --force: some servers answer only from the PBXs' networks.
+"""
+
+PUBLISH_EPILOG = f"""\
+fleet file: `signing_key` (optional, relative to the file), `defaults` (poll_interval_s
+16..604800, resync_jitter_s 0..3600), `regions` (id -> timezone, servers [{{host, port}}] in
+the order agents try them, optional poll_interval_s/resync_jitter_s) and `agents` (id ->
+region, optional timezone; default: the region's). Ids: {ID_PATTERN}. Unknown keys are
+errors. Example: config/fleet.yaml.
+
+exit codes: 0 published (or nothing to publish), 1 the broker refused or did not acknowledge
+a publish (e.g. the ACL denies this identity), 2 bad argument, invalid fleet file, bad key,
+a new or moved server failing the preflight (without --force),
+broker unreachable / login refused, or a verified version on the broker more than
+1,000,000 (a year of date floors) above this publisher's own record and today's date floor
+(a leaked key or a broken publisher; --accept-version-jump adopts it).
+
+state file: JSON with the highest version issued per prefix, region and profile, written
+before publishing. Default: .publisher-state.json next to the fleet file. Keep it (it is
+what stops versions from going backwards when the broker lost its state); keep it out of git.
+"""
+
+
+def publish_parser() -> argparse.ArgumentParser:  # long: one declaration per flag, in --help order
+    p = Parser(
+        prog=PUBLISH,
+        description=PUBLISH_DESCRIPTION,
+        epilog=PUBLISH_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument(
+        "--config",
+        metavar="FILE",
+        default="config/fleet.yaml",
+        type=Path,
+        help="the fleet file (default: config/fleet.yaml)",
+    )
+    p.add_argument(
+        "--signing-key",
+        metavar="FILE",
+        type=Path,
+        help="Ed25519 private key (from `clockfleet keygen`); overrides the file's signing_key. "
+        "Without any key the lists go out unsigned, and agents with a trust key refuse them",
+    )
+    p.add_argument(
+        "--trust-key",
+        metavar="FILE|DIR",
+        type=Path,
+        action="append",
+        default=[],
+        help="public key (.pub, or a directory of them) whose signatures on the broker's "
+        "copies count as this publisher's own, e.g. the key retired by a rotation; repeatable. "
+        "The signing key's own public half always counts",
+    )
+    p.add_argument(
+        "--accept-version-jump",
+        action="store_true",
+        help="adopt a verified version on the broker even when it is more than 1,000,000 "
+        "above this publisher's record and today's date floor (refused by default, exit 2)",
+    )
+    p.add_argument(
+        "--state-file",
+        metavar="FILE",
+        type=Path,
+        help=f"the publisher's record of issued versions (default: {STATE_FILE_NAME} "
+        "next to the fleet file)",
+    )
+    p.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="print what would change against the broker (old -> new version, fields that "
+        "differ) and publish nothing",
+    )
+    p.add_argument(
+        "--prune",
+        action="store_true",
+        help="withdraw (empty retained message) regions and profiles the broker holds but the "
+        "file no longer has; without it they are left in place and listed",
+    )
+    p.add_argument(
+        "--timeout",
+        metavar="SECONDS",
+        type=float,
+        default=10.0,
+        help="seconds to wait for the broker at each step (default: 10)",
+    )
+    p.add_argument(
+        "--canary",
+        metavar="PERCENT",
+        help="publish changed server lists to this share of each region's agents first (e.g. "
+        "10%%), then promote or abort by the cohort's reports (docs/rollout.md); default: the "
+        "fleet file's rollout.canary, else 0 (the whole region at once)",
+    )
+    p.add_argument(
+        "--bake",
+        metavar="SECONDS",
+        type=float,
+        help="with a canary: how long the cohort runs the new list before promotion "
+        f"(default: rollout.bake_s, else {DEFAULT_BAKE_S})",
+    )
+    p.add_argument(
+        "--no-wait",
+        action="store_true",
+        help="with a canary: publish it and exit; `clockfleet rollout run` decides later",
+    )
+    p.add_argument(
+        "--force",
+        action="store_true",
+        help="publish even when a new or moved server fails the preflight (it may answer "
+        "only from the PBXs' networks, not from this host)",
+    )
+    p.add_argument(
+        "--no-preflight",
+        action="store_true",
+        help="do not query new or moved servers before publishing (e.g. no NTP traffic is "
+        "allowed out of this host, or none of the servers is reachable from it)",
+    )
+    p.add_argument("-v", "--verbose", action="store_true", help="log more")
+    add_arguments(p)
+    return p
