@@ -94,6 +94,26 @@ def parse_brokers(spec: str) -> list[BrokerAddress]:
     return out
 
 
+def command_parser(
+    prog: str,
+    description: str,
+    *,
+    epilog: str | None = None,
+    parser_class: type[argparse.ArgumentParser] = argparse.ArgumentParser,
+) -> argparse.ArgumentParser:
+    """A command's argument parser, built the same way for every command that takes the
+    broker arguments: its description and epilog printed as written (their line breaks
+    and lists kept). The command adds its own arguments, then `add_arguments` the broker's.
+    `parser_class`: an ArgumentParser subclass (the publisher's reports a bad argument on
+    one line)."""
+    return parser_class(
+        prog=prog,
+        description=description,
+        epilog=epilog,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     g = parser.add_argument_group("broker connection")
     g.add_argument(

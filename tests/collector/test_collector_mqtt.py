@@ -383,7 +383,7 @@ def test_a_flood_of_bad_messages_is_counted_in_full_but_logged_once(
 
 
 def test_start_rotates_past_a_dead_broker_in_the_list(broker, publisher, monkeypatch):
-    monkeypatch.setattr("clockfleet.collector.ingest.rotation", list)  # the dead one first
+    monkeypatch.setattr("clockfleet.protocol.connection.rotation", list)  # the dead one first
     dead = f"mqtt://127.0.0.1:{devstack.free_port()}"
     settings = broker.settings("collector")
     settings.brokers = parse_brokers(f"{dead},{broker.url}")

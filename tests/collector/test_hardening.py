@@ -21,7 +21,7 @@ from tests.collector.kit import (
     status_topic,
     wait_until,
 )
-from tests.collector.test_link_framing import publish as publish_packet
+from tests.collector.test_socket_reader import publish as publish_packet
 
 NESTED = b"[" * 5000 + b"]" * 5000  # 10 KB, far under the 64 KiB limit
 GOOD = ("good-1", "good-2", "good-3")

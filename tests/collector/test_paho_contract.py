@@ -24,10 +24,10 @@ from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.reasoncodes import ReasonCode
 
 from clockfleet.collector import paho_socket
-from clockfleet.collector.link import BufferedLink
+from clockfleet.collector.socket_reader import BufferedLink
 from clockfleet.devstack.mosquitto import ShippedBroker
 from clockfleet.protocol import session
-from tests.collector.test_link_framing import publish as publish_packet
+from tests.collector.test_socket_reader import publish as publish_packet
 
 # The range this file was last run against; pyproject.toml's pin must say the same.
 CHECKED_ON = (">=2.1", "<2.3")

@@ -1,5 +1,6 @@
-"""The link hands QoS 0 PUBLISHes to the collector itself and every other packet to paho,
-in stream order (the UNSUBACK fence depends on it), and holds no more than its bounds."""
+"""The socket reader (BufferedLink, with its PacketFramer) hands QoS 0 PUBLISHes to the
+collector itself and every other packet to paho, in stream order (the UNSUBACK fence depends
+on it), and holds no more than its bounds."""
 
 from __future__ import annotations
 
@@ -9,7 +10,8 @@ import time
 
 import pytest
 
-from clockfleet.collector.link import FRAME_BATCH, BufferedLink
+from clockfleet.collector.packet_framing import FRAME_BATCH
+from clockfleet.collector.socket_reader import BufferedLink
 
 
 def publish(topic: str, payload: bytes, qos: int = 0, retain: bool = True) -> bytes:

@@ -1,7 +1,8 @@
-"""Property tests of the link's MQTT framing: whatever bytes the broker's side of the socket
-sends (random, truncated, oversized, with lying remaining lengths or topic lengths), no
-exception but the socket's own errors leaves recv(), reading ends, and the memory held never
-passes the bound. Streams go through a real socket pair, in pieces, from a sender thread."""
+"""Property tests of the socket reader's MQTT framing: whatever bytes the broker's side of
+the socket sends (random, truncated, oversized, with lying remaining lengths or topic
+lengths), no exception but the socket's own errors leaves recv(), reading ends, and the memory
+held never passes the bound. Streams go through a real socket pair, in pieces, from a sender
+thread."""
 
 from __future__ import annotations
 
@@ -14,8 +15,8 @@ from dataclasses import dataclass, field
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from clockfleet.collector.link import BufferedLink
-from tests.collector.test_link_framing import publish, remaining_length
+from clockfleet.collector.socket_reader import BufferedLink
+from tests.collector.test_socket_reader import publish, remaining_length
 
 MAX_PACKET = 512
 MAX_BUFFER = 4096

@@ -16,6 +16,7 @@ from clockfleet.protocol.connection import (
     BrokerUnreachable,
     UsageError,
     add_arguments,
+    command_parser,
     settings_from_args,
 )
 
@@ -39,11 +40,7 @@ serving the last known state and reconnects with jittered backoff, rotating thro
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        prog="clockfleet collector",
-        description=DESCRIPTION,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
+    p = command_parser("clockfleet collector", DESCRIPTION)
     p.add_argument(
         "--listen",
         default="127.0.0.1:9108",

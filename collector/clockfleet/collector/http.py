@@ -14,8 +14,9 @@ import threading
 from collections.abc import Callable, Iterable
 from socketserver import ThreadingMixIn
 from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
+from wsgiref.types import StartResponse, WSGIApplication, WSGIEnvironment
 
-from clockfleet.collector.metrics import CONTENT_TYPE
+from clockfleet.collector.exposition import CONTENT_TYPE
 
 Render = Callable[[], bytes]
 GZIP_LEVEL = 1
@@ -54,13 +55,14 @@ def accepts_gzip(accept_encoding: str) -> bool:
     return False
 
 
-def metrics_app(render: Render) -> Callable:
-    def app(environ: dict, start_response: Callable) -> Iterable[bytes]:
-        path = environ.get("PATH_INFO", "")
+def metrics_app(render: Render) -> WSGIApplication:
+    # WSGI's environ is a dict of Any (PEP 3333 lets it hold anything): read as str here.
+    def app(environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
+        path = str(environ.get("PATH_INFO", ""))
         if path == "/metrics":
             body = render()
             headers = [("Content-Type", CONTENT_TYPE), ("Vary", "Accept-Encoding")]
-            if accepts_gzip(environ.get("HTTP_ACCEPT_ENCODING", "")):
+            if accepts_gzip(str(environ.get("HTTP_ACCEPT_ENCODING", ""))):
                 body = gzip.compress(body, compresslevel=GZIP_LEVEL)
                 headers.append(("Content-Encoding", "gzip"))
             headers.append(("Content-Length", str(len(body))))

@@ -1,11 +1,13 @@
-"""What happens to one message, from the moment the link or paho hands it over: the
+"""What happens to one message, from the moment the socket reader or paho hands it over: the
 per-topic rate limit, strict decoding into FleetState, the hooks, and the log. Nothing here
 raises: a message that fails in an unexpected way is counted in `state.handler_errors` and
 logged (rate-limited, with its topic), and the next message is handled.
 
 The MQTT side (ingest.py) calls three entry points: `on_raw_publish(topic, payload)` for
-every QoS 0 PUBLISH the link frames itself (the hot path), `on_message` as paho's callback
-for anything else, `on_refused(topic, reason)` for a PUBLISH the link would not hold.
+every QoS 0 PUBLISH the socket reader frames itself (the hot path, socket_reader.py),
+`on_message` as paho's callback for anything else, `on_refused(topic, reason)` for a PUBLISH
+the framing would not hold (packet_framing.py). Between reads it calls `apply_held()`, and
+`new_connection()` on every connection.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import paho.mqtt.client as mqtt
 
@@ -36,18 +39,20 @@ ReportHook = Callable[[str, Report, float], None]
 MessageHook = Callable[[Result, float], None]
 
 
+@dataclass(frozen=True, slots=True)
+class Hooks:
+    """What a program built on the collector sees of the messages, in the MQTT thread (keep
+    them cheap): `on_report(agent, report, t)` for every accepted report, `on_message(result,
+    t)` for every message whatever became of it; `t` is time.monotonic() at hand-over."""
+
+    on_report: ReportHook | None = None
+    on_message: MessageHook | None = None
+
+
 class Intake:
-    def __init__(
-        self,
-        state: FleetState,
-        *,
-        on_report: ReportHook | None = None,
-        on_message: MessageHook | None = None,
-        rate_limit: RateLimit | None = None,
-    ) -> None:
+    def __init__(self, state: FleetState, hooks: Hooks, rate_limit: RateLimit | None) -> None:
         self.state = state
-        self.on_report = on_report
-        self.on_message_hook = on_message
+        self.hooks = hooks
         self._limiter = RateLimiter(rate_limit) if rate_limit is not None else None
         # A topic over its rate keeps its newest message here, applied once its bucket has a
         # token again: a flood costs no more than the limit, yet the collector never sits on
@@ -88,17 +93,18 @@ class Intake:
                 except Exception as exc:  # no message may end the loop
                     self.handler_error(raw, exc)
 
-    def on_message(self, client, userdata, msg: mqtt.MQTTMessage) -> None:
+    def on_message(self, client: mqtt.Client, userdata: object, msg: mqtt.MQTTMessage) -> None:
         # What paho hands over: anything but a QoS 0 PUBLISH, which the link delivers itself.
         raw = paho_socket.raw_topic(msg)
+        payload = bytes(msg.payload)  # paho's type allows a bytearray; it hands bytes
         try:
             try:
                 topic = msg.topic
             except UnicodeDecodeError:
                 topic = None
-            if self._over_limit(raw, topic, msg.payload):
+            if self._over_limit(raw, topic, payload):
                 return
-            self._ingest(topic, msg.payload)
+            self._ingest(topic, payload)
         except Exception as exc:  # no message may end the loop
             self.handler_error(raw, exc)
 
@@ -116,7 +122,7 @@ class Intake:
             self.handler_error(topic, exc)
 
     def on_refused(self, topic: bytes, reason: str) -> None:
-        """A PUBLISH the link would not hold or could not frame (see link.py)."""
+        """A PUBLISH the framing would not hold or could not frame (packet_framing.py)."""
         detail = REFUSED_DETAIL.get(reason, reason)
         try:
             result = self.state.refuse(topic, reason, detail)
@@ -153,15 +159,15 @@ class Intake:
             result = self.state.reject("bad-topic", "topic is not UTF-8", "", "")
         else:
             result = self.state.ingest(topic, payload, now)
-        outcome = result.outcome
+        outcome, hooks = result.outcome, self.hooks
         if outcome is Disposition.APPLIED:
-            if self.on_report is not None and result.kind == "report":
-                self.on_report(result.ident, result.message, now)  # type: ignore[arg-type]
+            if hooks.on_report is not None and isinstance(result.message, Report):
+                hooks.on_report(result.ident, result.message, now)
         elif outcome is Disposition.REJECTED:
             self._log_rejection(result)
         elif outcome is Disposition.IGNORED:
             log.info("ignored status for %r: %s", result.ident, result.detail)
         elif outcome is Disposition.WITHDRAWN:
             log.info("%s of %r withdrawn", result.kind, result.ident)
-        if self.on_message_hook is not None:
-            self.on_message_hook(result, now)
+        if hooks.on_message is not None:
+            hooks.on_message(result, now)

@@ -2,12 +2,12 @@
 
 Nothing exists between scrapes: no per-agent child metric objects, so an agent that is
 withdrawn simply is not in the next scrape, and ingest never touches prometheus_client.
-One source, `agent_values` per agent, `region_families` and `own_families`, and one writer,
-`MetricsRenderer`: the text exposition format written directly, with each agent's lines
-cached until its report or status changes (prometheus_client's own writer takes ~1 s for
-10,000 agents, 100,000 samples; this one tens of milliseconds). `families()` is the same
-data uncached, as `Family` values: every metric's name, type and help in one list, and the
-form the tests compare the writer with (against prometheus_client's own exposition).
+One source, `agent_values` per agent, `region_families`, `rollout_families`
+(rollout_metrics.py) and `own_families`, and one writer, `MetricsRenderer`: the text
+exposition format (exposition.py), with each agent's lines cached until its report or
+status changes. `families()` is the same data uncached, as `Family` values: every metric's
+name, type and help in one list, and the form the tests compare the writer with (against
+prometheus_client's own exposition).
 
 Per agent (labels `agent`, `region`): offset, delay, root distance, stratum, last good sync,
 last report time, last report ok, online, applied list version, and an `_info` series with
@@ -20,20 +20,27 @@ cheaply). The collector's own: messages received by kind, rejected by reason,
 ignored by reason, dropped by reason (a flood's excess), handler errors, broker connected,
 reconnects.
 
-Label values: every one is escaped as the exposition format requires (backslash, double
-quote, newline), by `_escape` here. Text that comes from a message
-is also made printable, and free text (`software`) is cut to LABEL_TEXT_MAX characters, in
-`agent_values`, so that /metrics and `families()` show the same value.
+Label values: every one is escaped as the exposition format requires (exposition.py). Text
+that comes from a message is also made printable, and free text (`software`) is cut to
+LABEL_TEXT_MAX characters, in `agent_values`, so that /metrics and `families()` show the
+same value.
 """
 
 from __future__ import annotations
 
 import threading
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
+from clockfleet.collector.exposition import (
+    Family,
+    escape_label_value,
+    family_header,
+    render_text,
+)
 from clockfleet.collector.fleet_state import FleetState, is_behind
-from clockfleet.collector.text import LABEL_TEXT_MAX, printable
+from clockfleet.collector.rollout_metrics import rollout_families
+from clockfleet.collector.text import ID_MAX, LABEL_TEXT_MAX, printable
 from clockfleet.protocol.messages import Report, Status
 
 AGENT_LABELS = ("agent", "region")
@@ -41,8 +48,6 @@ INFO_LABELS = (
     *("agent", "region", "server", "timezone", "list_version", "software", "discipline"),
     "cohort",  # "canary" | "rest" under a canary (docs/rollout.md), else ""
 )
-CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
-ID_MAX = 64  # an agent or region id's longest valid form (ids.ID_PATTERN)
 
 
 @dataclass
@@ -51,15 +56,6 @@ class LinkStats:
 
     connected: bool = False
     reconnects: int = 0
-
-
-@dataclass(slots=True)
-class Family:
-    name: str  # without the `_total` suffix for counters, as prometheus_client wants it
-    kind: str  # "gauge" or "counter"
-    doc: str
-    labels: tuple[str, ...]
-    samples: list[tuple[tuple[str, ...], float]] = field(default_factory=list)
 
 
 # The per-agent gauges, in exposition order: (name, help). `agent_values` yields one value
@@ -254,8 +250,6 @@ def own_families(state: FleetState, link: LinkStats) -> list[Family]:
 
 
 def families(state: FleetState, link: LinkStats) -> list[Family]:
-    from clockfleet.collector.rollout_metrics import rollout_families
-
     return [
         *agent_families(state),
         *region_families(state),
@@ -264,45 +258,7 @@ def families(state: FleetState, link: LinkStats) -> list[Family]:
     ]
 
 
-# --- the text exposition format, written directly ------------------------------------------
-
-
-def _escape(value: str) -> str:
-    if "\\" in value or '"' in value or "\n" in value:
-        return value.replace("\\", r"\\").replace('"', r"\"").replace("\n", r"\n")
-    return value
-
-
-def _number(value: float) -> str:
-    if value != value:
-        return "NaN"
-    if value in (float("inf"), float("-inf")):
-        return "+Inf" if value > 0 else "-Inf"
-    return repr(value)
-
-
-def _header(name: str, kind: str, doc: str) -> str:
-    doc = doc.replace("\\", r"\\").replace("\n", r"\n")
-    return f"# HELP {name} {doc}\n# TYPE {name} {kind}\n"
-
-
-def _labels(names: tuple[str, ...], values: tuple[str, ...]) -> str:
-    return ",".join(f'{n}="{_escape(v)}"' for n, v in zip(names, values, strict=True))
-
-
-def render_text(fams: list[Family]) -> bytes:
-    out: list[str] = []
-    append = out.append
-    for f in fams:
-        name = f.name + "_total" if f.kind == "counter" else f.name
-        append(_header(name, f.kind, f.doc))
-        if not f.labels:
-            for _, value in f.samples:
-                append(f"{name} {_number(value)}\n")
-        else:
-            for values, value in f.samples:
-                append(f"{name}{{{_labels(f.labels, values)}}} {_number(value)}\n")
-    return "".join(out).encode()
+# --- /metrics: the exposition format, each agent's lines cached --------------------------
 
 
 _GAUGE_NAMES = tuple(name for name, _ in AGENT_GAUGES)
@@ -317,7 +273,7 @@ def _agent_lines(
     # must not be able to end a label and write a series of its own. This runs only when an
     # agent's messages change (the cache), so it costs nothing per scrape. Decoding bounded
     # every value, so repr() is always a valid sample value.
-    agent, region = _escape(printable(agent, ID_MAX)), _escape(region)
+    agent, region = escape_label_value(printable(agent, ID_MAX)), escape_label_value(region)
     labels = f'{{agent="{agent}",region="{region}"}} '
     lines = [
         "" if value is None else f"{name}{labels}{value!r}\n"
@@ -326,7 +282,8 @@ def _agent_lines(
     if info is None:
         lines.append("")
     else:
-        _, _, server, timezone, version, software, discipline, cohort = map(_escape, info)
+        escaped = map(escape_label_value, info)
+        _, _, server, timezone, version, software, discipline, cohort = escaped
         lines.append(
             f'{INFO_NAME}{{agent="{agent}",region="{region}",server="{server}",'
             f'timezone="{timezone}",list_version="{version}",software="{software}",'
@@ -335,9 +292,11 @@ def _agent_lines(
     return lines
 
 
-_AGENT_HEADERS = [_header(name, "gauge", doc) for name, doc in AGENT_GAUGES] + [
-    _header(INFO_NAME, "gauge", INFO_HELP)
+_AGENT_HEADERS = [family_header(name, "gauge", doc) for name, doc in AGENT_GAUGES] + [
+    family_header(INFO_NAME, "gauge", INFO_HELP)
 ]
+# What an agent's cached lines were made from (its report, status, last good sync), and them.
+CachedLines = tuple[Report | None, Status | None, float | None, list[str]]
 
 
 class MetricsRenderer:
@@ -348,7 +307,7 @@ class MetricsRenderer:
     def __init__(self, state: FleetState, link: Callable[[], LinkStats]) -> None:
         self._state = state
         self._link = link
-        self._cache: dict[str, tuple[object, object, float | None, list[str]]] = {}
+        self._cache: dict[str, CachedLines] = {}
         self._lock = threading.Lock()  # two scrapes at once must not interleave the cache
 
     def render(self) -> bytes:
@@ -358,7 +317,7 @@ class MetricsRenderer:
     def _render(self) -> bytes:
         snap = self._state.snapshot()
         old = self._cache
-        cache: dict[str, tuple[object, object, float | None, list[str]]] = {}
+        cache: dict[str, CachedLines] = {}
         for agent, entry in snap.agents.items():
             # Read each field once: the ingest thread may replace them meanwhile.
             report, status, last_ok = entry.report, entry.status, entry.last_ok_at
@@ -372,8 +331,6 @@ class MetricsRenderer:
         for i, header in enumerate(_AGENT_HEADERS):
             parts.append(header)
             parts.append("".join([lines[i] for lines in all_lines]))
-        from clockfleet.collector.rollout_metrics import rollout_families
-
         rest = [
             *region_families(self._state),
             *rollout_families(self._state),

@@ -27,22 +27,30 @@ version 2 and its ReasonCode objects, `user_data_get()`/`user_data_set()`, `prot
 
 from __future__ import annotations
 
+import socket
 from collections.abc import Callable
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, TypeVar
 
 import paho.mqtt.client as mqtt
 
-Link = TypeVar("Link")
+if TYPE_CHECKING:  # paho defines its socket type for type checkers only
+    from paho.mqtt.client import SocketLike
+
+    Link = TypeVar("Link", bound=SocketLike)
+else:
+    Link = TypeVar("Link")
 
 
-def install_link(client: mqtt.Client, wrap: Callable[[Any], Link]) -> Link:
+def install_link(client: mqtt.Client, wrap: Callable[[socket.socket], Link]) -> Link:
     """Put `wrap(the connected socket)` under `client`: paho does all its I/O through it from
     now on (point 1 above). Call between `connect()` and the first `loop_read()`."""
-    sock = client._sock  # type: ignore[attr-defined]
+    sock = client._sock
     if sock is None:
         raise ConnectionError("the client has no socket: call connect() first")
+    if not isinstance(sock, socket.socket):  # TCP or TLS (an SSLSocket is one), never a proxy's
+        raise ConnectionError(f"the client's socket is a {type(sock).__name__}: not supported")
     link = wrap(sock)
-    client._sock = link  # type: ignore[attr-defined]
+    client._sock = link
     return link
 
 

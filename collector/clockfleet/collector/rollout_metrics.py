@@ -19,9 +19,9 @@ from __future__ import annotations
 
 import time
 
+from clockfleet.collector.exposition import Family
 from clockfleet.collector.fleet_state import FleetState
-from clockfleet.collector.metrics import ID_MAX, Family
-from clockfleet.collector.text import printable
+from clockfleet.collector.text import ID_MAX, printable
 from clockfleet.protocol.messages import Report
 from clockfleet.protocol.rollout import PHASES, region_status
 

@@ -35,6 +35,7 @@ from clockfleet.protocol.connection import (
     ConnectionSettings,
     UsageError,
     add_arguments,
+    command_parser,
     settings_from_args,
 )
 
@@ -256,11 +257,7 @@ def write_json(rows: list[Row], out: TextIO) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        prog="clockfleet status",
-        description=DESCRIPTION,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
+    p = command_parser("clockfleet status", DESCRIPTION)
     p.add_argument("--region", help="show only this region's agents")
     p.add_argument("--json", action="store_true", help="print a JSON list of objects instead")
     p.add_argument(

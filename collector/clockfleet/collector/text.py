@@ -11,6 +11,9 @@ from __future__ import annotations
 
 # Free text in a label: enough for a version string or a short note, never a whole payload.
 LABEL_TEXT_MAX = 64
+# An agent or region id's longest valid form (ids.ID_PATTERN): the bound for an id in a
+# label, which must not depend on the id having been validated.
+ID_MAX = 64
 ELLIPSIS = "…"
 
 
