@@ -66,13 +66,13 @@ class PublisherSession:
         return "MQTT 5" if self.protocol == mqtt.MQTTv5 else "MQTT 3.1.1"
 
     def listen(self) -> None:
-        """Hand paho the callbacks below (before connecting)."""
-        self.client.on_connect = self._on_connect
-        self.client.on_disconnect = self._on_disconnect
-        self.client.on_message = self._on_message
-        self.client.on_subscribe = self._on_subscribe
-        self.client.on_unsubscribe = self._on_unsubscribe
-        self.client.on_publish = self._on_publish
+        """Hand paho the callbacks below (before connecting): the connection's state, the
+        retained messages, and the broker's answers to SUBSCRIBE, UNSUBSCRIBE and PUBLISH."""
+        c = self.client
+        c.on_connect, c.on_disconnect = self._on_connect, self._on_disconnect
+        c.on_message = self._on_message
+        c.on_subscribe, c.on_unsubscribe = self._on_subscribe, self._on_unsubscribe
+        c.on_publish = self._on_publish
 
     # paho's callbacks (API version 2). The arguments they do not read are typed `object`.
 
