@@ -13,10 +13,9 @@ paho's loop itself. Its life is an explicit state (`clockfleet.protocol.session.
 - Rotation and backoff: `clockfleet.protocol.connection.Rotation` (full jitter, per round of
   a cluster's node list; paho's own backoff has none).
 - TLS: a certificate refused only for its dates is verified without them only on evidence
-  the host can trust that its clock is behind (clock_evidence.py; docs/far-off-clocks.md).
-- Subscriptions: subscriptions.py; reports: report_delivery.py.
-- Snapshots: `fence()` calls back once the retained messages of the subscriptions sent
-  before it are in (`clockfleet.protocol.session.Fences`).
+  the host can trust that its clock is behind (cert_dates.py; docs/far-off-clocks.md).
+- Subscriptions: subscriptions.py; reports: report_delivery.py; snapshots: `fence()`
+  (`clockfleet.protocol.session.Fences`).
 - Status (the service, not `--once`): each connection takes session = previous + 1; the
   will and `online` carry it. With no remembered session (a lost state dir) the link first
   reads its own retained status (LEARNING) so the counter never goes backwards.
@@ -34,6 +33,7 @@ from typing import Any, Optional
 import paho.mqtt.client as mqtt
 from paho.mqtt.reasoncodes import ReasonCode
 
+from clockfleet.agent.cert_dates import CertDates
 from clockfleet.agent.loop_host import AgentHost, Cancellable
 from clockfleet.agent.report_delivery import ReportDelivery
 from clockfleet.agent.subscriptions import Subscriptions
@@ -43,10 +43,7 @@ from clockfleet.protocol.connection import (
     BrokerAddress,
     ConnectionSettings,
     Rotation,
-    cert_time_checked,
-    is_cert_time_error,
     new_client,
-    set_cert_time_check,
     tls_context,
 )
 from clockfleet.protocol.messages import Status
@@ -118,8 +115,9 @@ class BrokerLink:
         self._t_status = topics.status_topic(conn.prefix, agent_id)
         self.client_id = client_id
         self.fences = Fences(conn.prefix, client_id)
-        self.tls = tls_context(conn) if any(b.tls for b in conn.brokers) else None
-        self.client = new_client(conn, client_id, clean_session=clean_session, ssl_context=self.tls)
+        tls = tls_context(conn) if any(b.tls for b in conn.brokers) else None
+        self.cert_dates = CertDates(agent_id, tls, events.clock_behind, counters)
+        self.client = new_client(conn, client_id, clean_session=clean_session, ssl_context=tls)
         self.client.max_queued_messages_set(0)
         self.subscriptions = Subscriptions(
             agent_id,
@@ -206,12 +204,11 @@ class BrokerLink:
         return self.reports.publish(payload)
 
     def clock_known_good(self) -> None:
-        """The host's clock is right: check certificates' dates again from now on."""
-        if self.tls is not None and not cert_time_checked(self.tls):
-            set_cert_time_check(self.tls, True)
-            log.info("%s: clock synced: broker certificates' dates checked again", self.id)
+        self.cert_dates.clock_known_good()
 
     # --- connecting -------------------------------------------------------------------
+    # paho's callbacks (API version 2) take the client, its user data (unused here), the
+    # packet's fields and its MQTT 5 properties (none under MQTT 3.1.1).
 
     def _connect(self) -> None:
         self._retry_timer = None
@@ -241,7 +238,7 @@ class BrokerLink:
             return
         if exc is not None:
             self.state = LinkState.IDLE
-            if self.tls is not None and is_cert_time_error(exc) and self._waive_cert_time(exc):
+            if self.cert_dates.waive_after(exc):
                 self._retry_timer = self.host.call_later(0.0, self._connect)
                 return
             self._failed(f"{addr}: {exc}")
@@ -249,37 +246,6 @@ class BrokerLink:
         self.state = LinkState.AWAITING_CONNACK
         timeout = self.conn.connect_timeout_s
         self._connack_timer = self.host.call_later(timeout, lambda: self._no_connack(addr))
-
-    def _waive_cert_time(self, exc: BaseException) -> bool:
-        """A certificate "not yet valid" or "expired": waive its dates only on evidence the
-        host can trust that its own clock is behind (clock_evidence.py); never for a clock
-        that reads right, which would hand its password to whoever holds an expired
-        certificate of the fleet's CA. True when newly waived."""
-        assert self.tls is not None
-        if not cert_time_checked(self.tls):
-            return False
-        why = getattr(exc, "verify_message", exc)
-        evidence = self.events.clock_behind()
-        if evidence is None:
-            self.counters["tls-cert-dates-refused"] += 1
-            log.warning(
-                "%s: broker certificate refused for its validity dates (%s), and nothing shows "
-                "this host's clock is wrong: not connecting to it",
-                self.id,
-                why,
-            )
-            return False
-        set_cert_time_check(self.tls, False)
-        self.counters["tls-time-check-waived"] += 1
-        log.warning(
-            "%s: broker certificate refused at this host's clock (%s), which is provably "
-            "behind (%s): verifying the chain without its validity dates until the first good "
-            "sync",
-            self.id,
-            why,
-            evidence,
-        )
-        return True
 
     def _no_connack(self, addr: BrokerAddress) -> None:
         self._connack_timer = None
@@ -308,22 +274,15 @@ class BrokerLink:
         log.warning("%s: broker unreachable (%s); retrying in %.1f s", self.id, why, delay)
         self._retry_timer = self.host.call_later(delay, self._connect)
 
-    def _on_connect(
-        self,
-        client: mqtt.Client,
-        userdata: Any,  # paho's user data: unused
-        flags: mqtt.ConnectFlags,
-        reason_code: ReasonCode,
-        properties: Any,  # paho's MQTT 5 properties: none under MQTT 3.1.1
-    ) -> None:
+    def _on_connect(self, c: mqtt.Client, _u: Any, _f: Any, rc: ReasonCode, _p: Any) -> None:
         if self._connack_timer is not None:
             self._connack_timer.cancel()
             self._connack_timer = None
-        why = refusal(reason_code)
+        why = refusal(rc)
         if why is not None:
             # paho closes the socket and calls on_disconnect, which schedules the retry
             self.counters[f"refused-{why}"] += 1
-            self._refused = f"broker refused the connection: {why} ({reason_code})"
+            self._refused = f"broker refused the connection: {why} ({rc})"
             log.error("%s: %s", self.id, self._refused)
             return
         self.rotation.succeeded()
@@ -334,8 +293,8 @@ class BrokerLink:
         log.info(
             "%s: connected to %s:%s%s",
             self.id,
-            client.host,
-            client.port,
+            c.host,
+            c.port,
             f" (session {session.value})" if session.announce else "",
         )
         self.fences.clear()
@@ -371,14 +330,7 @@ class BrokerLink:
         self._refused = "quiet"
         self.client.disconnect()
 
-    def _on_disconnect(
-        self,
-        client: mqtt.Client,
-        userdata: Any,  # paho's user data: unused
-        flags: mqtt.DisconnectFlags,
-        reason_code: ReasonCode,
-        properties: Any,  # paho's MQTT 5 properties: none under MQTT 3.1.1
-    ) -> None:
+    def _on_disconnect(self, _c: Any, _u: Any, _f: Any, rc: ReasonCode, _p: Any) -> None:
         assert self.host is not None
         was = self.state
         if was == LinkState.CONNECTING:
@@ -398,29 +350,15 @@ class BrokerLink:
             return
         if was in (LinkState.LEARNING, LinkState.ONLINE):
             self.counters["broker-lost"] += 1
-            log.warning("%s: broker lost (%s); reconnecting", self.id, reason_code)
+            log.warning("%s: broker lost (%s); reconnecting", self.id, rc)
             self.rotation.succeeded()
         if self._retry_timer is None:
-            self._failed(why or f"disconnected: {reason_code}")
+            self._failed(why or f"disconnected: {rc}")
 
-    def _on_subscribe(
-        self,
-        client: mqtt.Client,
-        userdata: Any,  # paho's user data: unused
-        mid: int,
-        reason_codes: list[ReasonCode],
-        properties: Any,  # paho's MQTT 5 properties: none under MQTT 3.1.1
-    ) -> None:
-        self.subscriptions.suback(mid, reason_codes)
+    def _on_subscribe(self, _c: Any, _u: Any, mid: int, rcs: list[ReasonCode], _p: Any) -> None:
+        self.subscriptions.suback(mid, rcs)
 
-    def _on_unsubscribe(
-        self,
-        client: mqtt.Client,
-        userdata: Any,  # paho's user data: unused
-        mid: int,
-        reason_codes: Any,  # paho gives a list under MQTT 5, nothing useful under 3.1.1
-        properties: Any,
-    ) -> None:
+    def _on_unsubscribe(self, _c: Any, _u: Any, mid: int, _rcs: Any, _p: Any) -> None:
         self.fences.answered(mid)
 
     # --- messages ---------------------------------------------------------------------
@@ -449,14 +387,7 @@ class BrokerLink:
             return
         self.session.seen = max(self.session.seen or 0, status.session)
 
-    def _on_publish(
-        self,
-        client: mqtt.Client,
-        userdata: Any,  # paho's user data: unused
-        mid: int,
-        reason_code: ReasonCode,
-        properties: Any,
-    ) -> None:
+    def _on_publish(self, _c: Any, _u: Any, mid: int, _rc: Any, _p: Any) -> None:
         if self.reports.acked(mid):
             self.events.report_acked()
 

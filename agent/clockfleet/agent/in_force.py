@@ -86,8 +86,9 @@ class InForce:
     # --- taking lists and profiles ----------------------------------------------------------
 
     def reject(self, what: str, reason: str, detail: str) -> None:
-        self.counters[reason] += 1
+        # Logged first: whoever sees the counter move finds the line already written.
         log.warning("%s: rejected %s: %s: %s", self.id, what, reason, detail)
+        self.counters[reason] += 1
 
     def take_list(self, region: str, payload: bytes, cache: Optional[intake.VerifiedCache]) -> bool:
         """Accept this list of `region` (True) or count and log why not (False)."""
