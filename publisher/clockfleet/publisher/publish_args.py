@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from clockfleet.protocol.connection import add_arguments
+from clockfleet.protocol.connection import add_arguments, command_parser
 from clockfleet.protocol.ids import ID_PATTERN
 from clockfleet.publisher.canary import DEFAULT_BAKE_S
 from clockfleet.publisher.cli_common import PUBLISH, STATE_FILE_NAME, Parser
@@ -49,12 +49,7 @@ what stops versions from going backwards when the broker lost its state); keep i
 
 
 def publish_parser() -> argparse.ArgumentParser:  # long: one declaration per flag, in --help order
-    p = Parser(
-        prog=PUBLISH,
-        description=PUBLISH_DESCRIPTION,
-        epilog=PUBLISH_EPILOG,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
+    p = command_parser(PUBLISH, PUBLISH_DESCRIPTION, epilog=PUBLISH_EPILOG, parser_class=Parser)
     p.add_argument(
         "--config",
         metavar="FILE",

@@ -23,6 +23,7 @@ from clockfleet.protocol import signing
 from clockfleet.protocol.connection import (
     UsageError,
     add_arguments,
+    command_parser,
     settings_from_args,
 )
 from clockfleet.protocol.rollout import region_status
@@ -36,11 +37,7 @@ StatusRow = dict[str, object]
 
 
 def parser() -> argparse.ArgumentParser:
-    p = Parser(
-        prog=ROLLOUT,
-        description=__doc__.split("\n\n", 1)[1],
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
+    p = command_parser(ROLLOUT, __doc__.split("\n\n", 1)[1], parser_class=Parser)
     p.add_argument("action", choices=("status", "run", "promote", "abort"))
     p.add_argument("--region", metavar="ID", help="only this region (required by promote/abort)")
     p.add_argument("--json", action="store_true", help="status as JSON")
