@@ -149,6 +149,7 @@ def connect(settings: ConnectionSettings, timeout_s: float) -> PublisherSession:
                 raise
             refused_5 = exc
             continue
+        session.state = LinkState.ONLINE  # connect_blocking returns on a good CONNACK only
         if refused_5 is not None:
             log.info("broker refused MQTT 5 (%s); using MQTT 3.1.1", refused_5)
         return session

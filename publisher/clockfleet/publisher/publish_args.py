@@ -48,8 +48,18 @@ what stops versions from going backwards when the broker lost its state); keep i
 """
 
 
-def publish_parser() -> argparse.ArgumentParser:  # long: one declaration per flag, in --help order
+def publish_parser() -> argparse.ArgumentParser:
     p = command_parser(PUBLISH, PUBLISH_DESCRIPTION, epilog=PUBLISH_EPILOG, parser_class=Parser)
+    _add_input_flags(p)
+    _add_broker_flags(p)
+    _add_change_flags(p)
+    p.add_argument("-v", "--verbose", action="store_true", help="log more")
+    add_arguments(p)
+    return p
+
+
+def _add_input_flags(p: argparse.ArgumentParser) -> None:
+    """What the run reads: the fleet file, the keys, the publisher's record."""
     p.add_argument(
         "--config",
         metavar="FILE",
@@ -87,6 +97,10 @@ def publish_parser() -> argparse.ArgumentParser:  # long: one declaration per fl
         help=f"the publisher's record of issued versions (default: {STATE_FILE_NAME} "
         "next to the fleet file)",
     )
+
+
+def _add_broker_flags(p: argparse.ArgumentParser) -> None:
+    """What the run does with the broker: look only, withdraw, how long to wait."""
     p.add_argument(
         "--dry-run",
         action="store_true",
@@ -106,6 +120,10 @@ def publish_parser() -> argparse.ArgumentParser:  # long: one declaration per fl
         default=10.0,
         help="seconds to wait for the broker at each step (default: 10)",
     )
+
+
+def _add_change_flags(p: argparse.ArgumentParser) -> None:
+    """How a changed list goes out: as a canary first, after the preflight."""
     p.add_argument(
         "--canary",
         metavar="PERCENT",
@@ -137,6 +155,3 @@ def publish_parser() -> argparse.ArgumentParser:  # long: one declaration per fl
         help="do not query new or moved servers before publishing (e.g. no NTP traffic is "
         "allowed out of this host, or none of the servers is reachable from it)",
     )
-    p.add_argument("-v", "--verbose", action="store_true", help="log more")
-    add_arguments(p)
-    return p

@@ -1,8 +1,8 @@
 """What a rollout decision reads: every region list and every agent's report, live.
 
-It reads on the command's one MQTT session (`broker_io.PublisherSession`): the shipped broker binds
-client ids to identities, so a second connection as `publisher` would close the first and
-the two would knock each other off. It subscribes at QoS 0 (Mosquitto drops retained
+It reads on the command's one MQTT session (`broker_io.PublisherSession`): the shipped
+broker binds client ids to identities, so a second connection as `publisher` would close
+the first and the two would knock each other off. It subscribes at QoS 0 (Mosquitto drops retained
 messages beyond 1020 to a QoS 1 wildcard subscriber) to the region lists and the reports,
 checks the SUBACK (a refused subscription is an error, never an empty region), takes the
 retained snapshot up to the session fence and live updates after. Lists count only when
