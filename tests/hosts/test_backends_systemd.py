@@ -66,6 +66,32 @@ def test_chrony_backend_makes_the_fleets_list_chronyds_only_sources(suite, fresh
 
 
 @pytest.mark.parametrize("suite", hostkit.SUITES)
+def test_after_a_reboot_the_generator_and_the_helper_bring_the_chrony_backend_back(
+    suite, fresh_host, stack
+):
+    host = fresh_host(suite)
+    agent_id = f"pbx-{suite}-chrony-reboot"
+    configure(host, stack, agent_id, backend="chrony")
+    first = stack.wait_report(agent_id, lambda r: r["ok"], host=host)
+
+    # systemd's halt signal, then a boot: /run (the generator's drop-in, the helper's
+    # status) starts empty, so the generator runs at boot and the agent hands its unchanged
+    # list over again.
+    host.container.get_wrapped_container().restart(timeout=30)
+    hostkit.wait_for(
+        lambda: host.sh("systemctl is-system-running").out.strip() == "running", 60, "the boot"
+    )
+
+    report = stack.wait_report(agent_id, lambda r: r["ok"] and r["at"] > first["at"], host=host)
+    assert report["discipline"] == "chrony"
+    assert host.ok("systemctl show -p Environment --value clockfleet-agent").strip() == (
+        "CLOCKFLEET_UNIT_BACKEND=chrony"
+    )
+    assert '"ok": true' in host.ok("cat /run/clockfleet-agent/chrony.status")
+    assert report["server"]["host"] in chrony_sources(host)
+
+
+@pytest.mark.parametrize("suite", hostkit.SUITES)
 def test_chrony_backend_runs_as_its_own_user_without_capabilities(suite, fresh_host, stack):
     host = fresh_host(suite)
     agent_id = f"pbx-{suite}-chrony-user"
