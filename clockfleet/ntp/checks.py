@@ -144,6 +144,19 @@ def gate(data: bytes, nonce: int) -> NtpPacket | Failure:
     return packet
 
 
+class _Tests:
+    """The tests a reply passed so far, in chrony's names (for the debug log), and how a
+    failed one is reported."""
+
+    def __init__(self) -> None:
+        self.passed: list[str] = ["2"]  # gate() ran test 2
+
+    def fail(self, test: str, outcome: Outcome, detail: str, kiss: str | None = None) -> Failure:
+        if log.isEnabledFor(logging.DEBUG):
+            log.debug("NTP tests passed %s, failed %s: %s", " ".join(self.passed), test, detail)
+        return Failure(outcome, detail, kiss)
+
+
 def check_reply(
     packet: NtpPacket,
     t1_ns: int,
@@ -153,14 +166,19 @@ def check_reply(
 ) -> Sample | Failure:
     """Judge an authenticated reply (it passed gate()); t1/t4 are our own send/receive
     times (Unix ns); `previous` is the (receive, transmit) stamps of the last reply taken
-    from this server in this burst, for test 1."""
-    passed: list[str] = ["2"]  # gate() ran test 2
+    from this server in this burst, for test 1. The header's tests first (mode, 1, the
+    kiss-o'-death, 3, 5, 6, 7), then the times' (A to D, maxdistance, the panic limit)."""
+    tests = _Tests()
+    failure = _check_header(packet, previous, tests)
+    if failure is not None:
+        return failure
+    return _check_times(packet, t1_ns, t4_ns, settings, tests)
 
-    def fail(test: str, outcome: Outcome, detail: str, kiss: str | None = None) -> Failure:
-        if log.isEnabledFor(logging.DEBUG):
-            log.debug("NTP tests passed %s, failed %s: %s", " ".join(passed), test, detail)
-        return Failure(outcome, detail, kiss)
 
+def _check_header(
+    packet: NtpPacket, previous: tuple[int, int] | None, tests: _Tests
+) -> Failure | None:
+    fail, passed = tests.fail, tests.passed
     if packet.mode != MODE_SERVER:
         return fail("mode", "bad-packet", f"mode {packet.mode}, a server answers in mode 4")
     if previous is not None and (packet.receive_ts, packet.transmit_ts) == previous:
@@ -194,6 +212,14 @@ def check_reply(
             "7", "too-far", f"test 7: root distance {distance_s:.3f} s >= {MAX_DISPERSION_S:g} s"
         )
     passed.append("7")
+    return None
+
+
+def _check_times(
+    packet: NtpPacket, t1_ns: int, t4_ns: int, settings: ProbeSettings, tests: _Tests
+) -> Sample | Failure:
+    fail = tests.fail
+    distance_s = packet.root_delay_s / 2 + packet.root_dispersion_s
     t2_ns = ntp_to_unix_ns(packet.receive_ts, t1_ns)
     t3_ns = ntp_to_unix_ns(packet.transmit_ts, t1_ns)
     processing_s = (t3_ns - t2_ns) / _NS
@@ -214,7 +240,7 @@ def check_reply(
             "too-far",
             f"test A: round-trip delay {raw_delay_s:.3f} s > {settings.max_delay_s:g} s",
         )
-    passed += ["A", "B", "C", "D"]
+    tests.passed += ["A", "B", "C", "D"]
     if distance_s > settings.max_distance_s:
         return fail(
             "maxdistance",

@@ -118,7 +118,7 @@ def exchange_steps(
             except OSError as e:
                 return Failure("unreachable", f"receive failed: {e.strerror or e}")
             now_ns = time.time_ns()
-            t4_ns = _receive_time_ns(ancdata) if kernel_ts else None
+            t4_ns = receive_time_ns(ancdata) if kernel_ts else None
             if t4_ns is None or not 0 <= now_ns - t4_ns <= MAX_KERNEL_LAG_NS:
                 # No kernel stamp, or one from another clock than our T1 (the wall clock was
                 # stepped meanwhile, or time is faked in user space as libfaketime does):
@@ -217,7 +217,7 @@ def run_steps(steps: Generator[Wait, None, T]) -> T:
         steps.close()
 
 
-def _receive_time_ns(ancdata: list[tuple[int, int, bytes]]) -> int | None:
+def receive_time_ns(ancdata: list[tuple[int, int, bytes]]) -> int | None:
     for level, kind, data in ancdata:
         if level == socket.SOL_SOCKET and kind == SO_TIMESTAMPNS and len(data) >= _TIMESPEC.size:
             seconds, nanoseconds = _TIMESPEC.unpack_from(data)

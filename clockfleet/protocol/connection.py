@@ -291,52 +291,58 @@ def connect_blocking(
     naming each broker tried and why it failed.
     """
     timeout = settings.connect_timeout_s if timeout_s is None else timeout_s
+    kwargs: dict[str, Any] = {"keepalive": keepalive}
+    if client.protocol == mqtt.MQTTv5:
+        kwargs["clean_start"] = clean_start
+        if properties is not None:
+            kwargs["properties"] = properties
     errors = []
     reasons: list[str] = []
     for addr in rotation(settings.brokers):
-        done = threading.Event()
-        result: dict[str, ReasonCode] = {}
-
-        def on_connect(
-            c: mqtt.Client,
-            ud: Any,
-            flags: ConnectFlags,
-            rc: ReasonCode,
-            props: Properties | None,
-            _r: dict[str, ReasonCode] = result,
-            _d: threading.Event = done,
-        ) -> None:
-            _r["rc"] = rc
-            _d.set()
-
-        previous = client.on_connect
-        client.on_connect = on_connect
-        try:
-            kwargs: dict[str, Any] = {"keepalive": keepalive}
-            if client.protocol == mqtt.MQTTv5:
-                kwargs["clean_start"] = clean_start
-                if properties is not None:
-                    kwargs["properties"] = properties
-            client.connect(addr.host, addr.port, **kwargs)
-        except (OSError, ssl.SSLError) as exc:
-            client.on_connect = previous
-            errors.append(f"{addr}: {exc}")
-            reasons.append("tls" if isinstance(exc, ssl.SSLError) else "unreachable")
-            continue
-        client.loop_start()
-        ok = done.wait(timeout)
-        client.on_connect = previous
-        rc = result.get("rc")
-        if ok and rc is not None and not rc.is_failure:
-            if previous is not None:  # every client here is made with CallbackAPIVersion 2
-                on_connect_v2 = cast(CallbackOnConnect_v2, previous)
-                on_connect_v2(client, client.user_data_get(), ConnectFlags(False), rc, None)
+        failed = _connect_one(client, addr, timeout, kwargs)
+        if failed is None:
             return addr
-        client.loop_stop()
-        with contextlib.suppress(Exception):
-            client.disconnect()
-        errors.append(f"{addr}: {rc if ok else f'no CONNACK within {timeout:g} s'}")
-        reasons.append((session.refusal(rc) or "unspecified") if ok else "no-connack")
-        if reasons[-1] in same_everywhere:
+        error, reason = failed
+        errors.append(f"{addr}: {error}")
+        reasons.append(reason)
+        if reason in same_everywhere:
             break
     raise BrokerUnreachable("; ".join(errors), tuple(reasons))
+
+
+def _connect_one(
+    client: mqtt.Client, addr: BrokerAddress, timeout: float, kwargs: dict[str, Any]
+) -> tuple[str, str] | None:
+    """One broker: None once its CONNACK is good (paho's loop running, the client's own
+    on_connect called), else (what went wrong, its reason code for BrokerUnreachable)."""
+    done = threading.Event()
+    result: dict[str, ReasonCode] = {}
+
+    def on_connect(
+        c: mqtt.Client, ud: Any, flags: ConnectFlags, rc: ReasonCode, props: Properties | None
+    ) -> None:
+        result["rc"] = rc
+        done.set()
+
+    previous = client.on_connect
+    client.on_connect = on_connect
+    try:
+        client.connect(addr.host, addr.port, **kwargs)
+    except (OSError, ssl.SSLError) as exc:
+        client.on_connect = previous
+        return str(exc), "tls" if isinstance(exc, ssl.SSLError) else "unreachable"
+    client.loop_start()
+    ok = done.wait(timeout)
+    client.on_connect = previous
+    rc = result.get("rc")
+    if ok and rc is not None and not rc.is_failure:
+        if previous is not None:  # every client here is made with CallbackAPIVersion 2
+            on_connect_v2 = cast(CallbackOnConnect_v2, previous)
+            on_connect_v2(client, client.user_data_get(), ConnectFlags(False), rc, None)
+        return None
+    client.loop_stop()
+    with contextlib.suppress(Exception):
+        client.disconnect()
+    if not ok:
+        return f"no CONNACK within {timeout:g} s", "no-connack"
+    return str(rc), session.refusal(rc) or "unspecified"

@@ -163,6 +163,8 @@ class Tried(_Msg):
     delay_s: Optional[NonNegSeconds] = None
 
 
+# wide: one field per field of the wire contract's clock.report/1; a reader of the contract
+# finds them all here, as the other messages are.
 class Report(_Msg):
     schema: Literal["clock.report/1"]
     agent: Id

@@ -152,7 +152,7 @@ def test_concurrent_probes_from_several_threads_each_get_their_own_answer(
 
 
 def test_replies_carry_a_kernel_receive_timestamp_for_t4() -> None:
-    from clockfleet.ntp.exchange import _receive_time_ns, open_socket
+    from clockfleet.ntp.exchange import open_socket, receive_time_ns
     from clockfleet.ntp.packet import encode_request
 
     with FakeNtpServer("ok") as fake:
@@ -164,7 +164,7 @@ def test_replies_carry_a_kernel_receive_timestamp_for_t4() -> None:
             after = time.time_ns()
     if not kernel_ts:
         pytest.skip("no SO_TIMESTAMPNS on this platform")
-    stamp = _receive_time_ns(ancdata)
+    stamp = receive_time_ns(ancdata)
     assert stamp is not None
     assert after - 1_000_000_000 < stamp <= after
 

@@ -37,7 +37,7 @@ PREFIX = "clock/v1"
 
 # The shipped config without its max_queued_messages: Mosquitto's default queue, with which
 # a QoS 1 wildcard subscriber gets at most ~1020 retained messages. The collector and
-# `clockfleet status` must see every agent on such a broker too (design.md).
+# `clockfleet status` must see every agent on such a broker too (docs/decisions.md).
 DEFAULT_QUEUE = {
     "without": ("max_queued_messages 100000",),
     "why": "Mosquitto's default queue limit (max_queued_messages left out of the shipped "

@@ -24,11 +24,11 @@ import math
 import time
 from collections.abc import Callable, Generator, Sequence
 from dataclasses import replace
-from typing import Any
 
 from clockfleet.agent.choice import Attempt, ProbeResult
 from clockfleet.agent.localloop import LocalLoop
-from clockfleet.agent.probe_pass import Pass
+from clockfleet.agent.loop_host import ProbeHost
+from clockfleet.agent.probe_pass import Pass, ServerSteps
 from clockfleet.agent.server_memory import KodMemory
 from clockfleet.ntp.checks import ProbeSettings, Sample
 from clockfleet.ntp.exchange import Wait, sample_burst_steps
@@ -157,7 +157,7 @@ def start_probe(
     servers: Sequence[tuple[str, int]],
     settings: ProbeSettings,
     kod: KodMemory | None,
-    host: Any,
+    host: ProbeHost,
     done: Callable[[ProbeResult], None],
     *,
     first_sync: bool = False,
@@ -175,47 +175,66 @@ def start_probe(
     offset that the next passing server confirms (the falseticker rule); a list of one
     server applies it unconfirmed and says so. Afterwards the limit stands.
     """
-    memory = kod if kod is not None else KodMemory()
-    panic_s: float | None = None
-    if first_sync and math.isfinite(settings.panic_offset_s):
-        panic_s = settings.panic_offset_s
-        settings = replace(settings, panic_offset_s=math.inf)
-    slow = settings.retry_timeout_s
-
-    def run_pass(
-        resolved: dict[tuple[str, int], Resolved],
-        pass_settings: ProbeSettings,
-        then: Callable[[ProbeResult], None],
-    ) -> None:
-        def steps_for(i: int, on_answer: Callable[[], None]) -> Any:
-            h, p = servers[i]
-            return probe_server_steps(h, p, pass_settings, resolved[(h, p)], on_answer)
-
-        Pass(servers, pass_settings, memory, panic_s, steps_for, host, then).start()
-
-    def with_addresses(resolved: dict[tuple[str, int], Resolved]) -> None:
-        def first_done(first: ProbeResult) -> None:
-            timeouts = any(a.outcome == "timeout" for a in first.tried)
-            if first.ok or slow <= settings.timeout_s or not timeouts:
-                done(first)
-                return
-            run_pass(resolved, replace(settings, timeout_s=slow), second_done)
-
-        def second_done(second: ProbeResult) -> None:
-            retried = f"no server answered within {settings.timeout_s:g} s; retried at {slow:g} s"
-            second.note = clip_text(f"{retried}; {second.note}" if second.note else retried)
-            done(second)
-
-        run_pass(resolved, settings, first_done)
-
+    run = _ProbeRun(servers, settings, kod or KodMemory(), host, done, first_sync)
     if all(_is_ip_literal(h) for h, _ in servers):
-        with_addresses(resolve_all(servers, settings.resolve_timeout_s))  # nothing to wait for
+        run.with_addresses(resolve_all(servers, settings.resolve_timeout_s))  # no wait
         return
+    host.run_blocking(lambda: resolve_all(servers, settings.resolve_timeout_s), run.looked_up)
 
-    def looked_up(resolved: Any, error: BaseException | None) -> None:
-        if error is not None:  # resolve_all returns reasons; this would be a bug
+
+class _ProbeRun:
+    """One probe's passes: the quick one, and the slow one when the quick found only
+    silence."""
+
+    def __init__(
+        self,
+        servers: Sequence[tuple[str, int]],
+        settings: ProbeSettings,
+        kod: KodMemory,
+        host: ProbeHost,
+        done: Callable[[ProbeResult], None],
+        first_sync: bool,
+    ) -> None:
+        self.servers = servers
+        self.kod = kod
+        self.host = host
+        self.done = done
+        self.panic_s: float | None = None
+        if first_sync and math.isfinite(settings.panic_offset_s):
+            self.panic_s = settings.panic_offset_s
+            settings = replace(settings, panic_offset_s=math.inf)
+        self.settings = settings
+        self.resolved: dict[tuple[str, int], Resolved] = {}
+
+    def looked_up(
+        self, resolved: dict[tuple[str, int], Resolved] | None, error: BaseException | None
+    ) -> None:
+        if error is not None or resolved is None:  # resolve_all returns reasons: a bug
             why = f"name lookup failed: {error!r}"
-            resolved = {(h, p): why for h, p in servers}
-        with_addresses(resolved)
+            resolved = {(h, p): why for h, p in self.servers}
+        self.with_addresses(resolved)
 
-    host.run_blocking(lambda: resolve_all(servers, settings.resolve_timeout_s), looked_up)
+    def with_addresses(self, resolved: dict[tuple[str, int], Resolved]) -> None:
+        self.resolved = resolved
+        self._pass(self.settings, self._first_done)
+
+    def _pass(self, settings: ProbeSettings, then: Callable[[ProbeResult], None]) -> None:
+        def steps_for(i: int, on_answer: Callable[[], None]) -> ServerSteps:
+            h, p = self.servers[i]
+            return probe_server_steps(h, p, settings, self.resolved[(h, p)], on_answer)
+
+        Pass(self.servers, settings, self.kod, self.panic_s, steps_for, self.host, then).start()
+
+    def _first_done(self, first: ProbeResult) -> None:
+        slow = self.settings.retry_timeout_s
+        timeouts = any(a.outcome == "timeout" for a in first.tried)
+        if first.ok or slow <= self.settings.timeout_s or not timeouts:
+            self.done(first)
+            return
+        self._pass(replace(self.settings, timeout_s=slow), self._second_done)
+
+    def _second_done(self, second: ProbeResult) -> None:
+        quick, slow = self.settings.timeout_s, self.settings.retry_timeout_s
+        retried = f"no server answered within {quick:g} s; retried at {slow:g} s"
+        second.note = clip_text(f"{retried}; {second.note}" if second.note else retried)
+        self.done(second)

@@ -29,7 +29,8 @@ from clockfleet.ntp.exchange import Wait
 log = logging.getLogger("clockfleet.agent.probe")
 
 ServerResult = tuple[Attempt, Optional[str]]  # the attempt, and the kiss code received if any
-StepsFor = Callable[[int, Callable[[], None]], Generator[Wait, None, ServerResult]]
+ServerSteps = Generator[Wait, None, ServerResult]  # one server's probe, as steps
+StepsFor = Callable[[int, Callable[[], None]], ServerSteps]
 
 
 class _Server:

@@ -13,6 +13,8 @@ from typing import Any, Optional
 
 import msgspec
 
+from clockfleet.agent.choice import ProbeResult
+from clockfleet.agent.clock_backends import Applied
 from clockfleet.protocol import codec, rollout
 from clockfleet.protocol.codec import Rejected
 from clockfleet.protocol.messages import (
@@ -59,8 +61,8 @@ def job_for(
 
 @dataclass(frozen=True)
 class SyncOutcome:
-    result: Any  # probe.ProbeResult, or None when the sync crashed
-    applied: Any  # clock_backends.Applied, or None
+    result: Optional[ProbeResult]  # None when the sync crashed
+    applied: Optional[Applied]  # what the clock backend did, if it ran
     timezone: Optional[str]
     tz_error: Optional[str]
     error: Optional[str]
@@ -90,38 +92,8 @@ def build_report(
     time since; without, this host's clock plus the offset when the backend only observed,
     its own clock once a backend stepped it. A failed sync knows no better than its own clock."""
     res = o.result
-    tried = []
-    for a in res.tried if res is not None else []:
-        s = a.sample
-        tried.append(
-            Tried(
-                host=a.host,
-                port=a.port,
-                outcome=a.outcome,
-                detail=clip_text(a.detail),
-                offset_s=_seconds(s.offset_s) if s else None,
-                delay_s=_seconds(s.delay_s) if s and s.delay_s >= 0 else None,
-            )
-        )
     ok = bool(res is not None and res.ok and o.applied is not None and o.applied.ok)
-    at = wall_now
-    fields: dict[str, Any] = {}
-    if ok:
-        s = res.chosen.sample
-        fields = {
-            "server": Server(res.chosen.host, res.chosen.port),
-            "offset_s": _seconds(s.offset_s),
-            "delay_s": _seconds(max(s.delay_s, 0.0)),
-            "stratum": s.stratum,
-            "leap": s.leap,
-            "root_distance_s": _seconds(max(s.root_distance_s, 0.0)),
-        }
-        offset = fields["offset_s"]
-        if offset is not None and o.measured_at is not None and mono_now is not None:
-            wall_then, mono_then = o.measured_at
-            at = wall_then + offset + (mono_now - mono_then)
-        elif offset is not None and o.applied.discipline == "observe":
-            at += offset
+    fields, at = _chosen(o, wall_now, mono_now) if ok else ({}, wall_now)
     errors = [e for e in (o.error, o.tz_error) if e]
     report = Report(
         schema="clock.report/1",
@@ -129,14 +101,14 @@ def build_report(
         region=job.server_list.region,
         list_version=job.server_list.version,
         ok=ok,
-        discipline=o.applied.discipline if ok else "none",
+        discipline=o.applied.discipline if ok and o.applied else "none",  # type: ignore[arg-type]
         at=datetime.fromtimestamp(at, timezone.utc),
-        tried=tried[:MAX_TRIED],
+        tried=_tried(res)[:MAX_TRIED],
         timezone=o.timezone,
         profile_version=job.profile.version if job.profile else None,
         software=clip_text(software),
         error=clip_text("; ".join(errors)) if errors else None,
-        note=clip_text(res.note) if ok and res.note else None,
+        note=clip_text(res.note) if ok and res is not None and res.note else None,
         list_digest=rollout.list_digest(job.server_list.servers),
         cohort=job.cohort,  # type: ignore[arg-type]
         change=job.server_list.canary.id if job.server_list.canary else None,
@@ -148,17 +120,64 @@ def build_report(
     except Rejected as r:
         # Our own bug; never publish what readers would refuse.
         log.error("%s: built an invalid report (%s): %s", agent_id, r.reason, r.detail)
-        report = Report(
-            schema="clock.report/1",
-            agent=agent_id,
-            region=job.server_list.region,
-            list_version=job.server_list.version,
-            ok=False,
-            discipline="none",
-            at=datetime.fromtimestamp(wall_now, timezone.utc),
-            tried=[],
-            list_digest=rollout.list_digest(job.server_list.servers),
-            cohort=job.cohort,  # type: ignore[arg-type]
-            error=clip_text(f"internal: invalid report ({r.reason}: {r.detail})"),
-        )
+        return _internal_error_report(agent_id, job, wall_now, r)
     return report
+
+
+def _tried(res: Optional[ProbeResult]) -> list[Tried]:
+    out = []
+    for a in res.tried if res is not None else []:
+        s = a.sample
+        out.append(
+            Tried(
+                host=a.host,
+                port=a.port,
+                outcome=a.outcome,
+                detail=clip_text(a.detail),
+                offset_s=_seconds(s.offset_s) if s else None,
+                delay_s=_seconds(s.delay_s) if s and s.delay_s >= 0 else None,
+            )
+        )
+    return out
+
+
+def _chosen(
+    o: SyncOutcome, wall_now: float, mono_now: Optional[float]
+) -> tuple[dict[str, Any], float]:
+    """The chosen server's fields of a good sync's report, and the report's corrected time."""
+    assert o.result is not None and o.result.chosen is not None and o.applied is not None
+    chosen = o.result.chosen
+    s = chosen.sample
+    assert s is not None
+    offset = _seconds(s.offset_s)
+    fields: dict[str, Any] = {
+        "server": Server(chosen.host, chosen.port),
+        "offset_s": offset,
+        "delay_s": _seconds(max(s.delay_s, 0.0)),
+        "stratum": s.stratum,
+        "leap": s.leap,
+        "root_distance_s": _seconds(max(s.root_distance_s, 0.0)),
+    }
+    at = wall_now
+    if offset is not None and o.measured_at is not None and mono_now is not None:
+        wall_then, mono_then = o.measured_at
+        at = wall_then + offset + (mono_now - mono_then)
+    elif offset is not None and o.applied.discipline == "observe":
+        at += offset
+    return fields, at
+
+
+def _internal_error_report(agent_id: str, job: SyncJob, wall_now: float, r: Rejected) -> Report:
+    return Report(
+        schema="clock.report/1",
+        agent=agent_id,
+        region=job.server_list.region,
+        list_version=job.server_list.version,
+        ok=False,
+        discipline="none",
+        at=datetime.fromtimestamp(wall_now, timezone.utc),
+        tried=[],
+        list_digest=rollout.list_digest(job.server_list.servers),
+        cohort=job.cohort,  # type: ignore[arg-type]
+        error=clip_text(f"internal: invalid report ({r.reason}: {r.detail})"),
+    )
