@@ -12,6 +12,7 @@ import importlib
 import os
 import shlex
 import sys
+import threading
 import time
 import traceback
 from pathlib import Path
@@ -87,6 +88,45 @@ def command_of(name: str, sp: argparse.ArgumentParser, args: argparse.Namespace)
     return shlex.join(words)
 
 
+class LoadPeak:
+    """The highest 1-minute load average seen while a figure runs (sampled every 5 s): other
+    work on the machine (other engineers' tests) slows every figure, and a ratio to a
+    reference of the same run is the answer to it, but the reader should know."""
+
+    def __init__(self) -> None:
+        self.peak = os.getloadavg()[0]
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.wait(5.0):
+            self.peak = max(self.peak, os.getloadavg()[0])
+
+    def stop(self) -> float:
+        self._stop.set()
+        self._thread.join(1)
+        return max(self.peak, os.getloadavg()[0])
+
+
+def top_command(argv: list[str]) -> str:
+    """The command as run, without --out and --results (where to write, not what to
+    measure; they may name this machine's paths)."""
+    words: list[str] = []
+    skip = False
+    for word in argv:
+        if skip:
+            skip = False
+            continue
+        if word in ("--out", "--results"):
+            skip = True
+            continue
+        if word.startswith(("--out=", "--results=")):
+            continue
+        words.append(word)
+    return shlex.join(["python", "-m", "bench", *words])
+
+
 def failed_figure(name: str, command: str, error: str) -> dict[str, Any]:
     return results.figure(
         name,
@@ -111,6 +151,7 @@ def run_figure(
     print(f"== {name}: {command}", flush=True)
     t0 = time.monotonic()
     load = os.getloadavg()[0]
+    peak = LoadPeak()
     ok = True
     try:
         fig = _module(name).run(args)
@@ -125,6 +166,7 @@ def run_figure(
     # Other work on the machine skews every figure: say how busy it was.
     fig["load_before"] = round(load, 2)
     fig["load_after"] = round(os.getloadavg()[0], 2)
+    fig["load_max"] = round(peak.stop(), 2)
     data = results.store_figure(results_path, fig, host, top_command)
     out.write_text(render.render(data))
     for r in fig["rows"]:
@@ -157,7 +199,7 @@ def main(argv: list[str] | None = None) -> int:
             fig_args = sp.parse_args([])
             ok &= run_figure(name, sp, fig_args, out, results_path, top, host)
     else:
-        top = shlex.join(["python", "-m", "bench", *argv])
+        top = top_command(argv)
         ok = run_figure(args.figure, subparsers[args.figure], args, out, results_path, top, host)
     print(f"wrote {out} (results in {results_path})")
     return 0 if ok else 1

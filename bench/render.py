@@ -141,9 +141,11 @@ def render(data: dict[str, Any]) -> str:
             continue
         lines.append(f"Measured {fig['measured_at']} by `{fig['command']}`.")
         if "load_before" in fig:
+            during = f", at most {fig['load_max']} during the run" if "load_max" in fig else ""
             lines.append(
                 f"It took {fig['duration_s']} s; 1-minute load average {fig['load_before']} "
-                f"before, {fig['load_after']} after (on {machine.get('cores', '?')} cores)."
+                f"before, {fig['load_after']} after{during} (on {machine.get('cores', '?')} "
+                "cores)."
             )
         lines.append("")
         lines += _table(fig["rows"])

@@ -177,3 +177,8 @@ def test_list_updates_are_paced_so_the_collectors_rate_limit_never_holds_a_repor
     gap = pub.history[1].sent - pub.history[0].sent
     per_s = convergence.DEFAULT_RATE_LIMIT.per_s
     assert gap >= convergence.ROUND_GAP_S > 1 / per_s
+
+
+def test_the_command_recorded_holds_no_output_paths() -> None:
+    argv = ["convergence", "--out", f"{REPO}/BENCHMARKS.md", "--results=/tmp/r.json", "--n", "5"]
+    assert bench_main.top_command(argv) == "python -m bench convergence --n 5"
