@@ -85,7 +85,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--log-level", choices=("debug", "info", "warning", "error"), help="default info"
     )
-    connection.add_arguments(p)
+    connection.add_arguments(p, connection_file=False)  # agent.yaml holds these keys
     return p
 
 
