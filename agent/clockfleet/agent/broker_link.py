@@ -18,7 +18,9 @@ paho's loop itself. Its life is an explicit state (`clockfleet.protocol.session.
   (`clockfleet.protocol.session.Fences`).
 - Status (the service, not `--once`): each connection takes session = previous + 1; the
   will and `online` carry it. With no remembered session (a lost state dir) the link first
-  reads its own retained status (LEARNING) so the counter never goes backwards.
+  reads its own retained status (LEARNING, session_counter.py) so the counter never goes
+  backwards. The loop may handle a CONNACK before the worker's connect() returns: either
+  order ends in the same state.
 """
 
 from __future__ import annotations
@@ -36,9 +38,9 @@ from paho.mqtt.reasoncodes import ReasonCode
 from clockfleet.agent.cert_dates import CertDates
 from clockfleet.agent.loop_host import AgentHost, Cancellable
 from clockfleet.agent.report_delivery import ReportDelivery
+from clockfleet.agent.session_counter import SessionCounter
 from clockfleet.agent.subscriptions import Subscriptions
-from clockfleet.protocol import codec, topics
-from clockfleet.protocol.codec import Rejected
+from clockfleet.protocol import topics
 from clockfleet.protocol.connection import (
     BrokerAddress,
     ConnectionSettings,
@@ -46,7 +48,6 @@ from clockfleet.protocol.connection import (
     new_client,
     tls_context,
 )
-from clockfleet.protocol.messages import Status
 from clockfleet.protocol.session import Fences, LinkState, refusal
 
 log = logging.getLogger("clockfleet.agent")
@@ -67,16 +68,6 @@ class LinkEvents:
     unreachable: Callable[[str], None]  # --once: every broker tried and failed
     status_payload: Callable[[str, int], bytes]  # (state, session) -> clock.status/1
     clock_behind: Callable[[], Optional[str]]  # evidence the host's clock is behind
-
-
-@dataclass
-class SessionCounter:
-    """The status session this agent announces (the service; --once announces none)."""
-
-    announce: bool
-    value: int = 0
-    learn: bool = False  # read our own retained status before going online
-    seen: Optional[int] = None  # the highest session that status showed
 
 
 @dataclass
@@ -112,6 +103,8 @@ class BrokerLink:
         self._retry_timer: Optional[Cancellable] = None
         self._connack_timer: Optional[Cancellable] = None
         self._refused: Optional[str] = None  # why the last attempt failed, for the log
+        # The loop may handle the CONNACK before the worker's connect() return reaches it.
+        self._answered = False
         self._t_status = topics.status_topic(conn.prefix, agent_id)
         self.client_id = client_id
         self.fences = Fences(conn.prefix, client_id)
@@ -224,6 +217,7 @@ class BrokerLink:
         # connect timeout, nothing bounds the first): on a worker, so a slow broker name
         # never stalls the loop that other agents share.
         self.state = LinkState.CONNECTING
+        self._answered = False
         keepalive = self.timing.keepalive_s
         self.host.run_blocking(
             lambda: self.client.connect(addr.host, addr.port, keepalive=keepalive),
@@ -242,6 +236,8 @@ class BrokerLink:
                 self._retry_timer = self.host.call_later(0.0, self._connect)
                 return
             self._failed(f"{addr}: {exc}")
+            return
+        if self._answered:  # the CONNACK (or the refusal) already moved the state on
             return
         self.state = LinkState.AWAITING_CONNACK
         timeout = self.conn.connect_timeout_s
@@ -278,6 +274,9 @@ class BrokerLink:
         if self._connack_timer is not None:
             self._connack_timer.cancel()
             self._connack_timer = None
+        if self.state not in (LinkState.CONNECTING, LinkState.AWAITING_CONNACK):
+            return  # an attempt given up on (no CONNACK in time, or stopping): it is closing
+        self._answered = True
         why = refusal(rc)
         if why is not None:
             # paho closes the socket and calls on_disconnect, which schedules the retry
@@ -333,7 +332,7 @@ class BrokerLink:
     def _on_disconnect(self, _c: Any, _u: Any, _f: Any, rc: ReasonCode, _p: Any) -> None:
         assert self.host is not None
         was = self.state
-        if was == LinkState.CONNECTING:
+        if was == LinkState.CONNECTING and not self._answered:
             return  # the late goodbye of an abandoned socket; a new attempt is under way
         self.subscriptions.lost()
         self.fences.clear()
@@ -369,23 +368,13 @@ class BrokerLink:
         try:
             payload = bytes(msg.payload)
             if msg.topic == self._t_status:
-                self._own_status(payload)
+                if self.state == LinkState.LEARNING:
+                    self.session.saw_status(self.id, payload, self.counters)
             else:
                 self.events.message(msg.topic, payload)
         except Exception:
             self.counters["handler-errors"] += 1
             log.exception("%s: handling a message on %r failed; ignored", self.id, msg.topic)
-
-    def _own_status(self, payload: bytes) -> None:
-        if not payload or self.state != LinkState.LEARNING:
-            return
-        try:
-            status, _ = codec.decode(Status, payload, topic_id=self.id)
-        except Rejected as r:
-            self.counters[r.reason] += 1
-            log.warning("%s: rejected own retained status: %s: %s", self.id, r.reason, r.detail)
-            return
-        self.session.seen = max(self.session.seen or 0, status.session)
 
     def _on_publish(self, _c: Any, _u: Any, mid: int, _rc: Any, _p: Any) -> None:
         if self.reports.acked(mid):
