@@ -226,9 +226,9 @@ def _check_semantics(msg: Any, topic_id: str | None) -> None:
             raise Rejected("invalid-field", "ok report without server, offset_s and delay_s")
         if not msg.ok and msg.server is not None:
             raise Rejected("invalid-field", "failed report names a server")
-    tz = getattr(msg, "timezone", None)
-    if tz is not None and (problem := timezone_problem(tz)) is not None:
-        raise Rejected("bad-timezone", problem)
+    for tz in (getattr(msg, "timezone", None), getattr(msg, "timezone_expected", None)):
+        if tz is not None and (problem := timezone_problem(tz)) is not None:
+            raise Rejected("bad-timezone", problem)
 
 
 def _check_servers(servers: Any, what: str) -> None:

@@ -58,6 +58,13 @@ Outcome = Literal[
     "panic-offset",
     "falseticker",
     "not-tried",
+    # NTS (docs/nts.md): the server's NTS-KE refused us or answered badly, its certificate
+    # is not one we trust for its name, its NTS-KE answer held no cookie, an NTP answer did
+    # not authenticate (or was an NTS NAK).
+    "nts-ke-refused",
+    "nts-bad-certificate",
+    "nts-no-cookies",
+    "nts-auth-failed",
 ]
 OUTCOMES: tuple[str, ...] = Outcome.__args__  # type: ignore[attr-defined]
 
@@ -163,6 +170,67 @@ class Tried(_Msg):
     delay_s: Optional[NonNegSeconds] = None
 
 
+Ppm = Annotated[float, msgspec.Meta(gt=-1e6, lt=1e6)]
+MAX_UTC_OFFSET_S = 26 * 3600  # the widest zones are +14:00 and -12:00; a day either way
+
+
+class KernelClock(_Msg):
+    """The kernel's clock discipline state, read with adjtimex (modes 0: read only), as
+    node_exporter's `node_timex_*` reads it."""
+
+    synchronised: bool  # adjtimex did not return TIME_ERROR (node_timex_sync_status)
+    maxerror_s: NonNegSeconds
+    esterror_s: NonNegSeconds
+    status: Annotated[int, msgspec.Meta(ge=0, le=0xFFFF)]  # STA_* bits
+
+
+class ChronyTracking(_Msg):
+    """`chronyc -c tracking` of the host's chronyd, in chrony's own signs."""
+
+    reference: Annotated[str, msgspec.Meta(max_length=64)]  # address or refid, printable
+    stratum: Annotated[int, msgspec.Meta(ge=0, le=16)]
+    system_time_s: Seconds  # correction still to apply: positive, the clock is slow
+    last_offset_s: Seconds  # local minus true at the last update
+    rms_offset_s: NonNegSeconds
+    frequency_ppm: Ppm  # positive: the clock runs fast
+    skew_ppm: Annotated[float, msgspec.Meta(ge=0, lt=1e6)]
+    root_delay_s: NonNegSeconds
+    root_dispersion_s: NonNegSeconds
+    update_interval_s: NonNegSeconds
+    leap: Literal["normal", "insert", "delete", "unsynchronised"]
+
+
+class TimesyncdState(_Msg):
+    """systemd-timesyncd's own word: it touches /run/systemd/timesync/synchronized on each
+    successful synchronisation."""
+
+    synchronised: bool
+    last_sync_at: Optional[Timestamp] = None
+
+
+class ClockState(_Msg):
+    """What the discipline achieved, read after it ran (docs/protocol.md): the kernel's view
+    on every backend, chronyd's or timesyncd's own for theirs; `error` says what could not
+    be read."""
+
+    kernel: Optional[KernelClock] = None
+    chrony: Optional[ChronyTracking] = None
+    timesyncd: Optional[TimesyncdState] = None
+    error: Optional[Text] = None
+
+
+class ZoneCommand(_Msg):
+    """The operator's command run after the agent changed the host's zone (agent.yaml
+    `zone_change_command`): carried by every report until the next change."""
+
+    timezone: ZoneName  # the zone it was run for
+    at: Timestamp
+    timed_out: bool
+    duration_s: NonNegSeconds
+    exit_code: Optional[Annotated[int, msgspec.Meta(ge=-255, le=255)]] = None
+    error: Optional[Text] = None  # why it did not run or failed, with its output's tail
+
+
 # wide: one field per field of the wire contract's clock.report/1; a reader of the contract
 # finds them all here, as the other messages are.
 class Report(_Msg):
@@ -193,6 +261,19 @@ class Report(_Msg):
     list_digest: Optional[Digest] = None
     cohort: Optional[Literal["canary", "rest"]] = None
     change: Optional[Id] = None
+    # Added later, all optional (docs/protocol.md, "How the contract evolves"): what the
+    # discipline achieved, the zone the profile or list asks for (`timezone` is the one the
+    # host has), the host's tzdata version and the UTC offset its own rules give its zone at
+    # `at`, and the zone-change command's last result.
+    clock: Optional[ClockState] = None
+    timezone_expected: Optional[ZoneName] = None
+    tzdata_version: Optional[Annotated[str, msgspec.Meta(pattern="^[0-9A-Za-z.+_-]{1,32}\\Z")]] = (
+        None
+    )
+    utc_offset_s: Optional[
+        Annotated[int, msgspec.Meta(ge=-MAX_UTC_OFFSET_S, le=MAX_UTC_OFFSET_S)]
+    ] = None
+    zone_command: Optional[ZoneCommand] = None
 
 
 class Command(_Msg):

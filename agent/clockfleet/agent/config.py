@@ -59,6 +59,10 @@ class Tuning(msgspec.Struct, kw_only=True):
     # is good enough to tell its age.
     cmd_min_interval_s: float = 16.0
     cmd_max_age_s: float = 300.0
+    # Run after the agent changed the host's zone (e.g. a PBX reload: a running daemon may
+    # keep the old zone, docs/timezones.md): an argv list, never a shell line.
+    zone_change_command: Optional[list[str]] = None
+    zone_change_timeout_s: float = 30.0
 
     def tuning(self) -> dict[str, Any]:
         return {name: getattr(self, name) for name in Tuning.__struct_fields__}
@@ -186,12 +190,29 @@ def validate(cfg: AgentConfig, environ: Mapping[str, str] | None = None) -> Agen
             raise ConfigError(f"{name} must not be negative")
     if cfg.retry_max_s < cfg.retry_min_s or cfg.reconnect_max_s < cfg.reconnect_min_s:
         raise ConfigError("retry_max_s/reconnect_max_s must not be below their minimum")
+    if (problem := zone_command_problem(cfg)) is not None:
+        raise ConfigError(problem)
     if cfg.log_level.lower() not in ("debug", "info", "warning", "error"):
         raise ConfigError(f"log_level {cfg.log_level!r}: debug, info, warning or error")
     problem = unit_grant_problem(cfg.backend, os.environ if environ is None else environ)
     if problem is not None:
         raise ConfigError(problem)
     return cfg
+
+
+def zone_command_problem(cfg: AgentConfig) -> str | None:
+    """zone_change_command must be an argv list (never run through a shell) of non-empty
+    strings, its program an absolute path; its timeout within 0..600 s."""
+    argv = cfg.zone_change_command
+    if not 0 < cfg.zone_change_timeout_s <= 600:
+        return "zone_change_timeout_s must be within 0..600 s (and not 0)"
+    if argv is None:
+        return None
+    if not argv or not all(isinstance(a, str) and a and "\0" not in a for a in argv):
+        return "zone_change_command: a list of non-empty strings (an argv, never a shell line)"
+    if not argv[0].startswith("/"):
+        return f"zone_change_command: {argv[0]!r} must be an absolute path"
+    return None
 
 
 def unit_grant_problem(backend: str, environ: Mapping[str, str]) -> str | None:

@@ -15,16 +15,19 @@ import msgspec
 
 from clockfleet.agent.choice import ProbeResult
 from clockfleet.agent.clock_backends import Applied
+from clockfleet.agent.zone_change import ZoneOutcome
 from clockfleet.protocol import codec, rollout
 from clockfleet.protocol.codec import Rejected
 from clockfleet.protocol.messages import (
     MAX_OFFSET_S,
     MAX_TRIED,
+    ClockState,
     Profile,
     Report,
     Server,
     ServerList,
     Tried,
+    ZoneCommand,
     clip_text,
 )
 
@@ -70,6 +73,8 @@ class SyncOutcome:
     # time of any later moment is then wall + offset + monotonic elapsed, whether or not a
     # backend has stepped the clock since (chronyd steps it when it gets round to it).
     measured_at: Optional[tuple[float, float]] = None
+    clock: Optional[ClockState] = None  # what the discipline achieved (clock_state.py)
+    zone: Optional[ZoneOutcome] = None  # the zone asked for, the host's (zone_change.py)
 
 
 def _seconds(value: Optional[float]) -> Optional[float]:
@@ -86,11 +91,13 @@ def build_report(
     wall_now: float,
     software: str,
     mono_now: Optional[float] = None,
+    zone_command: Optional[ZoneCommand] = None,
 ) -> Report:
     """The report of one sync. `at` is the corrected time: with the sample's own clock
     readings (`o.measured_at`, `mono_now`) the time of the sample plus the offset plus the
     time since; without, this host's clock plus the offset when the backend only observed,
-    its own clock once a backend stepped it. A failed sync knows no better than its own clock."""
+    its own clock once a backend stepped it. A failed sync knows no better than its own clock.
+    `zone_command`: the last zone change's command result, carried until the next change."""
     res = o.result
     ok = bool(res is not None and res.ok and o.applied is not None and o.applied.ok)
     fields, at = _chosen(o, wall_now, mono_now) if ok else ({}, wall_now)
@@ -112,6 +119,9 @@ def build_report(
         list_digest=rollout.list_digest(job.server_list.servers),
         cohort=job.cohort,  # type: ignore[arg-type]
         change=job.server_list.canary.id if job.server_list.canary else None,
+        clock=o.clock,
+        zone_command=zone_command,
+        **_zone_fields(o.zone, at),
         **fields,
     )
     try:
@@ -122,6 +132,21 @@ def build_report(
         log.error("%s: built an invalid report (%s): %s", agent_id, r.reason, r.detail)
         return _internal_error_report(agent_id, job, wall_now, r)
     return report
+
+
+def _zone_fields(zone: Optional[ZoneOutcome], at: float) -> dict[str, Any]:
+    """The zone asked for, the host's tzdata version and the UTC offset its own rules give
+    its zone at the report's time (a managed zone only)."""
+    if zone is None or (zone.expected is None and zone.host_zone is None):
+        return {}
+    host = zone.host_zone
+    return {
+        "timezone_expected": zone.expected,
+        "tzdata_version": host.tzdata_version if host is not None else None,
+        "utc_offset_s": (
+            host.utc_offset_s(datetime.fromtimestamp(at, timezone.utc)) if host else None
+        ),
+    }
 
 
 def _tried(res: Optional[ProbeResult]) -> list[Tried]:

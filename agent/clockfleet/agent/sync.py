@@ -12,15 +12,17 @@ from typing import Optional
 
 from clockfleet.agent.choice import ProbeResult
 from clockfleet.agent.clock_backends import ClockBackend
+from clockfleet.agent.clock_state import CHRONY_SETTLE_S, read_clock_state
 from clockfleet.agent.report import SyncJob, SyncOutcome
+from clockfleet.agent.zone_change import ZoneSettings, apply_zone
 
 log = logging.getLogger("clockfleet.agent")
 
 
 def needs_worker(job: SyncJob, backend: ClockBackend, tz_root: Optional[Path]) -> bool:
     """Whether finish_sync may block (a backend that runs commands or writes files, or a
-    time zone to set), so that it must not run on the agent's loop."""
-    return backend.blocking or (job.timezone is not None and tz_root is not None)
+    time zone to set or read), so that it must not run on the agent's loop."""
+    return backend.blocking or tz_root is not None
 
 
 def finish_sync(
@@ -30,8 +32,8 @@ def finish_sync(
     measured_at: tuple[float, float],
     *,
     backend: ClockBackend,
-    tz_root: Optional[Path],
-    use_timedatectl: Optional[bool],
+    zone_settings: ZoneSettings,
+    settle_s: float = CHRONY_SETTLE_S,
 ) -> SyncOutcome:
     """`measured_at`: (wall, monotonic) time the probe ended, taken before any backend moves
     the clock."""
@@ -49,16 +51,11 @@ def finish_sync(
             error = f"backend {backend.name}: {applied.detail}"
     else:
         error = result.note or "no server in the list gave a valid sync"
-    tz, tz_error = job.timezone, None
-    if job.timezone is not None and tz_root is not None:
-        from clockfleet.agent import timezone as tzmod
-
-        try:
-            done = tzmod.set_timezone(job.timezone, tz_root, use_timedatectl)
-            if not done.startswith("already"):
-                log.info("%s: time zone %s: %s", agent_id, job.timezone, done)
-        except tzmod.TimezoneError as exc:
-            tz_error = f"time zone {job.timezone} not set: {exc}"
-            log.warning("%s: %s", agent_id, tz_error)  # local admins read the journal
-            tz = tzmod.current_timezone(tz_root)
-    return SyncOutcome(result, applied, tz, tz_error, error, measured_at)
+    ok = applied is not None and applied.ok
+    # What the discipline achieved, read after it ran (chronyd's tracking once it follows
+    # the list just handed over): what alerts judge, not the probe's offset before it.
+    clock = read_clock_state(backend, [h for h, _ in servers] if ok else [], settle_s if ok else 0)
+    zone = apply_zone(agent_id, job.timezone, zone_settings)
+    return SyncOutcome(
+        result, applied, zone.timezone, zone.error, error, measured_at, clock=clock, zone=zone
+    )

@@ -21,8 +21,9 @@ from clockfleet.agent.probe import ProbeResult, ProbeSettings, start_probe
 from clockfleet.agent.report import SyncJob, SyncOutcome, build_report
 from clockfleet.agent.server_memory import KodMemory
 from clockfleet.agent.sync import finish_sync, needs_worker
+from clockfleet.agent.zone_change import ZoneSettings
 from clockfleet.protocol import codec
-from clockfleet.protocol.messages import Report
+from clockfleet.protocol.messages import Report, ZoneCommand
 
 log = logging.getLogger("clockfleet.agent")
 
@@ -47,6 +48,7 @@ class SyncRun:
         self.host: Optional[ProbeHost] = None
         self.running = False
         self.again = False  # asked for while running: run once more when done
+        self.zone_command: Optional[ZoneCommand] = None  # the last zone change's command
 
     def attach(self, host: ProbeHost) -> None:
         self.host = host
@@ -85,8 +87,12 @@ class SyncRun:
                 result,
                 measured_at,
                 backend=self.backend,
-                tz_root=settings.tz_root,
-                use_timedatectl=settings.use_timedatectl,
+                zone_settings=ZoneSettings(
+                    settings.tz_root,
+                    settings.use_timedatectl,
+                    settings.zone_change_command,
+                    settings.zone_change_timeout_s,
+                ),
             )
 
         blocks = needs_worker(job, self.backend, settings.tz_root)
@@ -104,7 +110,15 @@ class SyncRun:
         if exc is not None or outcome is None:
             log.error("%s: sync crashed: %r", self.id, exc)
             outcome = SyncOutcome(None, None, job.timezone, None, f"sync crashed: {exc!r}")
+        if outcome.zone is not None and outcome.zone.command is not None:
+            self.zone_command = outcome.zone.command  # reported until the next change
         report = build_report(
-            self.id, job, outcome, self.wall_clock(), self.settings.software, time.monotonic()
+            self.id,
+            job,
+            outcome,
+            self.wall_clock(),
+            self.settings.software,
+            time.monotonic(),
+            zone_command=self.zone_command,
         )
         done(report, codec.encode(report), outcome)
