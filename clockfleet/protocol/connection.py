@@ -14,6 +14,7 @@ import os
 import random
 import ssl
 import threading
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, cast
@@ -25,6 +26,7 @@ from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 
+from clockfleet.protocol import connection_file as connection_file_mod
 from clockfleet.protocol import session
 from clockfleet.protocol.topics import DEFAULT_PREFIX
 
@@ -114,8 +116,14 @@ def command_parser(
     )
 
 
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    g = parser.add_argument_group("broker connection")
+def add_arguments(parser: argparse.ArgumentParser, *, connection_file: bool = True) -> None:
+    """The broker's flags. `connection_file`: the command also reads the operator's connection
+    file and the per-setting environment (every command but the agent, whose own config file,
+    agent.yaml, holds the same keys)."""
+    g = parser.add_argument_group(
+        "broker connection",
+        connection_file_mod.HELP if connection_file else None,
+    )
     g.add_argument(
         "--broker",
         default=None,
@@ -128,31 +136,66 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--cert", help="client certificate for TLS client authentication")
     g.add_argument("--key", help="private key of --cert")
     g.add_argument("--prefix", default=None, help=f"topic prefix (default {DEFAULT_PREFIX})")
+    if connection_file:
+        g.add_argument(
+            "--connection",
+            metavar="FILE",
+            help=f"connection file (YAML, the keys are these flags' names: broker, username, "
+            f"password_file, ...); default: env {connection_file_mod.ENV_CONNECTION}, else "
+            "~/.config/clockfleet/operator.yaml, else /etc/clockfleet/operator.yaml",
+        )
 
 
 def settings_from_args(
-    args: argparse.Namespace, defaults: dict[str, Any] | None = None
+    args: argparse.Namespace,
+    defaults: dict[str, Any] | None = None,
+    environ: Mapping[str, str] | None = None,
 ) -> ConnectionSettings:
-    """Flags over `defaults` (a config file's values) over the environment."""
-    d = defaults or {}
+    """The settings a command connects with.
 
-    def pick(name: str) -> str | None:
-        v = getattr(args, name, None)
-        return v if v is not None else d.get(name)
+    A command whose parser took --connection (`add_arguments`' default): each setting from
+    its flag, else its environment variable (CLOCKFLEET_BROKER, CLOCKFLEET_USERNAME, ...),
+    else the connection file, else the built-in default. Otherwise (the agent, programs
+    building a Namespace of their own): the flag, else `defaults` (a config file's values),
+    else CLOCKFLEET_BROKER for the broker. UsageError names the setting and where it came
+    from."""
+    env = os.environ if environ is None else environ
+    layers: list[tuple[str, Mapping[str, Any]]] = [("flag", vars(args))]
+    if hasattr(args, "connection"):
+        by_env = {k: env[v] for k, v in connection_file_mod.ENV_OF.items() if env.get(v)}
+        layers.append(("env", by_env))
+        try:
+            found = connection_file_mod.find(args.connection, env)
+            if found is not None:
+                layers.append((str(found), connection_file_mod.load(found)))
+        except connection_file_mod.ConnectionFileError as exc:
+            raise UsageError(str(exc)) from None
+    layers.append(("config", defaults or {}))
+    if not hasattr(args, "connection") and env.get(ENV_BROKER):
+        layers.append(("env", {"broker": env[ENV_BROKER]}))
+    return _settings(connection_file_mod.Layers(layers))
 
-    spec = pick("broker") or os.environ.get(ENV_BROKER) or DEFAULT_BROKER
+
+def _settings(pick: connection_file_mod.Layers) -> ConnectionSettings:
+    spec = pick("broker") or DEFAULT_BROKER
     password = None
     if pw_file := pick("password_file"):
         try:
             password = Path(pw_file).read_text().splitlines()[0].strip()
         except (OSError, IndexError) as exc:
-            raise UsageError(f"--password-file {pw_file}: {exc}") from None
+            raise UsageError(f"{pick.source('password_file')} {pw_file}: {exc}") from None
     for name in ("ca_file", "cert", "key"):
         v = pick(name)
         if v and not Path(v).is_file():
-            raise UsageError(f"--{name.replace('_', '-')} {v}: no such file")
+            raise UsageError(f"{pick.source(name)} {v}: no such file")
+    try:
+        brokers = parse_brokers(spec)
+    except UsageError as exc:
+        raise UsageError(
+            f"{pick.source('broker')}: {exc}" if pick("broker") else str(exc)
+        ) from None
     return ConnectionSettings(
-        brokers=parse_brokers(spec),
+        brokers=brokers,
         username=pick("username"),
         password=password,
         ca_file=pick("ca_file"),
