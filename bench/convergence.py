@@ -38,6 +38,10 @@ from bench.listpub import START_RULE
 from bench.results import figure, row
 
 KEY = "convergence"
+# design.md's figures: p100 <= 1 s at N=1000 and <= 3 s at N=3000 with jitter 0. They hold
+# beside the ratio goal: an absolute bound says what an operator gets; the ratio says how much
+# of it is our own cost on this machine at this moment.
+DESIGN_GOALS_S = {1000: 1.0, 3000: 3.0}
 HELP = "new list -> every agent's report of it at the collector, vs bare paho subscribers"
 FLOOR_WHAT = "minimal clients (verify, 4-sample NTP, report; one selector)"
 OPEN_BROKER_WHY = (
@@ -134,12 +138,14 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 reference_value=f["p50"] if f else None,
             )
         )
+        design_goal = DESIGN_GOALS_S.get(n)
         rows.append(
             row(
-                f"p100, N={n}",
+                f"p100, N={n}" + (" (the design's absolute goal)" if design_goal else ""),
                 "s",
                 o["p100"],
-                reference=f"{n} bare paho subscribers",
+                goal=design_goal,
+                reference=f"{n} bare paho subscribers (the design's named reference)",
                 reference_value=r["p100"],
             )
         )
