@@ -22,7 +22,7 @@ import sys
 import time
 from collections.abc import Callable, Generator
 from dataclasses import dataclass
-from typing import TypeVar
+from typing import Optional, Protocol, TypeVar, Union
 
 from clockfleet.ntp.checks import (
     KISS_REFUSALS,
@@ -59,6 +59,22 @@ class BurstResult:
 
 
 Wait = tuple[socket.socket, float]  # resume me when this socket is readable or at this time
+# Checks an answer that passed gate() before it is judged: None to judge it, or why it is
+# not an answer to us after all (ignored like a bad origin; final if `final` says so).
+Verify = Callable[[bytes], Optional[Failure]]
+
+
+class Authenticator(Protocol):
+    """Seals each request of a burst and verifies its answer (NTS: nts_exchange.py)."""
+
+    def seal(self, request: bytes) -> Union[tuple[bytes, Verify], Failure]:
+        """The datagram to send for this 48-byte request and how to verify its answer, or
+        the failure that ends the burst (nothing left to seal it with)."""
+        ...
+
+    def final(self, failure: Failure) -> bool:
+        """Whether a verify failure ends the exchange at once rather than waiting on."""
+        ...
 
 
 def open_socket(family: int, sockaddr: SockAddr) -> tuple[socket.socket, bool]:
@@ -87,17 +103,25 @@ def exchange_steps(
     deadline: float,
     settings: ProbeSettings,
     previous: tuple[int, int] | None = None,
+    auth: Authenticator | None = None,
 ) -> Generator[Wait, None, Sample | Failure]:
     """Send one request and wait (until the monotonic deadline) for its validated answer, as
     steps (see the module docstring).
 
-    Datagrams that are not an answer to this request (unparseable, bad version, wrong origin)
-    are ignored; if nothing else arrives, the last such reason is the result.
+    Datagrams that are not an answer to this request (unparseable, bad version, wrong origin,
+    and with `auth` one that does not verify) are ignored; if nothing else arrives, the last
+    such reason is the result.
     """
     nonce = 0
     while nonce == 0:  # zero would mean "no origin" to a server
         nonce = secrets.randbits(64)
     request = encode_request(nonce)
+    verify: Verify | None = None
+    if auth is not None:
+        sealed = auth.seal(request)
+        if isinstance(sealed, Failure):
+            return sealed
+        request, verify = sealed
     t1_ns = time.time_ns()
     try:
         sock.send(request)
@@ -128,6 +152,12 @@ def exchange_steps(
             if isinstance(verdict, Failure):
                 ignored = verdict
                 continue
+            refused = verify(data) if verify is not None else None
+            if refused is not None:
+                if auth is not None and auth.final(refused):
+                    return refused
+                ignored = refused
+                continue
             return check_reply(verdict, t1_ns, t4_ns, settings, previous)
         if time.monotonic() >= deadline:
             return ignored or Failure("timeout", "no answer")
@@ -138,9 +168,10 @@ def sample_burst(
     sockaddr: SockAddr,
     settings: ProbeSettings,
     on_answer: Callable[[], None] | None = None,
+    auth: Authenticator | None = None,
 ) -> BurstResult:
     """Up to settings.samples exchanges back to back within settings.timeout_s."""
-    return run_steps(sample_burst_steps(family, sockaddr, settings, on_answer))
+    return run_steps(sample_burst_steps(family, sockaddr, settings, on_answer, auth))
 
 
 def sample_burst_steps(
@@ -148,6 +179,7 @@ def sample_burst_steps(
     sockaddr: SockAddr,
     settings: ProbeSettings,
     on_answer: Callable[[], None] | None = None,
+    auth: Authenticator | None = None,
 ) -> Generator[Wait, None, BurstResult]:
     """sample_burst() as steps (see the module docstring). `on_answer` is called at the
     first good sample: the server is alive, which the staggered probe wants to know early.
@@ -172,7 +204,9 @@ def sample_burst_steps(
             if best is not None:
                 wait_until = min(deadline, time.monotonic() + best.delay_s + LATE_SLACK_S)
             requests += 1
-            result = yield from exchange_steps(sock, kernel_ts, wait_until, settings, last_stamps)
+            result = yield from exchange_steps(
+                sock, kernel_ts, wait_until, settings, last_stamps, auth
+            )
             if isinstance(result, Failure):
                 failure = result
                 break
