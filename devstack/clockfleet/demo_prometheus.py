@@ -7,6 +7,7 @@ import json
 import urllib.parse
 import urllib.request
 from pathlib import Path
+from typing import Any
 
 import yaml
 
@@ -50,9 +51,10 @@ def start_prometheus(procs: Processes, rundir: Path, collector_url: str) -> str:
 def prometheus_view(url: str) -> str:
     """One line: does Prometheus scrape the collector, and which alerts are pending/firing."""
 
-    def get(path: str) -> dict:
+    def get(path: str) -> dict[str, Any]:
         with urllib.request.urlopen(url + path, timeout=2) as r:
-            return json.loads(r.read())
+            body: dict[str, Any] = json.loads(r.read())
+            return body
 
     try:
         up = get("/api/v1/query?query=" + urllib.parse.quote('up{job="clockfleet-collector"}'))

@@ -5,6 +5,7 @@ the steps, their commands and their logs)."""
 from __future__ import annotations
 
 import contextlib
+import functools
 import time
 import urllib.request
 from dataclasses import dataclass, field
@@ -79,8 +80,8 @@ def start_ntp_servers(procs: Processes, rundir: Path) -> dict[str, tuple[str, in
         )
         d = procs.daemon(
             what,
-            lambda sdir=sdir, fake=fake, addr=ADDRESSES[name]: devstack.start_chronyd_server(
-                sdir, address=addr, fake_offset_s=fake
+            functools.partial(
+                devstack.start_chronyd_server, sdir, address=ADDRESSES[name], fake_offset_s=fake
             ),
             sdir / "chronyd.log",
         )
