@@ -80,6 +80,11 @@ class Results:
             log.warning(
                 "%s: sync failed (list v%d): %s", self.id, report.list_version, report.error
             )
+        command = outcome.zone.command if outcome.zone is not None else None
+        if command is not None:  # run in this sync: counted once (reports carry it on)
+            self.counters["zone-commands"] += 1
+            if command.error is not None:
+                self.counters["zone-command-failures"] += 1
         if self.state is not None:
             self.state.save_report(payload)
         return newly_good

@@ -21,8 +21,9 @@ log = logging.getLogger("clockfleet.agent")
 
 def needs_worker(job: SyncJob, backend: ClockBackend, tz_root: Optional[Path]) -> bool:
     """Whether finish_sync may block (a backend that runs commands or writes files, or a
-    time zone to set or read), so that it must not run on the agent's loop."""
-    return backend.blocking or tz_root is not None
+    time zone to set), so that it must not run on the agent's loop. Reading the host's zone
+    file back (a few KB, local) and the kernel's timex (one system call) stays on the loop."""
+    return backend.blocking or (job.timezone is not None and tz_root is not None)
 
 
 def finish_sync(
