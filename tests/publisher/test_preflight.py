@@ -10,6 +10,7 @@ import pytest
 
 from clockfleet import devstack
 from clockfleet.devstack.mosquitto import ShippedBroker
+from clockfleet.publisher.cli_common import EXIT_PREFLIGHT
 from tests.agent.fakentp import FakeNtpServer
 from tests.publisher.kit import retained
 
@@ -53,13 +54,13 @@ def test_a_healthy_new_server_passes_and_the_list_is_published(
     assert retained(broker)[US_EAST]["servers"] == [{"host": ntp.host, "port": ntp.port}]
 
 
-def test_a_silent_new_server_blocks_the_publish_with_exit_2(
+def test_a_silent_new_server_blocks_the_publish_with_its_exit_code(
     broker: ShippedBroker, fleet, publish, chrony_server, silent
 ):
     ntp = chrony_server()
     fleet(fleet_text((ntp.host, ntp.port), silent))
     run = publish(preflight=True)
-    assert run.rc == 2
+    assert run.rc == EXIT_PREFLIGHT
     assert f"preflight  us-east  {silent[0]}:{silent[1]}  timeout  no answer" in run.out
     assert "1 of 2 new or moved servers failed" in run.err
     assert "nothing published" in run.err
@@ -71,7 +72,7 @@ def test_a_blocked_publish_says_some_servers_answer_only_from_the_pbx_networks(
 ):
     fleet(fleet_text(silent))
     run = publish(preflight=True)
-    assert run.rc == 2
+    assert run.rc == EXIT_PREFLIGHT
     assert "only from the PBXs' networks" in run.err and "--force" in run.err
 
 
@@ -152,7 +153,7 @@ def test_a_canary_publish_is_blocked_by_a_silent_new_server(
     before = retained(broker)[US_EAST]
     fleet(fleet_text(silent, counting.address))
     run = publish("--canary", "10%", preflight=True)
-    assert run.rc == 2
+    assert run.rc == EXIT_PREFLIGHT
     assert f"{silent[0]}:{silent[1]}  timeout" in run.out
     assert retained(broker)[US_EAST] == before
 
@@ -165,7 +166,7 @@ def test_two_entries_resolving_to_one_address_block_the_publish(
     other = chrony_server()
     fleet(fleet_text(("127.0.0.1", ntp.port), ("localhost", ntp.port), (other.host, other.port)))
     run = publish(preflight=True)
-    assert run.rc == 2
+    assert run.rc == EXIT_PREFLIGHT
     assert (
         f"preflight  us-east  localhost:{ntp.port}  same-address  127.0.0.1, as "
         f"127.0.0.1:{ntp.port}: an agent counts them as one server"

@@ -13,6 +13,7 @@ from clockfleet.devstack.mosquitto import ShippedBroker
 from clockfleet.protocol import signing
 from clockfleet.protocol.codec import decode
 from clockfleet.protocol.messages import Profile, ServerList
+from clockfleet.publisher.cli_common import EXIT_UNREACHABLE
 from clockfleet.publisher.versions import date_floor
 from tests.broker.mqttclient import connect
 from tests.publisher.kit import FLEET, retained
@@ -271,7 +272,7 @@ def test_a_refused_publish_is_reported_and_exits_1(broker: ShippedBroker, fleet,
     assert retained(broker) == {}
 
 
-def test_an_unreachable_broker_exits_2_with_one_line(fleet, tmp_path, capsys):
+def test_an_unreachable_broker_exits_5_with_one_line(fleet, tmp_path, capsys):
     from clockfleet.publisher.cli import publish_main
 
     path = fleet()
@@ -287,12 +288,12 @@ def test_an_unreachable_broker_exits_2_with_one_line(fleet, tmp_path, capsys):
         ]
     )
     err = capsys.readouterr().err
-    assert rc == 2
+    assert rc == EXIT_UNREACHABLE
     lines = err.splitlines()
     assert len(lines) == 1 and "cannot connect to the broker" in lines[0]
 
 
-def test_a_wrong_password_exits_2_with_one_line(broker: ShippedBroker, fleet, tmp_path, capsys):
+def test_a_wrong_password_exits_5_with_one_line(broker: ShippedBroker, fleet, tmp_path, capsys):
     from clockfleet.publisher.cli import publish_main
 
     path = fleet()
@@ -311,7 +312,7 @@ def test_a_wrong_password_exits_2_with_one_line(broker: ShippedBroker, fleet, tm
         ]
     )
     err = capsys.readouterr().err
-    assert rc == 2
+    assert rc == EXIT_UNREACHABLE
     lines = err.splitlines()
     assert len(lines) == 1 and "Not authorized" in lines[0]
 
@@ -325,7 +326,7 @@ def test_a_refused_login_is_not_tried_again_with_mqtt_311(
     wrong = tmp_path / "wrong.password"
     wrong.write_text("not-it\n")
     args = ["--config", str(fleet()), "--broker", broker.url, "--username", "publisher"]
-    assert publish_main([*args, "--password-file", str(wrong)]) == 2
+    assert publish_main([*args, "--password-file", str(wrong)]) == EXIT_UNREACHABLE
     # Mosquitto logs in the order it handles clients: once this login is answered, the
     # publisher's attempts are all in the log.
     connect(broker.daemon.port, "operator", broker.password("operator")).close()

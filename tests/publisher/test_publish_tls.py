@@ -9,6 +9,7 @@ import pytest
 
 from clockfleet.devstack.mosquitto import ShippedBroker, start_shipped
 from clockfleet.publisher.cli import publish_main
+from clockfleet.publisher.cli_common import EXIT_UNREACHABLE
 from tests.publisher.kit import FLEET, retained
 
 
@@ -44,12 +45,12 @@ def test_publishes_over_tls_with_the_test_ca(tls_broker: ShippedBroker, tmp_path
     assert "clock/v1/regions/us-east/servers" in retained(tls_broker)
 
 
-def test_tls_without_the_ca_exits_2_with_one_line(
+def test_tls_without_the_ca_exits_unreachable_with_one_line(
     tls_broker: ShippedBroker, tmp_path: Path, capsys
 ):
     config = tmp_path / "fleet.yaml"
     config.write_text(FLEET)
-    assert publish_main(args(tls_broker, config)) == 2
+    assert publish_main(args(tls_broker, config)) == EXIT_UNREACHABLE
     err = capsys.readouterr().err.splitlines()
     assert len(err) == 1 and "certificate verify failed" in err[0]
     assert retained(tls_broker) == {}

@@ -17,6 +17,7 @@ from pathlib import Path
 from clockfleet.devstack.mosquitto import ShippedBroker
 from clockfleet.protocol import signing
 from clockfleet.protocol.messages import MAX_VERSION
+from clockfleet.publisher.cli_common import EXIT_VERSION_JUMP
 from clockfleet.publisher.versions import MAX_VERSION_JUMP, date_floor
 from tests.broker.mqttclient import connect
 from tests.publisher.kit import FLEET, retained
@@ -135,7 +136,7 @@ def test_a_verified_higher_version_on_the_broker_is_the_base_of_the_next(
     assert retained(broker)[US_EAST]["version"] == ahead + 1
 
 
-def test_a_verified_version_far_ahead_is_refused_with_exit_2(
+def test_a_verified_version_far_ahead_is_refused_with_its_exit_code(
     broker: ShippedBroker, fleet, publish, keys
 ):
     fleet()
@@ -143,7 +144,7 @@ def test_a_verified_version_far_ahead_is_refused_with_exit_2(
     key = signing.load_signing_key(keys[0])
     put_retained(broker, US_EAST, signing.sign({**US_EAST_BODY, "version": far}, key))
     run = publish("--signing-key", str(keys[0]))
-    assert run.rc == 2
+    assert run.rc == EXIT_VERSION_JUMP
     assert f"region us-east: the broker holds version {far}, signed by ops-2026" in run.err
     assert "--accept-version-jump" in run.err and "nothing published" in run.err
     assert set(retained(broker)) == {US_EAST}  # nothing else went out either

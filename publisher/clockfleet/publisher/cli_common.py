@@ -21,6 +21,49 @@ KEYGEN = "clockfleet keygen"
 
 STATE_FILE_NAME = ".publisher-state.json"
 
+# `clockfleet publish`'s exit codes, one per outcome a script or a CI job acts on differently:
+# fix the file (2), retry later (5), look at the servers (4), look at the key (6). The one
+# table --help, docs/publisher.md and --json's `outcome` are written from.
+EXIT_OK = 0
+EXIT_BROKER_REFUSED = 1
+EXIT_INVALID = 2
+EXIT_CANARY_ABORTED = 3  # rollout_run.EXIT_ABORTED: `rollout run` exits with it too
+EXIT_PREFLIGHT = 4
+EXIT_UNREACHABLE = 5
+EXIT_VERSION_JUMP = 6
+EXIT_CODES: dict[int, tuple[str, str]] = {
+    EXIT_OK: (
+        "ok",
+        "published, or nothing to publish, or a dry run, or --check found the file valid",
+    ),
+    EXIT_BROKER_REFUSED: (
+        "broker-refused",
+        "the broker refused a publish (e.g. its ACL denies this identity) or did not acknowledge "
+        "it within --timeout, refused this identity the lists, or did not answer the snapshot "
+        "fence; a canary's reports could not be read or its decision not be sent",
+    ),
+    EXIT_INVALID: (
+        "invalid",
+        "a bad argument, an invalid fleet file (each problem as FILE:LINE: PATH: reason), a bad "
+        "key, connection or state file, or a canary that cannot start",
+    ),
+    EXIT_CANARY_ABORTED: ("canary-aborted", "--canary: the canary aborted (docs/rollout.md)"),
+    EXIT_PREFLIGHT: (
+        "preflight-failed",
+        "a new or moved server failed the preflight from this host (without --force)",
+    ),
+    EXIT_UNREACHABLE: (
+        "broker-unreachable",
+        "no broker answered, the TLS handshake failed, or the broker refused the login",
+    ),
+    EXIT_VERSION_JUMP: (
+        "version-jump",
+        "a verified version on the broker is more than 1,000,000 above this publisher's record "
+        "and today's date floor (a leaked key or a broken publisher; --accept-version-jump "
+        "adopts it)",
+    ),
+}
+
 
 class Parser(argparse.ArgumentParser):
     """argparse, but a bad argument is one line on stderr (and exit 2), not usage + error."""

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import argparse
+import textwrap
 from pathlib import Path
 
 from clockfleet.protocol.connection import add_arguments, command_parser
 from clockfleet.protocol.ids import ID_PATTERN
 from clockfleet.publisher.canary import DEFAULT_BAKE_S
-from clockfleet.publisher.cli_common import PUBLISH, STATE_FILE_NAME, Parser
+from clockfleet.publisher.cli_common import EXIT_CODES, PUBLISH, STATE_FILE_NAME, Parser
 
 PUBLISH_DESCRIPTION = """\
 Validate the fleet file, then publish every region's NTP server list and every agent's
@@ -21,12 +22,26 @@ Only a broker copy whose signature verifies with a key this publisher holds (--s
 replaced.
 
 An invalid file is reported in full (FILE:LINE: PATH: reason per problem) with exit 2, and
-nothing is published.
+nothing is published. --check checks the file and stops there (no broker, no key: for CI).
+
+The broker, identity and CA come from the flags below, else the environment, else a
+connection file (see "broker connection"), so `clockfleet publish --dry-run` is enough once
+~/.config/clockfleet/operator.yaml names them.
 
 Preflight: every server that is new in a changed list, or at another position, is queried
 from this host with the agents' own checks, one line per server. A server that fails blocks
-the publish (exit 2) unless --force: some servers answer only from the PBXs' networks.
+the publish (exit 4) unless --force: some servers answer only from the PBXs' networks.
 """
+
+
+def _exit_table() -> str:
+    lines = ["exit codes (--json names each as `outcome`):"]
+    for code, (name, meaning) in EXIT_CODES.items():
+        lines.append(f"  {code} {name}: {meaning}")
+    return "\n".join(textwrap.fill(ln, 92, subsequent_indent="      ") for ln in lines)
+
+
+EXIT_TABLE = _exit_table()
 
 PUBLISH_EPILOG = f"""\
 fleet file: `signing_key` (optional, relative to the file), `defaults` (poll_interval_s
@@ -35,12 +50,7 @@ the order agents try them, optional poll_interval_s/resync_jitter_s) and `agents
 region, optional timezone; default: the region's). Ids: {ID_PATTERN}. Unknown keys are
 errors. Example: config/fleet.yaml.
 
-exit codes: 0 published (or nothing to publish), 1 the broker refused or did not acknowledge
-a publish (e.g. the ACL denies this identity), 2 bad argument, invalid fleet file, bad key,
-a new or moved server failing the preflight (without --force),
-broker unreachable / login refused, or a verified version on the broker more than
-1,000,000 (a year of date floors) above this publisher's own record and today's date floor
-(a leaked key or a broken publisher; --accept-version-jump adopts it).
+{EXIT_TABLE}
 
 state file: JSON with the highest version issued per prefix, region and profile, written
 before publishing. Default: .publisher-state.json next to the fleet file. Keep it (it is
@@ -54,6 +64,13 @@ def publish_parser() -> argparse.ArgumentParser:
     _add_broker_flags(p)
     _add_change_flags(p)
     p.add_argument("-v", "--verbose", action="store_true", help="log more")
+    p.add_argument(
+        "--json",
+        action="store_true",
+        help="print the run as one JSON object on stdout (schema clockfleet-publish/1: outcome, "
+        "exit_code, error, problems, changes, counts, and the lines a person would read); "
+        "errors still go to stderr as well",
+    )
     add_arguments(p)
     return p
 
@@ -88,7 +105,7 @@ def _add_input_flags(p: argparse.ArgumentParser) -> None:
         "--accept-version-jump",
         action="store_true",
         help="adopt a verified version on the broker even when it is more than 1,000,000 "
-        "above this publisher's record and today's date floor (refused by default, exit 2)",
+        "above this publisher's record and today's date floor (refused by default, exit 6)",
     )
     p.add_argument(
         "--state-file",
@@ -100,7 +117,14 @@ def _add_input_flags(p: argparse.ArgumentParser) -> None:
 
 
 def _add_broker_flags(p: argparse.ArgumentParser) -> None:
-    """What the run does with the broker: look only, withdraw, how long to wait."""
+    """What the run does with the broker: nothing at all, look only, withdraw, how long to
+    wait."""
+    p.add_argument(
+        "--check",
+        action="store_true",
+        help="check the fleet file (and the lists and profiles it means, with the agents' "
+        "strict decoder) and stop: no broker, no key, no state file (for CI); exit 0 or 2",
+    )
     p.add_argument(
         "--dry-run",
         action="store_true",
