@@ -15,6 +15,8 @@ import msgspec
 
 from clockfleet.protocol.ids import host_problem, timezone_problem
 from clockfleet.protocol.messages import (
+    SERVER_ENTRY_KEYS,
+    SERVERS_NTS_SCHEMA,
     Command,
     Profile,
     Report,
@@ -50,7 +52,7 @@ REJECT_REASONS = (
 T = TypeVar("T", ServerList, Profile, Status, Report, Command)
 
 SCHEMA_OF: dict[type, str] = {
-    ServerList: "clock.servers/1",
+    ServerList: "clock.servers/1",  # or clock.servers/2 (SERVERS_NTS_SCHEMA), for NTS
     Profile: "clock.profile/1",
     Status: "clock.status/1",
     Report: "clock.report/1",
@@ -191,13 +193,16 @@ def _decode(
         raise Rejected("undecodable", f"payload is {type(payload).__name__}, not bytes")
     obj = parse_json_object(bytes(payload))
     want = SCHEMA_OF[cls]
-    if obj.get("schema") != want:
-        raise Rejected("wrong-schema", f"schema {obj.get('schema')!r}, expected {want!r}")
+    schema = obj.get("schema")
+    if schema != want and not (cls is ServerList and schema == SERVERS_NTS_SCHEMA):
+        raise Rejected("wrong-schema", f"schema {schema!r}, expected {want!r}")
     try:
         msg = msgspec.convert(obj, cls, strict=True)
     except msgspec.ValidationError as exc:
         raise Rejected("invalid-field", str(exc)) from None
     _check_semantics(msg, topic_id)
+    if isinstance(msg, ServerList):
+        _check_nts(msg, obj)
     if check_future and isinstance(msg, Report):
         limit = (now or datetime.now(timezone.utc)) + MAX_FUTURE
         if msg.at > limit:
@@ -239,6 +244,32 @@ def _check_servers(servers: Any, what: str) -> None:
         if (s.host, s.port) in seen:
             raise Rejected("invalid-field", f"{what} {s.host}:{s.port} listed twice")
         seen.add((s.host, s.port))
+
+
+def _check_nts(msg: ServerList, obj: dict[str, Any]) -> None:
+    """NTS entries only in clock.servers/2 (an agent that predates it refuses the list, and
+    never asks an NTS server in plain NTP); in /2, an entry holds only the keys this reader
+    knows: an entry says how to reach a time source, and a field it does not know could
+    change what a safe use of it is (docs/protocol.md)."""
+    entries = list(msg.servers) + (list(msg.canary.servers) if msg.canary else [])
+    for s in entries:
+        if s.nts_ke_port is not None and not s.nts:
+            raise Rejected("invalid-field", f"server {s.host}: nts_ke_port without nts")
+    if msg.schema != SERVERS_NTS_SCHEMA:
+        if any(s.nts for s in entries):
+            raise Rejected(
+                "invalid-field",
+                f"an NTS server in a {msg.schema} list (NTS needs {SERVERS_NTS_SCHEMA})",
+            )
+        return
+    raw = list(obj.get("servers") or [])
+    canary = obj.get("canary")
+    if isinstance(canary, dict):
+        raw += list(canary.get("servers") or [])
+    for entry in raw:
+        unknown = sorted(set(entry) - set(SERVER_ENTRY_KEYS)) if isinstance(entry, dict) else []
+        if unknown:
+            raise Rejected("invalid-field", f"server entry field {unknown[0]!r} is not known here")
 
 
 def encode(msg: Any) -> bytes:

@@ -23,6 +23,10 @@ MAX_POLL_INTERVAL_S = 7 * 86400
 MAX_RESYNC_JITTER_S = 3600
 
 SERVERS_SCHEMA = "clock.servers/1"
+# A list naming an NTS server goes out as /2: an agent that predates NTS refuses the whole
+# list (wrong schema) rather than ask that server in plain NTP (docs/protocol.md).
+SERVERS_NTS_SCHEMA = "clock.servers/2"
+SERVER_ENTRY_KEYS = ("host", "port", "nts", "nts_ke_port")  # what a /2 entry may hold
 PROFILE_SCHEMA = "clock.profile/1"
 STATUS_SCHEMA = "clock.status/1"
 REPORT_SCHEMA = "clock.report/1"
@@ -83,6 +87,10 @@ class _FrozenMsg(msgspec.Struct, omit_defaults=True, forbid_unknown_fields=False
 class Server(_FrozenMsg, frozen=True):
     host: Host
     port: Port = 123
+    # Ask this server only with NTS (RFC 8915): NTS-KE on nts_ke_port (None: 4460), then
+    # authenticated NTP. Only in clock.servers/2 lists (codec.py checks it).
+    nts: bool = False
+    nts_ke_port: Optional[Port] = None
 
 
 class Signature(_FrozenMsg, frozen=True):
@@ -128,7 +136,7 @@ class RolloutRecord(_FrozenMsg, frozen=True):
 
 
 class ServerList(_Msg):
-    schema: Literal["clock.servers/1"]
+    schema: Literal["clock.servers/1", "clock.servers/2"]
     region: Id
     version: Version
     issued_at: Timestamp
@@ -168,6 +176,9 @@ class Tried(_Msg):
     detail: Optional[Text] = None
     offset_s: Optional[Seconds] = None
     delay_s: Optional[NonNegSeconds] = None
+    # How this entry's answers were authenticated: "nts" for an NTS server (its outcome says
+    # whether an authenticated answer came); absent for plain NTP.
+    auth: Optional[Literal["nts"]] = None
 
 
 Ppm = Annotated[float, msgspec.Meta(gt=-1e6, lt=1e6)]

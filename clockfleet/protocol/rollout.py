@@ -36,17 +36,20 @@ def list_digest(servers: Sequence[Any]) -> str:
     """A short hash of a server list's content (hosts and ports, in order): 16 hex digits.
 
     Accepts `Server` structs or (host, port) pairs; the same content gives the same digest
-    whichever program computes it."""
+    whichever program computes it. An NTS entry counts as (host, port, "nts", NTS-KE port),
+    so that turning NTS on is a change, while a plain list's digest stays what it was."""
     return _digest(
-        tuple(
-            (s.host, s.port) if isinstance(s, Server) else (str(s[0]), int(s[1])) for s in servers
-        )
+        tuple(_entry(s) if isinstance(s, Server) else (str(s[0]), int(s[1])) for s in servers)
     )
+
+
+def _entry(s: Server) -> tuple[Any, ...]:
+    return (s.host, s.port, "nts", s.nts_ke_port or 4460) if s.nts else (s.host, s.port)
 
 
 # Every report of every agent carries the digest of one of a few lists: compute each once.
 @lru_cache(maxsize=256)
-def _digest(pairs: tuple[tuple[str, int], ...]) -> str:
+def _digest(pairs: tuple[tuple[Any, ...], ...]) -> str:
     text = json.dumps([list(p) for p in pairs], separators=(",", ":"), ensure_ascii=False)
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 

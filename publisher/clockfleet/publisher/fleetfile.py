@@ -34,7 +34,7 @@ ROLLOUT_KEYS = (
 )
 TIMING_KEYS = ("poll_interval_s", "resync_jitter_s")
 REGION_KEYS = ("timezone", "servers", *TIMING_KEYS)
-SERVER_KEYS = ("host", "port")
+SERVER_KEYS = ("host", "port", "nts", "nts_ke_port")
 AGENT_KEYS = ("region", "timezone")
 
 # name -> (lowest, highest) allowed, as the wire contract bounds them.
@@ -48,6 +48,8 @@ TIMING_BOUNDS = {
 class ServerEntry:
     host: str
     port: int = DEFAULT_PORT
+    nts: bool = False  # NTS only (docs/nts.md); the list then goes out as clock.servers/2
+    nts_ke_port: int | None = None  # None: NTS-KE's default port, 4460
 
 
 @dataclass(frozen=True)
@@ -155,14 +157,30 @@ def _servers(tree: Tree, value: object, path: str) -> tuple[ServerEntry, ...]:
         if (problem := host_problem(host)) is not None:
             tree.error(f"{epath}.host", problem)
             continue
-        if port is None:
+        nts = _nts(tree, entry, epath)
+        if port is None or nts is None:
             continue
         if (host, port) in seen:
             tree.error(epath, f"{host}:{port} is listed twice (first at [{seen[(host, port)]}])")
             continue
         seen[(host, port)] = i
-        out.append(ServerEntry(host, port))
+        out.append(ServerEntry(host, port, *nts))
     return tuple(out)
+
+
+def _nts(tree: Tree, entry: Section, epath: str) -> tuple[bool, int | None] | None:
+    """An entry's `nts` and `nts_ke_port`, or None when either is wrong (recorded)."""
+    nts = entry.get("nts", False)
+    if not isinstance(nts, bool):
+        tree.error(f"{epath}.nts", f"must be true or false, not {show(nts)}")
+        return None
+    if "nts_ke_port" not in entry:
+        return nts, None
+    ke_port = _int_in(tree, entry["nts_ke_port"], f"{epath}.nts_ke_port", 1, 65535)
+    if ke_port is not None and not nts:
+        tree.error(f"{epath}.nts_ke_port", "only for an NTS server: add `nts: true`")
+        return None
+    return (nts, ke_port) if ke_port is not None else None
 
 
 def _entry(

@@ -1,10 +1,11 @@
 """The wire objects the publisher builds, and sealing them for the broker.
 
-A region's `clock.servers/1` and an agent's `clock.profile/1` as the fleet file means them
-(without version, issued_at and sig), what counts as their content, and `seal`: sign,
-encode, and check the result with the strict decoder every reader uses, so nothing the
-agents would refuse ever goes out. Every payload the publisher sends is sealed here: plain
-publishes (`plan`), canaries and their endings (`canary`), replacements (`rollout_run`).
+A region's `clock.servers/1` (`/2` when it names an NTS server) and an agent's
+`clock.profile/1` as the fleet file means them (without version, issued_at and sig), what
+counts as their content, and `seal`: sign, encode, and check the result with the strict
+decoder every reader uses, so nothing the agents would refuse ever goes out. Every payload
+the publisher sends is sealed here: plain publishes (`plan`), canaries and their endings
+(`canary`), replacements (`rollout_run`).
 """
 
 from __future__ import annotations
@@ -13,8 +14,14 @@ from typing import Union
 
 from clockfleet.protocol import signing
 from clockfleet.protocol.codec import Rejected, decode, encode
-from clockfleet.protocol.messages import PROFILE_SCHEMA, SERVERS_SCHEMA, Profile, ServerList
-from clockfleet.publisher.fleetfile import AgentProfile, Region
+from clockfleet.protocol.messages import (
+    PROFILE_SCHEMA,
+    SERVERS_NTS_SCHEMA,
+    SERVERS_SCHEMA,
+    Profile,
+    ServerList,
+)
+from clockfleet.publisher.fleetfile import AgentProfile, Region, ServerEntry
 from clockfleet.publisher.versions import Kind
 
 # A decoded JSON value, and a JSON object as it is signed and sent.
@@ -34,8 +41,29 @@ def region_object(region: Region) -> WireObject:
         obj["poll_interval_s"] = region.poll_interval_s
     if region.resync_jitter_s is not None:
         obj["resync_jitter_s"] = region.resync_jitter_s
-    obj["servers"] = [{"host": s.host, "port": s.port} for s in region.servers]
-    return obj
+    obj["servers"] = [_server(s) for s in region.servers]
+    return with_servers_schema(obj)
+
+
+def _server(s: ServerEntry) -> WireObject:
+    out: WireObject = {"host": s.host, "port": s.port}
+    if s.nts:
+        out["nts"] = True
+        if s.nts_ke_port is not None:
+            out["nts_ke_port"] = s.nts_ke_port
+    return out
+
+
+def with_servers_schema(obj: WireObject) -> WireObject:
+    """The list with the schema its servers need: clock.servers/2 when any entry (of the
+    list or of its canary) is an NTS server, so that an agent that predates NTS refuses it
+    rather than ask that server in plain NTP; clock.servers/1 otherwise, as before."""
+    entries = list(obj.get("servers") or [])  # type: ignore[arg-type]
+    canary = obj.get("canary")
+    if isinstance(canary, dict):
+        entries += list(canary.get("servers") or [])  # type: ignore[arg-type]
+    nts = any(isinstance(e, dict) and e.get("nts") is True for e in entries)
+    return {**obj, "schema": SERVERS_NTS_SCHEMA if nts else SERVERS_SCHEMA}
 
 
 def profile_object(agent: AgentProfile) -> WireObject:
@@ -88,6 +116,8 @@ def seal(
 ) -> bytes:
     """Sign (with a key), encode, and check the payload with the strict decoder of its
     kind, as the agents will decode it; BuildError names the entry when it is refused."""
+    if kind == "region":  # a canary or its ending may add or drop the NTS servers
+        obj = with_servers_schema(obj)
     if key is not None:
         obj = signing.sign(obj, key)
     payload = encode(obj)
