@@ -72,7 +72,6 @@ def test_reports_status_and_lists_become_series_with_values_and_labels(
         "region": "us-east",
         "server": "192.0.2.10:123",
         "timezone": "America/Chicago",
-        "list_version": "7",
         "software": "0.1.0",
         "discipline": "observe",
         "cohort": "",  # no canary in its region

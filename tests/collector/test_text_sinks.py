@@ -122,8 +122,9 @@ def test_text_in_a_report_field_never_adds_a_series_to_metrics(field, writer):
     per_agent = [name for name, labels in got if "agent" in labels]
     assert per_agent == [name for name, labels in want if "agent" in labels]
     assert {labels["agent"] for _, labels in got if "agent" in labels} == {"good", "acme-01"}
-    # a hostile region is a region of its own (with its text escaped), never a new agent
-    assert len(got) - len(want) == (3 if field == "region" else 0)
+    # a hostile region is a region of its own (with its text escaped), never a new agent:
+    # its agents, behind, failing and poll interval series
+    assert len(got) - len(want) == (4 if field == "region" else 0)
     for _, labels in got:
         for value in labels.values():
             assert value.isprintable(), value

@@ -31,7 +31,9 @@ from __future__ import annotations
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Optional
 
+from clockfleet.collector.clock_metrics import CLOCK_GAUGES, clock_values
 from clockfleet.collector.exposition import (
     Family,
     escape_label_value,
@@ -41,11 +43,23 @@ from clockfleet.collector.exposition import (
 from clockfleet.collector.fleet_state import FleetState, is_behind
 from clockfleet.collector.rollout_metrics import rollout_families
 from clockfleet.collector.text import ID_MAX, LABEL_TEXT_MAX, printable
+from clockfleet.collector.zone_metrics import (
+    TIMEZONE_INFO,
+    TIMEZONE_INFO_HELP,
+    TIMEZONE_LABELS,
+    ZONE_GAUGES,
+    timezone_labels,
+    zone_values,
+)
 from clockfleet.protocol.messages import Report, Status
 
 AGENT_LABELS = ("agent", "region")
+# An agent polls this often when its region's list names no interval (agent.yaml's default).
+DEFAULT_POLL_INTERVAL_S = 3600
+# No label whose value changes on every publish (the list version is a gauge of its own):
+# each agent keeps its series across list changes.
 INFO_LABELS = (
-    *("agent", "region", "server", "timezone", "list_version", "software", "discipline"),
+    *("agent", "region", "server", "timezone", "software", "discipline"),
     "cohort",  # "canary" | "rest" under a canary (docs/rollout.md), else ""
 )
 
@@ -86,22 +100,33 @@ AGENT_GAUGES: tuple[tuple[str, str], ...] = (
         "1 when the agent's latest status (by session) is online; judge it with the report age",
     ),
     ("clockfleet_agent_list_version", "Version of the region list the agent last applied"),
+    *CLOCK_GAUGES,
+    *ZONE_GAUGES,
 )
+_ONLINE = 7  # AGENT_GAUGES' index of clockfleet_agent_online: known without a report
 INFO_NAME = "clockfleet_agent_info"
 INFO_HELP = "Always 1; the labels describe the agent's last report"
+# The info families, in exposition order: (name, help, labels).
+INFOS = (
+    (INFO_NAME, INFO_HELP, INFO_LABELS),
+    (TIMEZONE_INFO, TIMEZONE_INFO_HELP, TIMEZONE_LABELS),
+)
+Infos = tuple[Optional[tuple[str, ...]], ...]  # one label tuple (or None) per INFOS entry
 
 
 def agent_values(
     agent: str, report: Report | None, status: Status | None, last_ok_at: float | None
-) -> tuple[str, list[float | None], tuple[str, ...] | None]:
-    """(region, one value or None per AGENT_GAUGES entry, info label values or None)."""
+) -> tuple[str, list[float | None], Infos]:
+    """(region, one value or None per AGENT_GAUGES entry, label values or None per INFOS)."""
     online = None if status is None else (1.0 if status.state == "online" else 0.0)
     if report is None:
         region = printable((status.region if status is not None else None) or "", ID_MAX)
-        return region, [None] * 7 + [online, None], None
+        values: list[float | None] = [None] * len(AGENT_GAUGES)
+        values[_ONLINE] = online
+        return region, values, (None, None)
     # Ids are validated, but a label must not depend on that (see the module docstring).
     region = printable(report.region, ID_MAX)
-    values: list[float | None] = [
+    values = [
         report.offset_s,
         report.delay_s,
         report.root_distance_s,
@@ -111,6 +136,8 @@ def agent_values(
         1.0 if report.ok else 0.0,
         online,
         report.list_version,
+        *clock_values(report),
+        *zone_values(report),
     ]
     server = report.server
     software = report.software or (status.software if status is not None else "")
@@ -120,17 +147,16 @@ def agent_values(
         # A host is validated, but a zone id (`%...`) may carry anything: never trust it.
         printable(f"{server.host}:{server.port}", 300) if server is not None else "",
         printable(report.timezone or "", LABEL_TEXT_MAX),
-        str(report.list_version),
         printable(software, LABEL_TEXT_MAX),
         report.discipline,
         report.cohort or "",
     )
-    return region, values, info
+    return region, values, (info, timezone_labels(agent, region, report))
 
 
 def agent_families(state: FleetState) -> list[Family]:
     gauges = [Family(name, "gauge", doc, AGENT_LABELS) for name, doc in AGENT_GAUGES]
-    info = Family(INFO_NAME, "gauge", INFO_HELP, INFO_LABELS)
+    infos = [Family(name, "gauge", doc, labels) for name, doc, labels in INFOS]
     for agent, entry in state.snapshot().agents.items():
         region, values, info_labels = agent_values(
             agent, entry.report, entry.status, entry.last_ok_at
@@ -139,9 +165,10 @@ def agent_families(state: FleetState) -> list[Family]:
         for family, value in zip(gauges, values, strict=True):
             if value is not None:
                 family.samples.append((labels, value))
-        if info_labels is not None:
-            info.samples.append((info_labels, 1.0))
-    return [*gauges, info]
+        for info, label_values in zip(infos, info_labels, strict=True):
+            if label_values is not None:
+                info.samples.append((label_values, 1.0))
+    return [*gauges, *infos]
 
 
 def region_families(state: FleetState) -> list[Family]:
@@ -186,12 +213,22 @@ def region_families(state: FleetState) -> list[Family]:
             c[1] += 1
     for region, servers in snap.regions.items():
         published.samples.append(((printable(region, ID_MAX),), servers.version))
+    poll = Family(
+        "clockfleet_region_poll_interval_seconds",
+        "gauge",
+        "The region's poll interval: its published list's, else the agents' default "
+        f"({DEFAULT_POLL_INTERVAL_S} s); staleness alerts are multiples of it",
+        ("region",),
+    )
     for region, (n, n_behind, n_failing) in counts.items():
         label = (printable(region, ID_MAX),)
         agents.samples.append((label, n))
         behind.samples.append((label, n_behind))
         failing.samples.append((label, n_failing))
-    return [published, agents, behind, failing]
+        servers = snap.regions.get(region)
+        interval = servers.poll_interval_s if servers is not None else None
+        poll.samples.append((label, float(interval or DEFAULT_POLL_INTERVAL_S)))
+    return [published, agents, behind, failing, poll]
 
 
 def own_families(state: FleetState, link: LinkStats) -> list[Family]:
@@ -267,8 +304,8 @@ _GAUGE_NAMES = tuple(name for name, _ in AGENT_GAUGES)
 def _agent_lines(
     agent: str, report: Report | None, status: Status | None, last_ok_at: float | None
 ) -> list[str]:
-    """One exposition line ("" for no sample) per AGENT_GAUGES entry, then the info line."""
-    region, values, info = agent_values(agent, report, status, last_ok_at)
+    """One exposition line ("" for no sample) per AGENT_GAUGES entry, then per INFOS entry."""
+    region, values, infos = agent_values(agent, report, status, last_ok_at)
     # Every label value is escaped, validated ones too: a decoder's gap (a host's zone id)
     # must not be able to end a label and write a series of its own. This runs only when an
     # agent's messages change (the cache), so it costs nothing per scrape. Decoding bounded
@@ -279,21 +316,19 @@ def _agent_lines(
         "" if value is None else f"{name}{labels}{value!r}\n"
         for name, value in zip(_GAUGE_NAMES, values, strict=True)
     ]
-    if info is None:
-        lines.append("")
-    else:
-        escaped = map(escape_label_value, info)
-        _, _, server, timezone, version, software, discipline, cohort = escaped
-        lines.append(
-            f'{INFO_NAME}{{agent="{agent}",region="{region}",server="{server}",'
-            f'timezone="{timezone}",list_version="{version}",software="{software}",'
-            f'discipline="{discipline}",cohort="{cohort}"}} 1.0\n'
+    for (name, _, label_names), label_values in zip(INFOS, infos, strict=True):
+        if label_values is None:
+            lines.append("")
+            continue
+        pairs = ",".join(
+            f'{n}="{escape_label_value(v)}"' for n, v in zip(label_names, label_values, strict=True)
         )
+        lines.append(f"{name}{{{pairs}}} 1.0\n")
     return lines
 
 
 _AGENT_HEADERS = [family_header(name, "gauge", doc) for name, doc in AGENT_GAUGES] + [
-    family_header(INFO_NAME, "gauge", INFO_HELP)
+    family_header(name, "gauge", doc) for name, doc, _ in INFOS
 ]
 # What an agent's cached lines were made from (its report, status, last good sync), and them.
 CachedLines = tuple[Report | None, Status | None, float | None, list[str]]
