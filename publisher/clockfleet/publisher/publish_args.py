@@ -48,7 +48,7 @@ fleet file: `signing_key` (optional, relative to the file), `defaults` (poll_int
 16..604800, resync_jitter_s 0..3600), `regions` (id -> timezone, servers [{{host, port}}] in
 the order agents try them, optional poll_interval_s/resync_jitter_s) and `agents` (id ->
 region, optional timezone; default: the region's). Ids: {ID_PATTERN}. Unknown keys are
-errors. Example: config/fleet.yaml.
+errors. Example: config/fleet.yaml; JSON Schema for editors: schemas/fleet.schema.json.
 
 {EXIT_TABLE}
 
