@@ -38,7 +38,7 @@ from bench.listpub import START_RULE
 from bench.results import figure, row
 
 KEY = "convergence"
-# design.md's figures: p100 <= 1 s at N=1000 and <= 3 s at N=3000 with jitter 0. They hold
+# The design's figures: p100 <= 1 s at N=1000 and <= 3 s at N=3000 with jitter 0. They hold
 # beside the ratio goal: an absolute bound says what an operator gets; the ratio says how much
 # of it is our own cost on this machine at this moment.
 DESIGN_GOALS_S = {1000: 1.0, 3000: 3.0}

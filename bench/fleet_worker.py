@@ -56,7 +56,7 @@ def main() -> int:
     p.add_argument("--workers", type=int, default=8)
     args = p.parse_args()
     raise_nofile()
-    from clockfleet.agent.clock_backends import make_backend
+    from clockfleet.agent.backend_choice import make_backend
     from clockfleet.agent.fleet import Fleet
     from clockfleet.agent.service import Agent, AgentSettings
     from clockfleet.protocol import signing

@@ -15,7 +15,7 @@ from typing import Any
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 
-from clockfleet.agent.clock_backends import make_backend
+from clockfleet.agent.backend_choice import make_backend
 from clockfleet.agent.fleet import Fleet
 from clockfleet.agent.probe import ProbeSettings
 from clockfleet.agent.service import Agent, AgentSettings

@@ -7,12 +7,12 @@ from pathlib import Path
 
 import pytest
 
+from clockfleet.agent.backend_choice import make_backend
 from clockfleet.agent.backend_chrony import (
     ChronyBackend,
     parse_chrony_sources_csv,
     render_chrony_sources,
 )
-from clockfleet.agent.clock_backends import make_backend
 
 # Fast polling so chronyd takes samples (and clock updates) within a second or two.
 FAST = "iburst minpoll 0 maxpoll 1"

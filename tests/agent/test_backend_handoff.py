@@ -18,9 +18,9 @@ from typing import Any
 
 import pytest
 
+from clockfleet.agent.backend_choice import make_backend
 from clockfleet.agent.backend_chrony import ChronyBackend
 from clockfleet.agent.backend_timesyncd import TimesyncdBackend
-from clockfleet.agent.clock_backends import make_backend
 
 CHOSEN = ("192.0.2.10", 123)
 LIST = [("192.0.2.9", 123), CHOSEN]

@@ -19,7 +19,7 @@ import yaml
 
 from clockfleet.agent import cli
 from clockfleet.agent import config as agent_config
-from clockfleet.agent.clock_backends import make_backend
+from clockfleet.agent.backend_choice import make_backend
 from clockfleet.ntp.checks import ProbeSettings
 
 AGENT = Path(__file__).resolve().parents[2] / "agent"

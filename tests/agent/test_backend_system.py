@@ -16,8 +16,9 @@ from pathlib import Path
 
 import pytest
 
+from clockfleet.agent.backend_choice import make_backend
 from clockfleet.agent.backend_system import SystemBackend, choose_adjustment, has_capability
-from clockfleet.agent.clock_backends import DEFAULT_STEP_THRESHOLD_S, make_backend
+from clockfleet.agent.clock_backends import DEFAULT_STEP_THRESHOLD_S
 
 CHOSEN = ("192.0.2.10", 123)
 

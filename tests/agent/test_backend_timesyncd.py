@@ -9,8 +9,8 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
+from clockfleet.agent.backend_choice import make_backend
 from clockfleet.agent.backend_timesyncd import TimesyncdBackend
-from clockfleet.agent.clock_backends import make_backend
 
 LIST = [("ntp1.example.net", 123), ("192.0.2.10", 123), ("192.0.2.11", 123)]
 

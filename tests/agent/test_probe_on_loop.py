@@ -13,7 +13,7 @@ from datetime import datetime
 from datetime import timezone as timezone_utc_mod
 
 from clockfleet.agent import full_collections
-from clockfleet.agent.clock_backends import make_backend
+from clockfleet.agent.backend_choice import make_backend
 from clockfleet.agent.fleet import Fleet
 from clockfleet.agent.localloop import LocalLoop
 from clockfleet.agent.probe import (

@@ -17,7 +17,6 @@ Two ways, chosen by the options:
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
 import re
 import secrets
@@ -27,7 +26,6 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 from clockfleet.agent.clock_backends import (
     DEFAULT_STEP_THRESHOLD_S,
@@ -41,6 +39,7 @@ from clockfleet.agent.clock_backends import (
     writable_dir_problem,
 )
 from clockfleet.agent.files import write_atomic, write_if_changed
+from clockfleet.agent.helper_status import latest_detail, read_helper_status, status_stamp
 
 log = logging.getLogger(__name__)
 
@@ -49,32 +48,6 @@ HELPER_SOURCEDIR = Path("/var/lib/clockfleet/chrony")
 HELPER_STATUS = Path("/run/clockfleet-agent/chrony.status")
 CHRONY_SOURCEDIR = Path("/etc/chrony/sources.d")  # Debian's, for chronyc's own way
 STEP_REQUEST = "makestep"  # beside the sources file: "THRESHOLD NONCE\n"
-MAX_STATUS_BYTES = 1 << 20
-
-
-def status_stamp(path: Path) -> tuple[int, int, int] | None:
-    """Which status file this is (the helper replaces it whole): a new one differs."""
-    try:
-        st = path.stat()
-    except OSError:
-        return None
-    return (st.st_ino, st.st_mtime_ns, st.st_size)
-
-
-def latest_detail(path: Path) -> str:
-    """What the helper's status file says now, for a failure's detail."""
-    return str(read_helper_status(path).get("detail") or "nothing")
-
-
-def read_helper_status(path: Path) -> dict[str, Any]:
-    """The helper's last status (JSON object), or {} when there is none or it is unreadable."""
-    try:
-        with open(path, "rb") as f:
-            raw = f.read(MAX_STATUS_BYTES + 1)
-        value = json.loads(raw) if len(raw) <= MAX_STATUS_BYTES else None
-    except (OSError, ValueError):
-        return {}
-    return value if isinstance(value, dict) else {}
 
 
 _CHRONY_OPTIONS_RE = re.compile(r"\A[a-z]+(?: [a-z]+| -?[0-9]+(?:\.[0-9]+)?)*\Z")
@@ -116,7 +89,7 @@ def _addresses_of(host: str) -> set[str]:
         infos = socket.getaddrinfo(host, None, type=socket.SOCK_DGRAM)
     except OSError:
         return {host}
-    return {info[4][0] for info in infos} | {host}
+    return {str(info[4][0]) for info in infos} | {host}
 
 
 @dataclass
@@ -162,8 +135,13 @@ class ChronyBackend:
             raise ValueError("step_threshold_s must be > 0")
 
     @property
+    def directory(self) -> Path:
+        assert isinstance(self.sourcedir, Path), "resolved by __post_init__"
+        return self.sourcedir
+
+    @property
     def path(self) -> Path:
-        return Path(self.sourcedir) / self.sources_file  # type: ignore[arg-type]
+        return self.directory / self.sources_file
 
     @property
     def by_helper(self) -> bool:
@@ -178,14 +156,14 @@ class ChronyBackend:
 
     def check(self) -> str | None:
         if self.by_helper:
-            d = Path(self.sourcedir)  # type: ignore[arg-type]
+            d = self.directory
             # The package's unit makes it (StateDirectory=); elsewhere its parent must allow it.
             problem = writable_dir_problem(d if d.exists() else d.parent)
             return None if problem is None else f"chrony backend: {problem}"
         binary = command_argv(self.chronyc)[0]
         if shutil.which(binary) is None:
             return f"chrony backend: {binary} not found (install chrony)"
-        problem = writable_dir_problem(Path(self.sourcedir))
+        problem = writable_dir_problem(self.directory)
         if problem is not None:
             return (
                 f"chrony backend: sourcedir {problem}; chrony.conf needs "
@@ -268,7 +246,7 @@ class ChronyBackend:
     ) -> Applied:
         """Hand the sources file (and a step request) to the root helper; confirm by its
         status: the digest of what it applied, and chronyd listing the chosen server."""
-        sourcedir = Path(self.sourcedir)  # type: ignore[arg-type]
+        sourcedir = self.directory
         status_path = Path(self.helper_status)  # type: ignore[arg-type]
         digest = hashlib.sha256(content.encode()).hexdigest()
         request: str | None = None

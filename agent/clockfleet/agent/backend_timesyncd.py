@@ -24,7 +24,6 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from clockfleet.agent.backend_chrony import latest_detail, read_helper_status, status_stamp
 from clockfleet.agent.clock_backends import (
     Applied,
     Server,
@@ -36,6 +35,7 @@ from clockfleet.agent.clock_backends import (
     writable_dir_problem,
 )
 from clockfleet.agent.files import write_atomic, write_if_changed
+from clockfleet.agent.helper_status import latest_detail, read_helper_status, status_stamp
 
 log = logging.getLogger(__name__)
 
@@ -58,7 +58,10 @@ def render_timesyncd_dropin(servers: Sequence[Server], chosen: Server) -> tuple[
     Raises ValueError for a server the host grammar refuses.
     """
     require_valid(servers, chosen)
-    ordered = [tuple(chosen), *[tuple(s) for s in servers if tuple(s) != tuple(chosen)]]
+    ordered: list[Server] = [
+        (chosen[0], chosen[1]),
+        *[(h, p) for h, p in servers if (h, p) != (chosen[0], chosen[1])],
+    ]
     hosts: list[str] = []
     skipped: list[str] = []
     for host, port in ordered:
@@ -101,8 +104,13 @@ class TimesyncdBackend:
             raise ValueError(f"dropin_name {self.dropin_name!r}: a plain name ending in .conf")
 
     @property
+    def directory(self) -> Path:
+        assert isinstance(self.dropin_dir, Path), "resolved by __post_init__"
+        return self.dropin_dir
+
+    @property
     def path(self) -> Path:
-        return Path(self.dropin_dir) / self.dropin_name  # type: ignore[arg-type]
+        return self.directory / self.dropin_name
 
     @property
     def by_helper(self) -> bool:
@@ -111,13 +119,13 @@ class TimesyncdBackend:
 
     def check(self) -> str | None:
         if self.by_helper:
-            d = Path(self.dropin_dir)  # type: ignore[arg-type]
+            d = self.directory
             problem = writable_dir_problem(d if d.exists() else d.parent)
             return None if problem is None else f"timesyncd backend: {problem}"
         binary = command_argv(self.restart_command or RESTART_COMMAND)[0]
         if shutil.which(binary) is None:
             return f"timesyncd backend: {binary} not found"
-        d = Path(self.dropin_dir)
+        d = self.directory
         # A missing drop-in directory is created on first apply; its parent must allow it.
         problem = writable_dir_problem(d if d.exists() else d.parent)
         return None if problem is None else f"timesyncd backend: {problem}"
@@ -137,7 +145,7 @@ class TimesyncdBackend:
         if self.by_helper:
             return self._apply_by_helper(content, skipped)
         try:
-            Path(self.dropin_dir).mkdir(parents=True, exist_ok=True)
+            self.directory.mkdir(parents=True, exist_ok=True)
             changed = write_if_changed(self.path, content)
         except OSError as e:
             return Applied("timesyncd", False, f"cannot write {self.path}: {e.strerror or e}")
@@ -167,7 +175,7 @@ class TimesyncdBackend:
         digest = hashlib.sha256(content.encode()).hexdigest()
         before = status_stamp(status_path)
         try:
-            Path(self.dropin_dir).mkdir(exist_ok=True)  # type: ignore[arg-type]
+            self.directory.mkdir(exist_ok=True)
             changed = write_if_changed(self.path, content)
             status = read_helper_status(status_path)
             applied = status.get("sha256") == digest and status.get("ok") is True

@@ -103,8 +103,7 @@ class BrokerLink:
         self._retry_timer: Optional[Cancellable] = None
         self._connack_timer: Optional[Cancellable] = None
         self._refused: Optional[str] = None  # why the last attempt failed, for the log
-        # The loop may handle the CONNACK before the worker's connect() return reaches it.
-        self._answered = False
+        self._answered = False  # this attempt's CONNACK is in (it may beat connect()'s return)
         self._t_status = topics.status_topic(conn.prefix, agent_id)
         self.client_id = client_id
         self.fences = Fences(conn.prefix, client_id)

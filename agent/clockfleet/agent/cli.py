@@ -64,6 +64,12 @@ def build_parser() -> argparse.ArgumentParser:
         "signed lists and profiles are refused (repeatable); without any, signatures are "
         "not checked",
     )
+    p.add_argument(
+        "--nts-ca-file",
+        metavar="PEM",
+        help="CA certificates an NTS server's certificate may chain to, besides the system's "
+        "store (config key `nts_ca_file`)",
+    )
     p.add_argument("--tz-root", help="root under which to set the time zone (default /)")
     p.add_argument("--no-timezone", action="store_true", help="leave the host's time zone alone")
     p.add_argument(
@@ -125,7 +131,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def build_agent(cfg: cfgmod.AgentConfig, args: argparse.Namespace) -> Agent:
-    from clockfleet.agent.clock_backends import make_backend
+    from clockfleet.agent.backend_choice import make_backend
     from clockfleet.agent.probe import ProbeSettings
     from clockfleet.agent.service import Agent, AgentSettings
     from clockfleet.agent.state import StateDir

@@ -12,8 +12,8 @@ Four backends, chosen by configuration (`backend:` in agent.yaml, `--backend`):
 `apply()` never raises for an operational failure (missing binary, chronyd down, refused
 permission): it returns `Applied(ok=False, detail=...)` so the agent can report it and go on.
 
-This module holds what they share and `make_backend`; each backend lives in its own module
-(backend_chrony.py, backend_timesyncd.py, backend_system.py).
+This module holds what they share; each backend lives in its own module (backend_chrony.py,
+backend_timesyncd.py, backend_system.py) and backend_choice.py picks one by name.
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ import logging
 import os
 import shlex
 import subprocess
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
@@ -164,23 +164,3 @@ class ObserveBackend:
 
 # Extra words after `server HOST port P`: chrony option names and numbers only, since this is
 # spliced into chronyd's configuration.
-def make_backend(name: str, **options: object) -> ClockBackend:
-    """A backend by name with its options (agent.yaml's `backend_options`).
-
-    Raises ValueError naming the valid backends, or the option that is wrong. Each backend
-    lives in its own module, imported only when chosen.
-    """
-    if name == "observe":
-        factory: Callable[..., ClockBackend] = ObserveBackend
-    elif name == "chrony":
-        from clockfleet.agent.backend_chrony import ChronyBackend as factory
-    elif name == "timesyncd":
-        from clockfleet.agent.backend_timesyncd import TimesyncdBackend as factory
-    elif name == "system":
-        from clockfleet.agent.backend_system import SystemBackend as factory
-    else:
-        raise ValueError(f"unknown clock backend {name!r} (valid: {', '.join(BACKEND_NAMES)})")
-    try:
-        return factory(**options)
-    except TypeError as e:
-        raise ValueError(f"clock backend {name!r}: {e}") from None
