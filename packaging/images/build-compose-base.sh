@@ -31,7 +31,9 @@ REQS=$("$PY" - "$REPO/pyproject.toml" <<'EOF'
 import sys, tomllib
 p = tomllib.load(open(sys.argv[1], "rb"))
 extra = p["project"]["optional-dependencies"]
-reqs = p["project"]["dependencies"] + extra["publisher"] + extra["collector"]
+# `all` names the project's own extras (clockfleet[a,b]): what each of them requires.
+own = [e for r in extra["all"] for e in r.split("[", 1)[1].rstrip("]").split(",")]
+reqs = p["project"]["dependencies"] + [r for e in own for r in extra[e]]
 print("\n".join(reqs + p["build-system"]["requires"]))
 EOF
 )
