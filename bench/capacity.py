@@ -14,7 +14,8 @@ client on that node; on Mosquitto all three on the one broker). Measured per siz
 - broker RSS once all are up, minus its RSS idle with the list retained, per connection
   (NATS: the three nodes summed);
 - fan-out: a new list version published (QoS 1, retained) -> received by every client
-  (p50 / p100 from the PUBACK, CLOCK_MONOTONIC across processes).
+  (p50 / p100 from the instant the list is handed to the socket, CLOCK_MONOTONIC across
+  processes).
 
 Writes a JSON file (default /tmp/capacity.json) and prints a Markdown table.
 """

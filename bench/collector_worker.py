@@ -3,7 +3,7 @@
 It runs clockfleet's in-process collector API (`clockfleet.collector.ingest.Collector`) with
 its per-report hook and serves /metrics the way `clockfleet collector` does, and tells the
 orchestrator, as JSON lines, when the reports it is waiting for have arrived. The hook's
-times are CLOCK_MONOTONIC, one clock with the publisher's PUBACK times.
+times are CLOCK_MONOTONIC, one clock with the publisher's send instants (listpub.START_RULE).
 
 Commands (stdin): `watch` {version, n} -> `converged` once n agents reported list_version
 >= version, with each agent's first such time; `count` {n} -> `counted` once n reports more

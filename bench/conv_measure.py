@@ -86,9 +86,7 @@ class Phase:
         self.where = ("--host", self.broker.host, "--port", self.broker.port)
 
     def collector(self, b: Bench) -> Any:
-        collector = b.worker("bench.collector_worker", *self.where)
-        collector.expect("ready", 30)
-        return collector
+        return b.collector(*self.where)
 
     def broker_cpu(self) -> float:
         t = psutil.Process(self.broker.proc.pid).cpu_times()
@@ -137,13 +135,14 @@ def measure(
         # --- ours: N real agents, the real collector ------------------------------------
         ours_phase = Phase(b, "ours", nodelay, version, server)
         ours_col = ours_phase.collector(b)
-        fleet = b.worker(
-            "bench.fleet_worker",
+        fleet, up = b.fleet(
             *ours_phase.where,
-            *("--n", n, "--region", REGION, "--trust", ours_phase.pub.pub_path),
-            *("--workers", workers),
+            n=n,
+            region=REGION,
+            trust=ours_phase.pub.pub_path,
+            workers=workers,
+            ready_s=240 + n / 20,
         )
-        up = fleet.expect("ready", 240 + n / 20)
         out["fleet_up_s"] = up["seconds"]
         out["fleet_rss_mb"] = up["rss"] / 2**20
         out["fleet_kb_per_agent"] = (up["rss"] - up["rss_before"]) / n / 1024

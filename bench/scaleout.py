@@ -3,13 +3,13 @@
 Two measures, each with its reference in the same run:
 
 - convergence: a new list published -> every agent of N has reported it, as the collector
-  sees it (p100 from the PUBACK), on the NATS cluster (every client given all three nodes,
-  rotating) and on one Mosquitto: the same workers as the convergence figure
+  sees it (p100 from the list handed to the socket), on the NATS cluster (every client
+  given all three nodes, rotating) and on one Mosquitto: the same workers as the convergence figure
   (bench/fleet_worker.py, bench/collector_worker.py, bench/listpub.py), only the broker
   differs;
 - failover: with the collector on the node most agents use, a list change is published
   (resync jitter 2 s, so reports are still flowing) and that node is SIGKILLed 0.5 s after
-  the PUBACK. Measured: from the kill until the collector holds every agent's report of the
+  the list was sent. Measured: from the kill until the collector holds every agent's report of the
   new list. Reference: when the surviving nodes accept a QoS 1 PUBLISH again (a bare paho
   client on a surviving node publishing every 0.1 s: the cluster's own recovery, mostly
   the election of new stream leaders). Then the killed node is restarted: how long until it
@@ -79,12 +79,6 @@ class PublishProbe:
         self.client.loop_stop()
 
 
-def _collector(b: Bench, urls: str) -> Worker:
-    w = b.worker("bench.collector_worker", "--broker", urls)
-    w.expect("ready", 60)
-    return w
-
-
 def _stream_leaders(cluster: Any) -> dict[str, str]:
     """Each $MQTT stream's leader, from the first live node's /jsz."""
     for node in cluster.nodes:
@@ -126,13 +120,15 @@ def measure(kind: str, n: int, rounds: int, workers: int, failover: bool) -> dic
         b.callback(pub.close)
         version = 1
         pub.publish_list(REGION, version, server, resync_jitter_s=0)
-        collector = _collector(b, urls)
-        fleet = b.worker(
-            "bench.fleet_worker",
-            *("--broker", urls, "--n", n, "--region", REGION),
-            *("--trust", pub.pub_path, "--workers", workers),
+        collector = b.collector("--broker", urls, ready_s=60)
+        fleet, up = b.fleet(
+            *("--broker", urls),
+            n=n,
+            region=REGION,
+            trust=pub.pub_path,
+            workers=workers,
+            ready_s=600,
         )
-        up = fleet.expect("ready", 600)
         out["fleet_up_s"] = up["seconds"]
         ours: list[list[float]] = []
         for _ in range(rounds):
@@ -169,7 +165,7 @@ def _failover(
         if where == [target]:
             break
         collector.stop()
-        collector = _collector(b, urls)
+        collector = b.collector("--broker", urls, ready_s=60)
     else:
         raise RuntimeError(f"the collector never landed on node {target}")
     b.callback(collector.stop)
@@ -194,8 +190,8 @@ def _failover(
     version += 1
     collector.send({"cmd": "watch", "version": version, "n": n})
     collector.expect("ok", 10)
-    t_ack = pub.publish_list(REGION, version, server, resync_jitter_s=FAILOVER_JITTER_S)
-    time.sleep(max(0.0, t_ack + KILL_AFTER_S - time.monotonic()))
+    t_sent = pub.publish_list(REGION, version, server, resync_jitter_s=FAILOVER_JITTER_S)
+    time.sleep(max(0.0, t_sent + KILL_AFTER_S - time.monotonic()))
     t_kill = cluster.kill(target)
     try:
         ev = collector.expect("converged", 120)
@@ -311,11 +307,12 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             "every client (agents, collector) given all three "
             "nodes and rotating; Mosquitto 2.0 as in the convergence figure",
             "convergence: the convergence figure's workers (N real agents on one Fleet loop, "
-            "the real collector in its own process, the bench publisher noting the PUBACK); "
+            "the real collector in its own process, the bench publisher noting when it hands "
+            "the list to its socket); "
             "median over the rounds of each round's p100 / p50",
             f"failover: the collector restarted until it sits on the node most agents use; the "
             f"list is published with resync_jitter_s {FAILOVER_JITTER_S} and that node "
-            f"SIGKILLed {KILL_AFTER_S} s after the PUBACK; figure: kill -> the collector's "
+            f"SIGKILLed {KILL_AFTER_S} s after the list was sent; figure: kill -> the collector's "
             "last first-report of the new version; reference: kill -> first PUBACK of a bare "
             "QoS 1 publisher (every 0.1 s) on a surviving node",
         ],

@@ -122,6 +122,25 @@ class Bench(contextlib.ExitStack):
         self.callback(w.stop)
         return w
 
+    def collector(self, *where: Any, ready_s: float = 30) -> Worker:
+        """The real collector (bench/collector_worker.py) on `where` (its broker flags),
+        subscribed and ready."""
+        w = self.worker("bench.collector_worker", *where)
+        w.expect("ready", ready_s)
+        return w
+
+    def fleet(
+        self, *where: Any, n: int, region: str, trust: Path, workers: int, ready_s: float
+    ) -> tuple[Worker, dict[str, Any]]:
+        """n real agents of `region` on one selector loop (bench/fleet_worker.py) on `where`,
+        every one connected: the worker and its "ready" event (start-up time, memory)."""
+        w = self.worker(
+            "bench.fleet_worker",
+            *where,
+            *("--n", n, "--region", region, "--trust", trust, "--workers", workers),
+        )
+        return w, w.expect("ready", ready_s)
+
 
 class Worker:
     """A child process speaking JSON lines on stdout (events) and reading commands on stdin.
