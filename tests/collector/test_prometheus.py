@@ -175,6 +175,20 @@ def test_every_alert_rule_has_a_promtool_unit_test():
         assert any(not t["exp_alerts"] for t in cases), f"{name}: no quiet case"
 
 
+def test_every_alert_has_a_runbook_url_to_its_own_section_of_docs_runbooks():
+    rules = yaml.safe_load((CONFIG / "alerts.yml").read_text())
+    runbooks = (CONFIG.parent / "docs" / "runbooks.md").read_text()
+    sections = {
+        line[3:].strip().lower() for line in runbooks.splitlines() if line.startswith("## ")
+    }
+    for group in rules["groups"]:
+        for rule in group["rules"]:
+            if "alert" in rule:
+                url = rule["annotations"]["runbook_url"]
+                assert url == f"docs/runbooks.md#{rule['alert'].lower()}", url
+                assert rule["alert"].lower() in sections, rule["alert"]
+
+
 def test_every_recording_rule_has_a_promtool_unit_test():
     rules = yaml.safe_load((CONFIG / "alerts.yml").read_text())
     records = {r["record"] for g in rules["groups"] for r in g["rules"] if "record" in r}
