@@ -66,21 +66,13 @@ def encode_request(nonce: int) -> bytes:
     Like chrony's client mode: nothing of the local clock is revealed, and the nonce comes
     back as the origin timestamp, which is what authenticates the reply as ours.
     """
-    return NtpPacket(
-        leap=0,
-        version=4,
-        mode=MODE_CLIENT,
-        stratum=0,
-        poll=0,
-        precision=0,
-        root_delay_s=0.0,
-        root_dispersion_s=0.0,
-        ref_id=b"\0\0\0\0",
-        reference_ts=0,
-        origin_ts=0,
-        receive_ts=0,
-        transmit_ts=nonce,
-    ).encode()
+    return _REQUEST_HEAD + _TIMESTAMP.pack(nonce)
+
+
+# Everything of a request before its transmit field: LI 0, VN 4, mode 3, then zeros. Built
+# once (a request is sent per sample; building a packet object for it cost 40x the bytes).
+_REQUEST_HEAD = bytes([(4 << 3) | MODE_CLIENT]) + bytes(39)
+_TIMESTAMP = struct.Struct("!Q")
 
 
 def decode(data: bytes) -> NtpPacket:
