@@ -1,11 +1,15 @@
-"""Build the agent's Debian package for one suite: `clockfleet-agent_<version>_<suite>_amd64.deb`.
+"""Build the agent's Debian package for one suite: `clockfleet-agent_<version>_amd64.deb`.
 
-    python packaging/build_deb.py --suite bookworm [--out dist] [--version 0.1.0]
+    python packaging/build_deb.py --suite bookworm [--out dist] [--version 0.1.0] [--revision 1]
 
 The package is self-contained for the PBX: a private virtualenv under /opt/clockfleet-agent,
 made for that suite's own /usr/bin/python3.X, holding this project (as pip builds it from
 pyproject.toml, so packaging changes flow through) and only the agent's dependencies, as
-binary wheels for that Python. Nothing is fetched on the host that installs it.
+binary wheels for that Python (deb_payload.py). Nothing is fetched on the host that installs it.
+
+The version is the agent's own, UPSTREAM-REVISION~debNu1 (suites.py says why): 0.1.0-1~deb12u1.
+`--version` builds another upstream version (a release candidate; the tests' newer build):
+it is written into the packaged agent too, which then reports it in its status.
 
 The virtualenv is written by hand (pyvenv.cfg, bin/python3 -> /usr/bin/python3.X,
 lib/python3.X/site-packages) rather than created by `python3.X -m venv`, so one build
@@ -22,22 +26,24 @@ import shutil
 import subprocess
 import sys
 import tempfile
-from dataclasses import dataclass
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-REPO = HERE.parent
-PREFIX = "/opt/clockfleet-agent"
+if str(HERE) not in sys.path:  # its sibling modules, run as a script or loaded by path
+    sys.path.insert(0, str(HERE))
+
+from deb_payload import (  # noqa: E402
+    PREFIX,
+    download_wheels,
+    glibc_floor,
+    install_payload,
+    project_wheel,
+    run,
+)
+from suites import REPO, SUITES, Suite, deb_name, debian_version, project_version  # noqa: E402
+
 PACKAGE = "clockfleet-agent"
 
-# What `clockfleet agent` imports beyond the standard library (checked by
-# tests/hosts/test_deb_contents.py against the installed tree). ntplib, cryptography,
-# prometheus-client and rich serve the publisher and collector only.
-AGENT_DEPENDENCIES = ("paho-mqtt", "msgspec", "pynacl", "pyyaml")
-# Parts of the project the agent never imports: left out so the package carries only the
-# agent (the dispatcher says "not built yet" for the other commands).
-NOT_SHIPPED = ("publisher", "collector", "demo.py", "demo_fleet.py", "demo_procs.py")
-NOT_SHIPPED += ("demo_view.py", "devstack.py")
 # Units beside clockfleet-agent.service: applying a changed /etc/clockfleet, and the root
 # helpers that apply what the chrony and timesyncd backends hand over (backend-apply).
 HELPER_UNITS = tuple(
@@ -45,170 +51,6 @@ HELPER_UNITS = tuple(
     for name in ("config", "chrony", "timesyncd")
     for kind in ("path", "service")
 )
-
-
-@dataclass(frozen=True)
-class Suite:
-    name: str
-    debian: int
-    python: str  # the suite's python3 (major.minor)
-    glibc: tuple[int, int]  # newest manylinux tag its libc takes
-    polkit: str  # the package that runs polkitd
-    polkit_rules: str  # "pkla" (polkit 0.105) or "js" (polkit >= 0.106)
-    systemd_lib: str  # where the suite's packages put units and generators
-
-
-SUITES = {
-    s.name: s
-    for s in (
-        Suite("bullseye", 11, "3.9", (2, 31), "policykit-1", "pkla", "lib/systemd"),
-        Suite("bookworm", 12, "3.11", (2, 36), "polkitd", "js", "lib/systemd"),
-        # Debian 13 moved every package's files out of the aliased /lib into /usr/lib.
-        Suite("trixie", 13, "3.13", (2, 41), "polkitd", "js", "usr/lib/systemd"),
-    )
-}
-
-
-def run(*argv: str | Path, **kw) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([str(a) for a in argv], check=True, text=True, **kw)
-
-
-def project_version() -> str:
-    text = (REPO / "pyproject.toml").read_text()
-    m = re.search(r'^version\s*=\s*"([^"]+)"', text, flags=re.M)
-    if m is None:
-        sys.exit("pyproject.toml: no version")
-    return m.group(1)
-
-
-def agent_requirements() -> list[str]:
-    """The agent's dependencies with the version bounds pyproject.toml gives them."""
-    text = (REPO / "pyproject.toml").read_text()
-    block = re.search(r"^dependencies\s*=\s*\[(.*?)^\]", text, flags=re.M | re.S)
-    if block is None:
-        sys.exit("pyproject.toml: no dependencies")
-    reqs = re.findall(r'"([^"]+)"', block.group(1))
-    wanted = []
-    for req in reqs:
-        name = re.split(r"[<>=!~ \[;]", req, maxsplit=1)[0].lower().replace("_", "-")
-        if name in AGENT_DEPENDENCIES:
-            wanted.append(req)
-    missing = set(AGENT_DEPENDENCIES) - {
-        re.split(r"[<>=!~ \[;]", r, maxsplit=1)[0].lower() for r in wanted
-    }
-    if missing:
-        sys.exit(f"pyproject.toml does not list {sorted(missing)}")
-    return wanted
-
-
-def platform_args(suite: Suite) -> list[str]:
-    """pip's target flags: CPython X.Y on x86-64 with the suite's glibc."""
-    _, minor = suite.glibc
-    tags = [f"manylinux_2_{m}_x86_64" for m in range(minor, 4, -1)]
-    tags += ["manylinux2014_x86_64", "manylinux2010_x86_64", "manylinux1_x86_64"]
-    abi = "cp" + suite.python.replace(".", "")
-    args = ["--python-version", suite.python, "--implementation", "cp", "--abi", abi]
-    args += ["--abi", "abi3", "--abi", "none"]
-    for t in tags:
-        args += ["--platform", t]
-    return args
-
-
-def download_wheels(suite: Suite, cache: Path) -> Path:
-    """Binary wheels of the agent's dependencies (and theirs) for the suite's Python."""
-    reqs = agent_requirements()
-    key = hashlib.sha256("\n".join([suite.python, *reqs]).encode()).hexdigest()[:12]
-    dest = cache / f"{suite.name}-{key}"
-    if (dest / ".complete").exists():
-        return dest
-    shutil.rmtree(dest, ignore_errors=True)
-    dest.mkdir(parents=True)
-    pip = [sys.executable, "-m", "pip", "download", "-q", "--only-binary=:all:", "-d", dest]
-    run(*pip, *platform_args(suite), *reqs)
-    (dest / ".complete").touch()
-    return dest
-
-
-def project_wheel(work: Path) -> Path:
-    out = work / "project"
-    argv = [sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "-w", str(out), str(REPO)]
-    # setuptools' deprecation chatter on success is noise; on failure it is the reason.
-    r = subprocess.run(argv, capture_output=True, text=True)
-    if r.returncode != 0:
-        sys.exit(f"pip wheel {REPO} failed:\n{r.stdout}{r.stderr}")
-    (wheel,) = out.glob("clockfleet-*.whl")
-    return wheel
-
-
-def install_payload(suite: Suite, root: Path, wheels: Path, project: Path) -> None:
-    venv = root / PREFIX.lstrip("/")
-    site = venv / "lib" / f"python{suite.python}" / "site-packages"
-    run(
-        sys.executable,
-        "-m",
-        "pip",
-        "install",
-        "-q",
-        "--no-index",
-        "--no-deps",
-        "--no-compile",  # compiled on the host by postinst, for its exact Python
-        "--ignore-requires-python",  # pyproject's bound is the publisher's (3.11+)
-        "--only-binary=:all:",
-        *platform_args(suite),
-        "--target",
-        site,
-        *sorted(wheels.glob("*.whl")),
-        project,
-    )
-    shutil.rmtree(site / "bin", ignore_errors=True)  # console scripts for the build's Python
-    for f in site.glob("clockfleet-*.dist-info/direct_url.json"):
-        f.unlink()  # names this build's temporary directory
-    for name in NOT_SHIPPED:
-        p = site / "clockfleet" / name
-        if p.is_dir():
-            shutil.rmtree(p)
-        else:
-            p.unlink(missing_ok=True)
-    for cache in list(site.rglob("__pycache__")):
-        shutil.rmtree(cache)
-    # PyYAML's wheel links a private copy of libyaml into its C binding; the agent reads one
-    # small agent.yaml at start, so PyYAML's pure-Python loader (its own fallback) is enough,
-    # and the package embeds one library fewer.
-    for so in site.glob("yaml/_yaml*.so"):
-        so.unlink()
-    shutil.rmtree(site / "_yaml", ignore_errors=True)
-    for so in site.rglob("*.so"):
-        run("strip", "--strip-unneeded", "--remove-section=.comment", so)
-    # A virtualenv in the layout `python -m venv` makes: Python finds pyvenv.cfg next to the
-    # directory of the interpreter it was started as, and takes site-packages from there.
-    (venv / "pyvenv.cfg").write_text(
-        f"home = /usr/bin\ninclude-system-site-packages = false\nversion = {suite.python}\n"
-    )
-    bindir = venv / "bin"
-    bindir.mkdir()
-    (bindir / "python3").symlink_to(f"/usr/bin/python{suite.python}")
-    (bindir / "python").symlink_to("python3")
-    launcher = bindir / "clockfleet"
-    module, func = console_script(site, "clockfleet")
-    # -I: a system service ignores PYTHON* variables and user site-packages.
-    launcher.write_text(
-        f"#!{PREFIX}/bin/python3 -I\n"
-        "import sys\n\n"
-        f"from {module} import {func}\n\n"
-        f"sys.exit({func}())\n"
-    )
-    launcher.chmod(0o755)
-
-
-def console_script(site: Path, name: str) -> tuple[str, str]:
-    """The project's own entry point for `name` (pyproject's [project.scripts])."""
-    for dist in site.glob("clockfleet-*.dist-info"):
-        m = re.search(
-            rf"^{name}\s*=\s*([\w.]+):(\w+)", (dist / "entry_points.txt").read_text(), re.M
-        )
-        if m:
-            return m.group(1), m.group(2)
-    sys.exit(f"the clockfleet wheel declares no console script {name!r}")
 
 
 def packaged_unit() -> str:
@@ -253,18 +95,6 @@ def packaged_unit() -> str:
         "# privileges: a generator adds the drop-in of the backend agent.yaml names, from\n"
         "# /usr/share/clockfleet-agent/backends/ (see README.Debian).\n\n" + sep + body
     )
-
-
-def glibc_floor(wheels: Path) -> str:
-    """The glibc the shipped binary wheels need: for each wheel the oldest of its manylinux
-    tags (it runs on any of them), then the newest of those over all wheels."""
-    floor = (2, 17)
-    for wheel in wheels.glob("*.whl"):
-        tags = [(2, 17)] if "manylinux2014" in wheel.name else []
-        tags += [(int(a), int(b)) for a, b in re.findall(r"manylinux_(\d+)_(\d+)_", wheel.name)]
-        if tags:
-            floor = max(floor, min(tags))
-    return f"{floor[0]}.{floor[1]}"
 
 
 def control(suite: Suite, version: str, installed_kb: int, libc: str) -> str:
@@ -325,8 +155,10 @@ def unconfigured_agent_yaml() -> str:
     )
 
 
-def stage(suite: Suite, version: str, root: Path, wheels: Path, project: Path) -> None:
-    install_payload(suite, root, wheels, project)
+def stage(
+    suite: Suite, upstream: str, version: str, root: Path, wheels: Path, project: Path
+) -> None:
+    install_payload(suite, root, wheels, project, upstream)
     share = HERE / "debian"
     lib = root / suite.systemd_lib / "system"
     lib.mkdir(parents=True)
@@ -369,12 +201,12 @@ def stage(suite: Suite, version: str, root: Path, wheels: Path, project: Path) -
     copy_file(share / "copyright", doc / "copyright", 0o644)
     copy_file(REPO / "agent" / "agent.yaml", doc / "examples/agent.yaml", 0o644)
     copy_file(HERE / "cloud-init/clockfleet-agent.yaml", doc / "examples/cloud-init.yaml", 0o644)
-    changelog = doc / "changelog.gz"  # a native package: no Debian revision
+    changelog = doc / "changelog.Debian.gz"  # not native: a Debian revision and suite
     subprocess.run(
         ["gzip", "-9n"],
         input=(
             f"{PACKAGE} ({version}) {suite.name}; urgency=medium\n\n"
-            f"  * Built from the clockfleet source tree ({version}).\n\n"
+            f"  * clockfleet {upstream}, built for Debian {suite.debian} ({suite.name}).\n\n"
             " -- clockfleet maintainers <clockfleet@example.net>  "
             "Mon, 30 Nov 2026 00:00:00 +0000\n"
         ).encode(),
@@ -418,14 +250,15 @@ def stage(suite: Suite, version: str, root: Path, wheels: Path, project: Path) -
             d.chmod(0o755)
 
 
-def build(suite: Suite, version: str, out: Path, cache: Path) -> Path:
+def build(suite: Suite, upstream: str, out: Path, cache: Path, revision: int = 1) -> Path:
+    version = debian_version(upstream, suite, revision)
     wheels = download_wheels(suite, cache / "wheels")
     with tempfile.TemporaryDirectory(prefix="cf-deb-") as tmp:
         work = Path(tmp)
         project = project_wheel(work)
         root = work / "root"
         root.mkdir()
-        stage(suite, version, root, wheels, project)
+        stage(suite, upstream, version, root, wheels, project)
         for p in root.rglob("*"):
             if (
                 p.is_file()
@@ -437,7 +270,7 @@ def build(suite: Suite, version: str, out: Path, cache: Path) -> Path:
             ):
                 p.chmod(0o644)  # wheels mark some data files executable
         out.mkdir(parents=True, exist_ok=True)
-        deb = out / f"{PACKAGE}_{version}_{suite.name}_amd64.deb"
+        deb = out / deb_name(PACKAGE, version)
         env = dict(os.environ, SOURCE_DATE_EPOCH="1796083200")
         run(
             "dpkg-deb",
@@ -455,13 +288,16 @@ def build(suite: Suite, version: str, out: Path, cache: Path) -> Path:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--suite", action="append", choices=sorted(SUITES), required=True)
-    p.add_argument("--version", default=None, help="package version (default: the project's)")
+    p.add_argument(
+        "--version", default=None, help="upstream version (default: the one the agent reports)"
+    )
+    p.add_argument("--revision", type=int, default=1, help="Debian revision (default 1)")
     p.add_argument("--out", type=Path, default=REPO / "dist")
     p.add_argument("--cache", type=Path, default=REPO / ".cache")
     args = p.parse_args(argv)
-    version = args.version or project_version()
+    upstream = args.version or project_version()
     for name in args.suite:
-        print(build(SUITES[name], version, args.out, args.cache))
+        print(build(SUITES[name], upstream, args.out, args.cache, args.revision))
     return 0
 
 

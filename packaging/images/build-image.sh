@@ -34,10 +34,15 @@ esac
 # What a PBX host would have, minus its network services: systemd + D-Bus (timedatectl talks
 # to timedated over the bus), polkit (decides whether the agent's user may set the zone),
 # adduser (the package's postinst), chrony (the chrony backend's daemon), tzdata, procps.
+# For the delivery tests (tests/hosts/test_cloud_init.py, test_ansible_role.py), off until a
+# test turns them on (customize-rootfs.sh): cloud-init itself, the suite's own version (its
+# `apt:` handling differs between 20.4, 22.4 and 25.1); openssh-server, what ansible-playbook
+# logs in with; python3-apt, which ansible's apt module needs on the host (on a real host
+# Ansible installs it from the host's own mirror, which a test host must not reach).
 # debootstrap installs only the base (its own ordering cannot configure polkitd); apt inside
 # the chroot installs the rest in dependency order.
 BASE=systemd,systemd-sysv,dbus
-EXTRA="python3 $POLKIT adduser chrony tzdata procps"
+EXTRA="python3 $POLKIT adduser chrony tzdata procps cloud-init openssh-server python3-apt"
 
 if [ ! -s "$TAR" ]; then
     mkdir -p "$CACHE"

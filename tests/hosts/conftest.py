@@ -95,7 +95,8 @@ def stack(engine: None) -> Iterator[Stack]:
 
 @pytest.fixture(scope="session")
 def debs(tmp_path_factory: pytest.TempPathFactory) -> Callable[..., Path]:
-    """debs(suite, version=None) -> the package for that suite, built once per session.
+    """debs(suite, version=None) -> the package for that suite, built once per session;
+    `version`: another upstream version (packaging/build_deb.py --version).
 
     Needs no engine: the package's own checks (contents, lintian) run everywhere."""
     out = tmp_path_factory.mktemp("debs")

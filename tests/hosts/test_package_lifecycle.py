@@ -145,11 +145,14 @@ def test_a_killed_agent_is_restarted_by_systemd(host, stack, configured):
 def test_upgrade_keeps_the_hosts_agent_yaml_and_restarts_the_agent(host, stack, configured, debs):
     before = host.ok("md5sum /etc/clockfleet/agent.yaml")
     pid = hostkit.wait_for(lambda: host.main_pid(), 15, "a main pid")
-    newer = host.ok("dpkg-query -W -f='${Version}' clockfleet-agent") + "+upgrade1"
+    installed = host.ok("dpkg-query -W -f='${Version}' clockfleet-agent")
+    upstream = installed.split("-")[0] + "+upgrade1"  # the upstream version, newer
 
-    host.install(debs(host.suite, newer))
+    host.install(debs(host.suite, upstream))
 
-    assert host.ok("dpkg-query -W -f='${Version}' clockfleet-agent") == newer
+    assert host.ok("dpkg-query -W -f='${Version}' clockfleet-agent") == (
+        installed.replace(installed.split("-")[0], upstream, 1)
+    )
     assert host.ok("md5sum /etc/clockfleet/agent.yaml") == before
     hostkit.wait_for(
         lambda: host.main_pid() not in (0, pid) and host.unit("ActiveState") == "active",
