@@ -62,6 +62,7 @@ TOP_FOLDERS = (
     "docs",
     "packaging",
     "publisher",
+    "schemas",
     "scripts",
     "tests",
 )

@@ -19,6 +19,7 @@ from clockfleet.protocol.connection import (
     command_parser,
     settings_from_args,
 )
+from clockfleet.protocol.ids import ID_PATTERN, is_valid_id
 
 DESCRIPTION = """\
 Subscribe to every agent's retained report and status and to every region's published list,
@@ -36,6 +37,13 @@ handling a message is counted in clockfleet_collector_handler_errors_total and l
 the collector goes on. On broker loss the collector keeps
 serving the last known state and reconnects with jittered backoff, rotating through the
 --broker list. Exits 2 on a bad argument or when no broker answers at start.
+
+Sharding (--region, repeatable): this collector serves only the agents whose latest report
+names one of these regions, and only these regions' lists; several collectors, each given
+its own regions, split a large fleet. Report topics name no region, so every collector still
+receives every report: the others are skipped before decoding (counted in
+clockfleet_collector_messages_dropped_total{reason="other-region"}). docs/capacity.md says
+what that saves and costs.
 """
 
 
@@ -69,8 +77,23 @@ def build_parser() -> argparse.ArgumentParser:
         help=f"messages a second one topic may send sustained (default "
         f"{DEFAULT_RATE_LIMIT.per_s:g}; 0 turns the limit off)",
     )
+    p.add_argument(
+        "--region",
+        action="append",
+        metavar="REGION",
+        help="serve only this region's agents and list (repeatable); default: every region",
+    )
     add_arguments(p)
     return p
+
+
+def regions_from_args(args: argparse.Namespace) -> frozenset[str] | None:
+    if not args.region:
+        return None
+    bad = [r for r in args.region if not is_valid_id(r)]
+    if bad:
+        raise UsageError(f"--region {bad[0]!r}: a region id matches {ID_PATTERN}")
+    return frozenset(args.region)
 
 
 def rate_limit_from_args(args: argparse.Namespace) -> RateLimit | None:
@@ -95,10 +118,11 @@ def main(argv: list[str] | None = None) -> int:
         host, port = parse_listen(args.listen)
         settings = settings_from_args(args)
         rate_limit = rate_limit_from_args(args)
+        regions = regions_from_args(args)
     except (ValueError, UsageError) as exc:
         print(f"clockfleet collector: {exc}", file=sys.stderr)
         return 2
-    collector = Collector(settings, rate_limit=rate_limit)
+    collector = Collector(settings, rate_limit=rate_limit, regions=regions)
     try:
         collector.start()
     except BrokerUnreachable as exc:
@@ -111,7 +135,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"clockfleet collector: cannot listen on {args.listen}: {exc}", file=sys.stderr)
         return 2
     logging.getLogger("clockfleet.collector").info(
-        "serving http://%s:%d/metrics", host, server.server_port
+        "serving http://%s:%d/metrics for %s",
+        host,
+        server.server_port,
+        f"regions {', '.join(sorted(regions))}" if regions else "every region",
     )
     done = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):

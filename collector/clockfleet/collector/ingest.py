@@ -72,6 +72,7 @@ import ssl
 import threading
 import time
 import uuid
+from collections.abc import Callable, Iterable
 
 import paho.mqtt.client as mqtt
 from paho.mqtt.client import ConnectFlags
@@ -83,6 +84,7 @@ from clockfleet.collector.fleet_state import FleetState
 from clockfleet.collector.message_intake import Hooks, Intake, MessageHook, ReportHook
 from clockfleet.collector.metrics import LinkStats
 from clockfleet.collector.ratelimit import DEFAULT_RATE_LIMIT, RateLimit
+from clockfleet.collector.region_shard import RegionShard, region_list_topics
 from clockfleet.collector.socket_reader import MAX_BUFFER, BufferedLink
 from clockfleet.protocol import session
 from clockfleet.protocol.connection import (
@@ -111,11 +113,14 @@ RECONNECT_CAP_S = 30.0
 SLICE_S = 0.05
 
 
-def subscriptions(prefix: str) -> list[tuple[str, int]]:
+def subscriptions(prefix: str, regions: Iterable[str] | None = None) -> list[tuple[str, int]]:
+    """Every report and status (their topics name no region), and the region lists: all of
+    them, or by topic those of the regions a sharded collector serves."""
+    lists = region_list_topics(prefix, regions) if regions else [all_servers_filter(prefix)]
     return [
         (all_agents_filter(prefix, "report"), 0),
         (all_agents_filter(prefix, "status"), 0),
-        (all_servers_filter(prefix), 0),
+        *((t, 0) for t in lists),
     ]
 
 
@@ -130,10 +135,13 @@ class Collector:
         rate_limit: RateLimit | None = DEFAULT_RATE_LIMIT,
         keepalive_s: int = KEEPALIVE_S,
         max_buffer: int = MAX_BUFFER,
+        regions: Iterable[str] | None = None,
     ) -> None:
         self.settings = settings
         self.state = FleetState(settings.prefix)
         self.intake = Intake(self.state, Hooks(on_report, on_message), rate_limit)
+        # --region: only these regions' agents and lists (region_shard.py); None: all.
+        self.shard = RegionShard(regions, settings.prefix, self.state) if regions else None
         self.client_id = client_id or f"clockfleet-collector-{uuid.uuid4().hex[:12]}"
         self.keepalive_s = keepalive_s
         self.max_buffer = max_buffer
@@ -240,13 +248,18 @@ class Collector:
         client.on_subscribe = self._on_subscribe
         client.on_disconnect = self._on_disconnect
         client.on_unsubscribe = self._on_unsubscribe
-        client.on_message = self.intake.on_message
+        on_message = self.intake.on_message
+        client.on_message = self.shard.message(on_message) if self.shard else on_message
         return client
 
     def _install_reader(self, client: mqtt.Client) -> None:
         """Put the socket reader under paho, before paho reads anything (paho_socket.py)."""
         # The reader's own PUBLISH framing reads the MQTT 3.1.1 layout (no properties).
-        fast = self.intake.on_raw_publish if client.protocol == mqtt.MQTTv311 else None
+        fast: Callable[[bytes, bytes], None] | None = None
+        if client.protocol == mqtt.MQTTv311:
+            fast = self.intake.on_raw_publish
+            if self.shard is not None:
+                fast = self.shard.raw_publish(fast)
         paho_socket.install_link(
             client,
             lambda sock: BufferedLink(
@@ -284,7 +297,9 @@ class Collector:
             return
         self._connections += 1
         log.info("connected to %s; subscribing", self.current_broker or "broker")
-        client.subscribe(subscriptions(self.settings.prefix))
+        client.subscribe(self._subscriptions())
+        if self.shard is not None:
+            self.shard.forget_requests()  # the snapshot brings every status
         if self._connections > 1:
             now = time.monotonic()
             self._rereads = [now + d for d in REREAD_AFTER_S]
@@ -348,7 +363,10 @@ class Collector:
             if self._rereads and time.monotonic() >= self._rereads[0]:
                 self._rereads.pop(0)
                 log.info("reading the retained state again (after a reconnection)")
-                client.subscribe(subscriptions(self.settings.prefix))
+                client.subscribe(self._subscriptions())
+
+    def _subscriptions(self) -> list[tuple[str, int]]:
+        return subscriptions(self.settings.prefix, self.shard.regions if self.shard else None)
 
     def _serve(self, client: mqtt.Client, wait_s: float) -> bool:
         """Write what paho queued, wait up to wait_s for input, let paho read it for at most
@@ -370,6 +388,8 @@ class Collector:
                 if self._stop.is_set() or time.monotonic() > until:
                     break
             self.intake.apply_held()
+            if self.shard is not None:
+                self.shard.ask_statuses(client, self.settings.prefix)
             return client.loop_misc() == mqtt.MQTT_ERR_SUCCESS and client.socket() is not None
         except Exception as exc:  # paho's state is unknown now: reconnect
             self.intake.handler_error(str(self.current_broker or "broker"), exc)
