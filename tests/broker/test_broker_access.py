@@ -284,6 +284,26 @@ def test_the_operator_cannot_publish_lists_or_profiles(broker: ShippedBroker, to
         operator.close()
 
 
+@pytest.mark.parametrize("kind", ["status", "report"])
+def test_the_operator_clears_an_agents_retained_status_and_report(broker: ShippedBroker, kind: str):
+    """`clockfleet retire` empties a decommissioned agent's retained topics as the operator."""
+    b = broker
+    topic = f"clock/v1/agents/acme-01/{kind}"
+    agent = login(b, "acme-01")
+    try:
+        assert agent.publish(topic, b"{}", retain=True).is_failure is False
+    finally:
+        agent.close()
+    operator = login(b, "operator")
+    try:
+        assert operator.publish(topic, b"", retain=True).is_failure is False
+        operator.subscribe(topic, "clock/v1/agents/acme-01/cmd")
+        operator.sync("clock/v1/agents/acme-01/cmd")
+        assert operator.on(topic) == []  # nothing retained any more
+    finally:
+        operator.close()
+
+
 @pytest.mark.parametrize("topic", [PROFILE.format("acme-01"), "clock/v1/agents/acme-01/report"])
 def test_the_collector_cannot_write_profiles_or_reports(broker: ShippedBroker, topic: str):
     b = broker

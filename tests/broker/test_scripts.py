@@ -26,6 +26,8 @@ from clockfleet.devstack.mosquitto import (
 from tests.broker.mqttclient import connect
 from tests.helpers import wait_until
 
+ROLES = ("publisher", "collector", "collector-2", "operator")
+
 
 def identities(out: Path, *args: str) -> subprocess.CompletedProcess:
     return subprocess.run(
@@ -35,6 +37,10 @@ def identities(out: Path, *args: str) -> subprocess.CompletedProcess:
 
 def users(passwd: Path) -> list[str]:
     return [line.split(":", 1)[0] for line in passwd.read_text().splitlines()]
+
+
+def hashes(passwd: Path) -> dict[str, str]:
+    return dict(line.split(":", 1) for line in passwd.read_text().splitlines())
 
 
 def test_identities_writes_roles_and_agents_with_private_password_files(tmp_path: Path):
@@ -94,9 +100,9 @@ def test_adding_one_agent_after_a_first_run_keeps_every_identity_able_to_log_in(
         assert login_accepted(broker.host, broker.port, ident, password), ident
 
 
-def test_remove_takes_out_only_the_named_agent(tmp_path: Path):
+def test_revoke_takes_out_only_the_named_agent(tmp_path: Path):
     identities(tmp_path, "acme-01", "acme-02")
-    result = identities(tmp_path, "--remove", "acme-01")
+    result = identities(tmp_path, "--revoke", "acme-01")
     assert result.returncode == 0, result.stderr
     assert "- acme-01" in result.stdout
     assert "acme-01" not in users(tmp_path / "passwd")
@@ -126,21 +132,21 @@ def test_a_dry_run_shows_the_change_and_writes_nothing(tmp_path: Path):
     assert not (tmp_path / "acme-04.password").exists()
 
 
-def test_removing_more_agents_than_the_bound_needs_confirmation(tmp_path: Path):
+def test_revoking_more_agents_than_the_bound_needs_confirmation(tmp_path: Path):
     fleet = [f"pbx-{n:02d}" for n in range(8)]
     identities(tmp_path, *fleet)
     truncated = identities(tmp_path, "--sync", "pbx-00")  # an inventory cut short
     assert truncated.returncode == 2
-    assert "would remove 7 agents" in truncated.stderr and "--yes" in truncated.stderr
+    assert "would revoke 7 agents" in truncated.stderr and "--yes" in truncated.stderr
     assert users(tmp_path / "passwd")[4:] == fleet
     confirmed = identities(tmp_path, "--sync", "pbx-00", "--yes")
     assert confirmed.returncode == 0, confirmed.stderr
     assert users(tmp_path / "passwd")[4:] == ["pbx-00"]
 
 
-def test_removing_an_agent_that_does_not_exist_is_refused(tmp_path: Path):
+def test_revoking_an_agent_that_does_not_exist_is_refused(tmp_path: Path):
     identities(tmp_path, "acme-01")
-    result = identities(tmp_path, "--remove", "acme-09")
+    result = identities(tmp_path, "--remove", "acme-09")  # the old name of --revoke
     assert result.returncode == 2
     assert "no such agent" in result.stderr
 
@@ -156,6 +162,65 @@ def test_identities_refuses_an_agent_id_the_contract_forbids(tmp_path: Path):
     result = identities(tmp_path, "acme.01")
     assert result.returncode == 2
     assert "invalid agent id 'acme.01'" in result.stderr
+
+
+# --- No secret stays with the hashes ------------------------------------------------------
+
+
+def test_secrets_go_only_where_asked_and_the_hashes_hold_none(tmp_path: Path):
+    """The broker's directory (passwd) holds hashes; each secret is written once, to the
+    deployment's side (--secrets), in a form Mosquitto checks with one PBKDF2 round."""
+    ids, handout = tmp_path / "broker", tmp_path / "handout"
+    result = identities(ids, "acme-01", "--secrets", str(handout))
+    assert result.returncode == 0, result.stderr
+    assert sorted(p.name for p in ids.iterdir()) == [".lock", "passwd"]
+    assert sorted(p.name for p in handout.iterdir()) == sorted(
+        f"{n}.password" for n in (*ROLES, "acme-01")
+    )
+    secret = (handout / "acme-01.password").read_text().strip()
+    assert secret not in (ids / "passwd").read_text()
+    assert all(h.startswith("$7$1$") for h in hashes(ids / "passwd").values())
+
+
+def test_secrets_on_standard_output_leave_no_file(tmp_path: Path):
+    result = identities(tmp_path, "acme-01", "--secrets", "-")
+    assert result.returncode == 0, result.stderr
+    printed = dict(line.split(" ", 1) for line in result.stdout.splitlines())
+    assert sorted(printed) == sorted((*ROLES, "acme-01"))
+    assert all(len(secret) == 32 for secret in printed.values())
+    assert not list(tmp_path.glob("*.password"))
+    assert "+ acme-01" in result.stderr  # the messages, out of the way of the secrets
+
+
+def test_deleted_secret_files_change_nothing_on_the_next_run(tmp_path: Path):
+    """The old tool re-hashed every secret from its file on every run, so the files had to
+    stay on the broker host; this one keeps the hashes it has."""
+    identities(tmp_path, "acme-01")
+    before = hashes(tmp_path / "passwd")
+    for secret in tmp_path.glob("*.password"):
+        secret.unlink()
+    result = identities(tmp_path, "acme-02")
+    assert result.returncode == 0, result.stderr
+    after = hashes(tmp_path / "passwd")
+    assert {n: after[n] for n in before} == before
+    assert [p.name for p in tmp_path.glob("*.password")] == ["acme-02.password"]
+
+
+def test_nats_hashes_are_kept_beside_the_mosquitto_ones_and_follow_every_change(tmp_path: Path):
+    identities(tmp_path, "acme-01", "acme-02", "--nats")
+    identities(tmp_path, "--revoke", "acme-02")
+    identities(tmp_path, "acme-03")  # without --nats: the file exists, so it is kept up to date
+    nats = hashes(tmp_path / "nats-users")
+    assert list(nats) == [*ROLES, "acme-01", "acme-03"]
+    assert all(h.startswith("$2b$04$") for h in nats.values())
+
+
+def test_nats_hashes_cannot_be_added_later_without_new_secrets(tmp_path: Path):
+    identities(tmp_path, "acme-01")
+    result = identities(tmp_path, "--nats")
+    assert result.returncode == 2
+    assert "no NATS hash for publisher (its secret is not kept): --rotate it" in result.stderr
+    assert not (tmp_path / "nats-users").exists()
 
 
 def test_make_test_ca_writes_a_server_certificate_for_localhost(tmp_path: Path):

@@ -5,6 +5,7 @@
     broker.settings("operator", tls=True)   # the TLS listener, the test CA
     broker.login("publisher")         # the same as command-line flags
     broker.add("acme-02")             # broker/clockfleet-identities, then SIGHUP: no restart
+    broker.revoke("acme-02")          # --revoke, SIGHUP, back once it is in force
 
     start_open(rundir, why="...")     # anonymous access, only with a reason
 
@@ -27,6 +28,7 @@ import signal
 import socket
 import struct
 import subprocess
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -130,16 +132,27 @@ def start_open(
 # --- The shipped configuration -------------------------------------------------------------
 
 
-def provision(ids_dir: Path, agents: list[str] | tuple[str, ...] = ()) -> Path:
-    """broker/clockfleet-identities --out ids_dir AGENTS...: adds, never removes."""
+def identities_tool(ids_dir: Path, *args: str) -> str:
+    """broker/clockfleet-identities --out ids_dir ARGS, with this interpreter (the one that has
+    bcrypt, for --nats); the secrets stay beside the hashes (the tests' deployment templates).
+    Its standard output."""
     result = subprocess.run(
-        [str(IDENTITIES_TOOL), "--out", str(ids_dir), *agents],
+        [sys.executable, str(IDENTITIES_TOOL), "--out", str(ids_dir), *args],
         capture_output=True,
         text=True,
         timeout=120,
     )
     if result.returncode != 0:
-        raise DaemonError(f"clockfleet-identities failed: {result.stderr.strip()}")
+        raise DaemonError(f"clockfleet-identities {' '.join(args)}: {result.stderr.strip()}")
+    return result.stdout
+
+
+def provision(
+    ids_dir: Path, agents: list[str] | tuple[str, ...] = (), *, nats: bool = False
+) -> Path:
+    """broker/clockfleet-identities --out ids_dir AGENTS...: adds, never removes (`nats`: the
+    bcrypt hashes for NATS too)."""
+    identities_tool(ids_dir, *agents, *(["--nats"] if nats else []))
     return ids_dir
 
 
@@ -259,6 +272,19 @@ class ShippedBroker:
             if time.monotonic() > deadline:
                 raise DaemonError(f"mosquitto did not take identity {new[0]} after SIGHUP")
             time.sleep(0.02)
+
+    def revoke(self, *agents: str) -> None:
+        """What an operator does to take hosts out: clockfleet-identities --revoke, SIGHUP (its
+        --reload-pidfile), and --confirm: back once the broker runs the new file, when every
+        connected session of these agents has been closed."""
+        pidfile = self.rundir / "mosquitto.pid"
+        pidfile.write_text(f"{self.daemon.proc.pid}\n")
+        revoked = [arg for a in agents for arg in ("--revoke", a)]
+        identities_tool(
+            self.identities, *revoked, "--yes", "--reload-pidfile", str(pidfile),
+            "--confirm", self.url,
+        )  # fmt: skip
+        self.known.difference_update(agents)
 
     def _read(self, identity: str) -> str:
         return (self.identities / f"{identity}.password").read_text().strip()

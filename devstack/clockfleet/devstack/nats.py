@@ -14,6 +14,7 @@ role), the same file on every node. An anonymous cluster needs a reason (`open_w
     cluster.settings("publisher")            # ConnectionSettings: all nodes, that identity
     cluster.login("operator")                # the same as command-line flags
     cluster.add("acme-02")                   # identities, security.conf, SIGHUP every node
+    cluster.revoke("acme-02")                # the same, back once no node takes it
     cluster.node_of("clockfleet-agent-x")    # index of the node that MQTT client is on
     cluster.kill(i); cluster.restart(i)      # SIGKILL one node; start it again, data kept
     cluster.stop()
@@ -22,124 +23,37 @@ Ready means: every node's /healthz says ok, and an MQTT CONNECT (as `operator`) 
 SUBSCRIBE has succeeded on every node (the first CONNECT creates the $MQTT_* streams, and
 right after a start or a restart a node can time out a CONNECT or refuse a SUBSCRIBE for a
 few seconds, as measured on 2.9.10), so the tests measure clockfleet, not the
-cluster's warm-up.
+cluster's warm-up. A node (its config, process and readiness probe) is nats_node.py's.
 """
 
 from __future__ import annotations
 
 import argparse
-import contextlib
-import json
 import shutil
 import signal
 import subprocess
 import sys
-import threading
 import time
-import urllib.error
-import urllib.request
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import paho.mqtt.client as mqtt
-from paho.mqtt.enums import CallbackAPIVersion
-
 from clockfleet import devstack
-from clockfleet.devstack import LOOPBACK, Daemon, DaemonError, stable_ports
-from clockfleet.devstack.mosquitto import ROLES, login_accepted, provision, record
+from clockfleet.devstack import LOOPBACK, DaemonError, stable_ports
+from clockfleet.devstack.mosquitto import (
+    ROLES,
+    identities_tool,
+    login_accepted,
+    provision,
+    record,
+)
+from clockfleet.devstack.nats_node import NatsNode, launch, render_conf, wait_ready
 from clockfleet.protocol.connection import ConnectionSettings, settings_from_args
 
 REPO = Path(__file__).resolve().parents[3]
-TEMPLATE = REPO / "broker" / "nats" / "node.conf.template"
 SECURITY_TOOL = REPO / "broker" / "nats" / "make-security-conf"
-CLUSTER_NAME = "clockfleet"
 # Who the readiness probe logs in as: the operator may read under the prefix, at QoS 1.
 PROBE_IDENTITY = "operator"
-PROBE_TOPIC = "clock/v1/devstack/probe"
-
-# Values for the template's sizing placeholders on a test machine.
-TEST_SIZING = {
-    "MAX_CONNECTIONS": 65536,
-    "MAX_MEMORY_STORE": "256MB",
-    "MAX_FILE_STORE": "1GB",
-}
-
-
-@dataclass
-class NatsNode:
-    index: int
-    name: str
-    mqtt_port: int
-    http_port: int
-    cluster_port: int
-    client_port: int
-    dir: Path
-    conf: Path
-    daemon: Daemon | None = None
-
-    @property
-    def url(self) -> str:
-        return f"mqtt://{LOOPBACK}:{self.mqtt_port}"
-
-    def alive(self) -> bool:
-        return self.daemon is not None and self.daemon.alive()
-
-    def monitor(self, path: str, timeout: float = 2.0) -> dict:
-        """A monitoring endpoint's JSON (/healthz, /connz, /jsz, /routez)."""
-        url = f"http://{LOOPBACK}:{self.http_port}{path}"
-        try:
-            with urllib.request.urlopen(url, timeout=timeout) as r:
-                return json.loads(r.read())
-        except urllib.error.HTTPError as e:  # /healthz answers 503 with a JSON body
-            return json.loads(e.read() or b"{}")
-
-    def healthy(self) -> bool:
-        try:
-            return self.monitor("/healthz").get("status") == "ok"
-        except (OSError, ValueError):
-            return False
-
-    def mqtt_clients(self) -> list[str]:
-        """MQTT client ids connected to this node (from /connz)."""
-        out: list[str] = []
-        offset = 0
-        while True:
-            page = self.monitor(f"/connz?limit=1024&offset={offset}", timeout=5.0)
-            conns = page.get("connections") or []
-            out += [c["mqtt_client"] for c in conns if c.get("mqtt_client")]
-            offset += len(conns)
-            if not conns or offset >= page.get("total", 0):
-                return out
-
-    def log_tail(self, lines: int = 30) -> str:
-        return self.daemon.log_tail(lines) if self.daemon else ""
-
-
-def render_conf(
-    node: NatsNode, routes: list[int], *, host: str = LOOPBACK, sizing: dict | None = None
-) -> str:
-    route_lines = ",\n".join(f"    nats-route://{host}:{p}" for p in routes)
-    values = {
-        "NAME": node.name,
-        "CLIENT_HOST": host,
-        "CLIENT_PORT": node.client_port,
-        "HTTP_HOST": host,
-        "HTTP_PORT": node.http_port,
-        "CLUSTER_HOST": host,
-        "CLUSTER_PORT": node.cluster_port,
-        "CLUSTER_NAME": CLUSTER_NAME,
-        "MQTT_HOST": host,
-        "MQTT_PORT": node.mqtt_port,
-        "STORE_DIR": node.dir / "jetstream",
-        "ROUTES": route_lines,
-        **(sizing or TEST_SIZING),
-    }
-    text = devstack.render(TEMPLATE.read_text(), values)
-    left = [w for w in text.split() if w.startswith("@") and w.endswith("@") and len(w) > 2]
-    if left:
-        raise DaemonError(f"{TEMPLATE}: placeholders left unrendered: {left}")
-    return text
 
 
 def write_security(
@@ -219,7 +133,7 @@ class NatsCluster:
         new = [a for a in dict.fromkeys(agents) if a not in self.known and a not in ROLES]
         if not new:
             return
-        provision(self.identities, new)
+        provision(self.identities, new, nats=True)
         self.known.update(new)
         self._install_security()
         live = [n for n in self.nodes if n.alive()]
@@ -246,6 +160,38 @@ class NatsCluster:
             shutil.copyfile(made, tmp)
             tmp.replace(n.dir / "security.conf")  # a reloading node never reads half a file
 
+    def revoke(self, *agents: str) -> None:
+        """What an operator does to take hosts out: clockfleet-identities --revoke, the same
+        security.conf on every node, SIGHUP every live node; back once no node takes any of
+        these identities. Each node then goes on checking its connected clients against the
+        new users and disconnects the revoked ones (1.6 ms per client at bcrypt cost 4)."""
+        if self.identities is None:
+            return
+        secrets = {a: self.password(a) for a in agents}
+        revoked = [arg for a in agents for arg in ("--revoke", a)]
+        identities_tool(self.identities, *revoked, "--yes")
+        self.known.difference_update(agents)
+        self._install_security()
+        live = [n for n in self.nodes if n.alive()]
+        for n in live:
+            n.daemon.proc.send_signal(signal.SIGHUP)  # type: ignore[union-attr]
+        deadline = time.monotonic() + 20
+        for n in live:
+            for agent, secret in secrets.items():
+                # Refused from now on; a login the old file still took would hold the session
+                # for an instant only (the identity's own client id: nobody else uses it).
+                while login_accepted(LOOPBACK, n.mqtt_port, agent, secret, timeout=5.0):
+                    if time.monotonic() > deadline:
+                        raise DaemonError(f"nats {n.name} still takes {agent}:\n{n.log_tail()}")
+                    time.sleep(0.05)
+
+    def wait_ready(self, nodes: list[NatsNode], timeout: float) -> None:
+        """Every node in `nodes` healthy and serving MQTT (the probe logs in as the operator)."""
+        if self.shipped:
+            wait_ready(nodes, timeout, PROBE_IDENTITY, self.password(PROBE_IDENTITY))
+        else:
+            wait_ready(nodes, timeout, None, None)
+
     def stop(self) -> None:
         for n in self.nodes:
             if n.daemon is not None:
@@ -268,8 +214,8 @@ class NatsCluster:
         node = self.nodes[index]
         if node.alive():
             raise DaemonError(f"{node.name} is still running")
-        _launch(node)
-        _wait_ready([node], timeout, self)
+        launch(node)
+        self.wait_ready([node], timeout)
 
     # --- where clients are ------------------------------------------------------------------
 
@@ -301,86 +247,6 @@ class NatsCluster:
         return "\n".join(f"--- {n.name} ---\n{n.log_tail(lines)}" for n in self.nodes)
 
 
-def _launch(node: NatsNode) -> None:
-    binary = devstack.require("nats-server")
-    log = node.dir / "nats.log"
-    out = open(node.dir / "nats.stdout", "ab")  # noqa: SIM115 - lives as long as the daemon
-    proc = subprocess.Popen(
-        [binary, "-c", str(node.conf), "-l", str(log)], stdout=out, stderr=subprocess.STDOUT
-    )
-    node.daemon = Daemon(
-        f"nats-{node.name}", proc, log, node.mqtt_port, LOOPBACK, {"conf": node.conf}
-    )
-
-
-def mqtt_probe(
-    port: int, username: str | None = None, password: str | None = None, timeout: float = 6.0
-) -> str | None:
-    """CONNECT and a QoS 1 SUBSCRIBE on one node; None when both succeed, else why not."""
-    done = threading.Event()
-    result: dict[str, object] = {}
-
-    def on_connect(c, ud, flags, rc, props):
-        result["connack"] = rc
-        if rc.is_failure:
-            done.set()
-        else:
-            c.subscribe(PROBE_TOPIC, qos=1)
-
-    def on_subscribe(c, ud, mid, codes, props):
-        result["suback"] = codes
-        done.set()
-
-    client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=f"devstack-probe-{port}")
-    if username is not None:
-        client.username_pw_set(username, password)
-    client.on_connect = on_connect
-    client.on_subscribe = on_subscribe
-    try:
-        client.connect(LOOPBACK, port, keepalive=10)
-    except OSError as exc:
-        return f"connect: {exc}"
-    client.loop_start()
-    try:
-        if not done.wait(timeout):
-            return f"no answer within {timeout:g} s ({result})"
-        codes = result.get("suback")
-        if codes is None:
-            return f"CONNACK {result.get('connack')}"
-        if any(getattr(c, "is_failure", False) for c in codes):  # type: ignore[attr-defined]
-            return f"SUBACK {codes}"
-        return None
-    finally:
-        with contextlib.suppress(Exception):
-            client.disconnect()
-        client.loop_stop()
-
-
-def _wait_ready(nodes: list[NatsNode], timeout: float, cluster: NatsCluster) -> None:
-    deadline = time.monotonic() + timeout
-    pending = list(nodes)
-    why = ""
-    user = PROBE_IDENTITY if cluster.shipped else None
-    password = cluster.password(PROBE_IDENTITY) if cluster.shipped else None
-    while pending:
-        if time.monotonic() > deadline:
-            tails = "\n".join(f"--- {n.name} ---\n{n.log_tail()}" for n in pending)
-            raise DaemonError(f"NATS nodes not ready within {timeout:g} s ({why}):\n{tails}")
-        node = pending[0]
-        if not node.alive():
-            raise DaemonError(f"nats {node.name} exited:\n{node.log_tail()}")
-        if not node.healthy():
-            why = f"{node.name}: /healthz not ok"
-            time.sleep(0.1)
-            continue
-        problem = mqtt_probe(node.mqtt_port, user, password)
-        if problem is not None:
-            why = f"{node.name}: {problem}"
-            time.sleep(0.2)
-            continue
-        pending.pop(0)
-
-
 def start_cluster(
     rundir: Path,
     *,
@@ -405,7 +271,7 @@ def start_cluster(
         ports = stable_ports(4, taken)
         members.append(NatsNode(i, f"n{i}", *ports, dir=d, conf=d / "nats.conf"))
     routes = [n.cluster_port for n in members]
-    ids = None if open_why else provision(rundir / "ids", list(agents))
+    ids = None if open_why else provision(rundir / "ids", list(agents), nats=True)
     cluster = NatsCluster(members, rundir, ids, set(agents))
     for n in members:
         n.conf.write_text(render_conf(n, routes))
@@ -417,8 +283,8 @@ def start_cluster(
         cluster._install_security()
     try:
         for n in members:
-            _launch(n)
-        _wait_ready(members, timeout, cluster)
+            launch(n)
+        cluster.wait_ready(members, timeout)
     except BaseException:
         cluster.stop()
         raise
