@@ -38,6 +38,11 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
         "export agents' reports as Prometheus metrics on /metrics",
     ),
     "status": ("clockfleet.collector.status", "main", "show the fleet as a table (or --json)"),
+    "retire": (
+        "clockfleet.publisher.retire",
+        "main",
+        "take a decommissioned host out: revoke its identity, clear its retained topics",
+    ),
 }
 
 # The extra each command needs beyond the agent's plain install, and what that extra brings.
@@ -45,6 +50,7 @@ EXTRAS = {
     "publish": "publisher",
     "keygen": "publisher",
     "rollout": "publisher",
+    "retire": "publisher",
     "collector": "collector",
     "status": "collector",
 }
