@@ -240,7 +240,7 @@ def test_the_newest_message_over_the_limit_is_applied_once_the_topic_has_a_token
 
 
 def test_the_collector_cli_refuses_a_rate_limit_of_zero_burst(broker):
-    from tests.collector.test_collector_mqtt import run_cli
+    from tests.collector.test_collector_cli import run_cli
 
     r = run_cli("collector", *broker.login("collector"), "--rate-limit-burst", "0")
     assert r.returncode == 2
