@@ -38,3 +38,27 @@ def test_provisioning_points_grafana_at_the_dashboard_folder_and_a_prometheus():
     dash = yaml.safe_load((GRAFANA / "provisioning" / "dashboards" / "clockfleet.yml").read_text())
     assert dash["providers"][0]["type"] == "file"
     assert dash["providers"][0]["options"]["path"]
+
+
+def test_dashboard_has_an_agent_drill_down_drift_over_time_and_a_time_zone_panel():
+    board = json.loads((GRAFANA / "dashboards" / "clockfleet.json").read_text())
+    names = [v["name"] for v in board["templating"]["list"]]
+    titles = [p["title"] for p in board["panels"]]
+    exprs = [t["expr"] for p in board["panels"] for t in p.get("targets", [])]
+    assert "agent" in names
+    assert "Agent drill-down ($agent)" in titles and "Time zones" in titles
+    assert "Clock error over time" in titles
+    assert any('agent=~"$agent"' in e for e in exprs)
+    assert any("clockfleet_agent_timezone_info" in e for e in exprs)
+
+
+def test_the_builder_is_small_modules_of_small_functions():
+    import ast
+
+    for path in [GRAFANA / "build_dashboard.py", *sorted((GRAFANA / "panels").glob("*.py"))]:
+        text = path.read_text()
+        assert len(text.splitlines()) <= 400, path
+        for node in ast.walk(ast.parse(text)):
+            if isinstance(node, ast.FunctionDef):
+                length = node.end_lineno - node.lineno + 1
+                assert length <= 60, f"{path.name}: {node.name} is {length} lines"

@@ -38,6 +38,22 @@ PROMTOOL = shutil.which("promtool")
 # old list, a failing one, an offline one, one silent for three hours, a drifting one; and a
 # third region with a canary in progress (every agent in its cohort) and one cohort report.
 CHANGE = "c5-1f2e3d4c"
+CLOCK = {
+    "kernel": {"synchronised": True, "maxerror_s": 0.2, "esterror_s": 0.001, "status": 8193},
+    "chrony": {
+        "reference": "192.0.2.20",
+        "stratum": 3,
+        "system_time_s": 0.00002,
+        "last_offset_s": -0.00001,
+        "rms_offset_s": 0.00003,
+        "frequency_ppm": 12.5,
+        "skew_ppm": 0.2,
+        "root_delay_s": 0.004,
+        "root_dispersion_s": 0.001,
+        "update_interval_s": 64.0,
+        "leap": "normal",
+    },
+}
 FLEET = {
     "ok-east": ("us-east", report("ok-east", offset_s=0.002, list_version=8)),
     "drift-east": ("us-east", report("drift-east", offset_s=-0.75, list_version=8)),
@@ -59,6 +75,28 @@ FLEET = {
         report("silent-west", region="eu-west", list_version=3, at=now_iso(-3 * 3600)),
     ),
     "canary-south": ("ap-south", cohort_report("canary-south", "ap-south", 5, CHANGE)),
+    # A chrony host with the discipline's state and a zone file whose rules are not Dublin's.
+    "zone-west": (
+        "eu-west",
+        report(
+            "zone-west",
+            region="eu-west",
+            list_version=3,
+            discipline="chrony",
+            timezone="Europe/Dublin",
+            timezone_expected="Europe/Dublin",
+            tzdata_version="2019c",
+            utc_offset_s=19800,
+            clock=CLOCK,
+            zone_command={
+                "timezone": "Europe/Dublin",
+                "at": now_iso(-60),
+                "timed_out": False,
+                "duration_s": 0.2,
+                "exit_code": 0,
+            },
+        ),
+    ),
 }
 OFFLINE = "ok-west"
 PUBLISHED = {"us-east": 8, "eu-west": 3, "ap-south": 5}
@@ -107,6 +145,7 @@ def dashboard_queries() -> list[tuple[str, str]]:
     for panel in board["panels"]:
         for target in panel.get("targets", []):
             expr = target["expr"].replace("$__rate_interval", "1m").replace("$region", ".*")
+            expr = expr.replace("$agent", ".*")
             out.append((f"{panel['title']} [{target['refId']}]", expr))
     return out
 
