@@ -181,7 +181,8 @@ class Tried(_Msg):
     auth: Optional[Literal["nts"]] = None
 
 
-Ppm = Annotated[float, msgspec.Meta(gt=-1e6, lt=1e6)]
+# chronyd starts with a skew of 2,000,000 ppm (no estimate yet): bounds far beyond any clock.
+Ppm = Annotated[float, msgspec.Meta(gt=-1e9, lt=1e9)]
 MAX_UTC_OFFSET_S = 26 * 3600  # the widest zones are +14:00 and -12:00; a day either way
 
 
@@ -204,7 +205,7 @@ class ChronyTracking(_Msg):
     last_offset_s: Seconds  # local minus true at the last update
     rms_offset_s: NonNegSeconds
     frequency_ppm: Ppm  # positive: the clock runs fast
-    skew_ppm: Annotated[float, msgspec.Meta(ge=0, lt=1e6)]
+    skew_ppm: Annotated[float, msgspec.Meta(ge=0, lt=1e9)]
     root_delay_s: NonNegSeconds
     root_dispersion_s: NonNegSeconds
     update_interval_s: NonNegSeconds

@@ -29,18 +29,19 @@ LEAPS = {
     "Not synchronised": "unsynchronised",
 }
 FIELDS = 14
+PPM_MAX = 1e9  # chronyd reports a skew of 2,000,000 ppm before its first estimate
 
 
 class TrackingError(ValueError):
     """chronyc gave no usable tracking line; the message says what it gave."""
 
 
-def _number(text: str, what: str, low: float = -MAX_OFFSET_S) -> float:
+def _number(text: str, what: str, low: float = -MAX_OFFSET_S, high: float = MAX_OFFSET_S) -> float:
     try:
         value = float(text)
     except ValueError:
         raise TrackingError(f"{what} {text[:40]!r} is not a number") from None
-    if not math.isfinite(value) or not low <= value < MAX_OFFSET_S:
+    if not math.isfinite(value) or not low <= value < high:
         raise TrackingError(f"{what} {value!r} out of range")
     return value
 
@@ -62,8 +63,8 @@ def parse_tracking_csv(text: str) -> ChronyTracking:
         system_time_s=_number(fields[4], "system time"),
         last_offset_s=_number(fields[5], "last offset"),
         rms_offset_s=_number(fields[6], "rms offset", 0),
-        frequency_ppm=_number(fields[7], "frequency"),
-        skew_ppm=_number(fields[9], "skew", 0),
+        frequency_ppm=_number(fields[7], "frequency", -PPM_MAX, PPM_MAX),
+        skew_ppm=_number(fields[9], "skew", 0, PPM_MAX),
         root_delay_s=_number(fields[10], "root delay", 0),
         root_dispersion_s=_number(fields[11], "root dispersion", 0),
         update_interval_s=_number(fields[12], "update interval", 0),

@@ -124,13 +124,28 @@ def build_report(
         **_zone_fields(o.zone, at),
         **fields,
     )
+    checked = _checked(agent_id, report)
+    if checked is None:
+        # What the host said about its clock or zone must never cost the sync's report.
+        bare = msgspec.structs.replace(report, clock=None, zone_command=None, **_NO_ZONE)
+        checked = _checked(agent_id, bare)
+    if checked is None:
+        return _internal_error_report(agent_id, job, wall_now, Rejected("invalid-field", "see log"))
+    return checked
+
+
+_NO_ZONE: dict[str, Any] = {"timezone_expected": None, "tzdata_version": None, "utc_offset_s": None}
+
+
+def _checked(agent_id: str, report: Report) -> Optional[Report]:
+    """`report` if the strict decoder accepts it, else None (logged): never publish what
+    readers would refuse. No future rule: `at` is the corrected time, while this host's clock
+    may be far off."""
     try:
-        # No future rule: `at` is the corrected time, while this host's clock may be far off.
         codec.decode(Report, codec.encode(report), topic_id=agent_id, check_future=False)
     except Rejected as r:
-        # Our own bug; never publish what readers would refuse.
         log.error("%s: built an invalid report (%s): %s", agent_id, r.reason, r.detail)
-        return _internal_error_report(agent_id, job, wall_now, r)
+        return None
     return report
 
 
@@ -161,6 +176,7 @@ def _tried(res: Optional[ProbeResult]) -> list[Tried]:
                 detail=clip_text(a.detail),
                 offset_s=_seconds(s.offset_s) if s else None,
                 delay_s=_seconds(s.delay_s) if s and s.delay_s >= 0 else None,
+                auth="nts" if a.auth == "nts" else None,
             )
         )
     return out
