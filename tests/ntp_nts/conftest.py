@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from clockfleet.devstack.nts_server import NtsPki, NtsServer, make_test_pki, start_nts_server
+from tests.agent.conftest import keys, publisher  # noqa: F401 - the agent's fixtures, shared
 
 
 @pytest.fixture

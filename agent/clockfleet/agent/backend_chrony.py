@@ -23,7 +23,7 @@ import secrets
 import shutil
 import socket
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -43,6 +43,8 @@ from clockfleet.agent.helper_status import latest_detail, read_helper_status, st
 
 log = logging.getLogger(__name__)
 
+NTS_KE_PORT = 4460  # chronyd's default `ntsport`
+
 HELPER = "clockfleet-agent-chrony.service"
 HELPER_SOURCEDIR = Path("/var/lib/clockfleet/chrony")
 HELPER_STATUS = Path("/run/clockfleet-agent/chrony.status")
@@ -54,10 +56,15 @@ _CHRONY_OPTIONS_RE = re.compile(r"\A[a-z]+(?: [a-z]+| -?[0-9]+(?:\.[0-9]+)?)*\Z"
 
 
 def render_chrony_sources(
-    servers: Sequence[Server], chosen: Server, server_options: str = "iburst"
+    servers: Sequence[Server],
+    chosen: Server,
+    server_options: str = "iburst",
+    nts: Mapping[Server, int] | None = None,
 ) -> str:
     """The sources file: one `server` line per entry in operator order, the chosen one
-    marked `prefer` so chronyd keeps the server the agent validated while it is good.
+    marked `prefer` so chronyd keeps the server the agent validated while it is good. An
+    NTS server (`nts`: its NTS-KE port) gets `nts` (and `ntsport` when not 4460): chronyd
+    then does NTS-KE and authenticates every answer itself (docs/nts.md).
 
     Raises ValueError for a server the host grammar refuses: a host is written into a
     daemon's config, and this is the last place before it is."""
@@ -67,6 +74,9 @@ def render_chrony_sources(
         words = ["server", host, "port", str(port)]
         if server_options:
             words.append(server_options)
+        ke_port = (nts or {}).get((host, port))
+        if ke_port is not None:
+            words += ["nts"] if ke_port == NTS_KE_PORT else ["nts", "ntsport", str(ke_port)]
         if (host, port) == tuple(chosen):
             words.append("prefer")
         lines.append(" ".join(words))
@@ -117,6 +127,8 @@ class ChronyBackend:
     command_timeout_s: float = 10.0
     name: str = field(default="chrony", init=False)
     blocking: bool = field(default=True, init=False)  # apply() runs commands, writes files
+    # The list's NTS servers and their NTS-KE ports, set by the sync before apply().
+    nts_sources: dict[Server, int] = field(default_factory=dict, init=False)
 
     def __post_init__(self) -> None:
         if self.sourcedir is None:
@@ -186,7 +198,7 @@ class ChronyBackend:
         problem = list_problem(servers, chosen)
         if problem is not None:
             return Applied("chrony", False, problem)
-        content = render_chrony_sources(servers, chosen, self.server_options)
+        content = render_chrony_sources(servers, chosen, self.server_options, self.nts_sources)
         if self.by_helper:
             return self._apply_by_helper(servers, chosen, offset_s, content)
         try:

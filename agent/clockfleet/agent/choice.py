@@ -35,6 +35,7 @@ class Attempt:
     sample: Optional[Sample] = None
     address: Optional[str] = None  # the resolved address that answered (or failed last)
     requests: int = 0  # datagrams sent to this server in this probe
+    auth: Optional[str] = None  # "nts": asked only with NTS (its outcome says how it went)
 
 
 @dataclass

@@ -63,6 +63,9 @@ class Tuning(msgspec.Struct, kw_only=True):
     # keep the old zone, docs/timezones.md): an argv list, never a shell line.
     zone_change_command: Optional[list[str]] = None
     zone_change_timeout_s: float = 30.0
+    # CA certificates (PEM) an NTS-KE server's certificate may chain to, besides the system's
+    # store; the chrony backend hands it to chronyd as `ntstrustedcerts` (docs/nts.md).
+    nts_ca_file: Optional[str] = None
 
     def tuning(self) -> dict[str, Any]:
         return {name: getattr(self, name) for name in Tuning.__struct_fields__}
@@ -156,6 +159,8 @@ def apply_flags(cfg: AgentConfig, args: argparse.Namespace) -> AgentConfig:
         cfg.tz_root = None
     if getattr(args, "trust_key", None):
         cfg.trust_keys = list(args.trust_key)
+    if getattr(args, "nts_ca_file", None):
+        cfg.nts_ca_file = args.nts_ca_file
     if getattr(args, "timeout", None) is not None:
         cfg.once_timeout_s = args.timeout
     if getattr(args, "startup_delay", None) is not None:
@@ -192,6 +197,8 @@ def validate(cfg: AgentConfig, environ: Mapping[str, str] | None = None) -> Agen
         raise ConfigError("retry_max_s/reconnect_max_s must not be below their minimum")
     if (problem := zone_command_problem(cfg)) is not None:
         raise ConfigError(problem)
+    if cfg.nts_ca_file is not None and not Path(cfg.nts_ca_file).is_file():
+        raise ConfigError(f"nts_ca_file {cfg.nts_ca_file}: no such file")
     if cfg.log_level.lower() not in ("debug", "info", "warning", "error"):
         raise ConfigError(f"log_level {cfg.log_level!r}: debug, info, warning or error")
     problem = unit_grant_problem(cfg.backend, os.environ if environ is None else environ)

@@ -22,17 +22,20 @@ import functools
 import ipaddress
 import math
 import time
-from collections.abc import Callable, Generator, Sequence
+from collections.abc import Callable, Generator, Mapping, Sequence
 from dataclasses import replace
+from typing import Optional
 
 from clockfleet.agent.choice import Attempt, ProbeResult
 from clockfleet.agent.localloop import LocalLoop
 from clockfleet.agent.loop_host import ProbeHost
+from clockfleet.agent.probe_nts import nts_server_steps
 from clockfleet.agent.probe_pass import Pass, ServerSteps
 from clockfleet.agent.server_memory import KodMemory
 from clockfleet.ntp.checks import ProbeSettings, Sample
 from clockfleet.ntp.exchange import Wait, sample_burst_steps
 from clockfleet.ntp.lookup import Addresses, addresses
+from clockfleet.ntp.nts_exchange import NtsClient
 from clockfleet.protocol.messages import Outcome, clip_text
 
 __all__ = [
@@ -53,6 +56,14 @@ MAX_ADDRESSES = 4  # of one name; bounds the time a many-address name can take
 _RESOLVER = concurrent.futures.ThreadPoolExecutor(max_workers=16, thread_name_prefix="dns")
 
 Resolved = Addresses  # addresses to try, or why there are none
+
+
+class NtsProbe:
+    """A list's NTS servers ((host, port) -> NTS-KE port) and the agent's NTS client."""
+
+    def __init__(self, entries: Mapping[tuple[str, int], int], client: Optional[NtsClient]):
+        self.entries = entries
+        self.client = client
 
 
 def resolve_all(
@@ -144,11 +155,12 @@ def probe(
     kod: KodMemory | None = None,
     *,
     first_sync: bool = False,
+    nts: Optional[NtsProbe] = None,
 ) -> ProbeResult:
     """Probe servers in order, blocking until the result; see start_probe for the rules."""
     loop = LocalLoop()
     results: list[ProbeResult] = []
-    start_probe(servers, settings, kod, loop, results.append, first_sync=first_sync)
+    start_probe(servers, settings, kod, loop, results.append, first_sync=first_sync, nts=nts)
     loop.run_until(lambda: bool(results))
     return results[0]
 
@@ -161,6 +173,7 @@ def start_probe(
     done: Callable[[ProbeResult], None],
     *,
     first_sync: bool = False,
+    nts: Optional[NtsProbe] = None,
 ) -> None:
     """Probe servers in order on `host`'s loop (a Fleet or a LocalLoop); `done(result)` is
     called there. Nothing blocks the loop: names are looked up through host.run_blocking,
@@ -174,8 +187,12 @@ def start_probe(
     years off). The panic limit is then waived, as ntpd -g and chrony's makestep do, for an
     offset that the next passing server confirms (the falseticker rule); a list of one
     server applies it unconfirmed and says so. Afterwards the limit stands.
+
+    `nts`: which servers are NTS servers (and their NTS-KE ports), and the agent's NTS
+    client; those are asked only with NTS (probe_nts.py).
     """
     run = _ProbeRun(servers, settings, kod or KodMemory(), host, done, first_sync)
+    run.nts = nts
     if all(_is_ip_literal(h) for h, _ in servers):
         run.with_addresses(resolve_all(servers, settings.resolve_timeout_s))  # no wait
         return
@@ -205,6 +222,7 @@ class _ProbeRun:
             settings = replace(settings, panic_offset_s=math.inf)
         self.settings = settings
         self.resolved: dict[tuple[str, int], Resolved] = {}
+        self.nts: Optional[NtsProbe] = None
 
     def looked_up(
         self, resolved: dict[tuple[str, int], Resolved] | None, error: BaseException | None
@@ -221,6 +239,13 @@ class _ProbeRun:
     def _pass(self, settings: ProbeSettings, then: Callable[[ProbeResult], None]) -> None:
         def steps_for(i: int, on_answer: Callable[[], None]) -> ServerSteps:
             h, p = self.servers[i]
+            ke_port = self.nts.entries.get((h, p)) if self.nts is not None else None
+            if ke_port is not None:
+                assert self.nts is not None
+                client = self.nts.client
+                return nts_server_steps(
+                    h, p, ke_port, settings, self.resolved[(h, p)], client, on_answer
+                )
             return probe_server_steps(h, p, settings, self.resolved[(h, p)], on_answer)
 
         Pass(self.servers, settings, self.kod, self.panic_s, steps_for, self.host, then).start()

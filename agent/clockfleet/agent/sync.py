@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Optional
 
 from clockfleet.agent.choice import ProbeResult
-from clockfleet.agent.clock_backends import ClockBackend
+from clockfleet.agent.clock_backends import Applied, ClockBackend, Server
 from clockfleet.agent.clock_state import CHRONY_SETTLE_S, read_clock_state
 from clockfleet.agent.report import SyncJob, SyncOutcome
 from clockfleet.agent.zone_change import ZoneSettings, apply_zone
@@ -24,6 +24,23 @@ def needs_worker(job: SyncJob, backend: ClockBackend, tz_root: Optional[Path]) -
     time zone to set), so that it must not run on the agent's loop. Reading the host's zone
     file back (a few KB, local) and the kernel's timex (one system call) stays on the loop."""
     return backend.blocking or (job.timezone is not None and tz_root is not None)
+
+
+def nts_for_backend(
+    backend: ClockBackend, job: SyncJob, servers: list[Server], chosen: Server
+) -> tuple[list[Server], Optional[str]]:
+    """What a backend may be handed of a list with NTS servers: chrony gets them marked
+    (`nts_sources`) and authenticates itself; timesyncd cannot speak NTS, so it never sees
+    one (it would ask it in plain NTP), and when NTS gave the sync it is not applied."""
+    nts = {(s.host, s.port): s.nts_ke_port or 4460 for s in job.server_list.servers if s.nts}
+    if hasattr(backend, "nts_sources"):
+        backend.nts_sources = nts
+    if not nts or backend.name != "timesyncd":
+        return servers, None
+    if chosen in nts:
+        why = "timesyncd cannot speak NTS: the NTS server that gave the sync is not handed to it"
+        return servers, f"{why} (the chrony backend can)"
+    return [s for s in servers if s not in nts], None
 
 
 def finish_sync(
@@ -43,8 +60,12 @@ def finish_sync(
     error = None
     if result.chosen is not None and result.chosen.sample is not None:
         chosen = (result.chosen.host, result.chosen.port)
+        servers, refused = nts_for_backend(backend, job, servers, chosen)
         try:
-            applied = backend.apply(servers, chosen, result.chosen.sample.offset_s)
+            if refused is not None:
+                applied = Applied(backend.name, False, refused)
+            else:
+                applied = backend.apply(servers, chosen, result.chosen.sample.offset_s)
         except Exception as exc:
             log.exception("%s: clock backend %s failed", agent_id, backend.name)
             error = f"backend {backend.name} raised {type(exc).__name__}: {exc}"

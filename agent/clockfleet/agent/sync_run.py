@@ -8,6 +8,7 @@ inside ends the sync with a failed report, never a sync that runs forever.
 
 from __future__ import annotations
 
+import collections
 import logging
 import time
 from collections.abc import Callable
@@ -17,15 +18,24 @@ from clockfleet.agent.agent_settings import AgentSettings
 from clockfleet.agent.clock_backends import ClockBackend
 from clockfleet.agent.localloop import run_inline
 from clockfleet.agent.loop_host import ProbeHost
-from clockfleet.agent.probe import ProbeResult, ProbeSettings, start_probe
+from clockfleet.agent.probe import NtsProbe, ProbeResult, ProbeSettings, start_probe
 from clockfleet.agent.report import SyncJob, SyncOutcome, build_report
 from clockfleet.agent.server_memory import KodMemory
 from clockfleet.agent.sync import finish_sync, needs_worker
 from clockfleet.agent.zone_change import ZoneSettings
+from clockfleet.ntp.nts_exchange import NtsClient
+from clockfleet.ntp.nts_ke import KE_PORT
+from clockfleet.ntp.nts_tls import NtsTrust
 from clockfleet.protocol import codec
 from clockfleet.protocol.messages import Report, ZoneCommand
 
 log = logging.getLogger("clockfleet.agent")
+
+
+def nts_trust(ca_file: Optional[str]) -> NtsTrust:
+    """The system's CA store, plus agent.yaml's `nts_ca_file` (or --nts-ca-file)."""
+    return NtsTrust(ca_files=(ca_file,) if ca_file else ())
+
 
 # What a finished sync hands on: the report, its bytes, and what the sync did.
 Done = Callable[[Report, bytes, SyncOutcome], None]
@@ -49,6 +59,25 @@ class SyncRun:
         self.running = False
         self.again = False  # asked for while running: run once more when done
         self.zone_command: Optional[ZoneCommand] = None  # the last zone change's command
+        # NTS servers' keys and cookies live here between syncs (docs/nts.md); the agent
+        # gives it its clock evidence and counters (service.py).
+        self.nts = NtsClient(trust=nts_trust(settings.nts_ca_file), event=self._nts_certificate)
+        self.counters: Optional[collections.Counter[str]] = None
+
+    def _nts_certificate(self, kind: str, detail: str) -> None:
+        """An NTS-KE certificate's dates were waived on evidence, or refused for want of it
+        (the broker's rule: cert_dates.py)."""
+        if self.counters is not None:
+            self.counters[kind] += 1
+        if kind == "nts-time-check-waived":
+            log.warning(
+                "%s: NTS-KE certificate refused at this host's clock, which is provably behind "
+                "(%s): verified without its validity dates until the first good sync",
+                self.id,
+                detail,
+            )
+        else:
+            log.warning("%s: %s", self.id, detail)
 
     def attach(self, host: ProbeHost) -> None:
         self.host = host
@@ -62,6 +91,7 @@ class SyncRun:
         self.running = True
         self.again = False
         servers = [(s.host, s.port) for s in job.server_list.servers]
+        nts = {(s.host, s.port): s.nts_ke_port or KE_PORT for s in job.server_list.servers if s.nts}
         try:
             start_probe(
                 servers,
@@ -70,6 +100,7 @@ class SyncRun:
                 self.host,
                 lambda result: self._probed(job, result, done),
                 first_sync=job.first_sync,
+                nts=NtsProbe(nts, self.nts) if nts else None,
             )
         except Exception as exc:  # a bug must end this sync, not leave it running forever
             self._finished(job, None, exc, done)
@@ -77,6 +108,8 @@ class SyncRun:
 
     def _probed(self, job: SyncJob, result: ProbeResult, done: Done) -> None:
         assert self.host is not None
+        if self.counters is not None:  # each NTS failure, by its outcome (status.json)
+            self.counters.update(a.outcome for a in result.tried if a.outcome.startswith("nts-"))
         measured_at = (time.time(), time.monotonic())  # before any backend moves the clock
         settings = self.settings
 

@@ -20,12 +20,16 @@ blocks the publish like a failure.
 from __future__ import annotations
 
 import concurrent.futures
+import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 from clockfleet.ntp.checks import Failure, ProbeSettings, Sample
-from clockfleet.ntp.exchange import sample_burst
-from clockfleet.ntp.lookup import addresses, host_key
+from clockfleet.ntp.exchange import BurstResult, run_steps, sample_burst
+from clockfleet.ntp.lookup import SockAddr, addresses, host_key
+from clockfleet.ntp.nts_exchange import NtsClient, nts_burst_steps
+from clockfleet.ntp.nts_ke import KE_PORT
+from clockfleet.ntp.nts_tls import NtsTrust
 from clockfleet.publisher.broker_copies import OnBroker
 from clockfleet.publisher.fleetfile import Fleet
 from clockfleet.publisher.plan import Plan
@@ -41,11 +45,18 @@ PBX_NOTE = (
 )
 
 
+# NTS servers are asked with NTS, as agents ask them: their certificate must chain to the
+# system's CA store or to the certificates in this file (PEM), when the variable is set.
+NTS_CA_ENV = "CLOCKFLEET_NTS_CA_FILE"
+NTS_KE_TIMEOUT_S = 2.0
+
+
 @dataclass(frozen=True)
 class Target:
     region: str
     host: str
     port: int
+    nts_ke_port: int | None = None  # an NTS server: asked only with NTS, on this NTS-KE port
 
 
 @dataclass(frozen=True)
@@ -71,7 +82,8 @@ def targets(the_plan: Plan, fleet: Fleet, on_broker: OnBroker) -> list[Target]:
         for position, server in enumerate(fleet.regions[change.ident].servers):
             key = (server.host, server.port)
             if position >= len(old) or old[position] != key:
-                out.append(Target(change.ident, server.host, server.port))
+                ke_port = (server.nts_ke_port or KE_PORT) if server.nts else None
+                out.append(Target(change.ident, server.host, server.port, ke_port))
     return out
 
 
@@ -91,22 +103,39 @@ def query(target: Target) -> Result:
     found = addresses(target.host, target.port)
     if isinstance(found, str):
         return Result(target, "unresolvable", found)
-    family, sockaddr = found[0]
-    burst = sample_burst(family, sockaddr, SETTINGS)
+    if target.nts_ke_port is not None:
+        burst = _nts_burst(target, found[:1])
+    else:
+        family, sockaddr = found[0]
+        burst = sample_burst(family, sockaddr, SETTINGS)
     if burst.sample is not None:
         return Result(target, "ok", sample=burst.sample)
     failure = burst.failure or Failure("timeout", "no answer")
     return Result(target, failure.outcome, failure.detail)
 
 
+def _nts_burst(target: Target, found: list[tuple[int, SockAddr]]) -> BurstResult:
+    """NTS-KE, then an authenticated burst: never plain NTP to an NTS server."""
+    ca_file = os.environ.get(NTS_CA_ENV)
+    client = NtsClient(
+        trust=NtsTrust(ca_files=(ca_file,) if ca_file else ()), ke_timeout_s=NTS_KE_TIMEOUT_S
+    )
+    key = (target.host, target.nts_ke_port or KE_PORT, target.port)
+    burst, _address = run_steps(nts_burst_steps(client, key, found, SETTINGS))
+    return burst
+
+
 def run(found: Sequence[Target]) -> list[Result]:
-    """Query every target concurrently; each has RESOLVE_TIMEOUT_S + TIMEOUT_S at most."""
+    """Query every target concurrently; each has RESOLVE_TIMEOUT_S + TIMEOUT_S at most (an NTS
+    server NTS_KE_TIMEOUT_S more, for its handshake)."""
     if not found:
         return []
     pool = concurrent.futures.ThreadPoolExecutor(max_workers=min(32, len(found)))
     try:
         futures = [pool.submit(query, t) for t in found]
-        concurrent.futures.wait(futures, RESOLVE_TIMEOUT_S + TIMEOUT_S + 0.5)
+        nts = any(t.nts_ke_port is not None for t in found)
+        budget = RESOLVE_TIMEOUT_S + TIMEOUT_S + 0.5 + (NTS_KE_TIMEOUT_S + 0.5 if nts else 0)
+        concurrent.futures.wait(futures, budget)
         results = []
         for target, future in zip(found, futures):
             if future.done():
