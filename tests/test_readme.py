@@ -11,6 +11,7 @@ they name. Metric, alert and outcome names are compared with the code and config
 from __future__ import annotations
 
 import json
+import os
 import re
 import shlex
 import shutil
@@ -167,14 +168,34 @@ def _local(args: list[str], broker: ShippedBroker) -> list[str]:
     return [swap.get(prev, a) if prev in swap else a for prev, a in zip(["", *args], args)]
 
 
-def _run(args: list[str], cwd: Path) -> subprocess.CompletedProcess:
+def _run(
+    args: list[str], cwd: Path, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess:
     return subprocess.run(
         [sys.executable, "-m", "clockfleet", *args],
         cwd=cwd,
         capture_output=True,
         text=True,
         timeout=60,
+        env={**os.environ, **(env or {})},
     )
+
+
+def _connection_env(home: Path, broker: ShippedBroker) -> dict[str, str]:
+    """The README's connection file, written where it says (~/.config/clockfleet/, here under
+    the test's XDG_CONFIG_HOME), with this test's broker, CA and that identity's password."""
+    (block,) = re.findall(r"^```yaml\n(.*?)^```", README, re.S | re.M)
+    shown = yaml.safe_load(block)
+    assert set(shown) == {"broker", "username", "password_file", "ca_file"}
+    folder = home / "clockfleet"
+    folder.mkdir(parents=True)
+    swap = {
+        "broker": broker.tls_url,
+        "password_file": str(broker.password_file(shown["username"])),
+        "ca_file": str(broker.ca_file),
+    }
+    (folder / "operator.yaml").write_text(yaml.safe_dump({**shown, **swap}))
+    return {"XDG_CONFIG_HOME": str(home)}
 
 
 @pytest.fixture
@@ -213,16 +234,17 @@ def test_publish_dry_run_then_publish_then_status_as_shown(
     assert _run(keygen, operator_dir).returncode == 0
     dry = _local(_publish(dry_run=True, prune=False), broker)
     real = _local(_publish(dry_run=False, prune=False), broker)
+    env = _connection_env(operator_dir / "xdg", broker)
 
-    done = _run(dry, operator_dir)
+    done = _run(dry, operator_dir, env)
     assert done.returncode == 0, done.stderr
     assert "would publish region us-east" in done.stdout
-    done = _run(dry, operator_dir)
+    done = _run(dry, operator_dir, env)
     assert "would publish region us-east" in done.stdout  # the dry run published nothing
 
-    done = _run(real, operator_dir)
+    done = _run(real, operator_dir, env)
     assert done.returncode == 0, done.stderr
-    done = _run(dry, operator_dir)
+    done = _run(dry, operator_dir, env)
     assert done.returncode == 0 and "would publish" not in done.stdout, done.stdout
 
     for status in (a for a in of("clockfleet") if a[0] == "status"):
@@ -240,7 +262,8 @@ def test_prune_as_shown_withdraws_a_region_removed_from_the_file(
 ):
     (keygen,) = [a for a in of("clockfleet") if a[0] == "keygen"]
     assert _run(keygen, operator_dir).returncode == 0
-    assert _run(_local(_publish(False, False), broker), operator_dir).returncode == 0
+    env = _connection_env(operator_dir / "xdg", broker)
+    assert _run(_local(_publish(False, False), broker), operator_dir, env).returncode == 0
     fleet = operator_dir / "config/fleet.yaml"
     data = yaml.safe_load(fleet.read_text())
     del data["regions"]["eu-west"]
@@ -249,11 +272,11 @@ def test_prune_as_shown_withdraws_a_region_removed_from_the_file(
     prune_dry = _local(_publish(dry_run=True, prune=True), broker)
     prune = _local(_publish(dry_run=False, prune=True), broker)
 
-    done = _run(prune_dry, operator_dir)
+    done = _run(prune_dry, operator_dir, env)
     assert done.returncode == 0 and "would withdraw region eu-west" in done.stdout, done.stdout
-    done = _run(prune, operator_dir)
+    done = _run(prune, operator_dir, env)
     assert done.returncode == 0 and "withdrew region eu-west" in done.stdout, done.stdout
-    done = _run(prune_dry, operator_dir)
+    done = _run(prune_dry, operator_dir, env)
     assert "withdraw" not in done.stdout, done.stdout
 
 
