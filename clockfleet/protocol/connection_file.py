@@ -58,7 +58,10 @@ def default_files(environ: Mapping[str, str]) -> list[Path]:
 
 def find(flag: Optional[str], environ: Mapping[str, str]) -> Optional[Path]:
     """The connection file to read: --connection, else CLOCKFLEET_CONNECTION (both must
-    exist), else the first default that exists, else None."""
+    exist), else the first default that exists, else None. CLOCKFLEET_CONNECTION set to
+    the empty string reads none (a script that wants only its own flags)."""
+    if not flag and environ.get(ENV_CONNECTION) == "":
+        return None
     named = flag or environ.get(ENV_CONNECTION)
     if named:
         path = Path(named)

@@ -103,6 +103,12 @@ def test_a_bad_connection_file_is_one_usage_error_naming_it(tmp_path, home, text
     assert expected in str(err.value) and "\n" not in str(err.value)
 
 
+def test_an_empty_clockfleet_connection_reads_no_file_at_all(tmp_path, home):
+    write(tmp_path / "home/.config/clockfleet/operator.yaml", "username: publisher\n")
+    assert settings([], home).username == "publisher"
+    assert settings([], {**home, ENV_CONNECTION: ""}).username is None
+
+
 def test_a_named_connection_file_that_is_missing_is_an_error(tmp_path, home):
     with pytest.raises(conn.UsageError, match=f"{ENV_CONNECTION} .*: no such file"):
         settings([], {**home, ENV_CONNECTION: str(tmp_path / "nope.yaml")})
