@@ -33,6 +33,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Optional
 
+from clockfleet.collector.auth_view import authenticated_value
 from clockfleet.collector.clock_metrics import CLOCK_GAUGES, clock_values
 from clockfleet.collector.exposition import (
     Family,
@@ -100,6 +101,11 @@ AGENT_GAUGES: tuple[tuple[str, str], ...] = (
         "1 when the agent's latest status (by session) is online; judge it with the report age",
     ),
     ("clockfleet_agent_list_version", "Version of the region list the agent last applied"),
+    (
+        "clockfleet_agent_authenticated",
+        "1 when the agent's last good sync came from an NTS-authenticated answer, 0 when from "
+        "plain NTP (no sample without a good sync)",
+    ),
     *CLOCK_GAUGES,
     *ZONE_GAUGES,
 )
@@ -136,6 +142,7 @@ def agent_values(
         1.0 if report.ok else 0.0,
         online,
         report.list_version,
+        authenticated_value(report),
         *clock_values(report),
         *zone_values(report),
     ]
@@ -225,8 +232,8 @@ def region_families(state: FleetState) -> list[Family]:
         agents.samples.append((label, n))
         behind.samples.append((label, n_behind))
         failing.samples.append((label, n_failing))
-        servers = snap.regions.get(region)
-        interval = servers.poll_interval_s if servers is not None else None
+        listed = snap.regions.get(region)
+        interval = listed.poll_interval_s if listed is not None else None
         poll.samples.append((label, float(interval or DEFAULT_POLL_INTERVAL_S)))
     return [published, agents, behind, failing, poll]
 
