@@ -27,6 +27,7 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
+from clockfleet.collector.auth_view import chosen_auth
 from clockfleet.collector.fleet_state import AgentEntry, FleetState, Result, Snapshot, is_behind
 from clockfleet.collector.ingest import Collector
 from clockfleet.collector.text import printable
@@ -48,7 +49,8 @@ log = logging.getLogger("clockfleet.collector")
 DESCRIPTION = """\
 Show every agent the broker holds a retained report or status for: region, online/offline,
 applied list version against the region's published one ("behind" when older), chosen
-server, offset (worst |offset| first), delay, stratum, age of the last report ("stale" past
+server and how its answers were authenticated (auth: nts, or none for plain NTP), offset
+(worst |offset| first), delay, stratum, age of the last report ("stale" past
 2 x the region's poll interval, or --stale-after), time zone and outcome.
 --json prints the same rows as a JSON list of objects for scripts.
 """
@@ -74,6 +76,7 @@ class Row:
     stale: bool
     timezone: str | None
     discipline: str | None
+    auth: str | None = None  # the chosen server's: "nts" or "none" (auth_view.py)
 
 
 def outcome_of(entry: AgentEntry) -> str:
@@ -154,6 +157,7 @@ def _row(
         stale=age is None or age > limit,
         timezone=report.timezone if report is not None else None,
         discipline=report.discipline if report is not None else None,
+        auth=chosen_auth(report),
     )
 
 
@@ -208,6 +212,7 @@ def render_table(rows: list[Row], console: Console) -> None:
         ("state", "left"),
         ("list (pub/applied)", "right"),
         ("server", "left"),
+        ("auth", "left"),
         ("offset", "right"),
         ("delay", "right"),
         ("stratum", "right"),
@@ -239,6 +244,7 @@ def render_table(rows: list[Row], console: Console) -> None:
             state,
             version_text,
             cell(r.server),
+            cell(r.auth, style="green" if r.auth == "nts" else ""),
             Text(_fmt_seconds(r.offset_s), style=offset_style),
             _fmt_seconds(r.delay_s),
             "-" if r.stratum is None else str(r.stratum),
