@@ -67,6 +67,14 @@ def glance() -> Panels:
             [(None, "green"), (1, "orange")],
             "Agents whose last report applied an older list than the published one.",
         ),
+        stat_panel(
+            "Authenticated time (NTS)",
+            f"avg({one('clockfleet_agent_authenticated')}) or vector(0)",
+            "percentunit",
+            [(None, "blue")],
+            "Share of agents with a good sync whose chosen server answered with NTS "
+            "authentication (clockfleet_agent_authenticated; docs/nts.md).",
+        ),
     ]
 
 
