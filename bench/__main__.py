@@ -31,6 +31,7 @@ FIGURES = [
     "footprint",
     "scaleout",
     "bridges",
+    "identities",
 ]
 DEFAULT_OUT = REPO / "BENCHMARKS.md"
 DEFAULT_RESULTS = REPO / "bench" / "results.json"
