@@ -15,7 +15,9 @@ from clockfleet.protocol import connection as conn
 from clockfleet.protocol.connection_file import ENV_CONNECTION, ENV_OF
 from tests.publisher.kit import FLEET
 
-OPERATOR_COMMANDS = ("publish", "rollout", "status", "collector")
+# Every command but the agent (agent.yaml) and keygen (no broker); their first arguments.
+OPERATOR_COMMANDS = {"publish": [], "rollout": ["status"], "status": [], "collector": []}
+OPERATOR_COMMANDS["retire"] = ["acme-01", "--no-revoke"]
 
 
 def parse(argv: list[str], *, connection_file: bool = True) -> argparse.Namespace:
@@ -119,6 +121,10 @@ def test_a_password_file_named_by_the_environment_says_so_when_missing(home):
         settings([], {**home, ENV_OF["password_file"]: "/nonexistent/pw"})
 
 
+def test_every_command_but_the_agent_and_keygen_is_held_to_the_connection_file():
+    assert set(COMMANDS) - {"agent", "keygen"} == set(OPERATOR_COMMANDS)
+
+
 @pytest.mark.parametrize("command", OPERATOR_COMMANDS)
 def test_every_operator_command_exits_2_with_one_line_on_a_bad_connection_file(
     command, tmp_path, monkeypatch, capsys
@@ -129,7 +135,7 @@ def test_every_operator_command_exits_2_with_one_line_on_a_bad_connection_file(
     module, func, _ = COMMANDS[command]
     main = getattr(importlib.import_module(module), func)
     monkeypatch.chdir(tmp_path)
-    code = main(["status"] if command == "rollout" else [])
+    code = main(OPERATOR_COMMANDS[command])
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2
     assert len(err) == 1 and "unknown key 'usrname'" in err[0], err
