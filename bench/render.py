@@ -21,6 +21,7 @@ ORDER = [
     ("footprint", "6. Agent footprint"),
     ("scaleout", "7. Beyond one broker: a 3-node NATS cluster, and a node killed mid-run"),
     ("bridges", "8. One edge-bridge hop (central + edges)"),
+    ("nts", "9. One sync with NTS: `agent --once` with NTS-KE, and a resync with kept cookies"),
 ]
 
 
