@@ -22,6 +22,7 @@ ORDER = [
     ("scaleout", "7. Beyond one broker: a 3-node NATS cluster, and a node killed mid-run"),
     ("bridges", "8. One edge-bridge hop (central + edges)"),
     ("nts", "9. One sync with NTS: `agent --once` with NTS-KE, and a resync with kept cookies"),
+    ("identities", "10. Broker identities: provisioning and revocation at fleet scale"),
 ]
 
 
