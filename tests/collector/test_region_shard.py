@@ -180,3 +180,21 @@ def test_collector_cli_refuses_a_region_id_with_a_dot(capsys):
     assert collector_main(["--region", "us.east", "--broker", "mqtt://127.0.0.1:1"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "--region 'us.east'" in err[0]
+
+
+def test_paho_delivered_messages_are_filtered_too():
+    """What paho hands over itself (anything but a QoS 0 PUBLISH, e.g. under MQTT 5) goes
+    through the same decision as the socket reader's fast path."""
+    import paho.mqtt.client as mqtt
+
+    state = FleetState(PREFIX)
+    passed: list[bytes] = []
+    on_message = RegionShard({"us-east"}, PREFIX, state).message(
+        lambda client, userdata, msg: passed.append(msg.topic.encode())
+    )
+    for agent, region in (("acme-01", "us-east"), ("globex-01", "eu-west")):
+        msg = mqtt.MQTTMessage(topic=f"{PREFIX}/agents/{agent}/report".encode())
+        msg.payload = payload(report(agent, region=region))
+        on_message(None, None, msg)  # type: ignore[arg-type]
+    assert passed == [f"{PREFIX}/agents/acme-01/report".encode()]
+    assert state.dropped["other-region"] == 1
