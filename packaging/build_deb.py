@@ -85,6 +85,15 @@ def packaged_unit() -> str:
         flags=re.M,
     )
     assert n == 1, "unit has no single User=clockfleet"
+    body, n = re.subn(
+        r"^(ExecStart=.*\n)",
+        "# As root ('+'), before the agent reads its files: what it reads, so that a write under\n"
+        "# /etc/clockfleet that changes none of it restarts nothing (apply-config).\n"
+        "ExecStartPre=-+/usr/lib/clockfleet-agent/apply-config --record\n\\1",
+        body,
+        flags=re.M,
+    )
+    assert n == 1, "unit has no single ExecStart="
     body = body.replace(
         "Documentation=file:///etc/clockfleet/agent.yaml",
         "Documentation=file:///etc/clockfleet/agent.yaml "

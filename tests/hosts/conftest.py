@@ -7,6 +7,8 @@
 - `debs` (session, per suite): the package built from this checkout (and a later version of
   it, for the upgrade test).
 - `fresh_host(suite)`: a new systemd container of that suite, stopped after the test's module.
+- `apt_archive` (session): signed apt repositories of those packages, served on 127.0.0.1
+  (aptkit.py), one per test that asks.
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ from paho.mqtt.enums import CallbackAPIVersion
 
 from clockfleet import devstack
 from tests.helpers import next_loopback_address
-from tests.hosts import hostkit
+from tests.hosts import aptkit, hostkit
 from tests.hosts.stack import Stack
 
 
@@ -140,3 +142,16 @@ def fresh_host(
     yield boot
     for h in started:
         h.stop()
+
+
+@pytest.fixture(scope="session")
+def apt_archive(engine: None, tmp_path_factory: pytest.TempPathFactory) -> Iterator[aptkit.Archive]:
+    if shutil.which("apt-ftparchive") is None:
+        pytest.skip("apt-ftparchive (apt-utils) is not installed: `make test` installs it")
+    root = tmp_path_factory.mktemp("apt") / "www"
+    root.mkdir()
+    archive = aptkit.Archive(root)
+    try:
+        yield archive
+    finally:
+        archive.close()

@@ -59,15 +59,20 @@ def test_package_carries_the_agent_and_only_the_agents_dependencies(suite, debs)
 
 
 @pytest.mark.parametrize("suite", hostkit.SUITES)
-def test_packaged_unit_differs_from_the_shipped_unit_only_in_path_and_capabilities(suite, debs):
+def test_packaged_unit_differs_from_the_shipped_unit_in_path_capabilities_and_a_record(suite, debs):
     lib = "usr/lib" if suite == "trixie" else "lib"
     packaged = service(member(debs(suite), f"{lib}/systemd/system/clockfleet-agent.service"))
     shipped = service(REPO_UNIT.read_text())
 
     differs = {k for k in shipped.keys() | packaged.keys() if shipped.get(k) != packaged.get(k)}
 
-    assert differs == {"ExecStart", "CapabilityBoundingSet", "AmbientCapabilities", "Environment"}
+    assert differs == {
+        *("ExecStart", "CapabilityBoundingSet", "AmbientCapabilities", "Environment"),
+        "ExecStartPre",
+    }
     assert packaged["ExecStart"].startswith("/opt/clockfleet-agent/bin/clockfleet agent ")
+    # Root records what this start reads, for apply-config; it never fails the start.
+    assert packaged["ExecStartPre"] == "-+/usr/lib/clockfleet-agent/apply-config --record"
     assert packaged["CapabilityBoundingSet"] == packaged["AmbientCapabilities"] == ""
     # observe's privileges (none) until a backend's drop-in names another; the agent refuses
     # to run a backend its unit does not name.
