@@ -26,6 +26,7 @@ FIGURES = [
     "convergence",
     "ingest",
     "sync",
+    "nts",
     "failover",
     "accuracy",
     "footprint",

@@ -131,7 +131,8 @@ def _session(
         return last
     errors: list[int] = []
     try:
-        conn = SSL.Connection(_context(trust, check_dates, errors), sock)
+        conn = SSL.Connection(_context(trust, check_dates), sock)
+        conn.set_app_data(errors)  # where the verify callback notes OpenSSL's errors
         if not _is_ip(host):
             conn.set_tlsext_host_name(host.encode("ascii", "replace"))
         conn.set_connect_state()
@@ -212,7 +213,10 @@ def _ntp_address(
     return NtsKeys(keys[0], keys[1], answer.cookies, family, sockaddr, waived)
 
 
-def _context(trust: NtsTrust, check_dates: bool, errors: list[int]) -> Any:
+# Loading the system's CA store costs tens of milliseconds: one context per trust and mode,
+# shared by every handshake of the process (OpenSSL contexts are safe to share).
+@functools.lru_cache(maxsize=16)
+def _context(trust: NtsTrust, check_dates: bool) -> Any:
     from OpenSSL import SSL
 
     ctx = SSL.Context(SSL.TLS_CLIENT_METHOD)
@@ -227,9 +231,9 @@ def _context(trust: NtsTrust, check_dates: bool, errors: list[int]) -> Any:
         assert store is not None
         store.set_flags(NO_CHECK_TIME)
 
-    def note(_conn: object, _cert: object, errnum: int, _depth: int, ok: int) -> bool:
+    def note(conn: Any, _cert: object, errnum: int, _depth: int, ok: int) -> bool:
         if not ok:
-            errors.append(errnum)
+            conn.get_app_data().append(errnum)
         return bool(ok)
 
     ctx.set_verify(SSL.VERIFY_PEER, note)
@@ -261,6 +265,9 @@ def _connect(family: int, sockaddr: SockAddr, deadline: float) -> socket.socket:
     except OSError:
         sock.close()
         raise
+    # The request follows the handshake's last flight in a second small write: with Nagle's
+    # algorithm it would wait for the server's delayed ACK (40 ms on Linux).
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     sock.setblocking(False)
     return sock
 
