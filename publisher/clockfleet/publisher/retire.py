@@ -46,7 +46,7 @@ from clockfleet.protocol.connection import (
     command_parser,
     settings_from_args,
 )
-from clockfleet.protocol.ids import is_valid_id
+from clockfleet.protocol.ids import ID_PATTERN, is_valid_id
 from clockfleet.protocol.topics import profile_topic, report_topic, status_topic
 from clockfleet.publisher import broker_io
 from clockfleet.publisher.cli_common import Parser, fail, parse
@@ -180,7 +180,7 @@ def main(argv: list[str]) -> int:
         return args
     agent: str = args.agent
     if not is_valid_id(agent):
-        return fail(RETIRE, f"{agent!r} is not an agent id ([A-Za-z0-9_-], 1 to 64)")
+        return fail(RETIRE, f"{agent!r} is not an agent id ({ID_PATTERN})")
     template = args.revoke_command or os.environ.get(ENV_REVOKE)
     if not template and not args.no_revoke:
         return fail(RETIRE, f"give --revoke-command (or {ENV_REVOKE}), or --no-revoke")
