@@ -10,7 +10,9 @@
   closed by the broker, and the broker's longest round trip meanwhile (Mosquitto checks
   every connected client against the file it reloads), against the same with the 101-round
   hashes of mosquitto_passwd;
-- NATS: the same N with --nats (a bcrypt hash each, cost 4).
+- NATS: the same N with --nats (a bcrypt hash each, cost 4);
+- client certificates, the other alternative: N key pairs and certificates, and what a CRL
+  does to a connected agent (bench/identity_certs.py).
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from bench import identity_certs
 from bench import identity_load as load
 from bench.results import figure, row
 from bench.stack import Bench, timed_run
@@ -153,6 +156,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         dynsec = None if args.no_dynsec else dynsec_add(b, args.n)
         revoke_ms, stall_ms, pings = revocation(b, args.connected, 1)
         revoke_101_ms, stall_101_ms, pings_101 = revocation(b, args.connected, 101)
+        certs_s = identity_certs.issue_many(args.n)
+        crl_closed, crl_refused = identity_certs.crl_revocation(b.subdir("certs"))
     n, c = args.n, args.connected
     dynsec_ref = f"dynamic security plugin: {n} createClient over $CONTROL, 100 a message"
     rows = [
@@ -189,6 +194,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             reference_value=stall_101_ms,
         ),
         row(f"clockfleet-identities --nats: {n} new identities (bcrypt cost 4 too)", "s", nats),
+        row(f"client certificates: {n} key pairs and certificates (P-256)", "s", certs_s),
     ]
     return figure(
         KEY,
@@ -212,5 +218,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             "Mosquitto checks every connected client's password again on each reload (and "
             "Debian's logrotate reloads it daily): at 101 rounds that stops all traffic for "
             "the whole check; the tool's 1-round hashes make it short (docs/decisions.md)",
+            "client certificates: a connected agent whose certificate a new CRL revokes (crlfile, "
+            f"SIGHUP) is {'disconnected' if crl_closed else 'NOT disconnected'} within 5 s; its "
+            f"next login is {'refused' if crl_refused else 'NOT refused'}",
         ],
     )
