@@ -7,6 +7,7 @@ path must stay under 108 bytes) and is stopped when the test ends.
 from __future__ import annotations
 
 import itertools
+import os
 import shutil
 import tempfile
 from collections.abc import Callable, Iterator
@@ -16,6 +17,7 @@ import pytest
 
 from clockfleet import devstack
 from clockfleet.devstack.mosquitto import ShippedBroker
+from clockfleet.protocol.connection_file import ENV_CONNECTION, ENV_OF
 
 # Fixtures only; the helpers tests share live in tests/helpers.py.
 from tests.helpers import next_loopback_address
@@ -43,6 +45,14 @@ DAEMON_FIXTURES = frozenset(
     }
 )
 INTEGRATION_FOLDERS = frozenset({"hosts", "demo", "packaging", "bench", "compose"})
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Hermetic: an operator's connection file or CLOCKFLEET_* connection settings on the
+    machine running the suite never reach the programs under test (nor their children)."""
+    for name in (ENV_CONNECTION, *ENV_OF.values()):
+        os.environ.pop(name, None)
+    os.environ[ENV_CONNECTION] = ""  # set and empty: no default connection file is read
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:

@@ -169,7 +169,7 @@ def _local(args: list[str], broker: ShippedBroker) -> list[str]:
 
 
 def _run(
-    args: list[str], cwd: Path, env: dict[str, str] | None = None
+    args: list[str], cwd: Path, env: dict[str, str | None] | None = None
 ) -> subprocess.CompletedProcess:
     return subprocess.run(
         [sys.executable, "-m", "clockfleet", *args],
@@ -177,11 +177,11 @@ def _run(
         capture_output=True,
         text=True,
         timeout=60,
-        env={**os.environ, **(env or {})},
+        env={k: v for k, v in {**os.environ, **(env or {})}.items() if v is not None},
     )
 
 
-def _connection_env(home: Path, broker: ShippedBroker) -> dict[str, str]:
+def _connection_env(home: Path, broker: ShippedBroker) -> dict[str, str | None]:
     """The README's connection file, written where it says (~/.config/clockfleet/, here under
     the test's XDG_CONFIG_HOME), with this test's broker, CA and that identity's password."""
     (block,) = re.findall(r"^```yaml\n(.*?)^```", README, re.S | re.M)
@@ -195,7 +195,9 @@ def _connection_env(home: Path, broker: ShippedBroker) -> dict[str, str]:
         "ca_file": str(broker.ca_file),
     }
     (folder / "operator.yaml").write_text(yaml.safe_dump({**shown, **swap}))
-    return {"XDG_CONFIG_HOME": str(home)}
+    # The suite sets CLOCKFLEET_CONNECTION empty (no default file: tests/conftest.py); the
+    # README's way is the default file, so its commands run without that variable.
+    return {"XDG_CONFIG_HOME": str(home), "CLOCKFLEET_CONNECTION": None}
 
 
 @pytest.fixture
