@@ -82,7 +82,11 @@ def test_a_host_stepped_by_2s_keeps_the_drift_alert_quiet_and_the_probe_shows_th
     _, prom = watched
     ahead = chrony_server(fake_offset_s=2.0)
     publisher.server_list("r1", 5, [(ahead.host, ahead.port)])
-    backend = {"sourcedir": str(chrony_client.sourcedir), "socket": str(chrony_client.socket)}
+    backend = {
+        "sourcedir": str(chrony_client.sourcedir),
+        "socket": str(chrony_client.socket),
+        "server_options": "iburst minpoll 0 maxpoll 0",  # selected within ~1 s, even under load
+    }
 
     report = run_once(
         short_tmp, broker, keys, "a1", tz_root=None, backend="chrony", backend_options=backend

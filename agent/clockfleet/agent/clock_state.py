@@ -18,8 +18,8 @@ from clockfleet.agent.timesyncd_state import read_timesyncd
 from clockfleet.protocol.messages import ClockState, KernelClock, clip_text
 
 # Longest wait for chronyd to take the list just handed over (its first update from it,
-# the armed step with it): with `iburst` it samples a new server within ~2 s.
-CHRONY_SETTLE_S = 10.0
+# the armed step with it): with `iburst` chronyd selects a new server within a few seconds.
+CHRONY_SETTLE_S = 15.0
 
 
 def kernel_state() -> tuple[Optional[KernelClock], Optional[str]]:
