@@ -17,9 +17,10 @@ from suites import REPO, VERSION_PY, VERSION_RE, Suite, project_version
 PREFIX = "/opt/clockfleet-agent"
 
 # What `clockfleet agent` imports beyond the standard library (checked by
-# tests/hosts/test_deb_contents.py against the installed tree). ntplib, cryptography,
-# prometheus-client and rich serve the publisher and collector only.
-AGENT_DEPENDENCIES = ("paho-mqtt", "msgspec", "pynacl", "pyyaml")
+# tests/hosts/test_deb_contents.py against the installed tree): its dependencies, and the
+# `nts` extra (pyOpenSSL, cryptography: NTS, imported only for a list naming an NTS server).
+# ntplib, prometheus-client and rich serve the publisher and collector only.
+AGENT_DEPENDENCIES = ("paho-mqtt", "msgspec", "pynacl", "pyyaml", "pyopenssl", "cryptography")
 # Parts of the project the agent never imports: left out so the package carries only the
 # agent (the dispatcher says "not built yet" for the other commands).
 NOT_SHIPPED = ("publisher", "collector", "demo.py", "demo_fleet.py", "demo_procs.py")
@@ -60,6 +61,9 @@ def agent_requirements() -> list[str]:
     if block is None:
         sys.exit("pyproject.toml: no dependencies")
     reqs = re.findall(r'"([^"]+)"', block.group(1))
+    nts = re.search(r"^nts\s*=\s*\[(.*?)\]", text, flags=re.M)
+    if nts is not None:
+        reqs += re.findall(r'"([^"]+)"', nts.group(1))
     wanted = []
     for req in reqs:
         name = re.split(r"[<>=!~ \[;]", req, maxsplit=1)[0].lower().replace("_", "-")
@@ -136,7 +140,14 @@ def install_payload(
     )
     shutil.rmtree(site / "bin", ignore_errors=True)  # console scripts for the build's Python
     for f in site.glob("clockfleet-*.dist-info/direct_url.json"):
-        f.unlink()  # names this build's temporary directory
+        # It names this build's temporary directory; with its RECORD line gone too, the same
+        # checkout builds the same package, byte for byte (apt_repo.py refuses a changed one).
+        f.unlink()
+        record = f.with_name("RECORD")
+        rows = record.read_text().splitlines()
+        record.write_text(
+            "".join(f"{r}\n" for r in rows if not r.startswith(f"{f.parent.name}/{f.name},"))
+        )
     if upstream is not None and upstream != project_version():
         stamp_version(site, upstream)
     for name in NOT_SHIPPED:
