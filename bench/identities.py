@@ -132,18 +132,22 @@ def revocation(b: Bench, connected: int, rounds: int) -> tuple[float, float, int
         broker.restart()
     pinger = load.Pinger(broker.port, "operator", broker.password("operator"), PING_TOPIC)
     socks = load.connect_many(broker.port, [(a, broker.password(a)) for a in ids])
-    b.callback(lambda: [s.close() for s in socks])
-    pinger.start()
-    time.sleep(0.5)  # a baseline of round trips before the change
-    victim = socks[len(socks) // 2]
-    t0 = time.monotonic()
-    tool(
-        "--out", str(broker.identities), "--revoke", ids[len(ids) // 2], "--yes",
-        "--reload-pidfile", str(pidfile(broker)), "--confirm", broker.url,
-    )  # fmt: skip
-    closed = load.wait_closed(victim, 10.0)
-    time.sleep(0.5)  # round trips after the reload, for the maximum's sake
-    rtts = pinger.stop()
+    try:
+        pinger.start()
+        time.sleep(0.5)  # a baseline of round trips before the change
+        victim = socks[len(socks) // 2]
+        t0 = time.monotonic()
+        tool(
+            "--out", str(broker.identities), "--revoke", ids[len(ids) // 2], "--yes",
+            "--reload-pidfile", str(pidfile(broker)), "--confirm", broker.url,
+        )  # fmt: skip
+        closed = load.wait_closed(victim, 10.0)
+        time.sleep(0.5)  # round trips after the reload, for the maximum's sake
+        rtts = pinger.stop()
+    finally:
+        for sock in socks:  # now: the next run needs the descriptors
+            sock.close()
+        broker.stop()
     if closed is None:
         raise RuntimeError("the revoked agent's connection was not closed within 10 s")
     return (closed - t0) * 1000, max(rtts) * 1000, len(rtts)
