@@ -243,6 +243,18 @@ class ZoneCommand(_Msg):
     error: Optional[Text] = None  # why it did not run or failed, with its output's tail
 
 
+MAX_TIME_SETTERS = 32
+
+
+class TimeSetter(_Msg):
+    """Something else on the host that sets its clock: a cron job, a script, a timer or
+    service, a second time daemon (the agent's time_setters.py; docs/hosts.md)."""
+
+    kind: Literal["cron", "script", "timer", "service", "daemon"]
+    program: Annotated[str, msgspec.Meta(min_length=1, max_length=64)]  # "ntpdate", "ntpd"
+    source: Text  # where: "/etc/cron.d/ntpdate:2", "ntp.service"
+
+
 # wide: one field per field of the wire contract's clock.report/1; a reader of the contract
 # finds them all here, as the other messages are.
 class Report(_Msg):
@@ -286,6 +298,11 @@ class Report(_Msg):
         Annotated[int, msgspec.Meta(ge=-MAX_UTC_OFFSET_S, le=MAX_UTC_OFFSET_S)]
     ] = None
     zone_command: Optional[ZoneCommand] = None
+    # Other time setters the agent found on its host ([] when it looked and found none;
+    # absent when it did not look).
+    time_setters: Optional[
+        Annotated[list[TimeSetter], msgspec.Meta(max_length=MAX_TIME_SETTERS)]
+    ] = None
 
 
 class Command(_Msg):

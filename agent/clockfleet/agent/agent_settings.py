@@ -21,4 +21,5 @@ class AgentSettings(Tuning, kw_only=True):
     trust: signing.TrustStore = msgspec.field(default_factory=signing.TrustStore)
     probe_settings: Optional[ProbeSettings] = None  # None: the probe's defaults
     tz_root: Optional[Path] = None  # None: never touch a time zone
+    time_setters_root: Optional[Path] = None  # None: never look for other time setters
     software: str = __version__

@@ -160,6 +160,7 @@ def build_agent(cfg: cfgmod.AgentConfig, args: argparse.Namespace) -> Agent:
         trust=trust,
         probe_settings=probe_settings,
         tz_root=Path(cfg.tz_root) if cfg.tz_root else None,
+        time_setters_root=Path(cfg.time_setters_root) if cfg.time_setters_root else None,
         **cfg.tuning(),
     )
     if args.once:

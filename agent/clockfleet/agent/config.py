@@ -81,6 +81,8 @@ class AgentConfig(Tuning, kw_only=True, forbid_unknown_fields=True):
     state_dir: Optional[str] = str(DEFAULT_STATE_DIR)
     trust_keys: list[str] = msgspec.field(default_factory=list)
     tz_root: Optional[str] = "/"  # None: leave the time zone alone
+    # Where to look for other time setters (time_setters.py); None: do not look.
+    time_setters_root: Optional[str] = "/"
     once_timeout_s: float = 10.0
     log_level: str = "info"
     probe: dict[str, Any] = msgspec.field(default_factory=dict)  # ProbeSettings fields

@@ -26,6 +26,7 @@ from clockfleet.protocol.messages import (
     Report,
     Server,
     ServerList,
+    TimeSetter,
     Tried,
     ZoneCommand,
     clip_text,
@@ -75,6 +76,8 @@ class SyncOutcome:
     measured_at: Optional[tuple[float, float]] = None
     clock: Optional[ClockState] = None  # what the discipline achieved (clock_state.py)
     zone: Optional[ZoneOutcome] = None  # the zone asked for, the host's (zone_change.py)
+    # Other time setters on the host (time_setters.py); None: not looked for.
+    time_setters: Optional[list[TimeSetter]] = None
 
 
 def _seconds(value: Optional[float]) -> Optional[float]:
@@ -121,6 +124,7 @@ def build_report(
         change=job.server_list.canary.id if job.server_list.canary else None,
         clock=o.clock,
         zone_command=zone_command,
+        time_setters=o.time_setters,
         **_zone_fields(o.zone, at),
         **fields,
     )

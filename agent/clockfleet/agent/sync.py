@@ -14,16 +14,28 @@ from clockfleet.agent.choice import ProbeResult
 from clockfleet.agent.clock_backends import Applied, ClockBackend, Server
 from clockfleet.agent.clock_state import CHRONY_SETTLE_S, read_clock_state
 from clockfleet.agent.report import SyncJob, SyncOutcome
+from clockfleet.agent.time_setters import scan
 from clockfleet.agent.zone_change import ZoneSettings, apply_zone
+from clockfleet.protocol.messages import TimeSetter, clip_text
 
 log = logging.getLogger("clockfleet.agent")
 
 
-def needs_worker(job: SyncJob, backend: ClockBackend, tz_root: Optional[Path]) -> bool:
-    """Whether finish_sync may block (a backend that runs commands or writes files, or a
-    time zone to set), so that it must not run on the agent's loop. Reading the host's zone
-    file back (a few KB, local) and the kernel's timex (one system call) stays on the loop."""
-    return backend.blocking or (job.timezone is not None and tz_root is not None)
+def needs_worker(
+    job: SyncJob,
+    backend: ClockBackend,
+    tz_root: Optional[Path],
+    time_setters_root: Optional[Path] = None,
+) -> bool:
+    """Whether finish_sync may block (a backend that runs commands or writes files, a time
+    zone to set, other time setters to look for), so that it must not run on the agent's
+    loop. Reading the host's zone file back (a few KB, local) and the kernel's timex (one
+    system call) stays on the loop."""
+    return (
+        backend.blocking
+        or (job.timezone is not None and tz_root is not None)
+        or time_setters_root is not None
+    )
 
 
 def nts_for_backend(
@@ -52,6 +64,7 @@ def finish_sync(
     backend: ClockBackend,
     zone_settings: ZoneSettings,
     settle_s: float = CHRONY_SETTLE_S,
+    time_setters_root: Optional[Path] = None,
 ) -> SyncOutcome:
     """`measured_at`: (wall, monotonic) time the probe ended, taken before any backend moves
     the clock."""
@@ -78,6 +91,36 @@ def finish_sync(
     # the list just handed over): what alerts judge, not the probe's offset before it.
     clock = read_clock_state(backend, [h for h, _ in servers] if ok else [], settle_s if ok else 0)
     zone = apply_zone(agent_id, job.timezone, zone_settings)
-    return SyncOutcome(
-        result, applied, zone.timezone, zone.error, error, measured_at, clock=clock, zone=zone
+    setters = (
+        None
+        if time_setters_root is None
+        else other_time_setters(agent_id, time_setters_root, backend.name)
     )
+    return SyncOutcome(
+        result,
+        applied,
+        zone.timezone,
+        zone.error,
+        error,
+        measured_at,
+        clock=clock,
+        zone=zone,
+        time_setters=setters,
+    )
+
+
+def other_time_setters(agent_id: str, root: Path, backend: str) -> list[TimeSetter]:
+    """What else sets this host's clock, for the report; logged while there is any."""
+    found = scan(root, backend)
+    if found.found:
+        log.warning(
+            "%s: other time setters on this host (remove them: docs/hosts.md): %s",
+            agent_id,
+            ", ".join(f"{f.program} ({f.source})" for f in found.found),
+        )
+    if found.unread:
+        log.debug("%s: time setters: not allowed to read %s", agent_id, ", ".join(found.unread))
+    return [
+        TimeSetter(kind=f.kind, program=f.program, source=clip_text(f.source) or "")  # type: ignore[arg-type]
+        for f in found.found
+    ]

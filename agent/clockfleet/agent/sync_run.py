@@ -126,9 +126,10 @@ class SyncRun:
                     settings.zone_change_command,
                     settings.zone_change_timeout_s,
                 ),
+                time_setters_root=settings.time_setters_root,
             )
 
-        blocks = needs_worker(job, self.backend, settings.tz_root)
+        blocks = needs_worker(job, self.backend, settings.tz_root, settings.time_setters_root)
         run = self.host.run_blocking if blocks else run_inline
         run(finish, lambda outcome, exc: self._finished(job, outcome, exc, done))
 
