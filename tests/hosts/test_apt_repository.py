@@ -2,7 +2,8 @@
 show"): the repository added with its keyring as docs/delivery.md says, `apt-get install
 clockfleet-agent`, the agent reports; a newer build published to the repository, `apt-get
 upgrade`: the agent reports on the new version, its agent.yaml kept, restarted once, its
-state kept; a downgrade works the same way.
+state kept; a downgrade works the same way; then an `ntpdate` line in /etc/cron.d is
+reported as a competing time setter (and left where it is).
 
 One container walks it all (tests run in file order and build on each other), against a
 repository of its own served on 127.0.0.1 (conftest.apt_archive), with the broker, NTP
@@ -149,3 +150,21 @@ def test_a_downgrade_to_the_older_build_works_the_same_way(walk, stack):
     stack.wait_report(AGENT, lambda r: r["ok"] and r.get("software") == OLD, host=host)
     assert host.ok("md5sum /etc/clockfleet/agent.yaml") == conf
     assert settled_restarts(host, cursor) == 1
+
+
+def test_an_ntpdate_line_in_cron_d_is_reported_as_a_competing_time_setter(walk, stack):
+    host = walk.host
+    clean = stack.wait_report(AGENT, lambda r: r["ok"] and "time_setters" in r, host=host)
+    assert clean["time_setters"] == []  # the image has none: the control
+    line = "*/10 * * * * root /usr/sbin/ntpdate -s pool.ntp.org >/dev/null 2>&1\n"
+    host.put("/etc/cron.d/ntpdate", line)
+
+    # As root beside the service: it syncs now (SIGUSR1) and prints that report.
+    host.ok("clockfleet agent --config /etc/clockfleet/agent.yaml --once >/dev/null")
+
+    report = stack.wait_report(AGENT, lambda r: bool(r.get("time_setters")), host=host)
+    assert report["time_setters"] == [
+        {"kind": "cron", "program": "ntpdate", "source": "/etc/cron.d/ntpdate:1"}
+    ]
+    assert "other time setters on this host" in host.journal()
+    assert host.ok("cat /etc/cron.d/ntpdate") == line  # found, never removed
