@@ -289,8 +289,8 @@ def test_the_operator_cannot_write_lists_or_profiles(cluster: NatsCluster, topic
 @pytest.mark.parametrize("kind", ["status", "report"])
 def test_the_operator_clears_an_agents_status_and_report(cluster: NatsCluster, kind: str):
     """`clockfleet retire` empties a decommissioned agent's retained status and report."""
-    topic = f"clock/v1/agents/acme-03/{kind}"
-    agent = login(cluster, "acme-03")
+    topic = f"clock/v1/agents/acme-30/{kind}"
+    agent = login(cluster, "acme-30")
     try:
         agent.publish(topic, b"{}", retain=True)
     finally:
