@@ -108,6 +108,11 @@ AGENT_GAUGES: tuple[tuple[str, str], ...] = (
     ),
     *CLOCK_GAUGES,
     *ZONE_GAUGES,
+    (
+        "clockfleet_agent_time_setters",
+        "Other time setters the agent found on its host (cron jobs, scripts, timers, services, "
+        "a second time daemon; docs/hosts.md); absent when the agent did not look",
+    ),
 )
 _ONLINE = 7  # AGENT_GAUGES' index of clockfleet_agent_online: known without a report
 INFO_NAME = "clockfleet_agent_info"
@@ -145,6 +150,7 @@ def agent_values(
         authenticated_value(report),
         *clock_values(report),
         *zone_values(report),
+        float(len(report.time_setters)) if report.time_setters is not None else None,
     ]
     server = report.server
     software = report.software or (status.software if status is not None else "")
