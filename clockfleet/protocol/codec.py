@@ -221,6 +221,7 @@ def _check_semantics(msg: Any, topic_id: str | None) -> None:
             _check_servers(msg.canary.servers, "canary server")
             if msg.canary.servers == msg.servers:
                 raise Rejected("invalid-field", "canary servers equal the list's servers")
+        _check_zone_canary(msg)
     elif isinstance(msg, Report):
         for t in msg.tried:
             if (problem := host_problem(t.host)) is not None:
@@ -234,6 +235,18 @@ def _check_semantics(msg: Any, topic_id: str | None) -> None:
     for tz in (getattr(msg, "timezone", None), getattr(msg, "timezone_expected", None)):
         if tz is not None and (problem := timezone_problem(tz)) is not None:
             raise Rejected("bad-timezone", problem)
+
+
+def _check_zone_canary(msg: ServerList) -> None:
+    zc = msg.zone_canary
+    if zc is None:
+        return
+    if msg.canary is not None:
+        raise Rejected("invalid-field", "a canary and a zone_canary in one list")
+    if (problem := timezone_problem(zc.timezone)) is not None:
+        raise Rejected("bad-timezone", problem)
+    if zc.timezone == msg.timezone:
+        raise Rejected("invalid-field", "zone_canary's timezone equals the list's")
 
 
 def _check_servers(servers: Any, what: str) -> None:

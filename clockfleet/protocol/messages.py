@@ -123,6 +123,23 @@ class Canary(_FrozenMsg, frozen=True):
     offset_tolerance_s: Annotated[float, msgspec.Meta(gt=0, le=3600)]
 
 
+class ZoneCanary(_FrozenMsg, frozen=True):
+    """A change of the region's default time zone tried on a cohort first (docs/rollout.md).
+
+    Agents take no zone from it: the cohort's agents get the new zone in their profiles, and
+    the list's own `timezone` stays the current one until the change is promoted, so an
+    agent that predates the field ignores it safely. It is the signed state the decision
+    reads (publisher, collector, `clockfleet rollout status`): the change, the cohort's
+    percentage, the zone tried and the decision's parameters. Never beside a `canary`."""
+
+    id: Id  # the change: cohort membership hashes it with the agent id
+    percent: CanaryPercent
+    timezone: ZoneName  # the zone tried; the list's `timezone` is the one it replaces
+    bake_s: Annotated[int, msgspec.Meta(ge=0, le=MAX_BAKE_S)]
+    max_failing_pct: Percent
+    min_reported_pct: Percent
+
+
 class RolloutRecord(_FrozenMsg, frozen=True):
     """How the region's last canary ended; carried by the list that ended it."""
 
@@ -145,6 +162,7 @@ class ServerList(_Msg):
     poll_interval_s: Optional[PollInterval] = None
     resync_jitter_s: Optional[Jitter] = None
     canary: Optional[Canary] = None
+    zone_canary: Optional[ZoneCanary] = None
     rollout: Optional[RolloutRecord] = None
     sig: Optional[Signature] = None
 

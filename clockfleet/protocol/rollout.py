@@ -2,7 +2,9 @@
 
 One function each, shared by the agent (which list to probe), the publisher (who to wait
 for, what to decide) and the collector (phase and cohort metrics: `region_status`, the same
-function `clockfleet rollout status` prints), so the three always agree.
+function `clockfleet rollout status` prints), so the three always agree. A list tries one
+change at a time: new servers (`canary`) or a new default time zone (`zone_canary`, judged
+by zone_trial.py); `trial` is whichever it carries.
 docs/rollout.md describes the whole mechanism.
 """
 
@@ -11,13 +13,23 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Mapping, Sequence
+from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, field
 from functools import lru_cache
-from typing import Any, Optional
+from typing import Any, Optional, Union
 
-from clockfleet.protocol.messages import Report, Server, ServerList
+from clockfleet.protocol import zone_trial
+from clockfleet.protocol.messages import Canary, Report, Server, ServerList, ZoneCanary
 
 BUCKETS = 10_000  # percent with two decimals: 0.01 % is one bucket
+
+# The change a list tries on a cohort first: its servers or its default zone.
+Trial = Union[Canary, ZoneCanary]
+
+
+def trial(sl: ServerList) -> Optional[Trial]:
+    """The change `sl` is trying on a cohort, or None (the codec never lets both in)."""
+    return sl.canary if sl.canary is not None else sl.zone_canary
 
 
 def cohort_bucket(change_id: str, agent_id: str) -> int:
@@ -76,7 +88,9 @@ def cohort_verdict(
     A cohort report fails when the sync was not good, when the new first server was not
     `ok`, or when the offset jumped beyond the canary's tolerance (compared with the agent's
     offset before the change, when known: a host that was far off before is not the new
-    list's fault)."""
+    list's fault). A zone change is judged by its zone alone (zone_trial.verdict)."""
+    if sl.zone_canary is not None and report is not None:
+        return zone_trial.verdict(sl.zone_canary, report)
     canary = sl.canary
     if canary is None or report is None:
         return None
@@ -120,6 +134,7 @@ def health(
     reports: dict[str, Report],
     baselines: dict[str, Optional[float]],
     placed: Optional[Mapping[str, str]] = None,
+    followers: Optional[AbstractSet[str]] = None,
 ) -> Health:
     """Judge every known agent of the region that is in the canary's cohort.
 
@@ -127,8 +142,14 @@ def health(
     fleet file's profiles). A report's own `region` is the agent's word, and any agent may
     write what it likes into its report: with `placed` given, only agents placed in the
     region count, and the others that claim it are listed in `unplaced`. Without it (a
-    reader with no fleet file: the collector's display) the reports' word is taken."""
-    assert sl.canary is not None
+    reader with no fleet file: the collector's display) the reports' word is taken.
+
+    `followers`, for a zone change: the region's agents whose zone is the region's default
+    (the fleet file's profiles without a zone of their own); only they are in its cohort.
+    Without it, an agent follows when the zone it reports asked for is the old or the new
+    one (zone_trial.follows)."""
+    tried = trial(sl)
+    assert tried is not None
     h = Health()
     for agent, report in sorted(reports.items()):
         if placed is not None:
@@ -139,7 +160,11 @@ def health(
         elif report.region != sl.region:
             continue
         h.region_agents += 1
-        if not in_cohort(sl.canary.id, agent, sl.canary.percent):
+        if not in_cohort(tried.id, agent, tried.percent):
+            continue
+        if sl.zone_canary is not None and not zone_trial.follows(
+            sl.zone_canary, sl.timezone, agent, report, followers
+        ):
             continue
         h.cohort.append(agent)
         verdict = cohort_verdict(sl, report, baselines.get(agent))
@@ -155,8 +180,9 @@ def issued(sl: ServerList) -> float:
 
 
 def time_left(sl: ServerList, now: float) -> float:
-    assert sl.canary is not None
-    return max(0.0, issued(sl) + sl.canary.bake_s - now)
+    tried = trial(sl)
+    assert tried is not None
+    return max(0.0, issued(sl) + tried.bake_s - now)
 
 
 PHASES = ("none", "canary", "baking", "promoted", "aborted")
@@ -168,23 +194,26 @@ def region_status(
     baselines: dict[str, Optional[float]],
     now: float,
     placed: Optional[Mapping[str, str]] = None,
+    followers: Optional[AbstractSet[str]] = None,
 ) -> dict[str, Any]:
     """One region's rollout as `clockfleet rollout status` shows it and the collector exports
     it: phase (one of PHASES: "canary" while cohort reports are pending, "baking" once all
     reported), change, cohort size, ok / failing / pending, time left and overdue (seconds
     past the bake time without a decision), and the reason (failures, or how it ended)."""
-    if sl.canary is not None:
-        h = health(sl, reports, baselines, placed)
+    tried = trial(sl)
+    if tried is not None:
+        h = health(sl, reports, baselines, placed, followers)
         return {
             "phase": "canary" if h.reported < len(h.cohort) else "baking",
-            "change": sl.canary.id,
-            "percent": sl.canary.percent,
+            "change": tried.id,
+            "percent": tried.percent,
+            **({"timezone": tried.timezone} if isinstance(tried, ZoneCanary) else {}),
             "cohort": len(h.cohort),
             "ok": len(h.ok),
             "failing": len(h.failing),
             "pending": len(h.cohort) - h.reported,
             "time_left_s": round(time_left(sl, now), 1),
-            "overdue_s": round(max(0.0, now - issued(sl) - sl.canary.bake_s), 1),
+            "overdue_s": round(max(0.0, now - issued(sl) - tried.bake_s), 1),
             "reason": "; ".join(f"{a}: {why}" for a, why in sorted(h.failing.items()))[:200],
             "unplaced": len(h.unplaced),
         }

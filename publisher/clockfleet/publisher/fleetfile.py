@@ -66,6 +66,7 @@ class AgentProfile:
     id: str
     region: str
     timezone: str  # the agent's own, or its region's default
+    inherits_zone: bool = False  # no zone of its own: a zone rollout of its region moves it
 
 
 @dataclass
@@ -240,7 +241,7 @@ def _agent(
             return None
     if not ok or region not in regions or timezone is None:
         return None  # the region itself is invalid; its errors are already listed
-    return AgentProfile(aid, region, timezone)
+    return AgentProfile(aid, region, timezone, inherits_zone="timezone" not in section)
 
 
 def _rollout(tree: Tree, value: object) -> dict[str, float]:
