@@ -32,19 +32,6 @@ from clockfleet.ntp.lookup import SockAddr, addresses
 
 # OpenSSL's X509_V_FLAG_NO_CHECK_TIME (chrony's `nocerttimecheck`); pyOpenSSL names it not.
 NO_CHECK_TIME = 0x200000
-DATE_ERRORS = {9: "certificate is not yet valid", 10: "certificate has expired"}
-VERIFY_ERRORS = {
-    2: "unable to get issuer certificate",
-    7: "certificate signature failure",
-    18: "self-signed certificate",
-    19: "self-signed certificate in chain",
-    20: "unable to get local issuer certificate",
-    21: "unable to verify the first certificate",
-    24: "invalid CA certificate",
-    26: "unsupported certificate purpose",
-    **DATE_ERRORS,
-}
-
 T = TypeVar("T")
 
 
@@ -71,7 +58,9 @@ class NtsKeys:
 @dataclass(frozen=True)
 class KeFailed:
     failure: Failure
-    dates_refused: bool = False  # refused only for its dates, with no evidence to waive them
+    # Inside _session: the chain was refused. From key_exchange: refused for its dates
+    # alone, with no evidence to waive them.
+    dates_refused: bool = False
 
 
 class _Timeout(Exception):
@@ -89,14 +78,29 @@ def key_exchange(
 ) -> Union[NtsKeys, KeFailed]:
     """NTS-KE with host (its addresses `found`, as resolved for NTP) on ke_port. NTP then
     goes to the negotiated server and port, else to the KE server's address and ntp_port.
-    `clock_behind`: why this host's clock is provably behind, if it is."""
+    `clock_behind`: why this host's clock is provably behind, if it is.
+
+    A certificate OpenSSL refuses is tried once more without its dates (a handshake only, no
+    request sent): passing then means the dates were its only fault, waived only with
+    `clock_behind`. This takes no verify callback, which pyOpenSSL would build as executable
+    memory that the agent's unit forbids (MemoryDenyWriteExecute)."""
     deadline = time.monotonic() + timeout_s
     waived = None
     result = _session(host, ke_port, found, trust, deadline, True)
-    if isinstance(result, KeFailed) and result.dates_refused and clock_behind is not None:
-        result = _session(host, ke_port, found, trust, deadline, False)
-        waived = clock_behind
-    if isinstance(result, KeFailed):
+    if isinstance(result, KeFailed) and result.dates_refused:  # refused by the chain check
+        undated = _session(host, ke_port, found, trust, deadline, False, clock_behind is None)
+        if undated is None:  # only the dates were wrong
+            why = f"{result.failure.detail}: not valid at this host's clock"
+            result = KeFailed(
+                Failure("nts-bad-certificate", f"{why}, and nothing shows that clock is wrong"),
+                True,
+            )
+        elif not isinstance(undated, KeFailed) or not undated.dates_refused:
+            result, waived = undated, clock_behind  # a session, or another failure
+        else:
+            result = KeFailed(result.failure)  # refused for more than its dates
+    if result is None or isinstance(result, KeFailed):
+        assert result is not None
         return result
     keys, answer, peer = result
     return _ntp_address(keys, answer, peer, ntp_port, waived)
@@ -112,7 +116,10 @@ def _session(
     trust: NtsTrust,
     deadline: float,
     check_dates: bool,
-) -> Union[_Session, KeFailed]:
+    handshake_only: bool = False,
+) -> Union[_Session, KeFailed, None]:
+    """One session; None when `handshake_only` and the handshake and name check passed.
+    A refused chain is KeFailed with `dates_refused` set (the caller tells dates apart)."""
     from OpenSSL import SSL
 
     sock: Optional[socket.socket] = None
@@ -129,18 +136,16 @@ def _session(
             last = KeFailed(Failure("unreachable", f"NTS-KE: cannot connect: {e.strerror or e}"))
     if sock is None:
         return last
-    errors: list[int] = []
     try:
         conn = SSL.Connection(_context(trust, check_dates), sock)
-        conn.set_app_data(errors)  # where the verify callback notes OpenSSL's errors
         if not _is_ip(host):
             conn.set_tlsext_host_name(host.encode("ascii", "replace"))
         conn.set_connect_state()
-        return _talk(conn, sock, host, deadline, errors)
+        return _talk(conn, sock, host, deadline, handshake_only)
     except _Timeout:
         return _timed_out(deadline)
     except SSL.Error as e:
-        return _tls_failed(e, errors)
+        return _tls_failed(e)
     except OSError as e:
         return KeFailed(Failure("nts-ke-refused", f"NTS-KE: connection failed: {e}"))
     finally:
@@ -148,8 +153,8 @@ def _session(
 
 
 def _talk(
-    conn: Any, sock: socket.socket, host: str, deadline: float, errors: list[int]
-) -> Union[_Session, KeFailed]:
+    conn: Any, sock: socket.socket, host: str, deadline: float, handshake_only: bool
+) -> Union[_Session, KeFailed, None]:
     from OpenSSL import SSL
 
     _until(deadline, sock, conn.do_handshake)
@@ -159,6 +164,8 @@ def _talk(
     problem = "no certificate" if cert is None else name_problem(cert, host)
     if problem is not None:
         return KeFailed(Failure("nts-bad-certificate", f"NTS-KE certificate: {problem}"))
+    if handshake_only:
+        return None
     request = nts_ke.request()
     sent = 0
     while sent < len(request):
@@ -231,23 +238,19 @@ def _context(trust: NtsTrust, check_dates: bool) -> Any:
         assert store is not None
         store.set_flags(NO_CHECK_TIME)
 
-    def note(conn: Any, _cert: object, errnum: int, _depth: int, ok: int) -> bool:
-        if not ok:
-            conn.get_app_data().append(errnum)
-        return bool(ok)
-
-    ctx.set_verify(SSL.VERIFY_PEER, note)
+    ctx.set_verify(SSL.VERIFY_PEER)  # no Python callback: see key_exchange
     return ctx
 
 
-def _tls_failed(e: Exception, errors: list[int]) -> KeFailed:
-    if not errors:
-        return KeFailed(Failure("nts-ke-refused", f"NTS-KE TLS handshake failed: {e}"))
-    why = "; ".join(VERIFY_ERRORS.get(n, f"verify error {n}") for n in errors)
-    dates_only = all(n in DATE_ERRORS for n in errors)
-    if dates_only:
-        why += " at this host's clock, and nothing shows that clock is wrong"
-    return KeFailed(Failure("nts-bad-certificate", f"NTS-KE certificate: {why}"), dates_only)
+def _tls_failed(e: Exception) -> KeFailed:
+    """A failed handshake: the chain refused (`dates_refused` set for key_exchange to tell
+    the dates apart), or anything else the TLS layer refused."""
+    reasons = " ".join(
+        str(part) for arg in e.args for part in (arg if isinstance(arg, list) else [arg])
+    )
+    if "certificate verify failed" in reasons:
+        return KeFailed(Failure("nts-bad-certificate", "NTS-KE certificate: verify failed"), True)
+    return KeFailed(Failure("nts-ke-refused", f"NTS-KE TLS handshake failed: {e}"))
 
 
 def _timed_out(deadline: float) -> KeFailed:

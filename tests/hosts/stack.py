@@ -64,7 +64,10 @@ class Stack:
             "regions": {
                 name: {
                     "timezone": "UTC",
-                    "servers": [{"host": h, "port": p} for h, p in servers],
+                    # (host, port), or a whole entry (an NTS server: test_nts_systemd.py)
+                    "servers": [
+                        s if isinstance(s, dict) else {"host": s[0], "port": s[1]} for s in servers
+                    ],
                 }
                 for name, servers in self.regions.items()
             },

@@ -66,7 +66,7 @@ def test_certificate_of_an_untrusted_ca_is_bad_certificate(
     other = make_test_pki(short_tmp / "other", ca_name="someone else's CA")
     got = exchange("127.0.0.1", nts_server.ke_port, other.ca_cert)
     assert got.failure.outcome == "nts-bad-certificate" and not got.dates_refused
-    assert "local issuer" in got.failure.detail
+    assert "verify failed" in got.failure.detail
 
 
 def test_certificate_for_another_name_is_bad_certificate(short_tmp: Path) -> None:
