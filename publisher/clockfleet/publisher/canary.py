@@ -5,13 +5,16 @@ current ones and a signed `canary` carries the new ones, which only the cohort a
 (`clockfleet.protocol.rollout.in_cohort`). After the bake time the region is promoted
 (v+2: the new servers, no canary) when the cohort's reports are healthy, or aborted (v+2:
 the previous servers, no canary) when too many cohort agents fail or too few reported.
-Both carry a `rollout` record saying how the change ended. Nothing here touches MQTT; the
+Both carry a `rollout` record saying how the change ended. A change of the region's default
+time zone goes the same way as a `zone_canary` (the list keeps the current zone; the
+cohort's profiles carry the new one, rollout_zone.py). Nothing here touches MQTT; the
 rules every program shares (cohort, digest, a cohort agent's verdict) are in
 `clockfleet/protocol/rollout.py`.
 """
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -22,8 +25,12 @@ from clockfleet.protocol.messages import ServerList
 
 # The judging (Health, health, time_left) is shared with the collector's metrics: it lives
 # in the protocol package.
-from clockfleet.protocol.rollout import Health, issued
+from clockfleet.protocol.rollout import Health, issued, trial
+from clockfleet.publisher.fleetfile import Fleet
 from clockfleet.publisher.wire_objects import WireObject, member, server_pairs
+
+# What a canary list carries besides the file's content, and what ends with it.
+TRIAL_FIELDS = ("sig", "canary", "zone_canary", "rollout")
 
 DEFAULT_BAKE_S = 600
 DEFAULT_MAX_FAILING_PCT = 10.0
@@ -90,7 +97,7 @@ def canary_object(
 
     Everything else (time zone, intervals) is the file's: only the servers are tried on a
     cohort first."""
-    obj = {k: v for k, v in wanted.items() if k not in ("sig", "canary", "rollout")}
+    obj = {k: v for k, v in wanted.items() if k not in TRIAL_FIELDS}
     obj["servers"] = current["servers"]
     obj["version"] = version
     obj["canary"] = {
@@ -105,6 +112,40 @@ def canary_object(
     return obj
 
 
+def zone_change_id(version: int, timezone: str) -> str:
+    """A zone change's id: `z`, its version and a digest of the zone (its own cohort)."""
+    return f"z{version}-{hashlib.sha256(timezone.encode()).hexdigest()[:8]}"
+
+
+def zone_canary_object(
+    current: WireObject, wanted: WireObject, version: int, policy: Policy
+) -> WireObject:
+    """The zone canary list (unsigned): `wanted` with the current zone and a `zone_canary`
+    naming the new one. Agents take no zone from it; the cohort's profiles carry it."""
+    new_zone = wanted["timezone"]
+    assert isinstance(new_zone, str)
+    obj = {k: v for k, v in wanted.items() if k not in TRIAL_FIELDS}
+    obj["timezone"] = current["timezone"]
+    obj["version"] = version
+    obj["zone_canary"] = {
+        "id": zone_change_id(version, new_zone),
+        "percent": policy.percent,
+        "timezone": new_zone,
+        "bake_s": policy.bake_s,
+        "max_failing_pct": policy.max_failing_pct,
+        "min_reported_pct": policy.min_reported_pct,
+    }
+    return obj
+
+
+def zone_followers(fleet: Fleet | None, region: str) -> set[str] | None:
+    """The agents the fleet file places in `region` that take its default zone (no zone of
+    their own): those a zone change moves. None without a file."""
+    if fleet is None:
+        return None
+    return {a for a, p in fleet.agents.items() if p.region == region and p.inherits_zone}
+
+
 @dataclass(frozen=True)
 class Decision:
     phase: str  # "promoted" or "aborted"
@@ -114,7 +155,7 @@ class Decision:
 def decide(sl: ServerList, h: Health, now: float) -> Decision | None:
     """Promote, abort, or None (keep baking). Failures abort at once; promotion waits for
     the bake time and for enough of the cohort to have reported."""
-    canary = sl.canary
+    canary = trial(sl)
     assert canary is not None
     n = len(h.cohort)
     if n == 0:
@@ -146,12 +187,14 @@ def ending_object(
     by: str = "auto",
     now: datetime | None = None,
 ) -> WireObject:
-    """The list that ends a canary (unsigned): the canary's servers when promoted, the
-    list's own (the previous ones) when aborted; no canary; a record of how it ended."""
-    canary = member(current, "canary")
-    obj = {k: v for k, v in current.items() if k not in ("sig", "canary", "rollout")}
+    """The list that ends a canary (unsigned): the canary's servers (or zone) when
+    promoted, the list's own (the previous ones) when aborted; no canary; a record of how it
+    ended."""
+    zone = "zone_canary" in current
+    canary = member(current, "zone_canary" if zone else "canary")
+    obj = {k: v for k, v in current.items() if k not in TRIAL_FIELDS}
     if decision.phase == "promoted":
-        obj["servers"] = canary["servers"]
+        obj["timezone" if zone else "servers"] = canary["timezone" if zone else "servers"]
     obj["version"] = version
     obj["issued_at"] = utcnow_iso(now or datetime.now(UTC))
     obj["rollout"] = {

@@ -202,7 +202,7 @@ class _Publish:
             return the_plan
         self.rec.plan = the_plan
         key = self.keys.signing_key
-        shaped = rollout_publish.shape(the_plan, on_broker, self.options.policy, key)
+        shaped = rollout_publish.shape(the_plan, on_broker, self.options.policy, key, self.fleet)
         if shaped.refused:
             for line in shaped.refused:
                 complain(PUBLISH, line)

@@ -26,8 +26,8 @@ from clockfleet.protocol.connection import (
     command_parser,
     settings_from_args,
 )
-from clockfleet.protocol.rollout import region_status
-from clockfleet.publisher import broker_io, fleetfile, rollout_run
+from clockfleet.protocol.rollout import region_status, trial
+from clockfleet.publisher import broker_io, canary, fleetfile, rollout_run
 from clockfleet.publisher.cli_common import ROLLOUT, Parser, fail, load_keys, load_record, parse
 from clockfleet.publisher.issued_record import StateFileError
 from clockfleet.publisher.rollout_watch import Snapshot, Watch
@@ -94,7 +94,7 @@ def main(argv: list[str]) -> int:
         if args.action == "status":
             time.sleep(0.2)  # a quiet spell for brokers that replay retained state late
             placed = rollout_run.placement(fleet)
-            return show_status(watch.snapshot(), args.region, args.json, placed)
+            return show_status(watch.snapshot(), args.region, args.json, placed, fleet)
         ender = rollout_run.Ender(
             session, record, settings.prefix, keys.signing_key, args.timeout, fleet
         )
@@ -111,17 +111,28 @@ def main(argv: list[str]) -> int:
 
 
 def status_rows(
-    snap: Snapshot, now: float, placed: Mapping[str, str] | None = None
+    snap: Snapshot,
+    now: float,
+    placed: Mapping[str, str] | None = None,
+    fleet: fleetfile.Fleet | None = None,
 ) -> list[StatusRow]:
     """One row per region list; a list not to be acted on (stale, unsigned) has phase
     `refused` and its reason. Without a fleet file (`placed` None) a canary's cohort is taken
-    from the reports' own word, and the row says so."""
+    from the reports' own word, and the row says so. `fleet`: who takes a region's zone (a
+    zone change's cohort); without it, the reports' zones say."""
     rows: list[StatusRow] = [
         {
             "region": region,
             "version": sl.version,
-            **region_status(sl, snap.reports, snap.baselines, now, placed),
-            **({} if placed is not None or sl.canary is None else {"placement": "reports"}),
+            **region_status(
+                sl,
+                snap.reports,
+                snap.baselines,
+                now,
+                placed,
+                canary.zone_followers(fleet, region),
+            ),
+            **({} if placed is not None or trial(sl) is None else {"placement": "reports"}),
         }
         for region, (sl, _) in snap.lists.items()
     ]
@@ -134,9 +145,15 @@ def status_rows(
 
 
 def show_status(
-    snap: Snapshot, region: str | None, as_json: bool, placed: Mapping[str, str] | None = None
+    snap: Snapshot,
+    region: str | None,
+    as_json: bool,
+    placed: Mapping[str, str] | None = None,
+    fleet: fleetfile.Fleet | None = None,
 ) -> int:
-    rows = [r for r in status_rows(snap, time.time(), placed) if region in (None, r["region"])]
+    rows = [
+        r for r in status_rows(snap, time.time(), placed, fleet) if region in (None, r["region"])
+    ]
     if as_json:
         print(json.dumps({"regions": rows}, indent=1))
         return 0

@@ -10,21 +10,25 @@ Only the copy this publisher issued last is acted on (rollout_watch.py): a repla
 canary, or one that does not verify, is never continued, promoted or aborted; it is
 replaced by the fleet file's list, so the region ends on the operator's list whatever
 command the operator runs. Only agents the fleet file places in a region judge its
-canary (`placement`); others that claim the region in their reports are shown apart.
+canary (`placement`); others that claim the region in their reports are shown apart. A zone
+change is judged by the placed agents that take the region's zone, and its end publishes
+their profiles with the list (rollout_zone.py): it needs the fleet file.
 """
 
 from __future__ import annotations
 
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
 from clockfleet.protocol import signing
 from clockfleet.protocol.codec import utcnow_iso
 from clockfleet.protocol.messages import ServerList
-from clockfleet.protocol.rollout import Health, health, time_left
-from clockfleet.protocol.topics import servers_topic
-from clockfleet.publisher import broker_io, canary
+from clockfleet.protocol.rollout import Health, health, time_left, trial
+from clockfleet.protocol.topics import profile_topic, servers_topic
+from clockfleet.publisher import broker_io, canary, rollout_zone
+from clockfleet.publisher.broker_copies import BrokerCopy
 from clockfleet.publisher.cli_common import ROLLOUT, fail
 from clockfleet.publisher.fleetfile import Fleet
 from clockfleet.publisher.issued_record import IssuedRecord
@@ -71,7 +75,7 @@ class Ender:
             "version": version,
             "issued_at": utcnow_iso(),
         }
-        result = self._issue(region, version, body)
+        [result] = self._issue(region, version, body)
         if not result.ok:
             _say(f"region {region}: the file's list NOT published: {result.reason}")
             return False
@@ -82,40 +86,78 @@ class Ender:
         return True
 
     def end(
-        self, sl: ServerList, obj: WireObject, decision: canary.Decision, h: Health, by: str
+        self,
+        sl: ServerList,
+        obj: WireObject,
+        decision: canary.Decision,
+        h: Health,
+        by: str,
+        profiles: Mapping[str, BrokerCopy] | None = None,
     ) -> bool:
-        """Publish the list that ends `sl`'s canary as `decision` says: True when it went
-        out."""
+        """Publish the list that ends `sl`'s canary as `decision` says, and for a zone change
+        the profiles of the agents it moves (`profiles`: the broker's copies): True when
+        all went out."""
         region = sl.region
+        tried = trial(sl)
+        change = tried.id if tried is not None else "?"
         try:
             version = next_version(
                 sl.version, self.record.last_version(self.prefix, "region", region), date_floor()
             )
+            moved = self._moved_profiles(sl, decision.phase, profiles or {})
         except VersionJump as exc:
             _say(f"region {region}: cannot end the rollout: {exc}")
             return False
-        result = self._issue(
-            region, version, canary.ending_object(obj, decision, h, version, by=by)
-        )
-        if not result.ok:
-            _say(f"region {region}: rollout {decision.phase} NOT published: {result.reason}")
+        if moved is None:
+            _say(
+                f"region {region}: rollout {change} changes a time zone: it is ended with the "
+                "fleet file that places the agents it moves (--config); nothing published"
+            )
             return False
+        ending = canary.ending_object(obj, decision, h, version, by=by)
+        results = self._issue(region, version, ending, moved)
+        failed = [r for r in results if not r.ok]
+        if failed:
+            why = "; ".join(f"{r.topic}: {r.reason}" for r in failed[:3])
+            _say(f"region {region}: rollout {decision.phase} NOT published: {why}")
+            return False
+        with_profiles = f", {len(moved)} profiles" if moved else ""
         _say(
-            f"region {region}: rollout {sl.canary.id if sl.canary else '?'} {decision.phase} "
-            f"(v{sl.version} -> v{version}): {decision.reason}"
+            f"region {region}: rollout {change} {decision.phase} "
+            f"(v{sl.version} -> v{version}{with_profiles}): {decision.reason}"
         )
         return True
 
-    def _issue(self, region: str, version: int, body: WireObject) -> broker_io.PublishResult:
-        """Seal the list, record it, then send it: a version is in the record before any
-        agent can see it."""
+    def _moved_profiles(
+        self, sl: ServerList, phase: str, profiles: Mapping[str, BrokerCopy]
+    ) -> list[rollout_zone.ProfileEnding] | None:
+        """The profiles a zone change's end publishes ([] for a server change); None when
+        they cannot be known (no fleet file)."""
+        if sl.zone_canary is None:
+            return []
+        if self.fleet is None:
+            return None
+        return rollout_zone.ending_profiles(
+            sl, phase, self.fleet, profiles, self.record, self.prefix, self.key
+        )
+
+    def _issue(
+        self,
+        region: str,
+        version: int,
+        body: WireObject,
+        profiles: list[rollout_zone.ProfileEnding] | None = None,
+    ) -> list[broker_io.PublishResult]:
+        """Seal the list, record it and the profiles, then send them: a version is in the
+        record before any agent can see it."""
         payload = seal("region", region, body, self.key, "list")
         self.record.record(self.prefix, "region", region, version, payload)
+        messages = [(servers_topic(self.prefix, region), payload)]
+        for p in profiles or []:
+            self.record.record(self.prefix, "profile", p.agent, p.version, p.payload)
+            messages.append((profile_topic(self.prefix, p.agent), p.payload))
         self.record.save()
-        [result] = broker_io.publish_retained(
-            self.session, [(servers_topic(self.prefix, region), payload)], self.timeout_s
-        )
-        return result
+        return broker_io.publish_retained(self.session, messages, self.timeout_s)
 
 
 def unplaced_line(region: str, agents: list[str]) -> str:
@@ -187,7 +229,7 @@ class _Decider:
             if concerned and region not in self.replaced and region not in self.at_least:
                 self.replaced.add(region)
                 self.failed |= not self.ender.replace(region, problem)
-        canaries = {r: v for r, v in snap.lists.items() if v[0].canary is not None}
+        canaries = {r: v for r, v in snap.lists.items() if trial(v[0]) is not None}
         if self.pending is None:
             self.pending = set(canaries)
         for region in sorted(self.pending):
@@ -212,23 +254,26 @@ class _Decider:
                 self.aborted |= ended.phase == "aborted"
             return True
         sl, obj = have
-        h = health(sl, snap.reports, snap.baselines, self.placed)
+        followers = canary.zone_followers(self.ender.fleet, region)
+        h = health(sl, snap.reports, snap.baselines, self.placed, followers)
         if region not in self.announced:
             self.announced.add(region)
             self._announce(region, sl, h)
         decision = canary.decide(sl, h, time.time())
         if decision is None:
             return False
-        if self.ender.end(sl, obj, decision, h, "auto"):
+        if self.ender.end(sl, obj, decision, h, "auto", snap.profiles):
             self.aborted |= decision.phase == "aborted"
         else:
             self.failed = True
         return True
 
     def _announce(self, region: str, sl: ServerList, h: Health) -> None:
-        assert sl.canary is not None  # only canaries are judged
+        tried = trial(sl)
+        assert tried is not None  # only canaries are judged
+        what = f" of zone {sl.zone_canary.timezone}" if sl.zone_canary is not None else ""
         _say(
-            f"region {region}: canary {sl.canary.id} (v{sl.version}), cohort "
+            f"region {region}: canary{what} {tried.id} (v{sl.version}), cohort "
             f"{len(h.cohort)} of {h.region_agents} known agents, "
             f"{time_left(sl, time.time()):.0f} s of bake time left"
         )
@@ -243,10 +288,11 @@ def end_by_hand(watch: Watch, ender: Ender, region: str, phase: str) -> int:
     if problem is not None:  # a replayed or unsigned copy: the region goes back to the file
         return 0 if ender.replace(region, problem) else 1
     have = snap.lists.get(region)
-    if have is None or have[0].canary is None:
+    if have is None or trial(have[0]) is None:
         return fail(ROLLOUT, f"region {region} has no canary in progress")
     sl, obj = have
-    h = health(sl, snap.reports, snap.baselines, placement(ender.fleet))
+    followers = canary.zone_followers(ender.fleet, region)
+    h = health(sl, snap.reports, snap.baselines, placement(ender.fleet), followers)
     when = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
     decision = canary.Decision(phase, f"by the operator at {when}")
-    return 0 if ender.end(sl, obj, decision, h, "operator") else 1
+    return 0 if ender.end(sl, obj, decision, h, "operator", snap.profiles) else 1

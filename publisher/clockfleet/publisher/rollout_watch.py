@@ -10,7 +10,8 @@ their signature verifies with a key the publisher holds; reports are strictly de
 first report seen from an agent that is not about a canary is its baseline offset (for the
 offset-jump check). With the publisher's record at hand, a list is also judged against it:
 a copy older than the one it issued last is a replay, stale, kept apart in `list_problems`
-and never acted on.
+and never acted on. Profiles are read too, judged as `clockfleet publish` judges them: the
+end of a zone change publishes profiles, and their next versions count from these.
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ from clockfleet.protocol.topics import (
     parse_topic,
 )
 from clockfleet.publisher import broker_io
+from clockfleet.publisher.broker_copies import BrokerCopy, judge_copy
 from clockfleet.publisher.issued_record import IssuedRecord
 from clockfleet.publisher.wire_objects import WireObject
 
@@ -43,6 +45,7 @@ class Snapshot:
     list_problems: dict[str, str] = field(default_factory=dict)
     reports: dict[str, Report] = field(default_factory=dict)
     baselines: dict[str, float | None] = field(default_factory=dict)
+    profiles: dict[str, BrokerCopy] = field(default_factory=dict)  # agent -> its judged copy
 
 
 class Watch:
@@ -57,7 +60,11 @@ class Watch:
         self.prefix = prefix
         self.trust = trust
         self.record = record
-        self.filters = [all_servers_filter(prefix), all_agents_filter(prefix, "report")]
+        self.filters = [
+            all_servers_filter(prefix),
+            all_agents_filter(prefix, "report"),
+            all_agents_filter(prefix, "profile"),
+        ]
         self._lock = threading.Lock()
         self._snap = Snapshot()
 
@@ -87,6 +94,17 @@ class Watch:
                 self._snap.reports[ref.ident] = report
                 if report.change is None and ref.ident not in self._snap.baselines:
                     self._snap.baselines[ref.ident] = report.offset_s if report.ok else None
+            elif ref.kind == "profile":
+                self._on_profile(ref.ident, bytes(msg.payload))
+
+    def _on_profile(self, agent: str, payload: bytes) -> None:
+        if not payload:
+            self._snap.profiles.pop(agent, None)
+            return
+        have = judge_copy("profile", agent, payload, self.trust)
+        if self.record is not None and have.version is not None:
+            have.stale = self.record.staleness(self.prefix, "profile", agent, have.version, payload)
+        self._snap.profiles[agent] = have
 
     def _on_list(self, region: str, payload: bytes) -> None:
         if not payload:
@@ -111,7 +129,11 @@ class Watch:
         with self._lock:
             s = self._snap
             return Snapshot(
-                dict(s.lists), dict(s.list_problems), dict(s.reports), dict(s.baselines)
+                dict(s.lists),
+                dict(s.list_problems),
+                dict(s.reports),
+                dict(s.baselines),
+                dict(s.profiles),
             )
 
     def wait_list(self, region: str, version: int, timeout_s: float) -> bool:
