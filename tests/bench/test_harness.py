@@ -32,6 +32,7 @@ TINY = {
     "failover": ["--runs", "1"],
     "accuracy": ["--probes", "5", "--runs", "1"],
     "footprint": ["--seconds", "1"],
+    "identities": ["--n", "20", "--connected", "20", "--no-dynsec"],
 }
 
 
