@@ -13,6 +13,7 @@ servers and publisher of conftest.stack.
 from __future__ import annotations
 
 import json
+import subprocess
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -168,3 +169,26 @@ def test_an_ntpdate_line_in_cron_d_is_reported_as_a_competing_time_setter(walk, 
     ]
     assert "other time setters on this host" in host.journal()
     assert host.ok("cat /etc/cron.d/ntpdate") == line  # found, never removed
+
+
+def test_the_pin_lets_nothing_but_clockfleet_agent_come_from_the_repository(walk, tmp_path):
+    """What a stolen archive key could publish beside the agent (docs/trust.md): a package of
+    another name, here one that no Debian mirror has, is never a candidate on the host."""
+    root = tmp_path / "decoy"
+    (root / "DEBIAN").mkdir(parents=True)
+    (root / "DEBIAN/control").write_text(
+        "Package: clockfleet-decoy\nVersion: 1.0-1~deb12u1\nArchitecture: all\n"
+        "Maintainer: tests <tests@example.net>\nDescription: not for hosts\n"
+    )
+    deb = tmp_path / "clockfleet-decoy.deb"
+    subprocess.run(["dpkg-deb", "--root-owner-group", "--build", str(root), str(deb)], check=True)
+    walk.repo.publish(deb)
+
+    apt(walk.host, "update")
+    policy = walk.host.ok("apt-cache policy clockfleet-decoy clockfleet-agent")
+
+    decoy, agent = policy.split("clockfleet-agent:")
+    assert "Candidate: (none)" in decoy and " -1 " in decoy, policy
+    # The agent's versions keep priority 500 (the source's own line shows the -1 of the rest).
+    assert f"Candidate: {aptkit.debian_version(NEW, SUITE)}" in agent, policy
+    assert f"{aptkit.debian_version(NEW, SUITE)} 500" in agent, policy
