@@ -150,6 +150,7 @@ def settings_from_args(
     args: argparse.Namespace,
     defaults: dict[str, Any] | None = None,
     environ: Mapping[str, str] | None = None,
+    defaults_source: str = "config",
 ) -> ConnectionSettings:
     """The settings a command connects with.
 
@@ -158,7 +159,7 @@ def settings_from_args(
     else the connection file, else the built-in default. Otherwise (the agent, programs
     building a Namespace of their own): the flag, else `defaults` (a config file's values),
     else CLOCKFLEET_BROKER for the broker. UsageError names the setting and where it came
-    from."""
+    from (`defaults_source`: the config file's name)."""
     env = os.environ if environ is None else environ
     layers: list[tuple[str, Mapping[str, Any]]] = [("flag", vars(args))]
     if hasattr(args, "connection"):
@@ -170,7 +171,7 @@ def settings_from_args(
                 layers.append((str(found), connection_file_mod.load(found)))
         except connection_file_mod.ConnectionFileError as exc:
             raise UsageError(str(exc)) from None
-    layers.append(("config", defaults or {}))
+    layers.append((defaults_source, defaults or {}))
     if not hasattr(args, "connection") and env.get(ENV_BROKER):
         layers.append(("env", {"broker": env[ENV_BROKER]}))
     return _settings(connection_file_mod.Layers(layers))
@@ -182,8 +183,11 @@ def _settings(pick: connection_file_mod.Layers) -> ConnectionSettings:
     if pw_file := pick("password_file"):
         try:
             password = Path(pw_file).read_text().splitlines()[0].strip()
-        except (OSError, IndexError) as exc:
-            raise UsageError(f"{pick.source('password_file')} {pw_file}: {exc}") from None
+        except OSError as exc:
+            why = exc.strerror or str(exc)
+            raise UsageError(f"{pick.source('password_file')} {pw_file}: {why}") from None
+        except IndexError:
+            raise UsageError(f"{pick.source('password_file')} {pw_file}: empty") from None
     for name in ("ca_file", "cert", "key"):
         v = pick(name)
         if v and not Path(v).is_file():

@@ -74,7 +74,9 @@ def test_missing_password_stops_the_agent_with_one_clear_line_until_it_is_writte
     configure(host, stack, agent_id, password=False)
 
     hostkit.wait_for(
-        lambda: failed_with(host, "--password-file /etc/clockfleet/mqtt-password"),
+        lambda: failed_with(
+            host, "/etc/clockfleet/agent.yaml: password_file /etc/clockfleet/mqtt-password"
+        ),
         15,
         "the unit to fail naming the password file",
     )

@@ -137,7 +137,8 @@ def build_agent(cfg: cfgmod.AgentConfig, args: argparse.Namespace) -> Agent:
     from clockfleet.agent.state import StateDir
     from clockfleet.protocol import signing
 
-    conn = connection.settings_from_args(args, cfg.connection_defaults())
+    source = str(args.config or cfgmod.DEFAULT_CONFIG)
+    conn = connection.settings_from_args(args, cfg.connection_defaults(), defaults_source=source)
     try:
         trust = signing.load_trust([Path(p) for p in cfg.trust_keys])
     except signing.KeyFileError as exc:
