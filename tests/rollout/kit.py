@@ -72,16 +72,21 @@ def silent_socket() -> socket.socket:
 
 
 def fleet_yaml(
-    keys_dir: Path, servers: list[tuple[str, int]], extra: str = "", agents: Sequence[str] = ()
+    keys_dir: Path,
+    servers: list[tuple[str, int]],
+    extra: str = "",
+    agents: Sequence[str] = (),
+    timezone: str = "UTC",
 ) -> str:
-    """Region r1 with `servers`; `agents` placed in it (a canary is judged by them only)."""
+    """Region r1 with `servers` and default zone `timezone`; `agents` placed in it without a
+    zone of their own (a canary is judged by them only)."""
     listed = ", ".join(f"{{host: {h}, port: {p}}}" for h, p in servers)
     placed = "".join(f"  {a}: {{region: r1}}\n" for a in agents)
     return (
         f"signing_key: {keys_dir / 'ops-test.key'}\n"
         "defaults: {poll_interval_s: 3600, resync_jitter_s: 0}\n"
         f"{extra}"
-        f"regions:\n  r1:\n    timezone: UTC\n    servers: [{listed}]\n"
+        f"regions:\n  r1:\n    timezone: {timezone}\n    servers: [{listed}]\n"
         + (f"agents:\n{placed}" if agents else "")
     )
 
@@ -122,8 +127,8 @@ class Region:
     def fleet_file(self) -> Path:
         return self.rundir / "fleet.yaml"
 
-    def write(self, servers: list[tuple[str, int]], extra: str = "") -> None:
-        text = fleet_yaml(self.rundir / "keys", servers, extra, self.placed)
+    def write(self, servers: list[tuple[str, int]], extra: str = "", timezone: str = "UTC") -> None:
+        text = fleet_yaml(self.rundir / "keys", servers, extra, self.placed, timezone)
         self.fleet_file.write_text(text)
 
     def seed_versions(self, version: int = BASE_VERSION) -> None:
