@@ -10,9 +10,12 @@ import sys
 from datetime import datetime, timezone
 from pathlib import Path
 
+import msgspec
 import pytest
 
 from clockfleet.agent.report import job_for
+from clockfleet.collector.fleet_state import FleetState
+from clockfleet.collector.rollout_metrics import rollout_families
 from clockfleet.protocol import codec, rollout, signing, zone_trial
 from clockfleet.protocol.codec import Rejected
 from clockfleet.protocol.messages import Report, ServerList, ZoneCommand
@@ -262,3 +265,23 @@ def test_an_old_zone_command_does_not_judge_the_new_zone():
     r = report()
     r.zone_command = old_cmd
     assert zone_trial.verdict(ZC, r) == "ok"
+
+
+def test_the_collector_exports_a_zone_canarys_phase_and_cohort():
+    """Without a fleet file: the cohort is the agents whose reports asked for the old or the
+    new zone (one ok on Kolkata, one still waiting on Dublin); one with its own zone is out."""
+    state = FleetState(prefix="clock/v1")
+    listed = zone_list(zone_canary=zone_canary(percent=100))
+    state.ingest("clock/v1/regions/r1/servers", json.dumps(listed).encode())
+    waiting = {"timezone": "Europe/Dublin", "timezone_expected": "Europe/Dublin", "utc_offset_s": 0}
+    own = {"timezone": "America/Chicago", "timezone_expected": "America/Chicago"}
+    for agent, fields in (("a-ok", {}), ("a-waiting", waiting), ("a-own", own)):
+        body = {**msgspec.to_builtins(report(agent=agent, **fields)), "agent": agent}
+        state.ingest(f"clock/v1/agents/{agent}/report", json.dumps(body).encode())
+
+    families = {f.name: dict(f.samples) for f in rollout_families(state, WINTER.timestamp())}
+
+    assert families["clockfleet_rollout_phase"][("r1", "canary")] == 1
+    cohort = families["clockfleet_rollout_cohort_agents"]
+    assert (cohort[("r1", "ok")], cohort[("r1", "missing")], cohort[("r1", "failing")]) == (1, 1, 0)
+    assert families["clockfleet_rollout_bake_remaining_seconds"][("r1",)] >= 0

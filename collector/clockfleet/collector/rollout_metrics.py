@@ -2,10 +2,12 @@
 
 The phase, the cohort's reports and the time left come from `clockfleet.protocol.rollout.
 region_status`, the function `clockfleet rollout status` prints, applied to what the
-collector holds: each region's published list (its `canary` or its `rollout` record) and
-every agent's latest report. One difference: the collector keeps no offset from before the
-change, so a cohort agent's offset jump is judged against zero (as a decider started during
-the canary judges it). A region without a published list has no series here.
+collector holds: each region's published list (its `canary` or `zone_canary`, or its
+`rollout` record) and every agent's latest report. Two differences: the collector keeps no
+offset from before the change, so a cohort agent's offset jump is judged against zero (as a
+decider started during the canary judges it); and it has no fleet file, so a zone change's
+cohort is the agents whose reports asked for the old or the new zone. A region without a
+published list has no series here.
 
     clockfleet_rollout_phase{region,phase}            1 for the current phase, 0 for the others
     clockfleet_rollout_cohort_agents{region,state}    ok | failing | missing (no report yet)
@@ -23,7 +25,7 @@ from clockfleet.collector.exposition import Family
 from clockfleet.collector.fleet_state import FleetState
 from clockfleet.collector.text import ID_MAX, printable
 from clockfleet.protocol.messages import Report
-from clockfleet.protocol.rollout import PHASES, region_status
+from clockfleet.protocol.rollout import PHASES, region_status, trial
 
 COHORT_STATES = (("ok", "ok"), ("failing", "failing"), ("missing", "pending"))
 REASON_MAX = 200
@@ -72,7 +74,7 @@ def rollout_families(state: FleetState, now: float | None = None) -> list[Family
     )
     reports: dict[str, Report] | None = None
     for region, sl in sorted(snap.regions.items()):
-        if sl.canary is not None and reports is None:
+        if trial(sl) is not None and reports is None:
             reports = {a: e.report for a, e in snap.agents.items() if e.report is not None}
         row = region_status(sl, reports or {}, {}, now)
         label = printable(region, ID_MAX)
@@ -80,7 +82,7 @@ def rollout_families(state: FleetState, now: float | None = None) -> list[Family
             phase.samples.append(((label, name), 1.0 if row["phase"] == name else 0.0))
         for state_label, key in COHORT_STATES:
             cohort.samples.append(((label, state_label), row[key]))
-        if sl.canary is not None:
+        if trial(sl) is not None:
             remaining.samples.append(((label,), row["time_left_s"]))
             overdue.samples.append(((label,), row["overdue_s"]))
         if sl.rollout is not None:
