@@ -43,7 +43,7 @@ lint: $(STAMP)
 test: setup lint
 	@sh scripts/ensure-debs.sh $(TEST_DEBS) $(APT_REPO_DEBS)
 	@sh tests/hosts/engine.sh start
-	trap 'sh tests/hosts/engine.sh stop' EXIT INT TERM; $(VENV)/bin/pytest -q
+	trap 'sh tests/hosts/engine.sh stop' EXIT INT TERM; PYTEST=$(VENV)/bin/pytest sh scripts/run-tests.sh
 
 deb: $(STAMP)
 	$(PY) packaging/build_deb.py --suite bullseye --suite bookworm --suite trixie --out dist

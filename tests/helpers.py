@@ -4,6 +4,7 @@ fixtures only: pytest loads it by itself, and a test importing it would load it 
 from __future__ import annotations
 
 import itertools
+import os
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -11,8 +12,11 @@ from typing import Any
 
 REPO = Path(__file__).resolve().parent.parent
 
-# Each chronyd gets its own loopback address: chrony keys sources by IP, not port.
-_addresses = (f"127.0.{n // 250}.{n % 250 + 2}" for n in itertools.count(8))
+# Each chronyd gets its own loopback address: chrony keys sources by IP, not port. Two pytest
+# runs at once (scripts/run-tests.sh) take blocks of their own: CLOCKFLEET_TEST_BLOCK=1 starts
+# at 127.0.128.10.
+_FIRST = 8 + 32_000 * int(os.environ.get("CLOCKFLEET_TEST_BLOCK", "0"))
+_addresses = (f"127.0.{n // 250}.{n % 250 + 2}" for n in itertools.count(_FIRST))
 
 
 def next_loopback_address() -> str:
