@@ -125,6 +125,13 @@ def test_a_zone_change_reaches_the_cohort_first_and_is_promoted_to_every_host(
     assert (canary_list.timezone, canary_list.zone_canary.timezone) == (OLD, NEW)
     row = region.status()
     assert (row["phase"], row["change"], row["cohort"], row["ok"]) == ("baking", CHANGE, 2, 2)
+    # The same file again goes on deciding and sends nothing: the rest's profiles are held.
+    again = region.publish("--dry-run")
+    assert again.returncode == 0 and "would publish" not in again.stdout, again.stdout
+    region.write(servers, timezone="America/Chicago")
+    other = region.publish()
+    assert other.returncode == 2 and "in progress" in other.stderr, other.stdout + other.stderr
+    region.write(servers, timezone=NEW)
 
     done = region.rollout("run")
 
@@ -162,3 +169,19 @@ def test_a_cohort_whose_pbx_reload_fails_aborts_and_gets_the_old_zone_back(
     assert (ended.version, ended.timezone, ended.rollout.phase) == (ENDING_V, OLD, "aborted")
     row = region.status()
     assert (row["phase"], row["cohort"], row["failing"]) == ("aborted", 2, 2), row
+
+
+def test_a_change_of_servers_and_zone_together_is_refused_under_a_canary_policy(
+    region, chrony_server
+):
+    first, second = chrony_server(), chrony_server()
+    region.write([(first.host, first.port)], timezone=OLD)
+    assert region.publish().returncode == 0
+    region.write([(second.host, second.port)], timezone=NEW)
+
+    done = region.publish("--canary", "10%")
+
+    assert done.returncode == 2, done.stdout + done.stderr
+    assert "servers and its timezone changed together" in done.stderr
+    listed = the_list(region)
+    assert (listed.version, listed.timezone) == (BASE_VERSION + 1, OLD)
