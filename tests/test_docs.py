@@ -58,6 +58,7 @@ TOP_FOLDERS = (
     "clockfleet",
     "collector",
     "config",
+    "deploy",
     "devstack",
     "docs",
     "packaging",
