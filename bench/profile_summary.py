@@ -16,13 +16,21 @@ from pathlib import Path
 _LINE = re.compile(r"\s*\(([^()]*):\d+\)$")
 
 
+REPO = Path(__file__).resolve().parent.parent
+
+
 def frame_name(frame: str) -> str:
-    """'fn (path/to/file.py:12)' -> 'fn (file.py)': one entry per function, not per line."""
+    """'fn (path/to/file.py:12)' -> 'fn (where.py)': one entry per function, not per line.
+    A file of this repository by its path in it (agent/clockfleet/agent/fleet.py), any other
+    by its last two parts (mqtt/client.py)."""
     m = _LINE.search(frame)
     if not m:
         return frame.strip()
     path = m.group(1)
-    short = "/".join(path.split("/")[-2:])
+    try:
+        short = str(Path(path).resolve().relative_to(REPO))
+    except (ValueError, OSError):
+        short = "/".join(path.split("/")[-2:])
     return f"{frame[: m.start()].strip()} ({short})"
 
 
