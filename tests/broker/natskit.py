@@ -28,7 +28,6 @@ needs_nats = pytest.mark.skipif(
 )
 
 AGENTS = ("acme-01", "acme-02", "acme-03")
-ROLES = ("publisher", "collector", "collector-2", "operator")
 REGION = "clock/v1/regions/us-east/servers"
 PROFILE = "clock/v1/agents/{}/profile"
 STATUS = "clock/v1/agents/{}/status"

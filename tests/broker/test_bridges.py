@@ -19,7 +19,7 @@ import pytest
 
 from clockfleet.devstack import bridges
 from clockfleet.devstack.bridges import CentralAndEdges
-from clockfleet.devstack.mosquitto import IDENTITIES_TOOL, ShippedBroker
+from clockfleet.devstack.mosquitto import IDENTITIES_TOOL, ROLES, ShippedBroker
 from clockfleet.protocol.connection import ConnectionSettings
 from tests.broker.mqttclient import MqttProbe, connect
 from tests.helpers import REPO
@@ -131,7 +131,7 @@ def test_edge_queue_holds_every_agents_requeued_retained_messages():  # P6
     assert "max_queued_messages 500000" in text.splitlines()
 
 
-def test_edge_acl_grants_agents_their_patterns_and_every_role_nothing(generated: Path):
+def test_edge_acl_grants_agents_their_patterns_and_every_role_nothing_but_retire(generated: Path):
     acl = (generated / "edge.acl").read_text()
     assert "pattern readwrite clock/v1/agents/%u/report" in acl.splitlines()
     # The roles the identities tool writes into every password file, the edge's too.
@@ -139,8 +139,12 @@ def test_edge_acl_grants_agents_their_patterns_and_every_role_nothing(generated:
         [str(IDENTITIES_TOOL), "--out", str(generated / "no-identities"), "--list"],
         capture_output=True, text=True, timeout=30, check=True,
     ).stdout.split()  # fmt: skip
-    assert "collector-2" in listed
-    for role in listed:
+    assert {"collector-2", "retire"} <= set(listed)
+    # retire clears a retired agent on its edge (else the bridge brings it back): broker/acl's
+    # block, exactly.
+    shipped = (REPO / "broker" / "acl").read_text()
+    assert acl_block(acl, "retire") == acl_block(shipped, "retire")
+    for role in [*(r for r in listed if r != "retire"), "reload.witness"]:
         assert acl_block(acl, role) == ["topic deny #"], role
 
 
@@ -304,7 +308,7 @@ def test_no_role_reaches_central_through_an_edge(site):
     try:
         for r in readers:
             r.subscribe("clock/v1/agents/+/status", "clock/v1/agents/+/report", qos=1)
-        for role in ("publisher", "collector", "collector-2", "operator"):
+        for role in ROLES:
             p = login(topo.edge(0).settings(role))
             roles.append(p)
             p.publish(f"clock/v1/agents/{role}/status", report(role), retain=True)

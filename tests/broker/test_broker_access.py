@@ -13,7 +13,7 @@ import paho.mqtt.client as mqtt
 import pytest
 
 from clockfleet import devstack
-from clockfleet.devstack.mosquitto import ShippedBroker
+from clockfleet.devstack.mosquitto import ROLES, ShippedBroker
 from tests.broker.mqttclient import ConnectRefused, MqttProbe, connect
 
 REGION = "clock/v1/regions/us-east/servers"
@@ -203,8 +203,6 @@ def test_a_packet_over_the_size_limit_is_refused(broker: ShippedBroker):
 
 # --- Roles get exactly their grants: the agents' `pattern` lines apply to every user ----------
 
-ROLES = ("publisher", "collector", "collector-2", "operator")
-
 
 @pytest.mark.parametrize("role", ROLES)
 @pytest.mark.parametrize("kind", ["status", "report"])
@@ -285,23 +283,23 @@ def test_the_operator_cannot_publish_lists_or_profiles(broker: ShippedBroker, to
 
 
 @pytest.mark.parametrize("kind", ["status", "report"])
-def test_the_operator_clears_an_agents_retained_status_and_report(broker: ShippedBroker, kind: str):
-    """`clockfleet retire` empties a decommissioned agent's retained topics as the operator."""
+def test_the_operator_cannot_write_an_agents_status_or_report(broker: ShippedBroker, kind: str):
+    """A thief of the operator's everyday secret must not forge a report or erase one: that
+    is the `retire` identity's alone (tests/broker/test_retire_role.py)."""
     b = broker
     topic = f"clock/v1/agents/acme-01/{kind}"
     agent = login(b, "acme-01")
-    try:
-        assert agent.publish(topic, b"{}", retain=True).is_failure is False
-    finally:
-        agent.close()
     operator = login(b, "operator")
     try:
-        assert operator.publish(topic, b"", retain=True).is_failure is False
+        assert agent.publish(topic, b"{}", retain=True).is_failure is False
+        for payload in (b'{"forged": true}', b""):  # a forgery, and a clear
+            assert operator.publish(topic, payload, retain=True).value == NOT_AUTHORISED
         operator.subscribe(topic, "clock/v1/agents/acme-01/cmd")
         operator.sync("clock/v1/agents/acme-01/cmd")
-        assert operator.on(topic) == []  # nothing retained any more
+        assert [m.payload for m in operator.on(topic)] == [b"{}"]  # the agent's, untouched
     finally:
         operator.close()
+        agent.close()
 
 
 @pytest.mark.parametrize("topic", [PROFILE.format("acme-01"), "clock/v1/agents/acme-01/report"])

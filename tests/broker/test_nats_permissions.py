@@ -13,6 +13,7 @@ import time
 import paho.mqtt.client as mqtt
 import pytest
 
+from clockfleet.devstack.mosquitto import ROLES
 from clockfleet.devstack.nats import NatsCluster
 from clockfleet.protocol import codec
 from tests.broker.mqttclient import ConnectRefused, connect
@@ -23,7 +24,6 @@ from tests.broker.natskit import (
     REFUSED,
     REGION,
     REPORT,
-    ROLES,
     STATUS,
     codes,
     delivered,
@@ -287,20 +287,22 @@ def test_the_operator_cannot_write_lists_or_profiles(cluster: NatsCluster, topic
 
 
 @pytest.mark.parametrize("kind", ["status", "report"])
-def test_the_operator_clears_an_agents_status_and_report(cluster: NatsCluster, kind: str):
-    """`clockfleet retire` empties a decommissioned agent's retained status and report."""
+def test_the_operator_cannot_write_an_agents_status_or_report(cluster: NatsCluster, kind: str):
+    """Neither a forged one nor a clear: that is the `retire` identity's alone
+    (tests/broker/test_retire_role.py)."""
     topic = f"clock/v1/agents/acme-30/{kind}"
     agent = login(cluster, "acme-30")
     try:
         agent.publish(topic, b"{}", retain=True)
     finally:
         agent.close()
+    assert delivered(cluster, "operator", topic) == []
     operator = login(cluster, "operator")
     try:
         operator.publish(topic, b"", retain=True)
     finally:
         operator.close()
-    assert retained(cluster, topic) == []
+    assert retained(cluster, topic) == [b"{}"]
 
 
 def test_the_operator_reads_everything_under_the_prefix(cluster: NatsCluster):

@@ -15,6 +15,7 @@ from clockfleet.devstack import free_port
 from clockfleet.devstack.mosquitto import (
     IDENTITIES_TOOL,
     MAKE_TEST_CA,
+    ROLES,
     ShippedBroker,
     copy_acl,
     launch,
@@ -25,8 +26,6 @@ from clockfleet.devstack.mosquitto import (
 )
 from tests.broker.mqttclient import connect
 from tests.helpers import wait_until
-
-ROLES = ("publisher", "collector", "collector-2", "operator")
 
 
 def identities(out: Path, *args: str) -> subprocess.CompletedProcess:
@@ -51,6 +50,7 @@ def test_identities_writes_roles_and_agents_with_private_password_files(tmp_path
         "collector",
         "collector-2",
         "operator",
+        "retire",
         "acme-01",
         "acme-02",
     ]
@@ -68,7 +68,7 @@ def test_identities_refresh_keeps_existing_passwords(tmp_path: Path):
     result = identities(tmp_path, "acme-01", "acme-03")
     assert result.returncode == 0
     assert (tmp_path / "acme-01.password").read_text() == before
-    assert "1 new, 5 kept" in result.stdout
+    assert "1 new, 6 kept" in result.stdout
 
 
 def test_identities_rotate_gives_a_new_password(tmp_path: Path):
@@ -117,7 +117,7 @@ def test_sync_to_an_inventory_shows_and_removes_the_agents_it_no_longer_lists(tm
     result = identities(tmp_path, "--sync", "--agents-file", str(agents_file))
     assert result.returncode == 0, result.stderr
     assert "+ acme-03" in result.stdout and "- acme-01" in result.stdout
-    assert users(tmp_path / "passwd")[4:] == ["acme-02", "acme-03"]
+    assert users(tmp_path / "passwd")[len(ROLES) :] == ["acme-02", "acme-03"]
 
 
 def test_a_dry_run_shows_the_change_and_writes_nothing(tmp_path: Path):
@@ -138,10 +138,10 @@ def test_revoking_more_agents_than_the_bound_needs_confirmation(tmp_path: Path):
     truncated = identities(tmp_path, "--sync", "pbx-00")  # an inventory cut short
     assert truncated.returncode == 2
     assert "would revoke 7 agents" in truncated.stderr and "--yes" in truncated.stderr
-    assert users(tmp_path / "passwd")[4:] == fleet
+    assert users(tmp_path / "passwd")[len(ROLES) :] == fleet
     confirmed = identities(tmp_path, "--sync", "pbx-00", "--yes")
     assert confirmed.returncode == 0, confirmed.stderr
-    assert users(tmp_path / "passwd")[4:] == ["pbx-00"]
+    assert users(tmp_path / "passwd")[len(ROLES) :] == ["pbx-00"]
 
 
 def test_revoking_an_agent_that_does_not_exist_is_refused(tmp_path: Path):
@@ -151,8 +151,9 @@ def test_revoking_an_agent_that_does_not_exist_is_refused(tmp_path: Path):
     assert "no such agent" in result.stderr
 
 
-def test_identities_refuses_an_agent_named_like_a_role(tmp_path: Path):
-    result = identities(tmp_path, "publisher")
+@pytest.mark.parametrize("role", ROLES)
+def test_identities_refuses_an_agent_named_like_a_role(tmp_path: Path, role: str):
+    result = identities(tmp_path, role)
     assert result.returncode == 2
     assert "is a role name" in result.stderr
     assert not (tmp_path / "passwd").exists()
