@@ -1,35 +1,28 @@
 """broker/bridges/make-bridges for the bridged topology: the generator run as an operator runs
 it, and its generated configs with only their ports and paths replaced.
 
-Each replaced line must occur exactly once (`replace_once`), so a change to the generator that
-this does not follow fails loudly instead of testing something else.
+Each replaced line must occur exactly once (mosquitto_conf.replace_once), so a change to the
+generator that this does not follow fails loudly instead of testing something else.
 """
 
 from __future__ import annotations
 
-import importlib.machinery
-import importlib.util
 import subprocess
 from collections.abc import Sequence
-from functools import cache
 from pathlib import Path
 from types import ModuleType
 
-from clockfleet.devstack.daemons import LOOPBACK, DaemonError
+from clockfleet.devstack.daemons import DaemonError
+from clockfleet.devstack.mosquitto import script_module
+from clockfleet.devstack.mosquitto_conf import path_substitutions, production_template, replace_once
 
 REPO = Path(__file__).resolve().parents[3]
 MAKE_BRIDGES = REPO / "broker" / "bridges" / "make-bridges"
 
 
-@cache
 def generator() -> ModuleType:
     """broker/bridges/make-bridges as a module (it is a script without a .py suffix)."""
-    loader = importlib.machinery.SourceFileLoader("clockfleet_make_bridges", str(MAKE_BRIDGES))
-    spec = importlib.util.spec_from_loader(loader.name, loader)
-    assert spec is not None
-    module = importlib.util.module_from_spec(spec)
-    loader.exec_module(module)
-    return module
+    return script_module(MAKE_BRIDGES, "clockfleet_make_bridges")
 
 
 def run_generator(*args: str | Path) -> str:
@@ -46,44 +39,11 @@ def dc_name(k: int) -> str:
     return f"dc{k + 1}"
 
 
-def replace_once(text: str, substitutions: dict[str, str], what: str) -> str:
-    for old, new in substitutions.items():
-        count = text.count(old)
-        if count != 1:
-            raise AssertionError(f"{what}: {old.strip()!r} occurs {count} times, not once")
-        text = text.replace(old, new)
-    return text
-
-
-def file_substitutions(ids: Path, certs: Path, acl_name: str, acl: Path) -> dict[str, str]:
-    """The lines naming files, alike in central.conf and every edge-DC.conf: the password
-    file, the ACL (`acl_name` in /etc/mosquitto/clockfleet/), the TLS files, persistence and
-    log."""
-    return {
-        "\npassword_file /etc/mosquitto/clockfleet/passwd\n": f"\npassword_file {ids}/passwd\n",
-        f"\nacl_file /etc/mosquitto/clockfleet/{acl_name}\n": f"\nacl_file {acl}\n",
-        "\ncafile /etc/mosquitto/certs/ca.crt\n": f"\ncafile {certs}/ca.crt\n",
-        "\ncertfile /etc/mosquitto/certs/server.crt\n": f"\ncertfile {certs}/server.crt\n",
-        "\nkeyfile /etc/mosquitto/certs/server.key\n": f"\nkeyfile {certs}/server.key\n",
-        "\npersistence_location /var/lib/mosquitto/\n": "\npersistence_location @RUNDIR@/\n",
-        "\nlog_dest file /var/log/mosquitto/mosquitto.log\n": (
-            "\nlog_dest file @RUNDIR@/mosquitto.log\n"
-        ),
-    }
-
-
 def central_template(generated: Path, ids: Path, certs: Path, tls_port: int, acl: Path) -> str:
-    """make-bridges' central.conf with the substitutions mosquitto.production_template makes
-    to broker/mosquitto.conf (central.conf is that file with central's changes): the TLS
-    listener on `tls_port`, the plain loopback listener as @PORT@ for the launcher."""
-    return replace_once(
-        (generated / "central.conf").read_text(),
-        {
-            "\nlistener 8883\n": f"\nlistener {tls_port} {LOOPBACK}\n",
-            "\nlistener 1883 127.0.0.1\n": "\nlistener @PORT@ @HOST@\n",
-            **file_substitutions(ids, certs, "acl", acl),
-        },
-        "make-bridges' central.conf",
+    """make-bridges' central.conf (broker/mosquitto.conf with central's changes) with the
+    substitutions production_template makes to broker/mosquitto.conf."""
+    return production_template(
+        ids / "passwd", certs, tls_port, acl, source=generated / "central.conf"
     )
 
 
@@ -97,7 +57,7 @@ def edge_template(
         (generated / f"edge-{dc}.conf").read_text(),
         {
             "\nlistener 8883\n": "\nlistener @PORT@ @HOST@\n",
-            **file_substitutions(ids, certs, "edge.acl", generated / "edge.acl"),
+            **path_substitutions(ids / "passwd", certs, generated / "edge.acl", "edge.acl"),
             f"\naddress {central}\n": f"\naddress {link[0]}:{link[1]}\n",
         },
         f"make-bridges' edge-{dc}.conf",

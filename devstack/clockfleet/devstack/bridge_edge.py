@@ -4,57 +4,20 @@ clockfleet-identities directory."""
 
 from __future__ import annotations
 
-import contextlib
-import signal
-import socket
-import ssl
-import struct
-import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from clockfleet.devstack.bridge_configs import edge_template
 from clockfleet.devstack.bridge_link import LinkProxy
-from clockfleet.devstack.daemons import DaemonError
-from clockfleet.devstack.mosquitto import ROLES, ShippedBroker, launch, provision, record
+from clockfleet.devstack.mosquitto import (
+    ShippedBroker,
+    launch,
+    login_accepted,
+    provision,
+    record,
+)
 from clockfleet.protocol.connection import ConnectionSettings
-
-
-def connect_packet(user: str, password: str) -> bytes:
-    """An MQTT 3.1.1 CONNECT (clean session, keepalive 10 s) as this identity."""
-
-    def text(s: str) -> bytes:
-        b = s.encode()
-        return struct.pack("!H", len(b)) + b
-
-    body = text("MQTT") + bytes([4, 0xC2]) + struct.pack("!H", 10)
-    body += text(user) + text(user) + text(password)
-    length, n = b"", len(body)
-    while True:  # MQTT's variable-length integer
-        n, digit = divmod(n, 128)
-        length += bytes([digit | (0x80 if n else 0)])
-        if not n:
-            break
-    return b"\x10" + length + body
-
-
-def tls_login_accepted(
-    host: str, port: int, ca_file: Path, user: str, password: str, timeout: float = 2.0
-) -> bool:
-    """mosquitto.login_accepted over TLS (an edge has no plain listener). Only for identities
-    nobody uses yet: client ids are user names, so it would knock a session off."""
-    context = ssl.create_default_context(cafile=str(ca_file))
-    try:
-        raw = socket.create_connection((host, port), timeout=timeout)
-        with raw, context.wrap_socket(raw, server_hostname="localhost") as s:
-            s.sendall(connect_packet(user, password))
-            answer = s.recv(4)
-            with contextlib.suppress(OSError):
-                s.sendall(b"\xe0\x00")  # DISCONNECT: no will, no noise in the log
-    except OSError:  # ssl.SSLError included
-        return False
-    return len(answer) == 4 and answer[0] == 0x20 and answer[3] == 0
 
 
 @dataclass
@@ -69,22 +32,14 @@ class Edge(ShippedBroker):
         # The test CA's server certificate names localhost (and 127.0.0.1).
         return self.tls_url
 
-    def add(self, *agents: str) -> None:
-        """Provision the agents this edge does not know yet, then SIGHUP (Mosquitto reloads
-        its password file and ACL) and wait until the first of them can log in."""
-        new = [a for a in dict.fromkeys(agents) if a not in self.known and a not in ROLES]
-        if not new:
-            return
-        provision(self.identities, new)
-        self.known.update(new)
-        self.daemon.proc.send_signal(signal.SIGHUP)
-        deadline = time.monotonic() + 10
-        while not tls_login_accepted(
-            self.host, self.port, self.ca_file, new[0], self.password(new[0])
-        ):
-            if time.monotonic() > deadline:
-                raise DaemonError(f"edge {self.dc} did not take identity {new[0]} after SIGHUP")
-            time.sleep(0.02)
+    @property
+    def name(self) -> str:
+        return f"edge {self.dc}"
+
+    def accepts(self, identity: str) -> bool:
+        """Does the edge take this identity's login now? Over TLS: it has no other listener."""
+        password = self._read(identity)
+        return login_accepted(self.host, self.port, identity, password, ca_file=self.ca_file)
 
     def login(self, identity: str, *, tls: bool = True) -> list[str]:
         """Connection flags for a clockfleet command as this identity on this edge."""

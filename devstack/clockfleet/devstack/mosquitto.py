@@ -10,11 +10,12 @@
     start_open(rundir, why="...")     # anonymous access, only with a reason
 
 `start_shipped` runs broker/mosquitto.conf itself, with only its paths and ports replaced
-(`production_template`): identities written by broker/clockfleet-identities, broker/acl, the
-TLS listener with a test CA, and the plain loopback listener the config keeps for programs on
-the broker's own host. Any agent id a test names is provisioned on first use, as an operator
-adds a host. An open broker needs a reason, and every start is recorded in STARTS so the test
-suite can say how many of its brokers run the shipped configuration (tests/conftest.py).
+(mosquitto_conf.py's `production_template`): identities written by
+broker/clockfleet-identities, broker/acl, the TLS listener with a test CA, and the plain
+loopback listener the config keeps for programs on the broker's own host. Any agent id a
+test names is provisioned on first use, as an operator adds a host. An open broker needs a
+reason, and every start is recorded in STARTS so the test suite can say how many of its
+brokers run the shipped configuration (tests/conftest.py).
 
 Mosquitto reads nothing from the checkout itself: a checkout may sit under a directory its
 user cannot enter (/root is 0700 on Debian), so the ACL is copied into the run directory.
@@ -24,14 +25,19 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import importlib.machinery
+import importlib.util
 import signal
 import socket
+import ssl
 import struct
 import subprocess
 import sys
 import time
 from dataclasses import dataclass, field
+from functools import cache
 from pathlib import Path
+from types import ModuleType
 
 from clockfleet.devstack.daemons import (
     LOOPBACK,
@@ -44,14 +50,28 @@ from clockfleet.devstack.daemons import (
     stable_ports,
     wait_tcp,
 )
+from clockfleet.devstack.mosquitto_conf import BROKER_DIR, production_template
 from clockfleet.protocol.connection import ConnectionSettings, settings_from_args
 
 REPO = Path(__file__).resolve().parents[3]
-BROKER_DIR = REPO / "broker"
 IDENTITIES_TOOL = BROKER_DIR / "clockfleet-identities"
 MAKE_TEST_CA = BROKER_DIR / "make-test-ca"
 ACL = BROKER_DIR / "acl"
-ROLES = ("publisher", "collector", "collector-2", "operator")
+
+
+@cache
+def script_module(path: Path, name: str) -> ModuleType:
+    """A script of broker/ as a module (they are files without a .py suffix)."""
+    loader = importlib.machinery.SourceFileLoader(name, str(path))
+    spec = importlib.util.spec_from_loader(loader.name, loader)
+    assert spec is not None
+    module = importlib.util.module_from_spec(spec)
+    loader.exec_module(module)
+    return module
+
+
+# The roles broker/clockfleet-identities makes (the one list of them, docs/decisions.md).
+ROLES: tuple[str, ...] = tuple(script_module(IDENTITIES_TOOL, "clockfleet_identities").ROLES)
 
 
 # --- What was started, and why -------------------------------------------------------------
@@ -170,35 +190,8 @@ def copy_acl(rundir: Path, acl: Path = ACL, extra: str = "") -> Path:
     return target
 
 
-def production_template(passwd: Path, certs: Path, tls_port: int, acl: Path) -> str:
-    """broker/mosquitto.conf with exactly its paths and ports replaced. Each replaced line
-    must occur exactly once, so a change to the config that this does not follow fails
-    loudly instead of silently testing something else."""
-    text = (BROKER_DIR / "mosquitto.conf").read_text()
-    substitutions = {
-        "\nlistener 8883\n": f"\nlistener {tls_port} {LOOPBACK}\n",
-        "\nlistener 1883 127.0.0.1\n": "\nlistener @PORT@ @HOST@\n",
-        "\npassword_file /etc/mosquitto/clockfleet/passwd\n": f"\npassword_file {passwd}\n",
-        "\nacl_file /etc/mosquitto/clockfleet/acl\n": f"\nacl_file {acl}\n",
-        "\ncafile /etc/mosquitto/certs/ca.crt\n": f"\ncafile {certs}/ca.crt\n",
-        "\ncertfile /etc/mosquitto/certs/server.crt\n": f"\ncertfile {certs}/server.crt\n",
-        "\nkeyfile /etc/mosquitto/certs/server.key\n": f"\nkeyfile {certs}/server.key\n",
-        "\npersistence_location /var/lib/mosquitto/\n": "\npersistence_location @RUNDIR@/\n",
-        "\nlog_dest file /var/log/mosquitto/mosquitto.log\n": (
-            "\nlog_dest file @RUNDIR@/mosquitto.log\n"
-        ),
-    }
-    for old, new in substitutions.items():
-        count = text.count(old)
-        if count != 1:
-            raise AssertionError(f"broker/mosquitto.conf: {old!r} occurs {count} times, not once")
-        text = text.replace(old, new)
-    return text
-
-
-def login_accepted(host: str, port: int, user: str, password: str, timeout: float = 2.0) -> bool:
-    """One bare MQTT 3.1.1 CONNECT: does the broker take these credentials now? (Only for
-    identities nobody uses yet: client ids are user names, so it would knock a session off.)"""
+def connect_packet(user: str, password: str) -> bytes:
+    """An MQTT 3.1.1 CONNECT (clean session, client id = user name, keepalive 10 s)."""
 
     def text(s: str) -> bytes:
         b = s.encode()
@@ -211,15 +204,33 @@ def login_accepted(host: str, port: int, user: str, password: str, timeout: floa
         n, digit = divmod(n, 128)
         length += bytes([digit | (0x80 if n else 0)])
         if not n:
-            break
-    packet = b"\x10" + length + body
+            return b"\x10" + length + body
+
+
+def login_accepted(
+    host: str,
+    port: int,
+    user: str,
+    password: str,
+    timeout: float = 2.0,
+    *,
+    ca_file: Path | None = None,
+) -> bool:
+    """One bare MQTT 3.1.1 CONNECT: does the broker take these credentials now? With
+    `ca_file`: over TLS, verified against that CA as server `localhost` (the test CA's name;
+    an edge has only a TLS listener). Only for identities nobody uses yet: client ids are
+    user names, so it would knock a session off."""
     try:
-        with socket.create_connection((host, port), timeout=timeout) as s:
-            s.sendall(packet)
+        with contextlib.ExitStack() as stack:
+            s = stack.enter_context(socket.create_connection((host, port), timeout=timeout))
+            if ca_file is not None:
+                context = ssl.create_default_context(cafile=str(ca_file))
+                s = stack.enter_context(context.wrap_socket(s, server_hostname="localhost"))
+            s.sendall(connect_packet(user, password))
             answer = s.recv(4)
             with contextlib.suppress(OSError):
                 s.sendall(b"\xe0\x00")  # DISCONNECT: no will, no noise in the log
-    except OSError:
+    except OSError:  # ssl.SSLError included
         return False
     return len(answer) == 4 and answer[0] == 0x20 and answer[3] == 0
 
@@ -268,10 +279,19 @@ class ShippedBroker:
             return  # a stopped broker reads the file when it starts again
         self.daemon.proc.send_signal(signal.SIGHUP)
         deadline = time.monotonic() + 10
-        while not login_accepted(self.host, self.port, new[0], self._read(new[0])):
+        while not self.accepts(new[0]):
             if time.monotonic() > deadline:
-                raise DaemonError(f"mosquitto did not take identity {new[0]} after SIGHUP")
+                raise DaemonError(f"{self.name} did not take identity {new[0]} after SIGHUP")
             time.sleep(0.02)
+
+    @property
+    def name(self) -> str:
+        return f"mosquitto in {self.rundir}"
+
+    def accepts(self, identity: str) -> bool:
+        """Does the broker take this identity's login now (the plain loopback listener; an edge,
+        which has none, overrides it)?"""
+        return login_accepted(self.host, self.port, identity, self._read(identity))
 
     def revoke(self, *agents: str) -> None:
         """What an operator does to take hosts out: clockfleet-identities --revoke, SIGHUP (its
