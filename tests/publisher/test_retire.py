@@ -1,11 +1,13 @@
 """`clockfleet retire`: on the shipped Mosquitto, with a real collector serving /metrics, and the
 shipped identities tool as the revocation (`--reload-pidfile` + `--confirm`, as on a broker
-host).
+host), as the `retire` identity (the operator may not clear an agent's topics); and through
+a data centre's edge broker, where a retired agent must be cleared (test_retire_bridges.py).
 """
 
 from __future__ import annotations
 
 import json
+import os
 import shlex
 import subprocess
 import sys
@@ -36,10 +38,13 @@ def revoke_command(broker: ShippedBroker) -> str:
     )  # fmt: skip
 
 
-def retire(broker: ShippedBroker, *args: str) -> subprocess.CompletedProcess[str]:
+def retire(
+    broker: ShippedBroker, *args: str, identity: str = "retire"
+) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "clockfleet", "retire", *args, *broker.login("operator")],
+        [sys.executable, "-m", "clockfleet", "retire", *args, *broker.login(identity)],
         capture_output=True, text=True, timeout=60, cwd=REPO,
+        env={**os.environ, "CLOCKFLEET_CONNECTION": ""},  # no connection file of this machine
     )  # fmt: skip
 
 
@@ -164,6 +169,37 @@ def test_retire_refuses_what_it_cannot_do_safely(broker: ShippedBroker, args: tu
     done = retire(broker, *args)
     assert done.returncode == 2
     assert why in done.stderr
+
+
+def test_retire_as_the_operator_is_refused_before_anything_is_done(broker: ShippedBroker):
+    agent_session(broker).close()
+    before = retained(broker)
+    done = retire(broker, AGENT, "--revoke-command", revoke_command(broker), identity="operator")
+    assert done.returncode == 2
+    assert "the identity `operator` may not clear an agent's status and report" in done.stderr
+    assert "nothing was read, revoked or cleared" in done.stderr
+    assert retained(broker) == before
+    connect(broker.port, AGENT, broker.password(AGENT)).close()  # not revoked
+
+
+def test_a_dry_run_as_the_operator_shows_the_plan_and_says_it_would_fail(broker: ShippedBroker):
+    agent_session(broker).close()
+    done = retire(broker, AGENT, "--dry-run", "--no-revoke", identity="operator")
+    assert done.returncode == 2
+    assert f"clear:  {TOPICS['status']} (retained," in done.stdout
+    assert "would fail: the identity `operator` may not clear" in done.stderr
+
+
+def test_retire_logs_in_as_retire_when_no_user_name_is_given(broker: ShippedBroker):
+    agent_session(broker).close()
+    flags = ["--broker", broker.url, "--password-file", str(broker.password_file("retire"))]
+    done = subprocess.run(
+        [sys.executable, "-m", "clockfleet", "retire", AGENT, "--no-revoke", *flags],
+        capture_output=True, text=True, timeout=60, cwd=REPO,
+        env={**os.environ, "CLOCKFLEET_CONNECTION": "", "CLOCKFLEET_USERNAME": ""},
+    )  # fmt: skip
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert retained(broker) == {}
 
 
 # --- Alerts: keyed on the agent's series, which leave with it -------------------------------

@@ -2,17 +2,24 @@
 
 A stopped agent's retained status and report stay on the broker for ever, and only the agent
 could overwrite them: the host stays on /metrics and its alerts (offline, stale report) fire
-for ever. As the operator, this command
+for ever. As the `retire` identity, this command
 
-  1. reads what the broker retains under the agent's topics (and shows it: --dry-run stops
-     here and changes nothing);
+  1. reads what the broker retains on the agent's status and report (and shows it:
+     --dry-run stops here and changes nothing);
   2. revokes the agent's identity by running --revoke-command, which must exit 0 only once
      the broker no longer takes it (see below): from then on the agent cannot log in, and
      a session it still has is closed without its will;
-  3. clears every retained topic of the agent the operator may write (status, report, a
-     retained command) with an empty retained message, and reads them back to check;
+  3. clears the agent's status and report with empty retained messages, and reads them
+     back to check;
   4. names what it leaves: the agent's profile is the publisher's (remove the agent from
      the fleet file and run `clockfleet publish --prune`).
+
+It logs in as `retire` (the default --username), the one identity the broker lets write an
+agent's status and report besides the agent itself; the operator may not (a thief of its
+everyday secret could otherwise forge any agent's report). Keep the retire identity's
+password only where hosts are decommissioned. With edge brokers, retire an agent on its edge
+(--broker the edge): the bridge carries the clears to central, and a copy cleared on central
+alone would come back from the edge at the bridge's next reconnect.
 
 The collector drops an agent once its status and report are empty: its series leave
 /metrics at the next scrape, and every alert keyed on them ends (docs/operations.md).
@@ -52,6 +59,14 @@ from clockfleet.publisher import broker_io
 from clockfleet.publisher.cli_common import Parser, fail, parse
 
 RETIRE = "clockfleet retire"
+# The identity broker/acl lets clear an agent's status and report (broker/clockfleet-identities
+# makes it); the operator, whose connection file most commands read, may not.
+IDENTITY = "retire"
+NOT_ALLOWED = "operator"
+NOT_ALLOWED_WHY = (
+    f"the identity `{NOT_ALLOWED}` may not clear an agent's status and report: run as "
+    f"`{IDENTITY}` (--username {IDENTITY} --password-file FILE, or a --connection file naming it)"
+)
 ENV_REVOKE = "CLOCKFLEET_REVOKE_COMMAND"
 EXIT_FAILED = 1
 REVOKE_TIMEOUT_S = 120.0
@@ -99,17 +114,18 @@ def make_plan(
 ) -> Plan:
     held = {t: len(p) for t, p in retained.items() if p}
     profile = profile_topic(prefix, agent)
-    left = {}
-    if profile in held:
-        left[profile] = (
+    # Named whether or not it is retained: the retire identity may not read it.
+    left = {
+        profile: (
             f"the publisher's: remove {agent} from the fleet file and run "
             "`clockfleet publish --prune`"
         )
+    }
     # Status and report always: a message retained between the reading and the revocation
     # is cleared too (clearing what is not there costs one empty message).
-    mine = [status_topic(prefix, agent), report_topic(prefix, agent)]
-    others = sorted(t for t in held if t not in mine and t not in left)
-    return Plan(agent, revoke, [*mine, *others], held, left)
+    return Plan(
+        agent, revoke, [status_topic(prefix, agent), report_topic(prefix, agent)], held, left
+    )
 
 
 def show(plan: Plan, dry_run: bool) -> None:
@@ -142,15 +158,15 @@ def run_revoke(words: list[str]) -> str | None:
 def read_agent_topics(
     session: broker_io.PublisherSession, prefix: str, agent: str, timeout_s: float
 ) -> dict[str, bytes]:
-    """Every retained message under the agent's topics now (a fresh SUBSCRIBE resends them;
-    the snapshot ends at the session's fence)."""
+    """The agent's retained status and report now (a fresh SUBSCRIBE resends them; the
+    snapshot ends at the session's fence)."""
     with session.lock:
         session.retained.clear()
-    agent_filter = f"{prefix}/agents/{agent}/#"
-    why = "cannot see what the broker retains for this agent (retire runs as the operator)"
-    broker_io.subscribe_checked(session, [agent_filter], timeout_s, why)
+    topics = [status_topic(prefix, agent), report_topic(prefix, agent)]
+    why = f"cannot see what the broker retains for this agent (retire runs as `{IDENTITY}`)"
+    broker_io.subscribe_checked(session, topics, timeout_s, why)
     broker_io.fence(session, timeout_s)
-    session.client.unsubscribe(agent_filter)
+    session.client.unsubscribe(topics)
     with session.lock:
         return {t: p for t, p in session.retained.items() if p}
 
@@ -169,8 +185,12 @@ def clear(session: broker_io.PublisherSession, plan: Plan, prefix: str, timeout_
     for topic, why in plan.left.items():
         print(f"left {topic}: {why}")
     if failed or stuck:
-        return fail(RETIRE, f"{plan.agent}: not every topic is clear (above)", EXIT_FAILED)
-    print(f"{plan.agent} retired: identity revoked, retained status and report cleared")
+        why = f"{plan.agent}: not every topic is clear (above)"
+        if any(r.reason.startswith("refused") for r in failed):
+            why += f"; may this identity clear them? retire runs as `{IDENTITY}`"
+        return fail(RETIRE, why, EXIT_FAILED)
+    revoked = "identity revoked, " if plan.revoke is not None else ""
+    print(f"{plan.agent} retired: {revoked}retained status and report cleared")
     return 0
 
 
@@ -185,8 +205,11 @@ def main(argv: list[str]) -> int:
     if not template and not args.no_revoke:
         return fail(RETIRE, f"give --revoke-command (or {ENV_REVOKE}), or --no-revoke")
     try:
-        settings = settings_from_args(args)
+        settings = settings_from_args(args, {"username": IDENTITY}, defaults_source="default")
         revoke = None if args.no_revoke else revoke_words(template or "", agent)
+        as_operator = settings.username == NOT_ALLOWED
+        if as_operator and not args.dry_run:
+            return fail(RETIRE, f"{NOT_ALLOWED_WHY}; nothing was read, revoked or cleared")
         session = broker_io.open_session(settings, args.timeout)
     except (UsageError, broker_io.CannotConnect) as exc:
         return fail(RETIRE, str(exc))
@@ -195,7 +218,7 @@ def main(argv: list[str]) -> int:
         plan = make_plan(agent, settings.prefix, before, revoke)
         show(plan, args.dry_run)
         if args.dry_run:
-            return 0
+            return fail(RETIRE, f"would fail: {NOT_ALLOWED_WHY}") if as_operator else 0
         if plan.revoke is not None:
             why = run_revoke(plan.revoke)
             if why is not None:
