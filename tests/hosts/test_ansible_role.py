@@ -1,7 +1,9 @@
 """The Ansible role (deploy/ansible, issue 21 part 2) against Debian 11, 12 and 13 hosts under
 systemd: `ansible-playbook` of the shipped site.yml, as an operator runs it, installs the
 package from the signed repository, writes each host's agent.yaml and secret and starts the
-agent, and every host reports; a second run changes nothing (and restarts no agent).
+agent, and every host reports; a second run changes nothing (and restarts no agent). These
+hosts run the chrony backend, so the last test shows the agent seeing, from its sandbox, a
+second time daemon beside chronyd.
 
 ansible-playbook logs in over SSH, as it does to a PBX: each container runs its own sshd on a
 loopback port of its own (the images carry openssh-server, off), with a key made for the
@@ -171,3 +173,18 @@ def test_a_second_run_of_the_playbook_changes_nothing(fleet, stack):
     assert {agent_id: r[1] for agent_id, r in recap.items()} == dict.fromkeys(fleet.hosts, 0), out
     for agent_id, host in fleet.hosts.items():
         assert aptkit.agent_restarts_since(host, cursors[agent_id]) == 0
+
+
+def test_a_second_time_daemon_running_beside_chronyd_is_reported(fleet, stack):
+    """The agent asks systemd, from inside its sandbox, which time daemons run: a unit named
+    like ntpd's running beside the chrony backend's chronyd is a competing time setter."""
+    agent_id = "pbx-bookworm-ansible"
+    host = fleet.hosts[agent_id]
+    host.ok("systemd-run --unit=ntp.service --description='a second time daemon' sleep 600")
+
+    host.ok("clockfleet agent --config /etc/clockfleet/agent.yaml --once >/dev/null")
+
+    report = stack.wait_report(agent_id, lambda r: bool(r.get("time_setters")), host=host)
+    assert report["time_setters"] == [
+        {"kind": "daemon", "program": "ntpd", "source": "ntp.service"}
+    ]
