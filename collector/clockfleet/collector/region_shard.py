@@ -34,12 +34,12 @@ import paho.mqtt.client as mqtt
 
 from clockfleet.collector import paho_socket
 from clockfleet.collector.fleet_state import FleetState
-from clockfleet.protocol.ids import is_valid_id
+from clockfleet.protocol.ids import ID_PATTERN, is_valid_id
 from clockfleet.protocol.topics import servers_topic, status_topic
 
 DROP_REASON = "other-region"
 _KEY = b'"region"'
-_VALUE = re.compile(rb'\s*:\s*"([A-Za-z0-9_-]{1,64})"')
+_VALUE = re.compile(rb'\s*:\s*"(' + ID_PATTERN.encode() + rb')"')
 # At most this many agents remembered as "in another region" (their statuses are skipped);
 # beyond it a status of such an agent is judged by its own region. Bounded like every
 # collector table: ~100 bytes an id.
