@@ -141,13 +141,7 @@ def exchange_steps(
                 return Failure("unreachable", "port unreachable (ICMP): connection refused")
             except OSError as e:
                 return Failure("unreachable", f"receive failed: {e.strerror or e}")
-            now_ns = time.time_ns()
-            t4_ns = receive_time_ns(ancdata) if kernel_ts else None
-            if t4_ns is None or not 0 <= now_ns - t4_ns <= MAX_KERNEL_LAG_NS:
-                # No kernel stamp, or one from another clock than our T1 (the wall clock was
-                # stepped meanwhile, or time is faked in user space as libfaketime does):
-                # mixing the two would turn that difference into a bogus offset.
-                t4_ns = now_ns
+            t4_ns = _t4(ancdata, kernel_ts)
             verdict = gate(data, nonce)
             if isinstance(verdict, Failure):
                 ignored = verdict
@@ -161,6 +155,17 @@ def exchange_steps(
             return check_reply(verdict, t1_ns, t4_ns, settings, previous)
         if time.monotonic() >= deadline:
             return ignored or Failure("timeout", "no answer")
+
+
+def _t4(ancdata: list[tuple[int, int, bytes]], kernel_ts: bool) -> int:
+    """Our receive time: the kernel's stamp, unless there is none or it is from another
+    clock than our T1 (the wall clock was stepped meanwhile, or time is faked in user space
+    as libfaketime does): mixing the two would turn that difference into a bogus offset."""
+    now_ns = time.time_ns()
+    t4_ns = receive_time_ns(ancdata) if kernel_ts else None
+    if t4_ns is None or not 0 <= now_ns - t4_ns <= MAX_KERNEL_LAG_NS:
+        return now_ns
+    return t4_ns
 
 
 def sample_burst(
