@@ -228,6 +228,9 @@ def start_chronyd_server(
             FAKETIME_NO_CACHE="1",
         )
     args = [binary, "-x", "-d", "-f", str(conf)]
+    # One address family: with only an IPv4 bindaddress chronyd would also take the IPv6
+    # wildcard ([::]:port), and with it the port on every address of this machine.
+    args.append("-6" if ":" in address else "-4")
     if is_root():
         args += ["-u", "root"]
     log = rundir / "chronyd.log"
