@@ -10,6 +10,8 @@ from dataclasses import dataclass, field
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 
+from clockfleet.protocol.connection import ConnectionSettings
+
 WAIT_S = 10.0  # generous: other engineers' tests share the two cores
 
 
@@ -136,3 +138,13 @@ def connect(
         client.disconnect()
         raise ConnectRefused(str(result.get("rc", "no CONNACK")))
     return tc
+
+
+def login_with(settings: ConnectionSettings, **kwargs) -> MqttProbe:
+    """Connected as the settings' identity to their first broker (MQTT 3.1.1, as clockfleet's
+    programs; TLS when they name a CA), as a devstack broker's settings(ID) give them."""
+    b = settings.brokers[0]
+    return connect(
+        b.port, settings.username, settings.password, host=b.host, ca_file=settings.ca_file,
+        protocol=mqtt.MQTTv311, **kwargs,
+    )  # fmt: skip

@@ -14,14 +14,13 @@ import subprocess
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
-import paho.mqtt.client as mqtt
 import pytest
 
 from clockfleet.devstack import bridges
 from clockfleet.devstack.bridges import CentralAndEdges
 from clockfleet.devstack.mosquitto import IDENTITIES_TOOL, ROLES, ShippedBroker
-from clockfleet.protocol.connection import ConnectionSettings
-from tests.broker.mqttclient import MqttProbe, connect
+from tests.broker.mqttclient import MqttProbe
+from tests.broker.mqttclient import login_with as login
 from tests.helpers import REPO
 
 SCRIPT = REPO / "broker" / "bridges" / "make-bridges"
@@ -169,15 +168,6 @@ def test_a_data_centre_name_with_a_wildcard_is_refused():
 
 
 # --- On real Mosquitto, as generated --------------------------------------------------------
-
-
-def login(settings: ConnectionSettings) -> MqttProbe:
-    """A client logged in as the settings' identity (MQTT 3.1.1, as clockfleet's programs)."""
-    b = settings.brokers[0]
-    return connect(
-        b.port, settings.username, settings.password, host=b.host, ca_file=settings.ca_file,
-        protocol=mqtt.MQTTv311,
-    )  # fmt: skip
 
 
 @pytest.fixture

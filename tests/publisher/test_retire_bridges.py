@@ -18,13 +18,11 @@ import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
-import paho.mqtt.client as mqtt
 import pytest
 
 from clockfleet.devstack import bridges
 from clockfleet.devstack.bridges import CentralAndEdges
-from clockfleet.protocol.connection import ConnectionSettings
-from tests.broker.mqttclient import MqttProbe, connect
+from tests.broker.mqttclient import login_with
 from tests.collector.kit import report, status
 from tests.helpers import REPO
 
@@ -45,14 +43,6 @@ def topo() -> Iterator[CentralAndEdges]:
         shutil.rmtree(rundir, ignore_errors=True)
 
 
-def login(settings: ConnectionSettings) -> MqttProbe:
-    b = settings.brokers[0]
-    return connect(
-        b.port, settings.username, settings.password, host=b.host, ca_file=settings.ca_file,
-        protocol=mqtt.MQTTv311,
-    )  # fmt: skip
-
-
 def topics(agent: str) -> list[str]:
     return [f"clock/v1/agents/{agent}/{kind}" for kind in ("status", "report")]
 
@@ -62,10 +52,10 @@ def on_central(topo: CentralAndEdges, agent: str) -> set[str]:
     status, written on the edge after everything under test, comes over the same bridge
     after it (a bridge hands its messages on in order)."""
     witness = f"clock/v1/agents/{WITNESS}/status"
-    reader = login(topo.settings("collector-2"))
+    reader = login_with(topo.settings("collector-2"))
     try:
         reader.subscribe(*topics(agent), witness, qos=1)
-        writer = login(topo.settings(WITNESS, agent=0))
+        writer = login_with(topo.settings(WITNESS, agent=0))
         try:
             writer.publish(witness, os.urandom(8).hex().encode(), retain=True)
         finally:
@@ -79,7 +69,7 @@ def on_central(topo: CentralAndEdges, agent: str) -> set[str]:
 
 def stopped_agent(topo: CentralAndEdges, agent: str) -> None:
     """The agent on its edge wrote its status and report, then its host was shut down."""
-    probe = login(topo.settings(agent, agent=0))
+    probe = login_with(topo.settings(agent, agent=0))
     try:
         probe.publish(topics(agent)[0], json.dumps(status(agent, "offline")).encode(), retain=True)
         probe.publish(topics(agent)[1], json.dumps(report(agent)).encode(), retain=True)
