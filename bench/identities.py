@@ -30,7 +30,7 @@ from bench import identity_load as load
 from bench.results import figure, row
 from bench.stack import Bench, timed_run
 from clockfleet import devstack
-from clockfleet.devstack.mosquitto import IDENTITIES_TOOL, ShippedBroker
+from clockfleet.devstack.mosquitto import IDENTITIES_TOOL, ROLES, ShippedBroker
 
 KEY = "identities"
 HELP = (
@@ -67,7 +67,7 @@ def provisioning(b: Bench, n: int) -> tuple[float, float, float]:
     ours, _ = tool("--out", str(b.subdir("ids")), "--agents-file", str(agents_file))
     nats, _ = tool("--out", str(b.subdir("ids-nats")), "--agents-file", str(agents_file), "--nats")
     clear = b.subdir("passwd") / "passwd"
-    names = ["publisher", "collector", "collector-2", "operator", *ids]
+    names = [*ROLES, *ids]
     clear.write_text("".join(f"{a}:{secrets.token_urlsafe(24)}\n" for a in names))
     reference, out, code = timed_run(["mosquitto_passwd", "-U", str(clear)], 600)
     if code != 0:
@@ -128,7 +128,7 @@ def revocation(b: Bench, connected: int, rounds: int) -> tuple[float, float, int
     b.callback(broker.stop)
     if rounds != 1:
         broker.stop()
-        to_101_rounds(broker, ["publisher", "collector", "collector-2", "operator", *ids])
+        to_101_rounds(broker, [*ROLES, *ids])
         broker.restart()
     pinger = load.Pinger(broker.port, "operator", broker.password("operator"), PING_TOPIC)
     socks = load.connect_many(broker.port, [(a, broker.password(a)) for a in ids])
