@@ -16,7 +16,6 @@ Two ways, chosen by the options:
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import re
 import secrets
@@ -26,6 +25,7 @@ import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from clockfleet.agent.clock_backends import (
     DEFAULT_STEP_THRESHOLD_S,
@@ -39,7 +39,7 @@ from clockfleet.agent.clock_backends import (
     writable_dir_problem,
 )
 from clockfleet.agent.files import write_atomic, write_if_changed
-from clockfleet.agent.helper_status import latest_detail, read_helper_status, status_stamp
+from clockfleet.agent.helper_status import hand_over, latest_detail
 
 log = logging.getLogger(__name__)
 
@@ -258,58 +258,50 @@ class ChronyBackend:
     ) -> Applied:
         """Hand the sources file (and a step request) to the root helper; confirm by its
         status: the digest of what it applied, and chronyd listing the chosen server."""
-        sourcedir = self.directory
         status_path = Path(self.helper_status)  # type: ignore[arg-type]
-        digest = hashlib.sha256(content.encode()).hexdigest()
         request: str | None = None
-        before = status_stamp(status_path)
         try:
-            sourcedir.mkdir(exist_ok=True)
+            self.directory.mkdir(exist_ok=True)
             if abs(offset_s) > self.step_threshold_s:
                 # A nonce: the helper arms each request once, and its status names the one.
                 request = f"{self.step_threshold_s:g} {secrets.token_hex(8)}\n"
-                write_atomic(sourcedir / STEP_REQUEST, request.encode())
-            changed = write_if_changed(self.path, content)
-            status = read_helper_status(status_path)
-            applied = status.get("sha256") == digest and status.get("ok") is True
-            handed_over = changed or request is not None or not applied
-            if handed_over and not changed:
-                # The helper has not applied this file (after a reboot /run is empty; or it
-                # failed, or missed a write): hand it over again, which wakes its path unit.
-                write_atomic(self.path, content.encode())
+                write_atomic(self.directory / STEP_REQUEST, request.encode())
+            h = hand_over(self.path, content, status_path, more=request is not None)
         except OSError as e:
             return Applied("chrony", False, f"cannot write {self.path}: {e.strerror or e}")
-        done = [f"{'wrote' if changed else 'unchanged'} {self.path} ({len(servers)} servers)"]
+        done = [f"{'wrote' if h.changed else 'unchanged'} {self.path} ({len(servers)} servers)"]
         wanted = _addresses_of(chosen[0])
-        deadline = time.monotonic() + self.confirm_timeout_s
-        while True:
-            # After a hand-over only the helper's next status answers it (an older one
-            # may carry the same digest: a failed run of the same list).
-            fresh = not handed_over or status_stamp(status_path) != before
-            status = read_helper_status(status_path) if fresh else {}
-            ours = status.get("sha256") == digest and (
+
+        def ours(status: dict[str, Any]) -> bool:
+            return status.get("sha256") == h.digest and (
                 request is None or status.get("step") == request
             )
-            if ours and status.get("ok") is not True:
-                detail = status.get("detail") or "failed"
-                return Applied("chrony", False, "; ".join([*done, f"{HELPER}: {detail}"]))
-            listed = parse_chrony_sources_csv(str(status.get("sources") or ""))
-            if ours and any(addr in wanted for _, _, addr in listed):
-                break
-            if time.monotonic() >= deadline:
-                if ours:
-                    shown = ", ".join(a for _, _, a in listed) or "nothing"
-                    why = (
-                        f"chronyd does not list {chosen[0]} after "
-                        f"{self.confirm_timeout_s:g} s (lists {shown})"
-                    )
-                else:
-                    why = (
-                        f"{HELPER} did not apply it within {self.confirm_timeout_s:g} s "
-                        f"({status_path}: {latest_detail(status_path)})"
-                    )
-                return Applied("chrony", False, "; ".join([*done, why]))
-            time.sleep(0.1)
+
+        def listed(status: dict[str, Any]) -> list[tuple[str, str, str]]:
+            return parse_chrony_sources_csv(str(status.get("sources") or ""))
+
+        def answered(status: dict[str, Any]) -> bool:
+            return ours(status) and (
+                status.get("ok") is not True or any(a in wanted for _, _, a in listed(status))
+            )
+
+        status, in_time = h.wait(self.confirm_timeout_s, answered)
+        if in_time and status.get("ok") is not True:
+            detail = status.get("detail") or "failed"
+            return Applied("chrony", False, "; ".join([*done, f"{HELPER}: {detail}"]))
+        if not in_time:
+            if ours(status):
+                shown = ", ".join(a for _, _, a in listed(status)) or "nothing"
+                why = (
+                    f"chronyd does not list {chosen[0]} after "
+                    f"{self.confirm_timeout_s:g} s (lists {shown})"
+                )
+            else:
+                why = (
+                    f"{HELPER} did not apply it within {self.confirm_timeout_s:g} s "
+                    f"({status_path}: {latest_detail(status_path)})"
+                )
+            return Applied("chrony", False, "; ".join([*done, why]))
         done.append(f"{HELPER}: {status.get('detail')}")
         done.append(f"chronyd lists {fmt_server(chosen)} (prefer)")
         return Applied("chrony", True, "; ".join(done))

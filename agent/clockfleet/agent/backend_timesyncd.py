@@ -16,10 +16,8 @@ Two ways, chosen by the options:
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import shutil
-import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -34,8 +32,8 @@ from clockfleet.agent.clock_backends import (
     run_command,
     writable_dir_problem,
 )
-from clockfleet.agent.files import write_atomic, write_if_changed
-from clockfleet.agent.helper_status import latest_detail, read_helper_status, status_stamp
+from clockfleet.agent.files import write_if_changed
+from clockfleet.agent.helper_status import hand_over, latest_detail, read_helper_status
 
 log = logging.getLogger(__name__)
 
@@ -172,39 +170,25 @@ class TimesyncdBackend:
         """Hand the drop-in to the root helper; confirm by its status (the digest of what
         it installed, and whether the restart worked)."""
         status_path = Path(self.helper_status)  # type: ignore[arg-type]
-        digest = hashlib.sha256(content.encode()).hexdigest()
-        before = status_stamp(status_path)
         try:
             self.directory.mkdir(exist_ok=True)
-            changed = write_if_changed(self.path, content)
-            status = read_helper_status(status_path)
-            applied = status.get("sha256") == digest and status.get("ok") is True
-            if not changed and not applied:
-                # Not applied yet (after a reboot /run is empty; or it failed, or missed a
-                # write): hand it over again, which wakes the helper's path unit.
-                write_atomic(self.path, content.encode())
+            h = hand_over(self.path, content, status_path)
         except OSError as e:
             return Applied("timesyncd", False, f"cannot write {self.path}: {e.strerror or e}")
-        done = [f"{'wrote' if changed else 'unchanged'} {self.path}"]
+        done = [f"{'wrote' if h.changed else 'unchanged'} {self.path}"]
         if skipped:
             done.append(f"left out (timesyncd uses port {NTP_PORT} only): {', '.join(skipped)}")
-        if not changed and applied:
+        if not h.handed_over:
+            status = read_helper_status(status_path)
             done.append(f"{HELPER}: {status.get('detail') or 'ok'}")
             return Applied("timesyncd", True, "; ".join(done))
-        deadline = time.monotonic() + self.confirm_timeout_s
-        while True:
-            # Only the helper's next status answers this hand-over (an older one may carry
-            # the same digest: a failed restart of the same list).
-            fresh = status_stamp(status_path) != before
-            status = read_helper_status(status_path) if fresh else {}
-            if status.get("sha256") == digest:
-                ok = status.get("ok") is True
-                done.append(f"{HELPER}: {status.get('detail') or ('ok' if ok else 'failed')}")
-                return Applied("timesyncd", ok, "; ".join(done))
-            if time.monotonic() >= deadline:
-                done.append(
-                    f"{HELPER} did not apply it within {self.confirm_timeout_s:g} s "
-                    f"({status_path}: {latest_detail(status_path)})"
-                )
-                return Applied("timesyncd", False, "; ".join(done))
-            time.sleep(0.1)
+        status, in_time = h.wait(self.confirm_timeout_s, lambda s: s.get("sha256") == h.digest)
+        if not in_time:
+            done.append(
+                f"{HELPER} did not apply it within {self.confirm_timeout_s:g} s "
+                f"({status_path}: {latest_detail(status_path)})"
+            )
+            return Applied("timesyncd", False, "; ".join(done))
+        ok = status.get("ok") is True
+        done.append(f"{HELPER}: {status.get('detail') or ('ok' if ok else 'failed')}")
+        return Applied("timesyncd", ok, "; ".join(done))
