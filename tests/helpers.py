@@ -14,9 +14,9 @@ REPO = Path(__file__).resolve().parent.parent
 
 # Each chronyd gets its own loopback address: chrony keys sources by IP, not port. Two pytest
 # runs at once (scripts/run-tests.sh) take blocks of their own: CLOCKFLEET_TEST_BLOCK=1 starts
-# at 127.0.128.10.
+# at 127.0.128.10, =2 at 127.1.6.10.
 _FIRST = 8 + 32_000 * int(os.environ.get("CLOCKFLEET_TEST_BLOCK", "0"))
-_addresses = (f"127.0.{n // 250}.{n % 250 + 2}" for n in itertools.count(_FIRST))
+_addresses = (f"127.{n // 62_500}.{n // 250 % 250}.{n % 250 + 2}" for n in itertools.count(_FIRST))
 
 
 def next_loopback_address() -> str:

@@ -58,7 +58,9 @@ class Stack:
         self.publish()
         return tz
 
-    def publish(self) -> None:
+    def publish(self, *flags: str, expect: int = 0) -> subprocess.CompletedProcess[str]:
+        """`clockfleet publish` of the fleet file as the `publisher` (FLAGS: --canary, --prune);
+        fails the test unless it exits `expect`."""
         fleet = {
             "defaults": {"poll_interval_s": 16, "resync_jitter_s": 0},
             "regions": {
@@ -78,9 +80,10 @@ class Stack:
         argv = [sys.executable, "-m", "clockfleet", "publish", "--config", str(path)]
         argv += ["--signing-key", str(self.key), *self.broker.login("publisher")]
         # The NTP servers sit on the hosts' networks, as a PBX's may: not this host's.
-        argv += ["--no-preflight"]
-        r = subprocess.run(argv, capture_output=True, text=True, timeout=60)
-        assert r.returncode == 0, r.stdout + r.stderr
+        argv += ["--no-preflight", *flags]
+        r = subprocess.run(argv, capture_output=True, text=True, timeout=180)
+        assert r.returncode == expect, r.stdout + r.stderr
+        return r
 
     def on_message(self, client: Any, userdata: Any, msg: mqtt.MQTTMessage) -> None:
         parts = msg.topic.split("/")
@@ -151,7 +154,7 @@ def configure(
     if password:
         put_password(host, stack, agent_id)
     host.put("/etc/clockfleet/ca.pem", stack.broker.ca_file.read_bytes(), 0o644)
-    host.put("/etc/clockfleet/trust/ops-hosts.pub", stack.pub.read_bytes(), trust_mode)
+    host.put(f"/etc/clockfleet/trust/{stack.pub.name}", stack.pub.read_bytes(), trust_mode)
     extra = {"ca_file": "/etc/clockfleet/ca.pem", **(extra or {})}
     text = hostkit.agent_yaml(agent_id, stack.url, region=region, backend=backend, extra=extra)
     host.put("/etc/clockfleet/agent.yaml.new", text, 0o640)
