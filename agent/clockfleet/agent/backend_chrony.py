@@ -32,6 +32,7 @@ from clockfleet.agent.clock_backends import (
     Applied,
     Server,
     command_argv,
+    dir_to_be_problem,
     fmt_server,
     list_problem,
     require_valid,
@@ -168,10 +169,7 @@ class ChronyBackend:
 
     def check(self) -> str | None:
         if self.by_helper:
-            d = self.directory
-            # The package's unit makes it (StateDirectory=); elsewhere its parent must allow it.
-            problem = writable_dir_problem(d if d.exists() else d.parent)
-            return None if problem is None else f"chrony backend: {problem}"
+            return dir_to_be_problem("chrony", self.directory)
         binary = command_argv(self.chronyc)[0]
         if shutil.which(binary) is None:
             return f"chrony backend: {binary} not found (install chrony)"

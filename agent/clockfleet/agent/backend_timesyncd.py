@@ -26,11 +26,11 @@ from clockfleet.agent.clock_backends import (
     Applied,
     Server,
     command_argv,
+    dir_to_be_problem,
     fmt_server,
     list_problem,
     require_valid,
     run_command,
-    writable_dir_problem,
 )
 from clockfleet.agent.files import write_if_changed
 from clockfleet.agent.helper_status import hand_over, latest_detail, read_helper_status
@@ -116,17 +116,11 @@ class TimesyncdBackend:
         return self.restart_command is None and self.helper_status is not None
 
     def check(self) -> str | None:
-        if self.by_helper:
-            d = self.directory
-            problem = writable_dir_problem(d if d.exists() else d.parent)
-            return None if problem is None else f"timesyncd backend: {problem}"
-        binary = command_argv(self.restart_command or RESTART_COMMAND)[0]
-        if shutil.which(binary) is None:
-            return f"timesyncd backend: {binary} not found"
-        d = self.directory
-        # A missing drop-in directory is created on first apply; its parent must allow it.
-        problem = writable_dir_problem(d if d.exists() else d.parent)
-        return None if problem is None else f"timesyncd backend: {problem}"
+        if not self.by_helper:
+            binary = command_argv(self.restart_command or RESTART_COMMAND)[0]
+            if shutil.which(binary) is None:
+                return f"timesyncd backend: {binary} not found"
+        return dir_to_be_problem("timesyncd", self.directory)
 
     def apply(self, servers: Sequence[Server], chosen: Server, offset_s: float) -> Applied:
         problem = list_problem(servers, chosen)

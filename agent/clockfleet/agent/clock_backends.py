@@ -139,6 +139,13 @@ def writable_dir_problem(d: Path) -> str | None:
     return None
 
 
+def dir_to_be_problem(backend: str, d: Path) -> str | None:
+    """A directory this backend writes into, made on first use when missing (the package's
+    unit makes the helpers' with StateDirectory=): it, or else its parent, must allow it."""
+    problem = writable_dir_problem(d if d.exists() else d.parent)
+    return None if problem is None else f"{backend} backend: {problem}"
+
+
 # --- observe ------------------------------------------------------------------------------
 
 

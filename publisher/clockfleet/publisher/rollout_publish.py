@@ -72,9 +72,10 @@ def shape(
                 "rollout, or both at once to everyone with --canary 0%)"
             )
         elif servers:
-            _servers_canary(change, current, wanted, policy, key, out)
+            _start_canary(change, current, wanted, policy, key, out, zone=False)
         elif zone:
-            zone_trials[change.ident] = _zone_canary(change, current, wanted, policy, key, out)
+            trial = _start_canary(change, current, wanted, policy, key, out, zone=True)
+            zone_trials[change.ident] = trial
     for region, listed in zone_trials.items():
         out.zone_followers[region] = canary.zone_followers(fleet, region) or set()
         rollout_zone.hold_profiles(the_plan, on_broker, listed, out.zone_followers[region], key)
@@ -113,34 +114,28 @@ def _continue(change: Change, current: WireObject, wanted: WireObject, out: Shap
     return False
 
 
-def _servers_canary(
+def _start_canary(
     change: Change,
     current: WireObject,
     wanted: WireObject,
     policy: canary.Policy,
     key: signing.SigningKey | None,
     out: Shaped,
-) -> None:
-    assert change.new_version is not None
-    obj = canary.canary_object(current, wanted, change.new_version, policy)
-    change.payload = seal("region", change.ident, obj, key, "list")
-    change.fields.append(f"canary {policy.percent:g} % of the region first")
-    out.canaries[change.ident] = str(member(obj, "canary")["id"])
-
-
-def _zone_canary(
-    change: Change,
-    current: WireObject,
-    wanted: WireObject,
-    policy: canary.Policy,
-    key: signing.SigningKey | None,
-    out: Shaped,
+    *,
+    zone: bool,
 ) -> WireObject:
+    """Seal the canary list (servers, or with `zone` the region's timezone) in place of the
+    change's payload; returns the list."""
     assert change.new_version is not None
-    obj = canary.zone_canary_object(current, wanted, change.new_version, policy)
+    if zone:
+        obj = canary.zone_canary_object(current, wanted, change.new_version, policy)
+        what = f"zone canary: {wanted['timezone']} on {policy.percent:g} % first"
+    else:
+        obj = canary.canary_object(current, wanted, change.new_version, policy)
+        what = f"canary {policy.percent:g} % of the region first"
     change.payload = seal("region", change.ident, obj, key, "list")
-    change.fields.append(f"zone canary: {wanted['timezone']} on {policy.percent:g} % first")
-    out.canaries[change.ident] = str(member(obj, "zone_canary")["id"])
+    change.fields.append(what)
+    out.canaries[change.ident] = str(member(obj, "zone_canary" if zone else "canary")["id"])
     return obj
 
 
