@@ -118,7 +118,12 @@ def agent_started(host: hostkit.SystemdHost, cursor: str) -> str | None:
 def switch_backend(host: hostkit.SystemdHost, stack: Stack, agent_id: str, backend: str) -> None:
     """agent.yaml names `backend`, as an operator writes it; wait for the agent to run it."""
     cursor = journal_cursor(host)
+    before = host.sh("cat /etc/clockfleet/agent.yaml").out
     configure(host, stack, agent_id, backend=backend)
+    if host.ok("cat /etc/clockfleet/agent.yaml") == before:
+        # Nothing the agent reads changed, so the package leaves it running (apply-config):
+        # restart it for a start line of its own.
+        host.ok("systemctl restart clockfleet-agent")
     hostkit.wait_for(lambda: granted(host) == backend, 20, f"the unit to grant {backend}")
     started = hostkit.wait_for(lambda: agent_started(host, cursor), 20, "the agent to start")
     if backend == "system":
