@@ -11,6 +11,7 @@ import argparse
 import collections
 import re
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 _LINE = re.compile(r"\s*\(([^()]*):\d+\)$")
@@ -41,18 +42,26 @@ def _scaffolding(frame: str) -> bool:
     )
 
 
+def folded(path: Path) -> Iterator[tuple[str, int]]:
+    """(stack, samples) for each line of py-spy's folded output; nothing if it is unreadable."""
+    try:
+        text = path.read_text(errors="replace")
+    except OSError:
+        return
+    for line in text.splitlines():
+        stack, _, count = line.rpartition(" ")
+        if stack and count.isdigit():
+            yield stack, int(count)
+
+
 def summarise(path: Path, top: int = 15, under: str | None = None) -> str:
     own: collections.Counter[str] = collections.Counter()
     incl: collections.Counter[str] = collections.Counter()
     total = 0
-    for line in path.read_text(errors="replace").splitlines():
-        stack, _, count = line.rpartition(" ")
-        if not stack or not count.isdigit():
-            continue
+    for stack, n in folded(path):
         frames = [frame_name(f) for f in stack.split(";")]
         if under is not None and not any(under in f for f in frames):
             continue
-        n = int(count)
         total += n
         own[frames[-1]] += n
         for f in set(frames):
@@ -72,15 +81,9 @@ def shares(path: Path, needles: dict[str, str], under: str | None = None) -> dic
     """Fraction of samples whose stack passes through a frame containing each needle."""
     hits = dict.fromkeys(needles, 0)
     total = 0
-    try:
-        text = path.read_text(errors="replace")
-    except OSError:
-        return {}
-    for line in text.splitlines():
-        stack, _, count = line.rpartition(" ")
-        if not stack or not count.isdigit() or (under is not None and under not in stack):
+    for stack, n in folded(path):
+        if under is not None and under not in stack:
             continue
-        n = int(count)
         total += n
         for label, needle in needles.items():
             if needle in stack:
@@ -99,15 +102,7 @@ def layers(path: Path, rules: list[tuple[str, tuple[str, ...]]]) -> dict[str, fl
     frames, so a layer is recognised by the frames nearest the leaf."""
     hits: collections.Counter[str] = collections.Counter()
     total = 0
-    try:
-        text = path.read_text(errors="replace")
-    except OSError:
-        return {}
-    for line in text.splitlines():
-        stack, _, count = line.rpartition(" ")
-        if not stack or not count.isdigit():
-            continue
-        n = int(count)
+    for stack, n in folded(path):
         total += n
         frames = stack.split(";")
         label = "other" if len(frames) > 1 else NO_FRAME
