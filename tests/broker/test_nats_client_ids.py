@@ -111,20 +111,26 @@ def persistent_client(c: NatsCluster, identity: str, client_id: str) -> mqtt.Cli
     return client
 
 
-def test_the_taker_of_an_agents_session_gets_none_of_the_agents_rights(cluster: NatsCluster):
-    """Permissions belong to the user, not to the session: acme-01 holding acme-02's
-    persistent session (its QoS 1 subscription to its commands included) can neither write
-    acme-02's status nor receive its commands."""
-    stolen = "clockfleet-agent-acme-02-rights"
-    victim = persistent_client(cluster, "acme-02", stolen)
+def leave_a_persistent_session(cluster: NatsCluster, agent: str, client_id: str) -> None:
+    """`agent` subscribes to its commands at QoS 1 in a persistent session, then goes away:
+    the session (and what is queued for it) stays with the broker."""
+    victim = persistent_client(cluster, agent, client_id)
     subscribed = threading.Event()
-    victim.on_connect = lambda c, u, f, rc, p: c.subscribe(CMD.format("acme-02"), 1)
+    victim.on_connect = lambda c, u, f, rc, p: c.subscribe(CMD.format(agent), 1)
     victim.on_subscribe = lambda *a: subscribed.set()
     victim.connect("127.0.0.1", cluster.nodes[0].mqtt_port)
     victim.loop_start()
     assert subscribed.wait(10)
     victim.disconnect()
     victim.loop_stop()
+
+
+def test_the_taker_of_an_agents_session_gets_none_of_the_agents_rights(cluster: NatsCluster):
+    """Permissions belong to the user, not to the session: acme-01 holding acme-02's
+    persistent session (its QoS 1 subscription to its commands included) can neither write
+    acme-02's status nor receive its commands."""
+    stolen = "clockfleet-agent-acme-02-rights"
+    leave_a_persistent_session(cluster, "acme-02", stolen)
 
     watcher = login(cluster, "operator")
     attacker = persistent_client(cluster, "acme-01", stolen)
@@ -154,15 +160,7 @@ def test_a_clean_session_takeover_discards_the_agents_queued_commands(cluster: N
     persistent session: a command queued for it while it was away never arrives (its
     subscriptions it makes again on every connect; what was queued is gone)."""
     stolen = "clockfleet-agent-acme-02-queued"
-    victim = persistent_client(cluster, "acme-02", stolen)
-    subscribed = threading.Event()
-    victim.on_connect = lambda c, u, f, rc, p: c.subscribe(CMD.format("acme-02"), 1)
-    victim.on_subscribe = lambda *a: subscribed.set()
-    victim.connect("127.0.0.1", cluster.nodes[0].mqtt_port)
-    victim.loop_start()
-    assert subscribed.wait(10)
-    victim.disconnect()
-    victim.loop_stop()
+    leave_a_persistent_session(cluster, "acme-02", stolen)
     operator = login(cluster, "operator")
     try:
         operator.publish(CMD.format("acme-02"), b"queued while away")
