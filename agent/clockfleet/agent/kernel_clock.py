@@ -13,7 +13,6 @@ for one read-only call (docs/decisions.md).
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 import sys
 from dataclasses import dataclass
 from typing import Optional
@@ -83,11 +82,12 @@ def _function() -> ctypes._CFuncPtr:  # type: ignore[name-defined]
     if _adjtimex is None:
         if not sys.platform.startswith("linux"):
             raise KernelClockError(f"adjtimex is Linux only, not {sys.platform}")
-        name = ctypes.util.find_library("c") or "libc.so.6"
+        # The interpreter's own symbols, its C library's among them: ctypes.util's
+        # find_library would run `ldconfig -p` in a child process and cost the agent 0.3 MB.
         try:
-            fn = ctypes.CDLL(name, use_errno=True).adjtimex
+            fn = ctypes.CDLL(None, use_errno=True).adjtimex
         except (OSError, AttributeError) as exc:
-            raise KernelClockError(f"no adjtimex in {name}: {exc}") from None
+            raise KernelClockError(f"no adjtimex in this process's C library: {exc}") from None
         fn.argtypes = [ctypes.POINTER(_Timex)]
         fn.restype = ctypes.c_int
         _adjtimex = fn

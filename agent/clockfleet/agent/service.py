@@ -105,7 +105,7 @@ class Agent:
         self.in_force = InForce(settings, state, self.counters)
         self.runner = SyncRun(settings, backend, kod, wall_clock)
         self.runner.counters = self.counters
-        self.runner.nts.clock_behind = self._clock_behind_evidence  # the broker's TLS rule
+        self.runner.clock_behind = self._clock_behind_evidence  # the broker's TLS rule
         self.results = Results(
             settings,
             self.in_force,

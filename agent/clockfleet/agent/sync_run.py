@@ -12,7 +12,7 @@ import collections
 import logging
 import time
 from collections.abc import Callable
-from typing import Optional
+from typing import TYPE_CHECKING, Optional
 
 from clockfleet.agent.agent_settings import AgentSettings
 from clockfleet.agent.clock_backends import ClockBackend
@@ -23,18 +23,25 @@ from clockfleet.agent.report import SyncJob, SyncOutcome, build_report
 from clockfleet.agent.server_memory import KodMemory
 from clockfleet.agent.sync import finish_sync, needs_worker
 from clockfleet.agent.zone_change import ZoneSettings
-from clockfleet.ntp.nts_exchange import NtsClient
-from clockfleet.ntp.nts_ke import KE_PORT
-from clockfleet.ntp.nts_tls import NtsTrust
 from clockfleet.protocol import codec
 from clockfleet.protocol.messages import Report, ZoneCommand
+
+if TYPE_CHECKING:
+    from clockfleet.ntp.nts_exchange import NtsClient
+    from clockfleet.ntp.nts_tls import NtsTrust
 
 log = logging.getLogger("clockfleet.agent")
 
 
 def nts_trust(ca_file: Optional[str]) -> NtsTrust:
     """The system's CA store, plus agent.yaml's `nts_ca_file` (or --nts-ca-file)."""
+    from clockfleet.ntp.nts_tls import NtsTrust
+
     return NtsTrust(ca_files=(ca_file,) if ca_file else ())
+
+
+def _never_behind() -> Optional[str]:
+    return None
 
 
 # What a finished sync hands on: the report, its bytes, and what the sync did.
@@ -59,10 +66,23 @@ class SyncRun:
         self.running = False
         self.again = False  # asked for while running: run once more when done
         self.zone_command: Optional[ZoneCommand] = None  # the last zone change's command
-        # NTS servers' keys and cookies live here between syncs (docs/nts.md); the agent
-        # gives it its clock evidence and counters (service.py).
-        self.nts = NtsClient(trust=nts_trust(settings.nts_ca_file), event=self._nts_certificate)
+        # NTS servers' keys and cookies live in `nts` between syncs (docs/nts.md). It is made
+        # for the first list that names an NTS server, so an agent of plain-NTP lists never
+        # loads the NTS modules (about 1 MB of its memory). The agent gives it its clock
+        # evidence (the broker's TLS rule) and counters (service.py).
+        self.nts: Optional[NtsClient] = None
+        self.clock_behind: Callable[[], Optional[str]] = _never_behind
         self.counters: Optional[collections.Counter[str]] = None
+
+    def nts_client(self) -> NtsClient:
+        if self.nts is None:
+            from clockfleet.ntp.nts_exchange import NtsClient
+
+            trust = nts_trust(self.settings.nts_ca_file)
+            self.nts = NtsClient(
+                trust=trust, clock_behind=self.clock_behind, event=self._nts_certificate
+            )
+        return self.nts
 
     def _nts_certificate(self, kind: str, detail: str) -> None:
         """An NTS-KE certificate's dates were waived on evidence, or refused for want of it
@@ -91,7 +111,12 @@ class SyncRun:
         self.running = True
         self.again = False
         servers = [(s.host, s.port) for s in job.server_list.servers]
-        nts = {(s.host, s.port): s.nts_ke_port or KE_PORT for s in job.server_list.servers if s.nts}
+        nts_servers = [s for s in job.server_list.servers if s.nts]
+        nts: dict[tuple[str, int], int] = {}
+        if nts_servers:
+            from clockfleet.ntp.nts_ke import KE_PORT
+
+            nts = {(s.host, s.port): s.nts_ke_port or KE_PORT for s in nts_servers}
         try:
             start_probe(
                 servers,
@@ -100,7 +125,7 @@ class SyncRun:
                 self.host,
                 lambda result: self._probed(job, result, done),
                 first_sync=job.first_sync,
-                nts=NtsProbe(nts, self.nts) if nts else None,
+                nts=NtsProbe(nts, self.nts_client()) if nts else None,
             )
         except Exception as exc:  # a bug must end this sync, not leave it running forever
             self._finished(job, None, exc, done)
