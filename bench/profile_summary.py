@@ -28,11 +28,27 @@ def frame_name(frame: str) -> str:
     if not m:
         return frame.strip()
     path = m.group(1)
-    try:
-        short = str(Path(path).resolve().relative_to(REPO))
-    except (ValueError, OSError):
-        short = "/".join(path.split("/")[-2:])
+    short = repo_path(Path(path)) or "/".join(path.split("/")[-2:])
     return f"{frame[: m.start()].strip()} ({short})"
+
+
+# Where the clockfleet namespace's parts live: py-spy names a module by the path it was
+# imported by, which is relative to its sys.path entry (clockfleet/agent/fleet.py) as often as
+# absolute.
+SOURCE_ROOTS = ("", "agent", "collector", "publisher", "devstack")
+
+
+def repo_path(path: Path) -> str | None:
+    """`path` as a path in this repository, or None for a file that is not one of its own."""
+    if path.is_absolute():
+        try:
+            return str(path.resolve().relative_to(REPO))
+        except (ValueError, OSError):
+            return None
+    for root in SOURCE_ROOTS:
+        if (REPO / root / path).is_file():
+            return str(Path(root) / path)
+    return None
 
 
 def _scaffolding(frame: str) -> bool:
