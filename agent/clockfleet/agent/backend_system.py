@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 import errno
 import logging
 import os
@@ -52,7 +51,8 @@ class KernelClock:
     """CLOCK_REALTIME via clock_settime (step) and adjtime(3) (slew at 500 ppm)."""
 
     def __init__(self) -> None:
-        self._libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+        # The process's own C library (kernel_clock.py says why not find_library).
+        self._libc = ctypes.CDLL(None, use_errno=True)
 
     def step(self, offset_s: float) -> None:
         # Read and set in one go; the gap between the two calls is nanoseconds.
