@@ -32,10 +32,11 @@ def frame_name(frame: str) -> str:
     return f"{frame[: m.start()].strip()} ({short})"
 
 
-# Where the clockfleet namespace's parts live: py-spy names a module by the path it was
-# imported by, which is relative to its sys.path entry (clockfleet/agent/fleet.py) as often as
-# absolute.
+# Where the clockfleet namespace's parts live. py-spy names a file by its last parts only
+# (agent/fleet.py for agent/clockfleet/agent/fleet.py), or by its import path
+# (clockfleet/agent/fleet.py), as often as by its absolute path.
 SOURCE_ROOTS = ("", "agent", "collector", "publisher", "devstack")
+PREFIXES = [Path(root) / sub for root in SOURCE_ROOTS for sub in ("", "clockfleet")]
 
 
 def repo_path(path: Path) -> str | None:
@@ -45,9 +46,9 @@ def repo_path(path: Path) -> str | None:
             return str(path.resolve().relative_to(REPO))
         except (ValueError, OSError):
             return None
-    for root in SOURCE_ROOTS:
-        if (REPO / root / path).is_file():
-            return str(Path(root) / path)
+    for prefix in PREFIXES:
+        if (REPO / prefix / path).is_file():
+            return str(prefix / path)
     return None
 
 

@@ -25,3 +25,8 @@ def test_an_absolute_path_inside_the_repository_is_made_relative_to_it():
 def test_a_file_of_another_package_keeps_its_last_two_parts():
     frame = "loop (/opt/venv/lib/python3.11/site-packages/paho/mqtt/client.py:900)"
     assert frame_name(frame) == "loop (mqtt/client.py)"
+
+
+def test_a_file_py_spy_names_by_its_last_parts_gets_its_repository_path():
+    assert frame_name("_run (agent/fleet.py:35)") == "_run (agent/clockfleet/agent/fleet.py)"
+    assert frame_name("burst (ntp/exchange.py:9)") == "burst (clockfleet/ntp/exchange.py)"
