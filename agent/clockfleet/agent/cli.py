@@ -202,6 +202,7 @@ def ask_service(state_dir: Path, pid: int, timeout_s: float) -> int:
 
 def run_service(agent: Agent) -> int:
     from clockfleet.agent.fleet import Fleet
+    from clockfleet.agent.memory_trim import give_back_freed_memory
 
     lock = None
     if agent.state is not None:
@@ -224,9 +225,14 @@ def run_service(agent: Agent) -> int:
         log.info("agent %s: sync requested on this host (SIGUSR1)", agent.id)
         fleet.call_soon_threadsafe(agent.sync_now)
 
+    def after_first_ack() -> None:
+        agent.observers.on_acked = None
+        give_back_freed_memory()
+
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
     signal.signal(signal.SIGUSR1, on_sync_request)
+    agent.observers.on_acked = after_first_ack
     fleet.add(agent)
     log.info("agent %s starting (backend %s)", agent.id, agent.backend.name)
     # The service drives the loop on the main thread; a signal wakes it to stop.
