@@ -5,10 +5,9 @@ tests/hosts/test_apt_repository.py."""
 
 from __future__ import annotations
 
+import grp
 import os
-import shutil
-import subprocess
-import sys
+import pwd
 from pathlib import Path
 
 import pytest
@@ -153,31 +152,50 @@ def test_a_broken_root_costs_nothing_but_what_cannot_be_read(tmp_path: Path):
     assert result.found == [Finding("cron", "/etc/cron.d/binary:1", "ntpdate")]
 
 
-@pytest.mark.skipif(
-    os.geteuid() != 0 or shutil.which("setpriv") is None, reason="needs root to drop to nobody"
-)
+def scan_as_nobody(root: Path) -> str:
+    """scan(root) in a child of this process that dropped to nobody:nogroup with no
+    supplementary groups. A fork, not a new interpreter: the checkout may sit where nobody
+    cannot reach it (a clone under /root, 0700), and time_setters is loaded already."""
+    user, group = pwd.getpwnam("nobody"), grp.getgrnam("nogroup")
+    reader, writer = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: never return into pytest
+        code = 1
+        try:
+            os.close(reader)
+            os.setgroups([])
+            os.setgid(group.gr_gid)
+            os.setuid(user.pw_uid)
+            s = scan(root, "chrony", lambda units: set())
+            os.write(writer, f"{s.found} {s.unread}".encode())
+            code = 0
+        finally:
+            os._exit(code)
+    os.close(writer)
+    with os.fdopen(reader) as f:
+        out = f.read()
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0, out
+    return out
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to drop to nobody")
 def test_a_crontab_the_agent_may_not_read_is_named_as_unread(tmp_path: Path):
     root = tmp_path / "host"
     write(root, "etc/crontab", "# nothing\n")
     write(root, "var/spool/cron/crontabs/root", "* * * * * ntpdate pool\n", 0o600)
     (root / "var/spool/cron/crontabs").chmod(0o1730)  # Debian's: root:crontab, others nothing
     opened = {d: d.stat().st_mode for d in (tmp_path, *tmp_path.parents) if str(d) > "/tmp/"}
-    code = (
-        "import sys; from pathlib import Path; from clockfleet.agent.time_setters import scan;"
-        "s = scan(Path(sys.argv[1]), 'chrony', lambda u: set()); print(s.found, s.unread)"
-    )
-    argv = ["setpriv", "--reuid=nobody", "--regid=nogroup", "--clear-groups"]
-    argv += [sys.executable, "-c", code, str(root)]
 
     try:
         for d, mode in opened.items():  # the way there open to all, as / is
             d.chmod(mode | 0o005)
-        out = subprocess.run(argv, capture_output=True, text=True, check=True)
+        out = scan_as_nobody(root)
     finally:
         for d, mode in opened.items():
             d.chmod(mode)
 
-    assert out.stdout.strip() == "[] ['/var/spool/cron/crontabs']"
+    assert out == "[] ['/var/spool/cron/crontabs']"
 
 
 def test_the_report_carries_what_the_sync_found_and_readers_accept_it(tmp_path: Path):
