@@ -20,6 +20,7 @@ blocks the publish like a failure.
 from __future__ import annotations
 
 import concurrent.futures
+import ipaddress
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -149,14 +150,32 @@ def run(found: Sequence[Target]) -> list[Result]:
         pool.shutdown(wait=False, cancel_futures=True)
 
 
+NTS_BY_ADDRESS = (
+    "note: an NTS server given by address: Debian 11's chronyd (4.0) never asks it with "
+    "NTS-KE; name it as its certificate does"
+)
+
+
 def line(result: Result) -> str:
     t = result.target
     host = f"[{t.host}]" if ":" in t.host else t.host
     head = f"preflight  {t.region}  {host}:{t.port}  {result.outcome}"
     s = result.sample
     if s is None:
-        return f"{head}  {result.detail}"
-    return f"{head}  offset {s.offset_s:+.6f} s stratum {s.stratum} delay {s.delay_s:.6f} s"
+        text = f"{head}  {result.detail}"
+    else:
+        text = f"{head}  offset {s.offset_s:+.6f} s stratum {s.stratum} delay {s.delay_s:.6f} s"
+    if t.nts_ke_port is not None and _is_address(t.host):
+        text += f"  ({NTS_BY_ADDRESS})"
+    return text
+
+
+def _is_address(host: str) -> bool:
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return True
 
 
 @dataclass(frozen=True)
