@@ -67,6 +67,9 @@ def retained(c: NatsCluster, topic: str, node: int = 1) -> list[bytes]:
         reader.close()
 
 
+DELIVERY_GRACE_S = 1.0
+
+
 def delivered(c: NatsCluster, writer: str, topic: str, *, node: int = 0) -> list[bytes]:
     """`writer` publishes to `topic` (retained); what a reader of that topic received by the
     time a later message of an agent arrived (nothing, when the publish was denied; what
@@ -79,6 +82,9 @@ def delivered(c: NatsCluster, writer: str, topic: str, *, node: int = 0) -> list
         sender.publish(topic, f"written by {writer}".encode(), retain=True)
         witness.publish(STATUS.format("acme-03"), b"witness")
         assert watcher.wait(lambda: watcher.on(STATUS.format("acme-03"))), "no witness"
+        # Two publishers' messages may reach a reader in either order on NATS (a retained
+        # one goes through JetStream first): a delivery may trail the witness a little.
+        watcher.wait(lambda: any(not m.retain for m in watcher.on(topic)), DELIVERY_GRACE_S)
         return [m.payload for m in watcher.on(topic) if not m.retain]
     finally:
         witness.close()
@@ -95,6 +101,7 @@ def delivered_to_operator(c: NatsCluster, writer: str, topic: str, node: int = 0
         assert REFUSED not in codes(watcher.subscribe(topic, CMD.format("acme-03")))
         sender.publish(topic, f"written by {writer}".encode(), retain=True)
         watcher.sync(CMD.format("acme-03"))
+        watcher.wait(lambda: any(not m.retain for m in watcher.on(topic)), DELIVERY_GRACE_S)
         return [m.payload for m in watcher.on(topic) if not m.retain]
     finally:
         sender.close()
