@@ -111,8 +111,8 @@ def agent_started(host: hostkit.SystemdHost, cursor: str) -> str | None:
     m = re.search(r"agent \S+ starting \(backend (\w+)\)", text)
     if m:
         return m.group(1)
-    m = re.search(r"^clockfleet agent: (.*)$", text, re.M)
-    return m.group(1) if m else None
+    refusals = re.findall(r"^clockfleet agent: (.*)$", text, re.M)
+    return refusals[-1] if refusals else None  # the latest start's
 
 
 def switch_backend(host: hostkit.SystemdHost, stack: Stack, agent_id: str, backend: str) -> None:
@@ -125,7 +125,15 @@ def switch_backend(host: hostkit.SystemdHost, stack: Stack, agent_id: str, backe
         # restart it for a start line of its own.
         host.ok("systemctl restart clockfleet-agent")
     hostkit.wait_for(lambda: granted(host) == backend, 20, f"the unit to grant {backend}")
-    started = hostkit.wait_for(lambda: agent_started(host, cursor), 20, "the agent to start")
+
+    def started_on_this_file() -> str | None:
+        # configure() writes the password, CA and trust key before agent.yaml, and the
+        # package may restart the agent on the first of them: on a new host that start reads
+        # the package's example agent.yaml, which names no id. Not the start this waits for.
+        started = agent_started(host, cursor)
+        return None if started is not None and started.startswith("no agent id") else started
+
+    started = hostkit.wait_for(started_on_this_file, 20, "the agent to start")
     if backend == "system":
         # A container never has CAP_SYS_TIME (the clock is this machine's): the unit asks for
         # it, systemd cannot grant it, and the agent says so. It chose `system` all the same.
