@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import socket
 from typing import Any, Optional, Union
@@ -9,6 +10,17 @@ from typing import Any, Optional, Union
 # A socket address as getaddrinfo gives it: (host, port) or (host, port, flowinfo, scope_id).
 SockAddr = tuple[Any, ...]
 Addresses = Union[list[tuple[int, SockAddr]], str]  # (family, sockaddr) in order, or why none
+
+
+@functools.lru_cache(maxsize=4096)
+def is_ip_literal(host: str) -> bool:
+    """An address written out (127.0.0.1, ::1), not a name to look up. Cached: a fleet of
+    10,000 agents asks it of the same few servers."""
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return True
 
 
 def addresses(host: str, port: int) -> Addresses:

@@ -28,7 +28,7 @@ from typing import Any, Callable, Optional, TypeVar, Union
 
 from clockfleet.ntp import nts_ke
 from clockfleet.ntp.checks import Failure
-from clockfleet.ntp.lookup import SockAddr, addresses
+from clockfleet.ntp.lookup import SockAddr, addresses, is_ip_literal
 
 # OpenSSL's X509_V_FLAG_NO_CHECK_TIME (chrony's `nocerttimecheck`); pyOpenSSL names it not.
 NO_CHECK_TIME = 0x200000
@@ -138,7 +138,7 @@ def _session(
         return last
     try:
         conn = SSL.Connection(_context(trust, check_dates), sock)
-        if not _is_ip(host):
+        if not is_ip_literal(host):
             conn.set_tlsext_host_name(host.encode("ascii", "replace"))
         conn.set_connect_state()
         return _talk(conn, sock, host, deadline, handshake_only)
@@ -301,14 +301,6 @@ def _close_quietly(conn: Any) -> None:
         conn.shutdown()
 
 
-def _is_ip(host: str) -> bool:
-    try:
-        ipaddress.ip_address(host)
-    except ValueError:
-        return False
-    return True
-
-
 def name_problem(cert: Any, host: str) -> Optional[str]:
     """Why the certificate does not name `host`, or None when it does (RFC 6125 rules:
     subjectAltName only, a wildcard only as the whole left-most label)."""
@@ -318,7 +310,7 @@ def name_problem(cert: Any, host: str) -> Optional[str]:
         san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
     except x509.ExtensionNotFound:
         return "no subjectAltName"
-    if _is_ip(host):
+    if is_ip_literal(host):
         wanted = ipaddress.ip_address(host)
         if wanted in san.get_values_for_type(x509.IPAddress):
             return None

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import concurrent.futures
 import functools
-import ipaddress
 import math
 import time
 from collections.abc import Callable, Generator, Mapping, Sequence
@@ -33,7 +32,7 @@ from clockfleet.agent.probe_pass import Pass, ServerSteps
 from clockfleet.agent.server_memory import KodMemory
 from clockfleet.ntp.checks import ProbeSettings, Sample
 from clockfleet.ntp.exchange import Wait, sample_burst_steps
-from clockfleet.ntp.lookup import Addresses, addresses
+from clockfleet.ntp.lookup import Addresses, addresses, is_ip_literal
 from clockfleet.protocol.messages import Outcome, clip_text
 
 if TYPE_CHECKING:
@@ -81,7 +80,7 @@ def resolve_all(
             continue
         if not 1 <= port <= 65535:  # getaddrinfo would wrap 65536 + n around to n
             out[(host, port)] = f"port {port} outside 1..65535"
-        elif _is_ip_literal(host):
+        elif is_ip_literal(host):
             out[(host, port)] = _literal_address(host, port)
         else:
             pending[(host, port)] = _RESOLVER.submit(addresses, host, port)
@@ -99,15 +98,6 @@ def _literal_address(host: str, port: int) -> Resolved:
     # An address literal always resolves the same: one lookup per process, not per probe
     # (a fleet of 10,000 agents probes the same few addresses). Callers only read the list.
     return addresses(host, port)
-
-
-@functools.lru_cache(maxsize=4096)
-def _is_ip_literal(host: str) -> bool:
-    try:
-        ipaddress.ip_address(host)
-    except ValueError:
-        return False
-    return True
 
 
 def probe_server_steps(
@@ -194,7 +184,7 @@ def start_probe(
     """
     run = _ProbeRun(servers, settings, kod or KodMemory(), host, done, first_sync)
     run.nts = nts
-    if all(_is_ip_literal(h) for h, _ in servers):
+    if all(is_ip_literal(h) for h, _ in servers):
         run.with_addresses(resolve_all(servers, settings.resolve_timeout_s))  # no wait
         return
     host.run_blocking(lambda: resolve_all(servers, settings.resolve_timeout_s), run.looked_up)

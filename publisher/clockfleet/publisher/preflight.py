@@ -20,14 +20,13 @@ blocks the publish like a failure.
 from __future__ import annotations
 
 import concurrent.futures
-import ipaddress
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 from clockfleet.ntp.checks import Failure, ProbeSettings, Sample
 from clockfleet.ntp.exchange import BurstResult, run_steps, sample_burst
-from clockfleet.ntp.lookup import SockAddr, addresses, host_key
+from clockfleet.ntp.lookup import SockAddr, addresses, host_key, is_ip_literal
 from clockfleet.ntp.nts_exchange import NtsClient, nts_burst_steps
 from clockfleet.ntp.nts_ke import KE_PORT
 from clockfleet.ntp.nts_tls import NtsTrust
@@ -165,17 +164,9 @@ def line(result: Result) -> str:
         text = f"{head}  {result.detail}"
     else:
         text = f"{head}  offset {s.offset_s:+.6f} s stratum {s.stratum} delay {s.delay_s:.6f} s"
-    if t.nts_ke_port is not None and _is_address(t.host):
+    if t.nts_ke_port is not None and is_ip_literal(t.host):
         text += f"  ({NTS_BY_ADDRESS})"
     return text
-
-
-def _is_address(host: str) -> bool:
-    try:
-        ipaddress.ip_address(host)
-    except ValueError:
-        return False
-    return True
 
 
 @dataclass(frozen=True)
