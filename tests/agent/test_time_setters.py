@@ -198,21 +198,25 @@ def test_a_crontab_the_agent_may_not_read_is_named_as_unread(tmp_path: Path):
     assert out == "[] ['/var/spool/cron/crontabs']"
 
 
-def test_the_report_carries_what_the_sync_found_and_readers_accept_it(tmp_path: Path):
-    write(tmp_path, "etc/cron.d/ntpdate", "*/10 * * * * root ntpdate -s pool\n")
-    settings = ZoneSettings(None, None, None, 30.0)
-
+def report_after_sync(**looked: Path) -> Report:
+    """The report of one observe sync; `time_setters_root=` makes it look for setters there."""
     outcome = finish_sync(
         "a1",
         job(None),
         probed(),
         (WALL, 0.0),
         backend=make_backend("observe"),
-        zone_settings=settings,
+        zone_settings=ZoneSettings(None, None, None, 30.0),
         settle_s=0,
-        time_setters_root=tmp_path,
+        **looked,
     )
-    report = build_report("a1", job(None), outcome, WALL, "0.1.0")
+    return build_report("a1", job(None), outcome, WALL, "0.1.0")
+
+
+def test_the_report_carries_what_the_sync_found_and_readers_accept_it(tmp_path: Path):
+    write(tmp_path, "etc/cron.d/ntpdate", "*/10 * * * * root ntpdate -s pool\n")
+
+    report = report_after_sync(time_setters_root=tmp_path)
     decoded, _ = codec.decode(Report, codec.encode(report), topic_id="a1", check_future=False)
 
     assert decoded.time_setters is not None
@@ -221,19 +225,8 @@ def test_the_report_carries_what_the_sync_found_and_readers_accept_it(tmp_path: 
     ]
 
 
-def test_a_report_of_an_agent_that_did_not_look_has_no_time_setters_field(tmp_path: Path):
-    settings = ZoneSettings(None, None, None, 30.0)
-    outcome = finish_sync(
-        "a1",
-        job(None),
-        probed(),
-        (WALL, 0.0),
-        backend=make_backend("observe"),
-        zone_settings=settings,
-        settle_s=0,
-    )
-
-    report = build_report("a1", job(None), outcome, WALL, "0.1.0")
+def test_a_report_of_an_agent_that_did_not_look_has_no_time_setters_field():
+    report = report_after_sync()
 
     assert report.time_setters is None
     assert b"time_setters" not in codec.encode(report)
