@@ -26,7 +26,12 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from clockfleet import devstack
-from clockfleet.devstack.mosquitto import IDENTITIES_TOOL, ShippedBroker, login_accepted
+from clockfleet.devstack.mosquitto import (
+    IDENTITIES_TOOL,
+    ShippedBroker,
+    identities_tool,
+    login_accepted,
+)
 from tests.broker.mqttclient import connect
 from tests.helpers import REPO, wait_until
 from tests.hosts import hostkit
@@ -63,10 +68,8 @@ def identities(broker: ShippedBroker, *args: str) -> dict[str, str]:
     output (NAME SECRET), the broker's SIGHUP, and back once the new file is in force."""
     pidfile = broker.rundir / "mosquitto.pid"
     pidfile.write_text(f"{broker.daemon.proc.pid}\n")
-    out = run(
-        [sys.executable, str(IDENTITIES_TOOL), "--out", str(broker.identities), *args,
-         "--secrets", "-", "--reload-pidfile", str(pidfile), "--confirm", broker.url]
-    )  # fmt: skip
+    reload = ["--reload-pidfile", str(pidfile), "--confirm", broker.url]
+    out = identities_tool(broker.identities, *args, "--secrets", "-", *reload)
     pairs = (line.split() for line in out.splitlines())
     return {p[0]: p[1] for p in pairs if len(p) == 2 and p[0].startswith("pbx-")}
 
